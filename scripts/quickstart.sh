@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up the environment and runs the main job: trains configs/quickstart.py on
+# the embedded offline 'digits' dataset, then exports the weights as .npz.
+#   usage: bash scripts/quickstart.sh [WORKDIR] [extra vit_jax.main flags]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/setup_env.sh
+source "$ROOT/scripts/setup_env.sh" runtime
+cd "$ROOT"
+WORKDIR="${1:-workdirs/quickstart}"
+shift || true
+python -m vit_jax.main --config=configs/quickstart.py --workdir="$WORKDIR" "$@"
+python -m vit_jax.export --workdir="$WORKDIR" --output="$WORKDIR/model.npz"
+echo "[quickstart] TensorBoard logs: tensorboard --logdir $WORKDIR"
+echo "[quickstart] exported weights: $WORKDIR/model.npz"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtualenv at $VENV (default: .venv) and installs the
+# pinned requirements plus this package in editable mode.
+#   usage: source scripts/setup_env.sh [runtime|test]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+KIND="${1:-runtime}"
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[setup] creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip
+if [[ "$KIND" == "test" ]]; then
+  pip install -q -r "$ROOT/requirements-test.txt"
+  # Independent reference implementations for the interop tests (PyTorch CPU
+  # + Hugging Face transformers). Optional: tests that need them are skipped,
+  # with a reason, when they cannot be installed.
+  if [[ "${VIT_JAX_INTEROP_TESTS:-1}" == "1" ]]; then
+    pip install -q -r "$ROOT/requirements-interop.txt" \
+      || echo "[setup] interop test dependencies not installed; those tests will be skipped"
+  fi
+else
+  pip install -q -r "$ROOT/requirements.txt"
+fi
+pip install -q --no-deps -e "$ROOT"
+echo "[setup] environment ready: $VENV ($(python --version))"
