@@ -1,0 +1,170 @@
+"""Tests for vit_jax.model_configs (re-exported as vit_jax.configs.models): the registry of named
+architectures, parameter counts (closed form + published figures), names and the factory."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from vit_jax import model_configs, models
+from vit_jax.configs import models as models_config
+
+OFFICIAL = ["testing", "ViT-Ti_16", "ViT-S_16", "ViT-S_32", "ViT-B_8", "ViT-B_16", "ViT-B_32",
+            "ViT-L_16", "ViT-L_32", "ViT-H_14", "R50+ViT-B_16", "R26+ViT-S_32", "R50+ViT-L_32",
+            "R+ViT-Ti_16", "Mixer-B_16", "Mixer-L_16", "ViT-g_14", "ViT-G_14"]
+
+# Published parameter counts in millions: (registry name, num_classes, resolution, count, source).
+# Tolerance: half a unit of the last published digit (the figures are rounded): 0.05M for the
+# timm figures (given to 0.1M), 0.5M for the Scaling-ViT figures (whole millions).
+# timm = the "Params (M)" of the timm model card on huggingface.co/timm/<model> (Google's weights
+# converted by R. Wightman); ViT/Mixer/Scaling-ViT papers: Dosovitskiy et al. 2021 Table 1,
+# Tolstikhin et al. 2021 Table 1, Zhai et al. 2022 ("Scaling Vision Transformers") Table 2,
+# which counts the backbone without a head.
+PUBLISHED = [
+    ("ViT-Ti_16", 1000, 224, 5.7, "timm vit_tiny_patch16_224"),
+    ("ViT-S_16", 1000, 224, 22.1, "timm vit_small_patch16_224"),
+    ("ViT-S_32", 1000, 224, 22.9, "timm vit_small_patch32_224"),
+    ("ViT-B_8", 1000, 224, 86.6, "timm vit_base_patch8_224"),
+    ("ViT-B_16", 1000, 224, 86.6, "timm vit_base_patch16_224; ViT paper 86M"),
+    ("ViT-B_32", 1000, 224, 88.2, "timm vit_base_patch32_224"),
+    ("ViT-L_16", 1000, 224, 304.3, "timm vit_large_patch16_224; ViT paper 307M"),
+    ("ViT-L_32", 1000, 224, 306.5, "timm vit_large_patch32_224"),
+    ("ViT-H_14", 1000, 224, 632.0, "timm vit_huge_patch14_224; ViT paper 632M"),
+    ("R50+ViT-B_16", 1000, 384, 99.0, "timm vit_base_r50_s16_384"),
+    ("R26+ViT-S_32", 1000, 224, 36.4, "timm vit_small_r26_s32_224"),
+    ("R50+ViT-L_32", 1000, 224, 329.0, "timm vit_large_r50_s32_224"),
+    ("R+ViT-Ti_16", 1000, 224, 6.3, "timm vit_tiny_r_s16_p8_224"),
+    ("Mixer-B_16", 1000, 224, 59.9, "timm mixer_b16_224; Mixer paper 59M"),
+    ("Mixer-B_32", 1000, 224, 60.3, "timm mixer_b32_224"),
+    ("Mixer-L_16", 1000, 224, 208.2, "timm mixer_l16_224; Mixer paper 207M"),
+    ("ViT-g_14", None, 224, 1011.0, "Scaling ViT paper, ViT-g/14"),
+    ("ViT-G_14", None, 224, 1843.0, "Scaling ViT paper, ViT-G/14"),
+]
+
+
+def count_params(name, num_classes, resolution):
+  """Parameter count from an abstract init (jax.eval_shape: no memory, nothing compiled)."""
+  config = models_config.MODEL_CONFIGS[name]
+  extra = {} if model_configs.is_mixer(config) else {"scan_layers": True}  # fast trace
+  model = model_configs.create_model(name, num_classes, **extra)
+  tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros((1, resolution, resolution, 3)), train=False))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(tree)))
+
+
+def resnet_formula(num_layers, width_factor):
+  w = int(64 * width_factor)
+  total = 7 * 7 * 3 * w + 2 * w
+  cin = w
+  for s, units in enumerate(num_layers):
+    mid = w * 2 ** s
+    out = 4 * mid
+    for u in range(units):
+      c = cin if u == 0 else out
+      total += c * mid + 9 * mid * mid + mid * out + 4 * mid + 2 * out
+      if u == 0:
+        total += cin * out + 2 * out
+    cin = out
+  return total, cin
+
+
+def closed_form(config, num_classes, resolution):
+  """Parameter count from the architecture's formula (independent of the Flax code)."""
+  p = config.patches.size[0]
+  if "num_blocks" in config:
+    d, t, c = config.hidden_dim, (resolution // p) ** 2, config.tokens_mlp_dim
+    block = 4 * d + 2 * t * c + t + c + 2 * d * config.channels_mlp_dim + config.channels_mlp_dim + d
+    return p * p * 3 * d + d + config.num_blocks * block + 2 * d + (d + 1) * num_classes
+  d, m, layers = config.hidden_size, config.transformer.mlp_dim, config.transformer.num_layers
+  total, cin, stride = 0, 3, 1
+  if config.get("resnet") is not None:
+    total, cin = resnet_formula(config.resnet.num_layers, config.resnet.width_factor)
+    stride = 4 * 2 ** max(len(config.resnet.num_layers) - 1, 0)
+  token = config.classifier == "token"
+  tokens = (resolution // (p * stride)) ** 2 + token
+  total += p * p * cin * d + d + token * d + tokens * d
+  total += layers * (4 * d + 4 * (d * d + d) + 2 * d * m + m + d) + 2 * d
+  width = config.representation_size or d
+  if config.representation_size:
+    total += d * width + width
+  return total + ((width + 1) * num_classes if num_classes else 0)
+
+
+def test_all_official_names_registered():
+  assert set(OFFICIAL) <= set(models_config.MODEL_CONFIGS)
+  for name, config in models_config.MODEL_CONFIGS.items():
+    assert config.model_name == name and config.is_locked
+
+
+@pytest.mark.parametrize("name", list(model_configs.MODEL_CONFIGS))
+def test_param_count_matches_closed_form(name):
+  config = models_config.MODEL_CONFIGS[name]
+  assert count_params(name, 1000, 224) == closed_form(config, 1000, 224)
+
+
+@pytest.mark.parametrize("name,num_classes,resolution,millions,source", PUBLISHED,
+                         ids=[row[0] for row in PUBLISHED])
+def test_param_count_matches_published(name, num_classes, resolution, millions, source):
+  tolerance = 0.05 if source.startswith("timm") else 0.5
+  got = count_params(name, num_classes, resolution) / 1e6
+  assert abs(got - millions) <= tolerance + 1e-9, (name, got, millions, source)
+
+
+def test_published_list_covers_every_architecture_family():
+  published = {row[0] for row in PUBLISHED}
+  assert set(OFFICIAL) - published == {"testing"}
+
+
+def test_augreg_short_names_resolve():
+  table = {"Ti_16": "ViT-Ti_16", "S_16": "ViT-S_16", "S_32": "ViT-S_32", "B_8": "ViT-B_8",
+           "B_16": "ViT-B_16", "B_32": "ViT-B_32", "L_16": "ViT-L_16", "R_Ti_16": "R+ViT-Ti_16",
+           "R26_S_32": "R26+ViT-S_32", "R50_L_32": "R50+ViT-L_32"}
+  for short, official in table.items():
+    assert short in models_config.MODEL_CONFIGS
+    assert models_config.MODEL_CONFIGS[short].model_name == official
+    assert models_config.AUGREG_CONFIGS[short].model_name == official
+  name = "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
+  assert model_configs.get_model_config(name).model_name == "ViT-S_16"
+  assert "Ti_16" not in list(models_config.MODEL_CONFIGS)  # iteration lists official names
+
+
+def test_unknown_name_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="valid names: .*ViT-B_16"):
+    model_configs.get_model_config("ViT-X_99")
+  with pytest.raises(KeyError, match="ViT-B_16"):
+    models_config.MODEL_CONFIGS["ViT-X_99"]  # pylint: disable=pointless-statement
+  assert models_config.MODEL_CONFIGS.get("ViT-X_99") is None
+
+
+def test_get_model_config_returns_an_independent_copy():
+  config = model_configs.get_model_config("ViT-B_16")
+  config.transformer.dropout_rate = 0.3
+  assert models_config.MODEL_CONFIGS["ViT-B_16"].transformer.dropout_rate == 0.0
+
+
+def test_create_model_picks_the_class_and_applies_overrides():
+  mixer = model_configs.create_model("Mixer-B_16", 10)
+  assert isinstance(mixer, models.MlpMixer) and mixer.num_classes == 10
+  vit = model_configs.create_model("B_16", 3, classifier="gap", transformer={"dropout_rate": 0.2})
+  assert isinstance(vit, models.VisionTransformer) and vit.classifier == "gap"
+  assert vit.transformer["dropout_rate"] == 0.2 and vit.transformer["num_layers"] == 12
+
+
+def test_colab_api_runs_with_configdict_fields():
+  x = jnp.zeros((1, 32, 32, 3))
+  cfg = models_config.MODEL_CONFIGS["testing"]
+  model = models.VisionTransformer(num_classes=10, **cfg)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  assert model.apply(variables, x, train=False).shape == (1, 10)
+  mixer = models.MlpMixer(num_classes=10, **models_config.MODEL_CONFIGS["Mixer-B_16"])
+  assert mixer.hidden_dim == 768
+
+
+def test_no_tensorflow_at_import():
+  code = ("import sys, vit_jax.models, vit_jax.model_configs, vit_jax.configs.models; "
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')];"
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True)

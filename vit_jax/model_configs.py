@@ -1,0 +1,163 @@
+"""The named architectures: MODEL_CONFIGS, AugReg short names, get_model_config, create_model.
+
+Owns the registry of model configurations (ml_collections ConfigDicts, locked)
+under the official names of gs://vit_models and gs://mixer_models ('ViT-B_16',
+'R50+ViT-B_16', 'Mixer-B_16', ...), the ViT-g/14 and ViT-G/14 sizes of "Scaling
+Vision Transformers" (Zhai et al. 2021), and the AugReg short names used in
+gs://vit_models/augreg/index.csv ('B_16', 'R26_S_32', 'R_Ti_16', ...; the part of
+a checkpoint file name before the first '-'), which resolve to the same configs.
+
+`MODEL_CONFIGS[name]` accepts official and AugReg names; iterating it lists the
+official names only. Each config holds exactly the fields VisionTransformer /
+MlpMixer take, so `models.VisionTransformer(num_classes=10, **MODEL_CONFIGS[n])`
+works. No TensorFlow, no I/O.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import ml_collections
+
+# AugReg short name -> official name (gs://vit_models/augreg/index.csv 'name' prefixes).
+AUGREG_NAMES = {
+    "Ti_16": "ViT-Ti_16", "S_16": "ViT-S_16", "S_32": "ViT-S_32", "B_8": "ViT-B_8",
+    "B_16": "ViT-B_16", "B_32": "ViT-B_32", "L_16": "ViT-L_16", "L_32": "ViT-L_32",
+    "R_Ti_16": "R+ViT-Ti_16", "R26_S_32": "R26+ViT-S_32", "R26_B_32": "R26+ViT-B_32",
+    "R50_L_32": "R50+ViT-L_32", "R50_B_16": "R50+ViT-B_16", "H_14": "ViT-H_14",
+    "S_16-gap-norep": "ViT-S_16-gap-norep", "B_16-gap-norep": "ViT-B_16-gap-norep",
+    "S_32-gap-norep": "ViT-S_32-gap-norep", "B_32-gap-norep": "ViT-B_32-gap-norep",
+}
+
+
+class _Registry(dict):
+  """dict of official name -> config that also resolves AugReg short names on lookup."""
+
+  def _resolve(self, name: Any) -> Any:
+    if isinstance(name, str) and not dict.__contains__(self, name):
+      return AUGREG_NAMES.get(name, name)
+    return name
+
+  def __missing__(self, name):
+    raise KeyError(f"unknown model name {name!r}; valid names: {sorted(self)} "
+                   f"(AugReg short names also accepted: {sorted(AUGREG_NAMES)}).")
+
+  def __getitem__(self, name):
+    return dict.__getitem__(self, self._resolve(name))
+
+  def __contains__(self, name) -> bool:
+    return dict.__contains__(self, self._resolve(name))
+
+  def get(self, name, default=None):
+    return self[name] if name in self else default
+
+
+MODEL_CONFIGS: dict[str, ml_collections.ConfigDict] = _Registry()
+
+
+def _register(name: str, config: ml_collections.ConfigDict) -> None:
+  """Names, locks and registers `config`."""
+  config.model_name = name
+  MODEL_CONFIGS[name] = config.lock()
+
+
+def vit(patch: int, hidden: int, mlp: int, heads: int, layers: int, dropout: float = 0.0,
+        classifier: str = "token") -> ml_collections.ConfigDict:
+  """A ViT config: patch size, width, MLP width, heads, depth (Google's field layout)."""
+  c = ml_collections.ConfigDict()
+  c.model_name = ""
+  c.patches = ml_collections.ConfigDict({"size": (patch, patch)})
+  c.hidden_size = hidden
+  c.transformer = ml_collections.ConfigDict(dict(
+      mlp_dim=mlp, num_heads=heads, num_layers=layers, attention_dropout_rate=0.0,
+      dropout_rate=dropout))
+  c.classifier = classifier
+  c.representation_size = None
+  return c
+
+
+def hybrid(base: ml_collections.ConfigDict, num_layers: tuple[int, ...], patch: int,
+           width_factor: float = 1) -> ml_collections.ConfigDict:
+  """`base` ViT on top of a ResNet-v2 root with stages `num_layers` and `patch`x`patch` patches."""
+  base.patches.size = (patch, patch)
+  base.resnet = ml_collections.ConfigDict(dict(num_layers=num_layers, width_factor=width_factor))
+  return base
+
+
+def mixer(patch: int, hidden: int, blocks: int, tokens_mlp: int,
+          channels_mlp: int) -> ml_collections.ConfigDict:
+  """An MLP-Mixer config (Google's field layout)."""
+  return ml_collections.ConfigDict(dict(
+      model_name="", patches=ml_collections.ConfigDict({"size": (patch, patch)}),
+      hidden_dim=hidden, num_blocks=blocks, tokens_mlp_dim=tokens_mlp,
+      channels_mlp_dim=channels_mlp))
+
+
+# Widths/depths: ViT paper (Dosovitskiy et al. 2021) Table 1, DeiT (Ti/S), Scaling ViT (g/G),
+# Mixer paper Table 1. Dropout defaults as Google's vit_jax/configs/models.py.
+_register("testing", vit(16, 10, 10, 2, 1, dropout=0.1))
+_register("ViT-Ti_16", vit(16, 192, 768, 3, 12))
+_register("ViT-S_16", vit(16, 384, 1536, 6, 12))
+_register("ViT-S_32", vit(32, 384, 1536, 6, 12))
+_register("ViT-B_8", vit(8, 768, 3072, 12, 12))
+_register("ViT-B_16", vit(16, 768, 3072, 12, 12))
+_register("ViT-B_32", vit(32, 768, 3072, 12, 12))
+_register("ViT-L_16", vit(16, 1024, 4096, 16, 24, dropout=0.1))
+_register("ViT-L_32", vit(32, 1024, 4096, 16, 24))
+_register("ViT-H_14", vit(14, 1280, 5120, 16, 32, dropout=0.1))
+_register("ViT-g_14", vit(14, 1408, 6144, 16, 40))
+_register("ViT-G_14", vit(14, 1664, 8192, 16, 48))
+_register("ViT-S_16-gap-norep", vit(16, 384, 1536, 6, 12, classifier="gap"))
+_register("ViT-B_16-gap-norep", vit(16, 768, 3072, 12, 12, classifier="gap"))
+_register("ViT-S_32-gap-norep", vit(32, 384, 1536, 6, 12, classifier="gap"))
+_register("ViT-B_32-gap-norep", vit(32, 768, 3072, 12, 12, classifier="gap"))
+# Hybrids: the root downsamples 4x, each stage after the first 2x more; R50+B/16 uses
+# (3, 4, 9) stages so that 4 * 2 * 2 = 16 with 1x1 patches; R+Ti/16 has no stages and 8x8 patches.
+_register("R+ViT-Ti_16", hybrid(vit(16, 192, 768, 3, 12), (), 8))
+_register("R50+ViT-B_16", hybrid(vit(16, 768, 3072, 12, 12, dropout=0.1), (3, 4, 9), 1))
+_register("R26+ViT-B_32", hybrid(vit(32, 768, 3072, 12, 12), (2, 2, 2, 2), 1))
+_register("R26+ViT-S_32", hybrid(vit(32, 384, 1536, 6, 12), (2, 2, 2, 2), 1))
+_register("R50+ViT-L_32", hybrid(vit(32, 1024, 4096, 16, 24, dropout=0.1), (3, 4, 6, 3), 1))
+_register("Mixer-B_16", mixer(16, 768, 12, 384, 3072))
+_register("Mixer-B_32", mixer(32, 768, 12, 384, 3072))
+_register("Mixer-L_16", mixer(16, 1024, 24, 512, 4096))
+
+AUGREG_CONFIGS = {short: MODEL_CONFIGS[name] for short, name in AUGREG_NAMES.items()}
+
+
+def canonical_name(name: str) -> str:
+  """Official registry name for an official or AugReg short name (also a full AugReg filename)."""
+  if name in MODEL_CONFIGS:
+    return MODEL_CONFIGS[name].model_name
+  prefix = name.split("-")[0].split("/")[-1] if isinstance(name, str) else name
+  if prefix in AUGREG_NAMES:
+    return AUGREG_NAMES[prefix]
+  raise ValueError(f"unknown model name {name!r}; valid names: {sorted(MODEL_CONFIGS)} "
+                   f"(AugReg short names also accepted: {sorted(AUGREG_NAMES)}).")
+
+
+def get_model_config(name: str) -> ml_collections.ConfigDict:
+  """An unlocked copy of the config registered as `name` (official or AugReg name)."""
+  config = MODEL_CONFIGS[canonical_name(name)]
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def is_mixer(config_or_name: Any) -> bool:
+  """True when a config (or registered name) describes an MLP-Mixer."""
+  config = get_model_config(config_or_name) if isinstance(config_or_name, str) else config_or_name
+  return "num_blocks" in config
+
+
+def create_model(name: str, num_classes: Optional[int], **overrides: Any):
+  """VisionTransformer or MlpMixer for registry `name`, with fields replaced by `overrides`.
+
+  Nested fields are overridden by passing a dict, e.g. transformer=dict(dropout_rate=0.1).
+  """
+  from vit_jax import models  # pylint: disable=g-import-not-at-top  (models imports are heavy)
+  config = get_model_config(name).to_dict()
+  for key, value in overrides.items():
+    if isinstance(value, dict) and isinstance(config.get(key), dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  cls = models.MlpMixer if "num_blocks" in config else models.VisionTransformer
+  return cls(num_classes=num_classes, **config)

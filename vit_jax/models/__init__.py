@@ -1,0 +1,12 @@
+"""Pure Flax models: VisionTransformer (incl. R+ViT hybrids) and MlpMixer.
+
+`from vit_jax import models; models.VisionTransformer(num_classes=10, **cfg)` as in
+Google's vit_jax (which also exposes the building blocks below). No I/O, no TensorFlow.
+"""
+from vit_jax.models.attention import MultiHeadDotProductAttention
+from vit_jax.models.mixer import MixerBlock, MlpMixer
+from vit_jax.models.transformer import AddPositionEmbs, Encoder, Encoder1DBlock, MAPHead, MlpBlock
+from vit_jax.models.vit import CLASSIFIERS, VisionTransformer
+
+__all__ = ["VisionTransformer", "MlpMixer", "AddPositionEmbs", "MlpBlock", "Encoder1DBlock",
+           "Encoder", "MAPHead", "MixerBlock", "MultiHeadDotProductAttention", "CLASSIFIERS"]

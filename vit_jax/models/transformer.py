@@ -1,0 +1,188 @@
+"""The ViT transformer encoder: blocks, position embeddings, stochastic depth, MAP head.
+
+Owns `Encoder` (module name `Transformer` inside VisionTransformer), its
+`Encoder1DBlock` (pre-LN attention + MLP with residuals), `MlpBlock`,
+`AddPositionEmbs` and `MAPHead` (big_vision's multi-head attention pooling).
+Submodules carry explicit names equal to the checkpoint paths.
+
+Stochastic depth rule: layer i of L drops its residual branches (attention and
+MLP, per example) with rate `stochastic_depth * i / (L - 1)`, i.e. linear over
+depth from 0 at the first block to `stochastic_depth` at the last (DeiT/timm
+convention); kept branches are scaled by 1 / (1 - rate).
+
+Scan over layers (`scan_layers=True`) stores the blocks as ONE subtree
+`encoderblock` whose leaves have a leading axis of size num_layers (logical axis
+'layers'); layer i of the stack equals `encoderblock_{i}` of the unrolled tree.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.attention import MultiHeadDotProductAttention
+from vit_jax.models.axes import logical
+
+LN_EPS = 1e-6
+
+
+def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+  """LayerNorm with eps 1e-6, float32 params annotated with the 'embed' axis."""
+  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32,
+                      scale_init=logical(nn.initializers.ones, "embed"),
+                      bias_init=logical(nn.initializers.zeros, "embed"), name=name)
+
+
+def stochastic_depth_rates(rate: float, num_layers: int) -> np.ndarray:
+  """Per-layer drop rates: linear from 0 (first block) to `rate` (last block)."""
+  return np.asarray([rate * i / max(num_layers - 1, 1) for i in range(num_layers)], np.float32)
+
+
+def drop_path(x: jax.Array, rate: Any, rng: jax.Array) -> jax.Array:
+  """Zeroes whole examples of a residual branch with probability `rate`; rescales the rest."""
+  keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+  keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / keep_prob.astype(x.dtype), jnp.zeros((), x.dtype))
+
+
+class MlpBlock(nn.Module):
+  """Dense_0 (D->mlp_dim), GELU, dropout, Dense_1 (mlp_dim->D), dropout."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  approximate_gelu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    kernel_init = nn.initializers.xavier_uniform()
+    bias_init = nn.initializers.normal(stddev=1e-6)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=logical(kernel_init, "embed", "mlp"),
+                 bias_init=logical(bias_init, "mlp"), name="Dense_0")(x)
+    y = nn.gelu(y, approximate=self.approximate_gelu)
+    y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
+    y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=logical(kernel_init, "mlp", "embed"),
+                 bias_init=logical(bias_init, "embed"), name="Dense_1")(y)
+    return nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block. With `scanned=True` it returns (x, None) for nn.scan."""
+  mlp_dim: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  deterministic: bool = True
+  attention_impl: Optional[str] = None
+  approximate_gelu: bool = True
+  use_drop_path: bool = False
+  scanned: bool = False
+
+  def _residual(self, x: jax.Array, branch: jax.Array, drop_rate: Any) -> jax.Array:
+    if self.use_drop_path and not self.deterministic:
+      branch = drop_path(branch, drop_rate, self.make_rng("dropout"))
+    return x + branch
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, drop_rate: Any = 0.0):
+    x = layer_norm(self.dtype, "LayerNorm_0")(inputs)
+    x = MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
+        deterministic=self.deterministic, attention_impl=self.attention_impl,
+        name="MultiHeadDotProductAttention_0")(x, x)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+    x = self._residual(inputs, x, drop_rate)
+    y = layer_norm(self.dtype, "LayerNorm_1")(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                 deterministic=self.deterministic, approximate_gelu=self.approximate_gelu,
+                 name="MlpBlock_0")(y)
+    out = self._residual(x, y, drop_rate)
+    return (out, None) if self.scanned else out
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned (1, tokens, D) `pos_embedding` sized from the input at init."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    expected = (1, x.shape[1], x.shape[2])
+    if self.has_variable("params", "pos_embedding"):
+      found = tuple(nn.meta.unbox(self.get_variable("params", "pos_embedding")).shape)
+      if found != expected:
+        raise ValueError(
+            f"pos_embedding has shape {found} but this input gives {expected} (tokens x width); "
+            "load the checkpoint with checkpoint.load_pretrained (it interpolates position "
+            "embeddings to the new grid) or feed images of the size the params were made for.")
+    pe = self.param("pos_embedding",
+                    logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
+                    expected, jnp.float32)
+    return x + pe.astype(x.dtype)
+
+
+class Encoder(nn.Module):
+  """Position embedding, dropout, `num_layers` blocks and `encoder_norm`."""
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  dtype: Any = jnp.float32
+  attention_impl: Optional[str] = None
+  approximate_gelu: bool = True
+  stochastic_depth: float = 0.0
+  remat: bool = False
+  scan_layers: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = AddPositionEmbs(dtype=self.dtype, name="posembed_input")(x)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    rates = stochastic_depth_rates(self.stochastic_depth, self.num_layers)
+    block_kwargs = dict(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        deterministic=not train, attention_impl=self.attention_impl,
+        approximate_gelu=self.approximate_gelu, use_drop_path=self.stochastic_depth > 0)
+    block = Encoder1DBlock
+    if self.remat:
+      block = nn.remat(block, prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=0,
+                      length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(scanned=True, name="encoderblock", **block_kwargs)(x, jnp.asarray(rates))
+    else:
+      for i in range(self.num_layers):
+        x = block(name=f"encoderblock_{i}", **block_kwargs)(x, float(rates[i]))
+    return layer_norm(self.dtype, "encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision): a learned probe attends over the tokens."""
+  num_heads: int
+  mlp_dim: Optional[int] = None
+  dtype: Any = jnp.float32
+  attention_impl: Optional[str] = None
+  approximate_gelu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, _, d = x.shape
+    probe = self.param("probe", logical(nn.initializers.xavier_uniform(), None, None, "embed"),
+                       (1, 1, d), jnp.float32)
+    probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
+    x = MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                     attention_impl=self.attention_impl,
+                                     name="MultiHeadDotProductAttention_0")(probe, x)
+    y = layer_norm(self.dtype, "LayerNorm_0")(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim or 4 * d, dtype=self.dtype,
+                     approximate_gelu=self.approximate_gelu, name="MlpBlock_0")(y)
+    return x[:, 0]

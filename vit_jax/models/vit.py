@@ -1,0 +1,177 @@
+"""VisionTransformer: patch embedding (optionally after a ResNet root), encoder, pooling, head.
+
+Owns the top-level ViT module. Its field names are those of Google's vit_jax
+(`num_classes, patches, transformer, hidden_size, resnet, representation_size,
+classifier, head_bias_init, model_name`) so `VisionTransformer(num_classes=10,
+**MODEL_CONFIGS['ViT-B_16'])` works; `patches`, `transformer` and `resnet` may be
+ConfigDicts or plain dicts. Module names equal the official checkpoint paths
+(embedding, cls, Transformer/..., pre_logits, head; hybrids add conv_root,
+gn_root, block{s}/unit{u} at the top level).
+
+Extra fields (all defaulted): stochastic_depth (peak drop-path rate; layer i of L
+uses stochastic_depth * i / (L - 1), see transformer.py), dtype (compute dtype; params are
+always float32 and the returned logits/features are float32 too, the dtype users
+expect for losses and metrics), attention_impl (None|'xla'|'cudnn'|'einsum'),
+remat, scan_layers, approximate_gelu, head_zeroinit.
+
+Classifiers: 'token' (class token), 'gap' (mean of the tokens), 'map' (MAPHead_0
+attention pooling), and the unpooled variants 'token_unpooled' (class token kept
+in the sequence) and 'unpooled' / 'gap_unpooled' (no class token) that return the
+whole sequence; as in Google's code, pre_logits/head (if any) then apply per token.
+With num_classes None (or 0) there is no head and the pooled pre-logits are returned.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models import resnet as resnet_lib
+from vit_jax.models.attention import check_attention_impl
+from vit_jax.models.axes import logical
+from vit_jax.models.transformer import Encoder, MAPHead
+
+CLASSIFIERS = ("token", "gap", "map", "token_unpooled", "unpooled", "gap_unpooled")
+_TRANSFORMER_KEYS = ("num_layers", "mlp_dim", "num_heads", "dropout_rate", "attention_dropout_rate")
+
+
+def config_get(cfg: Any, key: str, default: Any = None) -> Any:
+  """cfg[key] for dicts / ConfigDicts / objects with attributes; `default` when absent."""
+  if cfg is None:
+    return default
+  if hasattr(cfg, "get"):
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
+
+
+def patch_size(patches: Any) -> tuple[int, int]:
+  """(ph, pw) from a `patches` config ({'size': (ph, pw)}) or a bare int / pair."""
+  size = config_get(patches, "size", patches) if not isinstance(patches, (int, tuple, list)) \
+      else patches
+  if isinstance(size, int):
+    return (size, size)
+  ph, pw = tuple(size)
+  return int(ph), int(pw)
+
+
+def check_image_size(shape: tuple[int, ...], patch: tuple[int, int], stride: int,
+                     model_name: Optional[str]) -> None:
+  """Raises a ValueError when (B,H,W,C) images do not tile into whole patches."""
+  if len(shape) != 4:
+    raise ValueError(f"expected images of shape (batch, height, width, channels), got {shape}.")
+  eff = (patch[0] * stride, patch[1] * stride)
+  h, w = shape[1], shape[2]
+  if h % eff[0] or w % eff[1]:
+    what = f"patch {patch[0]}x{patch[1]}" + (f" x ResNet stride {stride}" if stride > 1 else "")
+    near = (max(eff[0], round(h / eff[0]) * eff[0]), max(eff[1], round(w / eff[1]) * eff[1]))
+    raise ValueError(
+        f"image size {h}x{w} is not divisible by the effective patch size {eff[0]}x{eff[1]} "
+        f"({what}) of model {model_name or 'VisionTransformer'}; resize or crop the images to "
+        f"a multiple of it, e.g. {near[0]}x{near[1]} (config.pp.crop).")
+
+
+class VisionTransformer(nn.Module):
+  """Vision Transformer (and R+ViT hybrid when `resnet` is set). Call: model(x, train=...)."""
+  num_classes: Optional[int]
+  patches: Any
+  transformer: Any
+  hidden_size: int
+  resnet: Optional[Any] = None
+  representation_size: Optional[int] = None
+  classifier: str = "token"
+  head_bias_init: float = 0.0
+  model_name: Optional[str] = None
+  stochastic_depth: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: Optional[str] = None
+  remat: bool = False
+  scan_layers: bool = False
+  approximate_gelu: bool = True
+  head_zeroinit: bool = True
+
+  def _check_fields(self) -> None:
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f"classifier={self.classifier!r} is not supported; use one of {CLASSIFIERS}.")
+    check_attention_impl(self.attention_impl)
+    if self.transformer is None:
+      raise ValueError("VisionTransformer needs a `transformer` config (num_layers, mlp_dim, "
+                       "num_heads, dropout_rate, attention_dropout_rate).")
+    keys = self.transformer.keys() if hasattr(self.transformer, "keys") else _TRANSFORMER_KEYS
+    unknown = sorted(set(keys) - set(_TRANSFORMER_KEYS))
+    if unknown:
+      raise ValueError(f"unknown transformer config keys {unknown}; valid: {_TRANSFORMER_KEYS}.")
+
+  def _encoder(self, dtype: Any) -> Encoder:
+    t = self.transformer
+    return Encoder(
+        num_layers=int(config_get(t, "num_layers")), mlp_dim=int(config_get(t, "mlp_dim")),
+        num_heads=int(config_get(t, "num_heads")),
+        dropout_rate=float(config_get(t, "dropout_rate", 0.1)),
+        attention_dropout_rate=float(config_get(t, "attention_dropout_rate", 0.1)),
+        dtype=dtype, attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
+        stochastic_depth=float(self.stochastic_depth), remat=self.remat,
+        scan_layers=self.scan_layers, name="Transformer")
+
+  def _embed(self, x: jax.Array, dtype: Any) -> jax.Array:
+    """Images -> (B, tokens, D) patch embeddings (after the ResNet root for hybrids)."""
+    patch = patch_size(self.patches)
+    num_layers = tuple(config_get(self.resnet, "num_layers", ()) or ())
+    stride = resnet_lib.root_stride(num_layers) if self.resnet is not None else 1
+    check_image_size(x.shape, patch, stride, self.model_name)
+    x = x.astype(dtype)
+    if self.resnet is not None:
+      x = resnet_lib.resnet_root(x, num_layers=num_layers,
+                                 width_factor=config_get(self.resnet, "width_factor", 1),
+                                 dtype=dtype)
+    x = nn.Conv(self.hidden_size, kernel_size=patch, strides=patch, padding="VALID",
+                dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=logical(nn.initializers.lecun_normal(),
+                                    "patch", "patch", "patch", "embed"),
+                bias_init=logical(nn.initializers.zeros, "embed"), name="embedding")(x)
+    n, h, w, c = x.shape
+    return jnp.reshape(x, (n, h * w, c))
+
+  def _pool(self, x: jax.Array, dtype: Any) -> jax.Array:
+    if self.classifier == "token":
+      return x[:, 0]
+    if self.classifier == "gap":
+      return jnp.mean(x, axis=1)
+    if self.classifier == "map":
+      t = self.transformer
+      return MAPHead(num_heads=int(config_get(t, "num_heads")),
+                     mlp_dim=int(config_get(t, "mlp_dim")), dtype=dtype,
+                     attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
+                     name="MAPHead_0")(x)
+    return x  # unpooled variants
+
+  def _head(self, x: jax.Array, dtype: Any) -> jax.Array:
+    feature_axis = "embed"
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=logical(nn.initializers.lecun_normal(), "embed", "repr"),
+                   bias_init=logical(nn.initializers.zeros, "repr"), name="pre_logits")(x)
+      x = jnp.tanh(x)
+      feature_axis = "repr"
+    x = x.astype(jnp.float32)
+    if not self.num_classes:
+      return x
+    kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                    kernel_init=logical(kernel_init, feature_axis, "classes"),
+                    bias_init=logical(nn.initializers.constant(self.head_bias_init), "classes"),
+                    name="head")(x)
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+    """(B,H,W,3) images in [-1,1] -> float32 logits (B,C) (or features, see module doc)."""
+    self._check_fields()
+    dtype = jnp.dtype(self.dtype)
+    x = self._embed(inputs, dtype)
+    if self.classifier in ("token", "token_unpooled"):
+      cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
+                       (1, 1, x.shape[-1]), jnp.float32)
+      x = jnp.concatenate([jnp.tile(cls.astype(dtype), (x.shape[0], 1, 1)), x], axis=1)
+    x = self._encoder(dtype)(x, train=train)
+    return self._head(self._pool(x, dtype), dtype)
