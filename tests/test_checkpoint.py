@@ -1,0 +1,294 @@
+"""Tests for vit_jax.checkpoint: official layout, round trips, load_pretrained, errors."""
+import errno
+import os
+import pickle
+
+import jax
+import numpy as np
+import pytest
+import scipy.ndimage
+from flax.linen import meta
+
+from tests import official_layout as ol
+from vit_jax import checkpoint, checkpoint_files, models
+
+IMG = np.random.default_rng(1).uniform(-1, 1, (2, ol.IMAGE, ol.IMAGE, 3)).astype(np.float32)
+
+
+def _init(cfg=None, size=ol.IMAGE, num_classes=ol.CLASSES, **kw):
+  model = models.VisionTransformer(num_classes=num_classes, **(cfg or ol.tiny_config()), **kw)
+  x = np.zeros((1, size, size, 3), np.float32)
+  return model, model.init(jax.random.PRNGKey(0), x, train=False)["params"]
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}/"))
+    else:
+      out[prefix + k] = np.asarray(v)
+  return out
+
+
+def _linen_name(official_key):  # Hand-written rename, independent of the library's table.
+  for old, new in (("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0"),
+                   ("LayerNorm_2", "LayerNorm_1"), ("MlpBlock_3", "MlpBlock_0")):
+    official_key = official_key.replace(old, new)
+  return official_key
+
+
+def test_save_writes_exactly_the_official_keys_and_shapes(tmp_path):
+  _, params = _init()  # Boxed (nn.Partitioned) params straight from init.
+  checkpoint.save(params, tmp_path / "ckpt.npz")
+  with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as f:
+    saved = {k: (f[k].shape, f[k].dtype) for k in f.files}
+  assert {k: s for k, (s, _) in saved.items()} == ol.official_vit_shapes()
+  assert all(dt == np.float32 for _, dt in saved.values())
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+  _, params = _init()
+  params = meta.unbox(params)
+  params = jax.tree.map(lambda x: x + np.random.default_rng(0).normal(size=x.shape), params)
+  checkpoint.save(params, str(tmp_path / "a.npz"))
+  loaded = _flat(checkpoint.load(str(tmp_path / "a.npz")))
+  expected = _flat(params)
+  assert loaded.keys() == expected.keys()
+  for k in expected:
+    np.testing.assert_array_equal(loaded[k], np.asarray(expected[k], np.float32), err_msg=k)
+
+
+def test_load_official_file_renames_every_key(tmp_path):
+  weights = ol.write_official_npz(str(tmp_path / "official.npz"))
+  loaded = _flat(checkpoint.load(str(tmp_path / "official.npz")))
+  assert loaded.keys() == {_linen_name(k) for k in weights}
+  for k, v in weights.items():
+    np.testing.assert_array_equal(loaded[_linen_name(k)], v)
+  _, init = _init()
+  params = checkpoint.load_pretrained(pretrained_path=str(tmp_path / "official.npz"),
+                                      init_params=init, model_config=ol.tiny_config())
+  assert _flat(params).keys() == _flat(meta.unbox(init)).keys()
+
+
+def test_scanned_and_per_layer_give_same_file_and_logits(tmp_path):
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path)
+  model, init = _init()
+  scan_model, scan_init = _init(scan_layers=True)
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None)
+  scan_params = checkpoint.load_pretrained(pretrained_path=path, init_params=scan_init,
+                                           model_config=None)
+  assert "encoderblock" in scan_params["Transformer"]
+  assert scan_params["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape == (
+      ol.LAYERS, ol.WIDTH)
+  np.testing.assert_allclose(scan_model.apply({"params": scan_params}, IMG, train=False),
+                             model.apply({"params": params}, IMG, train=False), atol=1e-5)
+  checkpoint.save(scan_params, str(tmp_path / "from_scan.npz"))
+  with np.load(path) as a, np.load(str(tmp_path / "from_scan.npz")) as b:
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_stack_unstack_layers_are_inverse_and_index_layers():
+  _, params = _init()
+  params = meta.unbox(params)
+  stacked = checkpoint.stack_layers(params)
+  assert set(stacked["Transformer"]) == {"encoderblock", "encoder_norm", "posembed_input"}
+  np.testing.assert_array_equal(
+      stacked["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"][1],
+      params["Transformer"]["encoderblock_1"]["MlpBlock_0"]["Dense_0"]["kernel"])
+  back = checkpoint.unstack_layers(stacked)
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+
+
+def _bilinear_reference(grid, new):  # scipy.ndimage.zoom(order=1) as Google's code used.
+  zoom = (new[0] / grid.shape[0], new[1] / grid.shape[1], 1)
+  out = scipy.ndimage.zoom(grid, zoom, order=1)
+  assert out.shape[:2] == tuple(new)
+  return out
+
+
+@pytest.mark.parametrize("old,new", [((4, 4), (6, 6)), ((2, 3), (4, 5)), ((5, 5), (3, 3))])
+def test_interpolate_posemb_matches_scipy_zoom(old, new):
+  rng = np.random.default_rng(0)
+  posemb = rng.normal(size=(1, 1 + old[0] * old[1], 7)).astype(np.float32)
+  out = checkpoint.interpolate_posemb(posemb, new, num_prefix_tokens=1, old_grid=old)
+  assert out.shape == (1, 1 + new[0] * new[1], 7)
+  np.testing.assert_array_equal(out[:, :1], posemb[:, :1])
+  ref = _bilinear_reference(posemb[0, 1:].reshape(*old, 7).astype(np.float64), new)
+  np.testing.assert_allclose(out[0, 1:], ref.reshape(-1, 7), atol=1e-6)
+
+
+def test_load_pretrained_resizes_posemb_for_higher_resolution(tmp_path):
+  path = str(tmp_path / "official.npz")
+  weights = ol.write_official_npz(path)
+  model, init = _init(size=24)  # 16x16 (4x4 grid) -> 24x24 (6x6 grid), like 224 -> 384.
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
+                                      model_config=ol.tiny_config())
+  posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
+  old = weights["Transformer/posembed_input/pos_embedding"]
+  assert posemb.shape == (1, 37, ol.WIDTH)
+  np.testing.assert_array_equal(posemb[:, :1], old[:, :1])
+  ref = _bilinear_reference(old[0, 1:].reshape(4, 4, -1).astype(np.float64), (6, 6))
+  np.testing.assert_allclose(posemb[0, 1:], ref.reshape(36, -1), atol=1e-6)
+  x = np.zeros((1, 24, 24, 3), np.float32)
+  assert model.apply({"params": params}, x, train=False).shape == (1, ol.CLASSES)
+
+
+def test_gap_model_without_class_token_resizes_whole_grid(tmp_path):
+  cfg = ol.tiny_config(classifier="gap")
+  _, params16 = _init(cfg)
+  params16 = jax.tree.map(lambda x: x + 1.0, meta.unbox(params16))
+  checkpoint.save(params16, str(tmp_path / "gap.npz"))
+  _, init = _init(cfg, size=24)
+  params = checkpoint.load_pretrained(pretrained_path=str(tmp_path / "gap.npz"),
+                                      init_params=init, model_config=cfg)
+  old = np.asarray(params16["Transformer"]["posembed_input"]["pos_embedding"])
+  ref = _bilinear_reference(old[0].reshape(4, 4, -1).astype(np.float64), (6, 6))
+  np.testing.assert_allclose(params["Transformer"]["posembed_input"]["pos_embedding"][0],
+                             ref.reshape(36, -1), atol=1e-6)
+
+
+def test_non_square_grid_needs_and_uses_new_grid(tmp_path):
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path)
+  model = models.VisionTransformer(num_classes=ol.CLASSES, **ol.tiny_config())
+  init = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 12, 3), np.float32), train=False)
+  with pytest.raises(ValueError, match="not a square grid"):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init["params"],
+                               model_config=None)
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init["params"],
+                                      model_config=None, new_grid=(2, 3))
+  assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 7, ol.WIDTH)
+
+
+def test_head_is_replaced_when_class_count_differs_and_error_when_forbidden(tmp_path):
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path, classes=21)
+  _, init = _init(num_classes=7)
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None)
+  np.testing.assert_array_equal(params["head"]["kernel"], meta.unbox(init)["head"]["kernel"])
+  with pytest.raises(ValueError, match=r"'head/kernel' has shape \(16, 21\); the model expects "
+                     r"\(16, 7\)\. Pass num_classes=21"):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None,
+                               replace_head=False)
+
+
+def test_zero_head_warns(tmp_path):
+  weights = ol.random_official_weights()
+  weights["head/kernel"][:] = 0
+  np.savez(tmp_path / "i21k.npz", **weights)
+  _, init = _init()
+  with pytest.warns(UserWarning, match="all zeros"):
+    checkpoint.load_pretrained(pretrained_path=str(tmp_path / "i21k.npz"), init_params=init,
+                               model_config=None)
+
+
+def test_pre_logits_dropped_when_model_has_none(tmp_path):
+  path = str(tmp_path / "repr.npz")
+  ol.write_official_npz(path, representation_size=8)
+  _, init = _init(num_classes=3)
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None)
+  assert "pre_logits" not in params and params["head"]["kernel"].shape == (ol.WIDTH, 3)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+  path = tmp_path / "full.npz"
+  ol.write_official_npz(str(path))
+  data = path.read_bytes()
+  (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match="truncated or corrupt"):
+    checkpoint.load(str(tmp_path / "cut.npz"))
+
+
+def test_pickled_content_is_refused(tmp_path):
+  np.savez(tmp_path / "obj.npz", **{"embedding/kernel": np.array([{"a": 1}], dtype=object)})
+  with pytest.raises(ValueError, match="pickled"):
+    checkpoint.load(str(tmp_path / "obj.npz"))
+  (tmp_path / "p.npz").write_bytes(pickle.dumps({"embedding/kernel": np.zeros(3)}))
+  with pytest.raises(ValueError, match="pickle"):
+    checkpoint.load(str(tmp_path / "p.npz"))
+  (tmp_path / "model.bin").write_bytes(b"\x80\x02}q\x00.")
+  with pytest.raises(ValueError, match="never loaded"):
+    checkpoint.load(str(tmp_path / "model.bin"))
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+  np.savez(tmp_path / "data.npz", images=np.zeros((2, 3)), labels=np.zeros(2))
+  with pytest.raises(ValueError, match="does not look like a ViT/Mixer checkpoint"):
+    checkpoint.load(str(tmp_path / "data.npz"))
+  (tmp_path / "notes.txt").write_text("hello")
+  with pytest.raises(ValueError, match="neither an .npz"):
+    checkpoint.load(str(tmp_path / "notes.txt"))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoint.load(str(tmp_path / "missing.npz"))
+
+
+def test_wrong_model_for_checkpoint_names_key_and_shapes(tmp_path):
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path)
+  _, init = _init(ol.tiny_config(hidden_size=8))
+  with pytest.raises(ValueError, match=r"'[^']+' has shape \(.*16.*\); the model expects \(.*8.*"
+                     r"different architecture"):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None)
+  cfg = ol.tiny_config()
+  cfg.transformer.num_layers = 3
+  _, init = _init(cfg)
+  with pytest.raises(ValueError, match=r"missing keys .*encoderblock_2"):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=None)
+
+
+def _mixer(size):
+  model = models.MlpMixer(num_classes=3, patches={"size": (4, 4)}, num_blocks=1, hidden_dim=8,
+                          tokens_mlp_dim=6, channels_mlp_dim=10)
+  return model, model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3)), train=False)
+
+
+def test_mixer_round_trip_and_resolution_change_is_refused(tmp_path):
+  _, variables = _mixer(16)
+  checkpoint.save(variables["params"], str(tmp_path / "mixer.npz"))
+  restored = checkpoint.load_pretrained(pretrained_path=str(tmp_path / "mixer.npz"),
+                                        init_params=variables["params"], model_config=None)
+  assert _flat(restored).keys() == _flat(meta.unbox(variables["params"])).keys()
+  _, bigger = _mixer(24)
+  with pytest.raises(ValueError, match="Mixer.*resolution cannot change"):
+    checkpoint.load_pretrained(pretrained_path=str(tmp_path / "mixer.npz"),
+                               init_params=bigger["params"], model_config=None)
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+  path = tmp_path / "model.npz"
+  _, params = _init()
+  checkpoint.save(params, str(path))
+  good = path.read_bytes()
+
+  def disk_full(fileobj, flat):
+    fileobj.write(b"PK partial bytes")
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(checkpoint_files, "_write_npz", disk_full)
+  with pytest.raises(OSError, match="disk full"):
+    checkpoint.save(params, str(path))
+  assert path.read_bytes() == good
+  assert os.listdir(tmp_path) == ["model.npz"]
+  with pytest.raises(OSError, match="disk full"):
+    checkpoint.save(params, str(tmp_path / "new.npz"))
+  assert not (tmp_path / "new.npz").exists()
+
+
+def test_colab_snippet_runs_on_a_tiny_fixture(tmp_path, monkeypatch):
+  from vit_jax.configs import models as models_config  # The official import path.
+  cfg = models_config.MODEL_CONFIGS["testing"]
+  fixture_model = models.VisionTransformer(num_classes=21, **cfg)
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  checkpoint.save(fixture_model.init(jax.random.PRNGKey(1), x, train=False)["params"],
+                  str(tmp_path / "ViT-B_16.npz"))
+  monkeypatch.chdir(tmp_path)
+  # --- the snippet, unchanged apart from the config name ---
+  model = models.VisionTransformer(num_classes=10, **cfg)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  params = checkpoint.load_pretrained(pretrained_path="ViT-B_16.npz",
+                                      init_params=variables["params"], model_config=cfg)
+  logits = model.apply({"params": params}, x, train=False)
+  assert logits.shape == (1, 10)

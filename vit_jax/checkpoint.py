@@ -1,0 +1,138 @@
+"""Published-checkpoint I/O: load any ViT/Mixer layout, save the vit_models layout, fine-tune loads.
+
+Public API (mirrors Google's vit_jax.checkpoint where it overlaps):
+  load(path, *, num_heads=None) -> nested numpy params in our in-memory layout, from a local
+      .npz / .safetensors / Hugging Face snapshot directory or a gs:// https:// hf:// URI.
+  save(params, path) -> vit_models flat .npz (pre-Linen block names, per-layer), atomically.
+  load_pretrained(*, pretrained_path, init_params, model_config, **options) -> params ready for
+      `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched.
+  interpolate_posemb, stack_layers, unstack_layers.
+Byte formats live in checkpoint_files.py, key layouts in checkpoint_layouts.py /
+checkpoint_torch_layouts.py, remote sources in checkpoint_sources.py (imported lazily).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+
+from vit_jax import checkpoint_files
+from vit_jax import checkpoint_layouts as layouts
+from vit_jax.checkpoint_adapt import adapt_to_model, stack_layers, unstack_layers
+from vit_jax.posemb import interpolate_posemb
+
+__all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
+           "unstack_layers", "CheckpointFormatError"]
+
+CheckpointFormatError = checkpoint_files.CheckpointFormatError
+_REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
+
+
+def _heads_from_config(config: Optional[dict]) -> Optional[int]:
+  if not config:
+    return None
+  for key in ("num_attention_heads", "num_heads"):
+    if isinstance(config.get(key), int):
+      return config[key]
+  args = config.get("model_args") or {}
+  return args.get("num_heads") if isinstance(args, dict) else None
+
+
+def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
+             ) -> tuple[str, Optional[dict]]:
+  """(local weights file, HF config dict or None) for a path or URI."""
+  path = os.fspath(path)
+  config = None
+  if _REMOTE.match(path) or path.startswith("file://"):
+    from vit_jax import checkpoint_sources  # pylint: disable=g-import-not-at-top
+    local = checkpoint_sources.fetch(path, cache_dir=cache_dir, sha256=sha256)
+    if path.lower().startswith("hf://") and not local.endswith(".npz"):
+      config = checkpoint_sources.fetch_hf_config(path, cache_dir=cache_dir)
+    path = local
+  if os.path.isdir(path):
+    config = checkpoint_files.read_hf_config(path)
+    path = checkpoint_files.weights_file_in(path)
+  elif config is None and os.path.isfile(path) and path.endswith(".safetensors"):
+    config = checkpoint_files.read_hf_config(os.path.dirname(os.path.abspath(path)))
+  return path, config
+
+
+def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str] = None,
+         sha256: Optional[str] = None) -> dict:
+  """Nested dict of np.ndarray in our in-memory layout, from any supported source and layout.
+
+  num_heads is only needed for timm/transformers files (fused or 2-D attention weights); when
+  None it comes from the snapshot's config.json, else from the published widths table
+  (192:3, 384:6, 768:12, 1024/1280/1408/1664:16), else hidden_size // 64.
+  """
+  local, config = _resolve(path, cache_dir, sha256)
+  flat = checkpoint_files.read_flat(local)
+  return layouts.canonicalize(flat, num_heads=num_heads or _heads_from_config(config),
+                              source=f"checkpoint {os.fspath(path)!r}")
+
+
+def _to_host(params: Any) -> dict:
+  """Unboxed, host (numpy) copy of a params tree, gathering multi-host arrays if needed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  params = meta.unbox(params)
+
+  def to_numpy(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(to_numpy, params)
+
+
+def save(params: Any, path: str) -> None:
+  """Writes params as a vit_models .npz (pre-Linen block names, per-layer, float32), atomically."""
+  params = _to_host(params)
+  params = unstack_layers(params)
+  flat = layouts.to_vit_models(layouts.flatten(params))
+  flat = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+          for k, v in flat.items()}
+  checkpoint_files.write_npz_atomic(flat, os.fspath(path))
+
+
+def _model_num_heads(init_flat: dict, model_config: Any) -> Optional[int]:
+  for key, value in init_flat.items():
+    if key.endswith("MultiHeadDotProductAttention_0/query/kernel"):
+      return int(value.shape[-2])
+  transformer = (model_config or {}).get("transformer") if hasattr(model_config, "get") else None
+  return (transformer or {}).get("num_heads") if transformer is not None else None
+
+
+def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any = None,
+                    **options: Any) -> dict:
+  """Checkpoint params adapted to the model that produced `init_params` (a plain nested dict).
+
+  Options: replace_head (None: when the class count differs; True/False to force),
+  old_grid / new_grid ((gh, gw) when a position-embedding grid is not square),
+  num_heads, cache_dir, sha256. Raises ValueError naming the key and shapes on any mismatch.
+  """
+  known = {"replace_head", "old_grid", "new_grid", "num_heads", "cache_dir", "sha256"}
+  unknown = sorted(set(options) - known)
+  if unknown:
+    raise TypeError(f"load_pretrained got unknown options {unknown}; valid: {sorted(known)}.")
+  init_flat = layouts.flatten(_to_host(init_params))
+  heads = options.get("num_heads") or _model_num_heads(init_flat, model_config)
+  restored = load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
+                  sha256=options.get("sha256"))
+  adapted, head_replaced = adapt_to_model(
+      restored, layouts.unflatten(init_flat), source=str(pretrained_path),
+      replace_head=options.get("replace_head"), old_grid=options.get("old_grid"),
+      new_grid=options.get("new_grid"))
+  head = adapted.get("head", {}).get("kernel") if isinstance(adapted.get("head"), dict) else None
+  if head is not None and head.size and not np.any(head) and not head_replaced:
+    warnings.warn(
+        f"the head of {pretrained_path!r} is all zeros (ImageNet-21k pre-training checkpoints "
+        "ship zero heads): its logits are useless for inference until the model is fine-tuned.",
+        stacklevel=2)
+  logging.info("Loaded %s into the model.", pretrained_path)
+  return adapted
+

@@ -1,0 +1,147 @@
+"""Fitting a canonical checkpoint tree to a model: scan layout, head, pre_logits, posemb, checks.
+
+Owns `adapt_to_model(restored, init)` used by checkpoint.load_pretrained, and the
+per-layer <-> scanned conversions `stack_layers` / `unstack_layers`
+(`Transformer/encoderblock_{i}/...` <-> `Transformer/encoderblock/...` with a
+leading layer axis). Every key and shape is validated against the model's
+init tree; each mismatch raises one ValueError naming the key, both shapes and the fix.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from vit_jax import checkpoint_layouts as layouts
+from vit_jax.posemb import interpolate_posemb, square_grid
+
+POSEMB = "Transformer/posembed_input/pos_embedding"
+_BLOCK_RE = re.compile(r"^encoderblock_(\d+)$")
+
+
+def _stack(leaves):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if all(isinstance(x, np.ndarray) for x in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def stack_layers(params: dict) -> dict:
+  """Per-layer `Transformer/encoderblock_{i}` subtrees -> one scanned `encoderblock` subtree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  transformer = params.get("Transformer") if isinstance(params, dict) else None
+  if not transformer:
+    return params
+  indices = sorted(int(m.group(1)) for k in transformer if (m := _BLOCK_RE.match(k)))
+  if not indices:
+    return params
+  if indices != list(range(len(indices))):
+    raise ValueError(f"encoder blocks {indices} are not numbered 0..{len(indices) - 1}.")
+  blocks = [transformer[f"encoderblock_{i}"] for i in indices]
+  rest = {k: v for k, v in transformer.items() if not _BLOCK_RE.match(k)}
+  rest["encoderblock"] = jax.tree.map(lambda *xs: _stack(list(xs)), *blocks)
+  return {**params, "Transformer": rest}
+
+
+def unstack_layers(params: dict) -> dict:
+  """Scanned `Transformer/encoderblock` (leading layer axis) -> `encoderblock_{i}` subtrees."""
+  import jax  # pylint: disable=g-import-not-at-top
+  transformer = params.get("Transformer") if isinstance(params, dict) else None
+  if not transformer or "encoderblock" not in transformer:
+    return params
+  stacked = transformer["encoderblock"]
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in transformer.items() if k != "encoderblock"}
+  for i in range(num_layers):
+    rest[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return {**params, "Transformer": rest}
+
+
+def _match_scan(restored: dict, init: dict) -> dict:
+  scanned = "encoderblock" in init.get("Transformer", {})
+  return stack_layers(restored) if scanned else unstack_layers(restored)
+
+
+def _fit_posemb(flat: dict, init: dict, source: str, old_grid, new_grid) -> None:
+  if POSEMB not in flat or POSEMB not in init or flat[POSEMB].shape == init[POSEMB].shape:
+    return
+  old, new = flat[POSEMB].shape, init[POSEMB].shape
+  if old[-1] != new[-1]:
+    return  # A width mismatch: reported by the shape check.
+  prefix = 1 if "cls" in flat else 0
+  grid = tuple(new_grid) if new_grid else square_grid(new[1] - prefix, "model's")
+  logging.info("Resizing position embeddings of %s from %s to %s (grid %s).", source, old, new,
+               grid)
+  flat[POSEMB] = interpolate_posemb(flat[POSEMB], grid, num_prefix_tokens=prefix,
+                                    old_grid=old_grid)
+
+
+def _check_mixer_resolution(flat: dict, init: dict) -> None:
+  for key, want in init.items():
+    if "token_mixing/Dense_0/kernel" in key and key in flat and (
+        flat[key].shape[0] != want.shape[0]):
+      raise ValueError(
+          f"checkpoint key {key!r} has shape {flat[key].shape}; the model expects {want.shape}: "
+          f"this Mixer checkpoint was trained on {flat[key].shape[0]} tokens and the model sees "
+          f"{want.shape[0]}. An MLP-Mixer's token-mixing weights are tied to the token count, so "
+          "its resolution cannot change; feed images of the checkpoint's resolution.")
+
+
+def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str) -> bool:
+  """Takes the model's own (init) head when asked or when the class count differs."""
+  if "head/kernel" not in init or "head/kernel" not in flat:
+    return False
+  differs = flat["head/kernel"].shape != init["head/kernel"].shape
+  if replace_head is None and flat["head/kernel"].shape[:-1] != init["head/kernel"].shape[:-1]:
+    differs = True  # pre_logits dropped / width changed: the old head cannot be used either.
+  if replace_head or (replace_head is None and differs):
+    logging.info("Replacing the %s-class head of %s with the model's %s-class head.",
+                 flat["head/kernel"].shape[-1], source, init["head/kernel"].shape[-1])
+    flat["head/kernel"], flat["head/bias"] = init["head/kernel"], init["head/bias"]
+    return True
+  return False
+
+
+def _mismatch_message(key: str, found: Sequence[int], want: Sequence[int]) -> str:
+  msg = f"checkpoint key {key!r} has shape {tuple(found)}; the model expects {tuple(want)}. "
+  if key.startswith("head/"):
+    return msg + (f"Pass num_classes={found[-1]} to the model, or let load_pretrained replace "
+                  "the head (replace_head=None or True).")
+  return msg + ("The checkpoint was made for a different architecture: pick the model config "
+                "that matches it (hidden size, MLP size, heads, patch size, classifier).")
+
+
+def _validate(flat: dict, init: dict, source: str) -> None:
+  missing = sorted(set(init) - set(flat))
+  unexpected = sorted(set(flat) - set(init))
+  if missing or unexpected:
+    raise ValueError(
+        f"checkpoint {source!r} does not fit the model: "
+        f"missing keys (model has, checkpoint lacks): {missing[:10]}"
+        f"{' ...' if len(missing) > 10 else ''}; unexpected keys (checkpoint has, model lacks): "
+        f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. Use the model config the "
+        "checkpoint was trained with (number of layers, classifier, representation_size, "
+        "hybrid ResNet).")
+  for key in sorted(init, key=lambda k: k.endswith("/bias")):  # Kernels first: clearer message.
+    want = init[key]
+    if tuple(flat[key].shape) != tuple(want.shape):
+      raise ValueError(_mismatch_message(key, flat[key].shape, want.shape))
+
+
+def adapt_to_model(restored: dict, init: dict, *, source: str,
+                   replace_head: Optional[bool] = None, old_grid=None, new_grid=None
+                   ) -> tuple[dict, bool]:
+  """(params shaped like `init`, whether the head was replaced) from a canonical tree."""
+  restored = _match_scan(restored, init)
+  flat, init_flat = layouts.flatten(restored), layouts.flatten(init)
+  if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init_flat:
+    logging.info("Dropping pre_logits of %s: the model has no representation layer.", source)
+    flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}
+  _check_mixer_resolution(flat, init_flat)
+  _fit_posemb(flat, init_flat, source, old_grid, new_grid)
+  replaced = _fit_head(flat, init_flat, replace_head, source)
+  _validate(flat, init_flat, source)
+  out = {k: np.asarray(flat[k]).astype(init_flat[k].dtype, copy=False) for k in init_flat}
+  return layouts.unflatten(out), replaced

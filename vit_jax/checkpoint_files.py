@@ -1,0 +1,160 @@
+"""Checkpoint file formats: reading .npz / .safetensors / HF snapshot dirs, atomic .npz writes.
+
+Owns the byte level of vit_jax.checkpoint: `read_flat(path)` returns a flat
+{key: np.ndarray} dict from a local file (never unpickling anything: np.load with
+allow_pickle=False, safetensors parsed from its JSON header, no torch.load), and
+`write_npz_atomic(flat, path)` writes a temp file in the target directory and
+os.replace()s it, so a failure never leaves a partial file at `path` nor destroys
+a good one. Layout (key names) is not this module's business; see
+checkpoint_layouts.py.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from typing import Optional
+
+import numpy as np
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class CheckpointFormatError(ValueError):
+  """A file that is not a readable checkpoint (truncated, pickled, unknown format)."""
+
+
+def read_hf_config(directory: str) -> Optional[dict]:
+  """config.json of a Hugging Face snapshot directory as a dict, or None when absent."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def weights_file_in(directory: str) -> str:
+  """The weights file of a snapshot directory (model.safetensors, else a single .npz)."""
+  names = sorted(os.listdir(directory))
+  if "model.safetensors" in names:
+    return os.path.join(directory, "model.safetensors")
+  candidates = [n for n in names if n.endswith((".safetensors", ".npz"))]
+  if len(candidates) == 1:
+    return os.path.join(directory, candidates[0])
+  raise CheckpointFormatError(
+      f"directory {directory!r} holds no model.safetensors (found {names[:10]}); pass the path "
+      "of the weights file itself (.npz or .safetensors). Sharded safetensors are not supported.")
+
+
+def read_flat(path: str) -> dict[str, np.ndarray]:
+  """Flat {key: array} from a local .npz or .safetensors file (format sniffed from the bytes)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist; check the path (or pass a "
+                            "gs://, https:// or hf:// URI).")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if path.endswith(_PICKLE_SUFFIXES):
+    raise CheckpointFormatError(
+        f"{path!r} looks like a PyTorch pickle; pickled checkpoints are never loaded (they can run "
+        "code). Use the model.safetensors file of the same weights, or an .npz.")
+  if head[:2] == b"PK":
+    return _read_npz(path)
+  if path.endswith(".safetensors") or _looks_like_safetensors(head):
+    return _read_safetensors(path)
+  if head[:1] == b"\x80":
+    raise CheckpointFormatError(
+        f"{path!r} is a Python pickle; pickled checkpoints are never loaded (they can run code). "
+        "Re-export the weights as .npz (numpy arrays) or .safetensors.")
+  raise CheckpointFormatError(
+      f"{path!r} is neither an .npz archive nor a .safetensors file; pass a ViT/Mixer checkpoint "
+      "(.npz as in gs://vit_models, or model.safetensors from the Hugging Face Hub).")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+  return len(head) == 8 and 2 <= struct.unpack("<Q", head)[0] < 100_000_000
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      return {k: np.asarray(archive[k]) for k in archive.files}
+  except ValueError as e:
+    if "pickle" in str(e):
+      raise CheckpointFormatError(
+          f"{path!r} contains pickled (object) arrays; they are never loaded (they can run "
+          "code). Re-save the weights as plain numeric arrays (checkpoint.save).") from e
+    raise _corrupt(path, e) from e
+  except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+    raise _corrupt(path, e) from e
+
+
+def _corrupt(path: str, cause: Exception) -> CheckpointFormatError:
+  return CheckpointFormatError(
+      f"checkpoint {path!r} is truncated or corrupt ({type(cause).__name__}: {cause}); delete it "
+      "and download or export it again.")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:
+      (header_len,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(header_len))
+  except (struct.error, ValueError, UnicodeDecodeError) as e:
+    raise _corrupt(path, e) from e
+  header.pop("__metadata__", None)
+  start = 8 + header_len
+  end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+  if start + end > size:
+    raise _corrupt(path, EOFError(f"file has {size} bytes, header promises {start + end}"))
+  data = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(end,)) if end else None
+  return {name: _safetensor(data, info, path, name) for name, info in header.items()}
+
+
+def _safetensor(data, info: dict, path: str, name: str) -> np.ndarray:
+  begin, stop = (int(x) for x in info["data_offsets"])
+  raw = np.asarray(data[begin:stop]) if stop > begin else np.zeros((0,), np.uint8)
+  shape = tuple(int(s) for s in info["shape"])
+  if info["dtype"] == "BF16":  # bfloat16 = the top half of a float32.
+    return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+  if info["dtype"] not in _SAFETENSORS_DTYPES:
+    raise CheckpointFormatError(f"{path!r}: tensor {name!r} has unsupported dtype "
+                                f"{info['dtype']}; convert it to float32.")
+  array = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(shape)
+  return array.astype(np.float32) if array.dtype == np.float16 else array.copy()
+
+
+def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
+  """Writes `flat` as an uncompressed .npz at `path` via a temp file + os.replace."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"cannot save to {path!r}: directory {directory!r} does not exist; "
+                            "create it first.")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                             suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      _write_npz(f, flat)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise OSError(e.errno, f"disk full while saving {path!r}; nothing was written there (any "
+                    "previous file is intact). Free space or save elsewhere.") from e
+    raise
+
+
+def _write_npz(fileobj, flat: dict[str, np.ndarray]) -> None:
+  """The actual archive write (split out so tests can simulate a failure mid-write)."""
+  np.savez(fileobj, **flat)

@@ -1,0 +1,134 @@
+"""Checkpoint layouts: every published key naming → our in-memory tree, and back to vit_models.
+
+Owns `canonicalize(flat, num_heads=...)`, the ONE entry point that turns a flat
+{key: array} dict of any supported layout into our nested parameter tree
+(shared/DESIGN.md Contract 1):
+  * vit_models .npz (pre-Linen numbering inside ViT blocks: MultiHeadDotProductAttention_1,
+    LayerNorm_0/LayerNorm_2, MlpBlock_3), Mixer and R+ViT files, legacy (1,1,1,C) GroupNorm;
+  * big_vision .npz (Linen numbering, 'params/' or 'opt/target/' prefix, top-level
+    `pos_embedding` without a class slot, scanned `encoderblock`, MAPHead_0);
+  * our own tree (per-layer or scanned, kept as is);
+  * timm and transformers state dicts (see checkpoint_torch_layouts.py).
+`to_vit_models(flat)` renames our Linen block names back to the vit_models ones.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import numpy as np
+
+from vit_jax import checkpoint_torch_layouts as torch_layouts
+
+# Inside a ViT encoder block: pre-Linen (vit_models files) name -> Linen (in-memory) name.
+PRE_LINEN_TO_LINEN = {
+    "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+    "LayerNorm_0": "LayerNorm_0",
+    "LayerNorm_2": "LayerNorm_1",
+    "MlpBlock_3": "MlpBlock_0",
+}
+LINEN_TO_PRE_LINEN = {v: k for k, v in PRE_LINEN_TO_LINEN.items()}
+_PREFIXES = ("opt/target/", "params/", "target/")
+_BLOCK = re.compile(r"^(Transformer/encoderblock(?:_\d+)?)/([^/]+)/(.*)$")
+_KNOWN_ROOTS = ("embedding", "cls", "Transformer", "head", "pre_logits", "stem", "conv_root",
+                "gn_root", "pre_head_layer_norm", "MAPHead_0", "pos_embedding")
+
+
+def canonicalize(flat: dict[str, np.ndarray], *, num_heads: Optional[int] = None,
+                 source: str = "checkpoint") -> dict:
+  """Nested params in our layout from a flat dict of any supported layout."""
+  if not flat:
+    raise ValueError(f"{source} holds no arrays; it is not a ViT/Mixer checkpoint.")
+  if all("/" not in k for k in flat) and torch_layouts.detect(flat):
+    flat = torch_layouts.to_ours(flat, num_heads=num_heads, source=source)
+  else:
+    flat = _from_flax_layout(flat, source)
+  return unflatten(flat)
+
+
+def _from_flax_layout(flat: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+  flat = {_strip_prefix(k): np.asarray(v) for k, v in flat.items()}
+  roots = {k.split("/")[0] for k in flat}
+  if not roots & set(_KNOWN_ROOTS) or not any(k.endswith(("kernel", "scale")) for k in flat):
+    raise ValueError(
+        f"{source} does not look like a ViT/Mixer checkpoint (top-level keys {sorted(roots)[:8]}); "
+        "expected vit_models/big_vision .npz keys such as 'embedding/kernel', or a timm / "
+        "transformers safetensors state dict.")
+  flat = _rename_pre_linen(flat)
+  flat = _big_vision_posemb(flat)
+  return {k: _legacy_group_norm(k, v) for k, v in flat.items()}
+
+
+def _strip_prefix(key: str) -> str:
+  for prefix in _PREFIXES:
+    if key.startswith(prefix):
+      return key[len(prefix):]
+  return key
+
+
+def _rename_pre_linen(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Pre-Linen block names -> Linen ones, only in blocks that use the pre-Linen numbering."""
+  pre_linen_blocks = {m.group(1) for k in flat if (m := _BLOCK.match(k))
+                      and m.group(2) == "MultiHeadDotProductAttention_1"}
+  out = {}
+  for key, value in flat.items():
+    m = _BLOCK.match(key)
+    if m and m.group(1) in pre_linen_blocks:
+      key = f"{m.group(1)}/{PRE_LINEN_TO_LINEN.get(m.group(2), m.group(2))}/{m.group(3)}"
+    out[key] = value
+  return out
+
+
+def _big_vision_posemb(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """big_vision's top-level pos_embedding (no class slot) -> ours (a zero slot for cls)."""
+  if "pos_embedding" not in flat:
+    return flat
+  flat = dict(flat)
+  posemb = flat.pop("pos_embedding")
+  if "cls" in flat:  # big_vision adds the class token after the position embedding.
+    posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
+  flat["Transformer/posembed_input/pos_embedding"] = posemb
+  return flat
+
+
+def _legacy_group_norm(key: str, value: np.ndarray) -> np.ndarray:
+  parts = key.split("/")
+  if (len(parts) >= 2 and parts[-2].startswith("gn") and parts[-1] in ("scale", "bias")
+      and value.ndim == 4 and value.shape[:3] == (1, 1, 1)):
+    return value.reshape(value.shape[-1])
+  return value
+
+
+def to_vit_models(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Our flat per-layer keys -> vit_models keys (pre-Linen numbering inside ViT blocks)."""
+  out = {}
+  for key, value in flat.items():
+    m = _BLOCK.match(key)
+    if m and m.group(1) != "Transformer/encoderblock":
+      key = f"{m.group(1)}/{LINEN_TO_PRE_LINEN.get(m.group(2), m.group(2))}/{m.group(3)}"
+    out[key] = value
+  return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+  """{'a': {'b': x}} -> {'a/b': x}."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) or hasattr(value, "items"):
+      out.update(flatten(dict(value.items()), name + "/"))
+    else:
+      out[name] = value
+  return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree

@@ -1,0 +1,195 @@
+"""Inference CLI: top-k ImageNet classes of images under a published or own checkpoint.
+
+  python -m vit_jax.inference --model ViT-B_16 --checkpoint PATH_OR_URI IMAGE [IMAGE ...]
+      [--num_classes N] [--resolution R] [--top_k 5] [--labels FILE] [--batch_size 16]
+
+PATH_OR_URI is anything vit_jax.checkpoint.load reads (local .npz/.safetensors, gs://,
+http(s)://, hf://org/name) or an AugReg file name (its Hugging Face copy is used when one is
+known, else gs://vit_models/augreg/...). Images are read with PIL, converted to RGB, resized
+to R x R (bilinear) and scaled to [-1, 1]. R defaults to the resolution the checkpoint was
+trained at (from its position-embedding grid). Class names: the ImageNet-1k list for
+1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in vit_jax/labels/,
+or --labels FILE (one name per line, optionally 'wnid<TAB>name'); otherwise class indices.
+Output, per image: its path, then top_k lines '  <probability>  <label>  [<index>]'.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
+
+
+def load_labels(num_classes: int, path: Optional[str] = None) -> list[str]:
+  """Class names for a head of `num_classes` outputs (from `path` or the shipped lists)."""
+  if path:
+    with open(path, encoding="utf-8") as f:
+      lines = [line.rstrip("\n") for line in f if line.strip()]
+  elif num_classes in LABEL_FILES:
+    text = importlib.resources.files("vit_jax").joinpath("labels", LABEL_FILES[num_classes])
+    lines = text.read_text(encoding="utf-8").splitlines()
+  else:
+    return [f"class {i}" for i in range(num_classes)]
+  names = [line.split("\t", 1)[-1] for line in lines]
+  if len(names) != num_classes:
+    raise ValueError(f"label file {path or LABEL_FILES[num_classes]} has {len(names)} names but "
+                     f"the model has {num_classes} classes; pass a matching --labels file.")
+  return names
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+  """(resolution, resolution, 3) float32 in [-1, 1] from an image file (PIL, bilinear)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as img:
+      img = img.convert("RGB").resize((resolution, resolution), Image.Resampling.BILINEAR)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read image {path!r}: {e}") from None
+  return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+
+
+def _resolve_checkpoint(location: str) -> str:
+  """An AugReg file name becomes its hf:// (or gs://) URI; anything else is returned as is."""
+  from vit_jax import augreg, checkpoint_sources  # pylint: disable=g-import-not-at-top
+  local = os.path.exists(os.path.expanduser(location))
+  if not local and not checkpoint_sources.is_remote(location) and augreg.is_filename(location):
+    uri = augreg.parse_filename(location).uris[0]
+    print(f"AugReg checkpoint {location} -> {uri}", file=sys.stderr)
+    return uri
+  return location
+
+
+def _head_classes(raw: dict) -> int:
+  """Output count of the checkpoint's classification head; clear errors when it is unusable."""
+  head = raw.get("head") or {}
+  kernel = head.get("kernel")
+  if kernel is None:
+    raise ValueError("the checkpoint has no classification head ('head/kernel'); it is a "
+                     "feature extractor. Use a checkpoint fine-tuned for classification.")
+  if not np.any(kernel):
+    raise ValueError("the checkpoint's classification head is all zeros (the original "
+                     "ImageNet-21k releases ship zeroed heads), so its predictions are "
+                     "meaningless. Use a fine-tuned checkpoint (e.g. an imagenet2012 one) or an "
+                     "AugReg i21k checkpoint, whose heads are trained.")
+  return int(np.shape(kernel)[-1])
+
+
+def _token_count(tree: dict) -> Optional[int]:
+  """Patch tokens implied by a parameter tree (ViT position embeddings or Mixer token MLP)."""
+  posemb = tree.get("Transformer", {}).get("posembed_input", {}).get("pos_embedding")
+  if posemb is not None:
+    return int(np.shape(posemb)[1]) - (1 if "cls" in tree else 0)
+  token_mlp = tree.get("MixerBlock_0", {}).get("token_mixing", {}).get("Dense_0", {}).get("kernel")
+  return int(np.shape(token_mlp)[0]) if token_mlp is not None else None
+
+
+def _init_shapes(model, resolution: int) -> dict:
+  """Parameter shapes (no compute) of `model` at `resolution`, unboxed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  return meta.unbox(variables["params"])
+
+
+def checkpoint_resolution(model, raw: dict, reference: int = 224) -> int:
+  """Input size the checkpoint's token grid corresponds to (reference if it cannot tell)."""
+  tokens, ref_tokens = _token_count(raw), _token_count(_init_shapes(model, reference))
+  if not tokens or not ref_tokens:
+    return reference
+  side = reference * math.sqrt(tokens / ref_tokens)
+  return int(round(side)) if abs(side - round(side)) < 1e-6 else reference
+
+
+def load_params(model_name: str, location: str, *, num_classes: Optional[int],
+                resolution: Optional[int]):
+  """(model, params, resolution) for a checkpoint, its head kept; posemb resized if needed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, model_configs  # pylint: disable=g-import-not-at-top
+  config = model_configs.get_model_config(model_name)
+  heads = config.get("transformer", {}).get("num_heads")
+  raw = checkpoint.load(location, num_heads=heads)
+  found = _head_classes(raw)
+  if num_classes is not None and num_classes != found:
+    raise ValueError(f"--num_classes {num_classes} but the checkpoint's head has {found} "
+                     "classes; drop --num_classes or pass the matching checkpoint.")
+  model = model_configs.create_model(model_name, found)
+  resolution = resolution or checkpoint_resolution(model, raw)
+  expected = _init_shapes(model, resolution)
+  same = jax.tree.map(np.shape, expected) == jax.tree.map(np.shape, raw)
+  if not same:  # Another resolution (or layout): let load_pretrained align and validate.
+    from flax.linen import meta  # pylint: disable=g-import-not-at-top
+    init = meta.unbox(model.init(jax.random.PRNGKey(0),
+                                 np.zeros((1, resolution, resolution, 3), np.float32),
+                                 train=False)["params"])
+    raw = checkpoint.load_pretrained(pretrained_path=location, init_params=init,
+                                     model_config=config)
+  return model, raw, resolution
+
+
+def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x, train=False)))
+  out = [np.asarray(apply(params, images[i:i + batch_size]))
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate(out).astype(np.float64)
+
+
+def format_top_k(path: str, probs: np.ndarray, labels: Sequence[str], k: int) -> str:
+  """'path' then k lines '  0.81234  label  [index]', most probable first."""
+  order = np.argsort(-probs, kind="stable")[:k]
+  lines = [path] + [f"  {probs[i]:.5f}  {labels[i]}  [{i}]" for i in order]
+  return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  """Command-line flags."""
+  p = argparse.ArgumentParser(prog="python -m vit_jax.inference",
+                              description="Top-k classes of images under a ViT/Mixer checkpoint.")
+  p.add_argument("--model", required=True, help="MODEL_CONFIGS name, e.g. ViT-B_16 or B_16")
+  p.add_argument("--checkpoint", required=True,
+                 help="path, gs://, http(s)://, hf:// or an AugReg file name")
+  p.add_argument("--num_classes", type=int, default=None, help="check the head has this many")
+  p.add_argument("--resolution", type=int, default=None,
+                 help="input size (default: the checkpoint's training resolution)")
+  p.add_argument("--top_k", type=int, default=5)
+  p.add_argument("--labels", default=None, help="class-name file (default: shipped ImageNet lists)")
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+  return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """CLI entry point; returns the exit status."""
+  args = parse_args(argv)
+  try:
+    model, params, resolution = load_params(
+        args.model, _resolve_checkpoint(args.checkpoint), num_classes=args.num_classes,
+        resolution=args.resolution)
+    num_classes = int(np.shape(params["head"]["kernel"])[-1])
+    labels = load_labels(num_classes, args.labels)
+    images = np.stack([load_image(path, resolution) for path in args.images])
+  except (ValueError, OSError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  probs = predict(model, params, images, args.batch_size)
+  for path, p in zip(args.images, probs):
+    print(format_top_k(path, p, labels, min(args.top_k, num_classes)))
+  return 0
+
+
+def run() -> None:
+  """Console entry point."""
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()
