@@ -1,0 +1,104 @@
+r"""Input-pipeline throughput: images/s per CPU core for the train preprocessing at 224.
+
+Two workloads, both through the real pipeline (vit_jax.input_pipeline over an image folder:
+file read → decode → crop/resize → flip → float32 [-1, 1] → batch):
+  * imagenet: synthetic ~500x375 JPEGs (quality 90, smooth noise so they compress like
+    photos, ~110 KB), `inception_crop` to 224.
+  * imagenet + AugReg: the same plus RandAugment(2, 15) and mixup(0.5).
+  * cifar:    32x32 PNGs, `vit_finetune` (resize 256, random crop 224).
+It reports images/s with 0 workers (all work in this process: the per-core figure) and with
+`--workers` processes, plus what a 12-core host would feed.
+
+  python bench/input_pipeline.py [--images 512] [--batch 64] [--workers 2] [--steps 12]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def write_folder(root: str, n: int, size: tuple[int, int], fmt: str) -> None:
+  """n smooth random images per split, 10 classes."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    folder = os.path.join(root, "train", f"c{i % 10}")
+    os.makedirs(folder, exist_ok=True)
+    small = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), np.uint8)
+    img = Image.fromarray(small).resize(size, Image.BICUBIC)
+    noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-20, 21, img.size[::-1] + (3,)),
+                    0, 255).astype(np.uint8)
+    ext = "jpg" if fmt == "JPEG" else "png"
+    Image.fromarray(noisy).save(os.path.join(folder, f"{i}.{ext}"), fmt, quality=90)
+
+
+def config_for(root: str, train: str, batch: int, workers: int, threads: int, augreg: bool):
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
+  import common  # pylint: disable=g-import-not-at-top
+  c = common.defaults()
+  c.dataset, c.batch, c.batch_eval = root, batch, batch
+  c.train_split = c.eval_split = "train"
+  c.pp.crop, c.pp.train = 224, train
+  c.pp.resize = 256
+  c.input.num_workers = workers
+  if augreg:  # AugReg's heaviest recipe: RandAugment(2, 15) + mixup(0.5).
+    c.pp.randaugment_layers, c.pp.randaugment_magnitude, c.pp.mixup_alpha = 2, 15, 0.5
+  with c.unlocked():
+    c.input.num_threads = threads
+  return c
+
+
+def measure(config, steps: int) -> tuple[float, float]:
+  """(images/s wall, images per CPU-second of this process) over `steps` batches after 2 + 2
+  warm-up batches per worker (start-up excluded; the CPU figure is meaningful with 0 workers)."""
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  it = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  for _ in range(2 + 2 * int(config.input.num_workers)):  # Until every worker is running.
+    next(it)
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(steps):
+    batch = next(it)
+  elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+  assert batch["image"].shape[1:] == (224, 224, 3)
+  it.close()
+  return steps * config.batch / elapsed, steps * config.batch / cpu
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--images", type=int, default=512)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  args = p.parse_args()
+  cores = os.cpu_count() or 1
+  print(f"host: {cores} CPU cores; batch {args.batch}; {args.steps} timed batches")
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, size, fmt, train, augreg in (
+        ("imagenet", (500, 375), "JPEG", "inception_crop", False),
+        ("imagenet", (500, 375), "JPEG", "inception_crop", True),
+        ("cifar", (32, 32), "PNG", "vit_finetune", False)):
+      root = os.path.join(tmp, name)
+      if not os.path.isdir(root):
+        write_folder(root, args.images, size, fmt)
+      files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+      kb = np.mean([os.path.getsize(f) for f in files]) / 1024
+      one, per_cpu = measure(config_for(root, train, args.batch, 0, 1, augreg), args.steps)
+      many, _ = measure(config_for(root, train, args.batch, args.workers, 1, augreg), args.steps)
+      train += " +randaug(2,15)+mixup" if augreg else ""
+      print(f"{name:8s} {size[0]}x{size[1]} {fmt} ({kb:.0f} KB) {train} -> 224: "
+            f"0 workers, 1 thread: {one:.0f} img/s wall, {per_cpu:.0f} img per CPU-second | "
+            f"{args.workers} workers x 1 thread: {many:.0f} img/s | 12 cores x {per_cpu:.0f} = "
+            f"{12 * per_cpu:.0f} img/s vs 3000 needed: "
+            f"{'met' if 12 * per_cpu >= 3000 else f'gap {3000 - 12 * per_cpu:.0f}'}")
+
+
+if __name__ == "__main__":
+  main()

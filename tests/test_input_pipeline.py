@@ -1,0 +1,231 @@
+"""Tests of vit_jax.input_pipeline: shapes, per-process shards, masked eval, exact O(1) resume.
+
+Coverage tests use a generated PNG folder whose image k is the constant grey level k, so the
+example id is read back from the batch itself (independent of the pipeline's bookkeeping).
+"""
+import collections
+import json
+import os
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import input_pipeline
+from vit_jax.datasets import sources
+
+N_TRAIN, N_TEST = 50, 23
+
+
+def _config(dataset, **kw):
+  c = ml_collections.ConfigDict(dict(
+      seed=0, dataset=dataset, tfds_data_dir=None, tfds_manual_dir=None,
+      train_split="train", eval_split="test", batch=12, batch_eval=12,
+      pp=dict(crop=8, resize=8, train="vit_finetune", eval="resize", flip=False,
+              randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
+              label_smoothing=0.0),
+      input=dict(num_workers=0, prefetch=2, device_prefetch=2)))
+  c.update_from_flattened_dict(kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def id_folder(tmp_path_factory):
+  """train: ids 0..49, test: ids 100..122; 3 classes; 8x8 PNGs of constant grey = id."""
+  root = tmp_path_factory.mktemp("ids")
+  for split, ids in (("train", range(N_TRAIN)), ("test", range(100, 100 + N_TEST))):
+    for k in ids:
+      folder = root / split / f"class{k % 3}"
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(folder / f"{k:03d}.png")
+  sources.clear_cache()
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("jpegs")
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for k in range(10):
+      folder = root / split / ("cat" if k % 2 else "dog")
+      os.makedirs(folder, exist_ok=True)
+      arr = rng.integers(0, 256, (37, 50, 3), np.uint8)
+      Image.fromarray(arr).save(folder / f"{k}.jpg", "JPEG")
+  return str(root)
+
+
+def _ids(images: np.ndarray) -> np.ndarray:
+  """Grey level of each image (the example id), read back from [-1, 1] floats."""
+  levels = np.round((images + 1.0) * 127.5)
+  assert np.all(levels == levels[:, :1, :1, :1])  # Constant images survive exactly.
+  return levels[:, 0, 0, 0].astype(int)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_cifar10_mock_shapes_ranges_dtypes():
+  import tensorflow_datasets as tfds
+  sources.clear_cache()
+  c = _config("cifar10", **{"pp.crop": 16, "pp.resize": 20, "pp.train": "inception_crop",
+                            "pp.flip": True, "batch": 8, "batch_eval": 8})
+  with tfds.testing.mock_data(num_examples=20):
+    info = input_pipeline.get_dataset_info(c)
+    batch = next(input_pipeline.create_train_iterator(c, process_index=0, process_count=1))
+    evals = list(input_pipeline.create_eval_iterator(c, process_index=0, process_count=1))
+  sources.clear_cache()
+  assert info.num_classes == 10 and len(info.class_names) == 10
+  assert info.num_train_examples == 20
+  assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["label"].shape == (8, 10) and batch["label"].dtype == np.float32
+  assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  assert batch["image"].std() > 0.1
+  np.testing.assert_array_equal(batch["label"].sum(-1), 1.0)
+  assert len(evals) == 3 and evals[-1]["mask"].tolist() == [1] * 4 + [0] * 4
+  assert all(e["image"].shape == (8, 16, 16, 3) for e in evals)
+
+
+def test_jpeg_folder_train_and_eval(jpeg_folder):
+  c = _config(jpeg_folder, **{"pp.crop": 16, "pp.resize": 24, "batch": 4, "batch_eval": 4,
+                              "pp.label_smoothing": 0.2})
+  info = input_pipeline.get_dataset_info(c)
+  assert info.class_names == ("cat", "dog") and info.num_train_examples == 10
+  batch = next(input_pipeline.create_train_iterator(c, process_index=0, process_count=1))
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+  np.testing.assert_allclose(np.sort(batch["label"], -1), [[0.1, 0.9]] * 4, atol=1e-6)
+  masks = [e["mask"] for e in input_pipeline.create_eval_iterator(c, process_index=0,
+                                                                    process_count=1)]
+  assert sum(m.sum() for m in masks) == 10 and len(masks) == 3
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_train_shards_disjoint_and_cover_the_split(id_folder, count):
+  c = _config(id_folder, batch=6 * count)
+  shards = []
+  for p in range(count):
+    it = input_pipeline.create_train_iterator(c, process_index=p, process_count=count)
+    lo, hi = input_pipeline.shard_range(N_TRAIN, p, count)
+    stream = np.concatenate([_ids(b["image"]) for b in _take(it, 2 * (hi - lo) // 6 + 2)])
+    epoch0, epoch1 = stream[:hi - lo], stream[hi - lo:2 * (hi - lo)]
+    assert sorted(epoch0) == sorted(epoch1)  # Every epoch is a permutation of the shard...
+    assert not np.array_equal(epoch0, epoch1)  # ...shuffled afresh.
+    assert len(set(epoch0)) == hi - lo
+    shards.append(set(epoch0))
+  assert sum(len(s) for s in shards) == N_TRAIN
+  assert set().union(*shards) == set(range(N_TRAIN))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_eval_counts_every_example_exactly_once(id_folder, count):
+  c = _config(id_folder, batch_eval=4 * count)
+  seen, lengths = collections.Counter(), set()
+  for p in range(count):
+    batches = list(input_pipeline.create_eval_iterator(c, process_index=p, process_count=count))
+    lengths.add(len(batches))
+    for b in batches:
+      assert b["image"].shape[0] == 4 and b["mask"].dtype == np.float32
+      ids = _ids(b["image"])
+      seen.update(ids[b["mask"] == 1].tolist())
+      assert np.all(b["image"][b["mask"] == 0] == -1.0)
+  assert len(lengths) == 1  # Same number of batches on every process.
+  assert seen == collections.Counter(range(100, 100 + N_TEST))
+
+
+def test_resume_at_step_k_is_bit_identical(id_folder):
+  c = _config(id_folder, **{"pp.randaugment_layers": 2, "pp.randaugment_magnitude": 9,
+                            "pp.mixup_alpha": 0.5, "pp.label_smoothing": 0.1, "pp.flip": True,
+                            "pp.resize": 10, "batch": 8})
+  it = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  batches, states = [], []
+  for _ in range(12):  # 12 batches of 4 over a shard of 25: crosses epochs.
+    batches.append(next(it))
+    states.append(it.get_state())
+  k = 5
+  state = json.loads(json.dumps(states[k - 1]))  # Small and JSON-serialisable.
+  assert len(json.dumps(state)) < 300 and state["step"] == k
+  assert (state["epoch"], state["position"]) == divmod(k * 4, 25)
+  resumed = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  resumed.set_state(state)
+  for i in range(k, 12):
+    b = next(resumed)
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(b[key], batches[i][key])
+  np.testing.assert_allclose(batches[3]["label"].sum(-1), 1.0, atol=1e-6)
+  # Multi-host checkpoints keep process 0's state; it must restore process 1 exactly too.
+  it0 = input_pipeline.create_train_iterator(c, process_index=0, process_count=2)
+  _take(it0, k)
+  other = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  other.set_state(it0.get_state())
+  np.testing.assert_array_equal(next(other)["image"], batches[k]["image"])
+
+
+def test_resume_is_o1(id_folder):
+  c = _config(id_folder)
+  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  state = dict(it.get_state(), step=10**9)
+  it.set_state(state)
+  t0 = time.perf_counter()
+  batch = next(it)
+  assert time.perf_counter() - t0 < 2.0 and batch["image"].shape == (12, 8, 8, 3)
+  assert it.get_state()["step"] == 10**9 + 1
+
+
+def test_seeded_determinism(id_folder):
+  make = lambda seed: input_pipeline.create_train_iterator(
+      _config(id_folder, seed=seed, **{"pp.mixup_alpha": 1.0}), process_index=0,
+      process_count=1)
+  a, b, c = _take(make(0), 3), _take(make(0), 3), _take(make(1), 3)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  assert not all(np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def test_batches_do_not_depend_on_worker_count(id_folder):
+  base = _take(input_pipeline.create_train_iterator(
+      _config(id_folder, **{"pp.mixup_alpha": 1.0}), process_index=0, process_count=1), 3)
+  it = input_pipeline.create_train_iterator(
+      _config(id_folder, **{"pp.mixup_alpha": 1.0, "input.num_workers": 2}),
+      process_index=0, process_count=1)
+  try:
+    for x, y in zip(base, _take(it, 3)):
+      np.testing.assert_array_equal(x["image"], y["image"])
+      np.testing.assert_array_equal(x["label"], y["label"])
+  finally:
+    it.close()
+
+
+def test_batch_must_divide_over_processes(id_folder):
+  with pytest.raises(ValueError, match="multiple of the 3 processes"):
+    input_pipeline.create_train_iterator(_config(id_folder, batch=10), process_index=0,
+                                         process_count=3)
+
+
+def test_set_state_rejects_another_seed(id_folder):
+  it = input_pipeline.create_train_iterator(_config(id_folder), process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="same --config.seed"):
+    it.set_state(dict(it.get_state(), seed=7))
+
+
+def test_digits_labels_match_images(tmp_path_factory):
+  """Images and labels stay paired: a linear classifier on pipeline batches generalises."""
+  from sklearn.linear_model import LogisticRegression
+  sources.clear_cache()
+  c = _config("digits", tfds_data_dir=str(tmp_path_factory.mktemp("tfds")), batch=100,
+              batch_eval=100, **{"pp.crop": 16, "pp.resize": 16})
+  info = input_pipeline.get_dataset_info(c)
+  assert (info.num_train_examples, info.num_eval_examples, info.num_classes) == (1500, 297, 10)
+  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  train = _take(it, 15)
+  x = np.concatenate([b["image"][..., 0].reshape(100, -1) for b in train])
+  y = np.concatenate([b["label"].argmax(-1) for b in train])
+  clf = LogisticRegression(max_iter=300).fit(x, y)
+  correct = total = 0
+  for b in input_pipeline.create_eval_iterator(c, process_index=0, process_count=1):
+    pred = clf.predict(b["image"][..., 0].reshape(100, -1))
+    correct += ((pred == b["label"].argmax(-1)) * b["mask"]).sum()
+    total += b["mask"].sum()
+  assert total == 297 and correct / total > 0.9

@@ -1,0 +1,151 @@
+"""Random-access sources for the input pipeline: `open_source(config, split)`.
+
+config.dataset is either an existing folder (image folder, see image_folder.py) or a TFDS
+name read with `tfds.data_source` (array_record files in config.tfds_data_dir) with the
+image left encoded (decoded by preprocess.py in the workers). A TFDS dataset that is not
+prepared is prepared here when possible ('digits' always: it needs no network); otherwise
+one error says how to prepare it (`tfds build`, `--config.tfds_manual_dir` for manual
+downloads such as imagenet2012). Split strings take TFDS slicing (`train[:98%]`), for image
+folders too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from typing import Any, Optional
+
+_CACHE: dict[tuple, tuple[Any, "SourceInfo"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+  """Labels of a source and the feature keys holding the image and the label."""
+  num_classes: int
+  class_names: tuple[str, ...]
+  keys: tuple[str, str] = ("image", "label")
+
+
+@dataclasses.dataclass
+class SlicedSource:
+  """Examples [start, stop) of `source`, itself random access (picklable)."""
+  source: Any
+  start: int
+  stop: int
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def __getitem__(self, index: int):
+    return self.source[self.start + index]
+
+
+def open_source(config, split: str) -> tuple[Any, SourceInfo]:
+  """(random-access source of `split`, SourceInfo); cached per dataset/split in this process."""
+  dataset = str(config.dataset)
+  data_dir = config.get("tfds_data_dir", None)
+  manual_dir = config.get("tfds_manual_dir", None)
+  key = (dataset, data_dir, manual_dir, split)
+  if key not in _CACHE:
+    if os.path.isdir(dataset):
+      _CACHE[key] = _folder_source(dataset, split)
+    else:
+      _CACHE[key] = _tfds_source(dataset, split, data_dir, manual_dir)
+  return _CACHE[key]
+
+
+def clear_cache() -> None:
+  """Forgets opened sources (tests; after preparing data in another process)."""
+  _CACHE.clear()
+
+
+def _folder_source(root: str, split: str) -> tuple[Any, SourceInfo]:
+  from vit_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  name = split.split("[", 1)[0]
+  whole = (root, None, None, name)  # The unsliced split, listed and checked once.
+  if whole not in _CACHE:
+    folder = image_folder.ImageFolderSource(root, name)
+    _CACHE[whole] = folder, SourceInfo(len(folder.class_names), tuple(folder.class_names))
+  source = _CACHE[whole][0]
+  info = SourceInfo(len(source.class_names), tuple(source.class_names))
+  if "[" not in split:
+    return source, info
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  sizes = {name: types.SimpleNamespace(num_examples=len(source))}
+  parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
+  if len(parts) != 1:
+    raise ValueError(f"split {split!r}: image folders take one slice of one split, "
+                     "e.g. 'train[:98%]'.")
+  start, stop, _ = slice(parts[0].from_, parts[0].to).indices(len(source))
+  return SlicedSource(source, start, stop), info
+
+
+def _tfds_info(builder) -> SourceInfo:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  info = builder.info
+  keys = tuple(info.supervised_keys[:2]) if info.supervised_keys else ("image", "label")
+  feature = info.features[keys[1]]
+  if not isinstance(feature, tfds.features.ClassLabel):
+    raise ValueError(f"TFDS dataset {builder.name!r}: label feature {keys[1]!r} is not a "
+                     "ClassLabel; only image classification datasets are supported.")
+  return SourceInfo(feature.num_classes, tuple(feature.names), keys)
+
+
+def _tfds_source(name: str, split: str, data_dir: Optional[str],
+                 manual_dir: Optional[str]) -> tuple[Any, SourceInfo]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"config.dataset={name!r} is neither an existing image folder nor a TFDS "
+                     "dataset name (see `tfds.list_builders()`, or 'digits' for the embedded "
+                     "offline dataset).") from e
+  info = _tfds_info(builder)
+  decoders = {info.keys[0]: tfds.decode.SkipDecoding()}
+  read = lambda: tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                  decoders=decoders)
+  try:
+    return read(), info
+  except (NotImplementedError, AssertionError) as e:  # Not prepared, or not array_record.
+    if builder.is_prepared():
+      raise ValueError(
+          f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
+          f"{builder.info.file_format}, but the input pipeline reads array_record (random "
+          "access, O(1) resume). Convert it once: `tfds convert_format --root_data_dir="
+          f"{data_dir or '~/tensorflow_datasets'} --out_file_format=array_record` (or rebuild "
+          f"with `tfds build {name} --file_format=array_record`).") from e
+  _prepare(builder, name, data_dir, manual_dir)
+  return read(), info
+
+
+def _prepare(builder, name: str, data_dir: Optional[str], manual_dir: Optional[str]) -> None:
+  """download_and_prepare (array_record); on failure one error saying how to prepare it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+  where = data_dir or "~/tensorflow_datasets"
+  # TFDS retries each URL 10 times with exponential backoff (~3.5 min offline before any
+  # error); 3 retries keep transient-error tolerance and fail an offline host in seconds.
+  saved_retries = getattr(downloader, "MAX_RETRIES", None)
+  if saved_retries is not None:
+    downloader.MAX_RETRIES = min(saved_retries, 3)
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except Exception as e:  # pylint: disable=broad-except
+    fresh = tfds.builder(name, data_dir=data_dir)
+    if fresh.is_prepared():  # Another process (same shared data_dir) finished it first.
+      return
+    manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    hint = (f" {name!r} needs a manual download: {' '.join(str(manual).split())} Put those "
+            "files in a folder and pass --config.tfds_manual_dir=FOLDER "
+            "(`tfds build ... --manual_dir=FOLDER`)." if manual else "")
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in {where} and could not be prepared here "
+        f"({type(e).__name__}: {str(e)[:300]}). Prepare it once where the data can be reached: "
+        f"`tfds build {name} --data_dir={where} --file_format=array_record`, then pass "
+        f"--config.tfds_data_dir={where}.{hint}") from e
+  finally:
+    if saved_retries is not None:
+      downloader.MAX_RETRIES = saved_retries

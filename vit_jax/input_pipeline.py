@@ -1,0 +1,278 @@
+"""Datasets → this process's batches: TFDS or image folders, sharded, augmented, resumable.
+
+Design (DESIGN.md Contract 4): index-based sampling with grain over a random-access source
+(`tfds.data_source`, array_record, or an image folder). Process p of P owns the contiguous
+examples [p·N/P, (p+1)·N/P) of the split (as `tfds.even_splits`), so shards are disjoint and
+cover the split. The train stream of a process is its shard, shuffled afresh each epoch
+(grain `shuffle` seeds epoch e with seed+e) and repeated forever; element k of the stream is
+augmented with an RNG derived from (seed, process, k), and batch i is stream elements
+[i·b, (i+1)·b). Everything is a pure function of the batch index, so the iterator state is
+`{'step': i, ...}` and restoring it starts the pipeline at batch i without reading the
+skipped data (O(1)), giving the same batches bit for bit, whatever `config.input.num_workers`.
+
+Batches (numpy, local to this process, b = global batch // process count):
+  train: {'image': float32 (b, crop, crop, 3) in [-1, 1], 'label': float32 (b, C) one-hot,
+          label-smoothed and mixed up as config.pp says (rows sum to 1)}
+  eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
+          exactly one pass, the same number of batches on every process.
+Config keys read: dataset, tfds_data_dir, tfds_manual_dir, train_split, eval_split, batch,
+batch_eval, seed, pp.* (see preprocess.py), input.num_workers (worker processes, 0 = in this
+process), input.prefetch (batches buffered per worker), input.num_threads (optional, threads
+per process; default 1 with workers, 2 without). Sources: vit_jax/datasets/sources.py.
+Workers hand batches over in shared memory: /dev/shm must hold about
+num_workers × prefetch × batch bytes (e.g. `docker run --shm-size=16g`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from vit_jax import preprocess
+from vit_jax.datasets.sources import open_source
+
+__all__ = ["DatasetInfo", "get_dataset_info", "create_train_iterator", "create_eval_iterator",
+           "TrainIterator", "shard_range", "local_batch_size"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs to know about the data (sizes are whole splits, all processes)."""
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+  class_names: tuple[str, ...]
+
+
+def get_dataset_info(config) -> DatasetInfo:
+  """Class count, class names and split sizes; prepares 'digits' if needed."""
+  train, info = open_source(config, config.train_split)
+  evaluation, _ = open_source(config, config.eval_split)
+  return DatasetInfo(num_classes=info.num_classes, num_train_examples=len(train),
+                     num_eval_examples=len(evaluation), class_names=info.class_names)
+
+
+def shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[lo, hi) of the examples process `process_index` reads (contiguous, disjoint, covering)."""
+  return (process_index * num_examples // process_count,
+          (process_index + 1) * num_examples // process_count)
+
+
+def _processes(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+  return int(process_index), int(process_count)
+
+
+def local_batch_size(global_batch: int, process_count: int, name: str = "batch") -> int:
+  """global_batch // process_count; raises when it does not divide evenly."""
+  if global_batch <= 0 or global_batch % process_count:
+    raise ValueError(f"config.{name}={global_batch} must be a positive multiple of the "
+                     f"{process_count} processes; set --config.{name} to e.g. "
+                     f"{max(global_batch // process_count, 1) * process_count}.")
+  return global_batch // process_count
+
+
+def derive_seed(*parts: int) -> int:
+  """A 32-bit seed from integers (stable across runs, platforms and worker counts)."""
+  return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainElement:
+  """Element transform: {'image': encoded, 'label'} → uint8 crop + int label."""
+  opts: preprocess.PreprocessOptions
+  image_key: str = "image"
+  label_key: str = "label"
+
+  def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+    try:
+      image = preprocess.train_image(element[self.image_key], self.opts, rng)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    return {"image": image, "label": np.int32(element[self.label_key])}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBatch:
+  """Batch transform: float32 [-1, 1] images, smoothed one-hot labels, mixup."""
+  opts: preprocess.PreprocessOptions
+  num_classes: int
+
+  def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+    images = preprocess.to_float(batch["image"])
+    labels = preprocess.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
+    if self.opts.mixup_alpha > 0:
+      images, labels, _ = preprocess.mixup(images, labels, self.opts.mixup_alpha, rng)
+    return {"image": images, "label": labels}
+
+
+def _read_options(config, grain):
+  inp = config.get("input", None) or {}
+  workers = int(inp.get("num_workers", 0) or 0)
+  prefetch = max(int(inp.get("prefetch", 2) or 2), 1)
+  threads = int(inp.get("num_threads", 0) or (1 if workers else 2))
+  return workers, grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch), prefetch
+
+
+def _iterate(dataset, config, grain):
+  """MapDataset of batches → iterator, through `num_workers` processes when > 0."""
+  workers, read_options, prefetch = _read_options(config, grain)
+  it_ds = dataset.to_iter_dataset(read_options)
+  if workers > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in mp_prefetch; outside
+      flags.FLAGS.mark_as_parsed()   # an absl app (tests, notebooks) use their defaults.
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=prefetch))
+  return iter(it_ds)
+
+
+class TrainIterator(Iterator[dict]):
+  """Infinite iterator of local train batches whose position is a small, restorable state.
+
+  get_state() → {'step', 'epoch', 'position', 'seed', 'process_count', 'batch',
+  'num_examples'}: the number of batches consumed plus what identifies the run ('epoch' and
+  'position' of the next example in this process's shard are informational).
+  set_state(state) makes the next batch batch number state['step'] of the same run; it uses
+  only 'step' (and checks the rest), so the state saved by process 0 restores every process.
+  """
+
+  def __init__(self, batches, config, *, seed: int, process_count: int, global_batch: int,
+               num_examples: int, shard_size: int):
+    import grain  # pylint: disable=g-import-not-at-top
+    self._grain, self._batches, self._config = grain, batches, config
+    self._meta = {"seed": int(seed), "process_count": int(process_count),
+                  "batch": int(global_batch), "num_examples": int(num_examples)}
+    self._local_batch = global_batch // process_count
+    self._shard_size = shard_size
+    self._step, self._it = 0, None
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      self._it = _iterate(self._batches[self._step:], self._config, self._grain)
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    epoch, position = divmod(self._step * self._local_batch, self._shard_size)
+    return {"step": self._step, "epoch": epoch, "position": position, **self._meta}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if int(state["seed"]) != self._meta["seed"]:
+      raise ValueError(f"the data state was saved with seed {state['seed']} but config.seed is "
+                       f"{self._meta['seed']}; resume with the same --config.seed.")
+    changed = {k: (state.get(k), v) for k, v in self._meta.items() if state.get(k, v) != v}
+    if changed:
+      logging.warning("Resuming the input pipeline with changed %s (saved, now): the order of "
+                      "examples differs from the original run from here on.", changed)
+    self.close()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    """Stops worker processes (also done on garbage collection)."""
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+def create_train_iterator(config, *, process_index: Optional[int] = None,
+                          process_count: Optional[int] = None) -> TrainIterator:
+  """This process's infinite, shuffled, augmented train batches (see module docstring)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  process_index, process_count = _processes(process_index, process_count)
+  local_batch = local_batch_size(int(config.batch), process_count, "batch")
+  opts = preprocess.options_from_config(config.pp)
+  source, info = open_source(config, config.train_split)
+  lo, hi = shard_range(len(source), process_index, process_count)
+  if hi <= lo:
+    raise ValueError(f"split {config.train_split!r} has {len(source)} examples, fewer than the "
+                     f"{process_count} processes; use a larger split.")
+  seed = int(config.seed)
+  ds = grain.MapDataset.source(source)[lo:hi]
+  ds = ds.shuffle(seed=derive_seed(seed, process_index, 1)).repeat(None)
+  ds = ds.random_map(TrainElement(opts, *info.keys), seed=derive_seed(seed, process_index, 2))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, process_index, 3))
+  return TrainIterator(ds, config, seed=seed, process_count=process_count,
+                       global_batch=int(config.batch), num_examples=len(source),
+                       shard_size=hi - lo)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalElement:
+  """Index i of the padded shard → preprocessed example, or a zero image with mask 0."""
+  source: Any
+  lo: int
+  hi: int
+  opts: preprocess.PreprocessOptions
+  image_key: str = "image"
+  label_key: str = "label"
+
+  def __call__(self, i: int) -> dict:
+    crop = self.opts.crop
+    if self.lo + i >= self.hi:
+      return {"image": np.zeros((crop, crop, 3), np.uint8), "label": np.int32(0),
+              "mask": np.float32(0.0)}
+    element = self.source[self.lo + i]
+    try:
+      image = preprocess.eval_image(element[self.image_key], self.opts)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    return {"image": image, "label": np.int32(element[self.label_key]), "mask": np.float32(1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatch:
+  num_classes: int
+
+  def __call__(self, batch: dict) -> dict:
+    return {"image": preprocess.to_float(batch["image"]),
+            "label": preprocess.one_hot(batch["label"], self.num_classes),
+            "mask": batch["mask"].astype(np.float32)}
+
+
+class EvalIterable:
+  """One masked pass per `iter()`; len() = batches, the same on every process."""
+
+  def __init__(self, batches, config, num_batches: int):
+    self._batches, self._config, self._num_batches = batches, config, num_batches
+
+  def __len__(self) -> int:
+    return self._num_batches
+
+  def __iter__(self) -> Iterator[dict]:
+    import grain  # pylint: disable=g-import-not-at-top
+    it = _iterate(self._batches, self._config, grain)
+    try:
+      for _ in range(self._num_batches):
+        yield next(it)
+    finally:
+      if hasattr(it, "close"):
+        it.close()
+
+
+def create_eval_iterator(config, *, split: Optional[str] = None,
+                         process_index: Optional[int] = None,
+                         process_count: Optional[int] = None) -> EvalIterable:
+  """One pass over `split` (default config.eval_split), padded and masked (module docstring)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  process_index, process_count = _processes(process_index, process_count)
+  local_batch = local_batch_size(int(config.batch_eval), process_count, "batch_eval")
+  opts = preprocess.options_from_config(config.pp)
+  source, info = open_source(config, split or config.eval_split)
+  lo, hi = shard_range(len(source), process_index, process_count)
+  largest_shard = math.ceil(len(source) / process_count)
+  num_batches = math.ceil(largest_shard / local_batch)
+  ds = grain.MapDataset.range(num_batches * local_batch)
+  ds = ds.map(EvalElement(source, lo, hi, opts, *info.keys))
+  ds = ds.batch(local_batch).map(EvalBatch(info.num_classes))
+  return EvalIterable(ds, config, num_batches)

@@ -1,0 +1,189 @@
+"""Per-image and per-batch preprocessing of the input pipeline (numpy + Pillow, no TensorFlow).
+
+Owns the published recipes, each a pure function of its inputs and a `np.random.Generator`
+(so a worker computes the same result whatever the worker count):
+
+* train `vit_finetune` (Google's vit_jax fine-tune recipe): resize to `resize`×`resize`
+  (default crop+32), random `crop`×`crop` crop, random horizontal flip.
+* train `inception_crop`: random crop covering 5%-100% of the area with aspect ratio in
+  [3/4, 4/3] (log-uniform; 10 tries, then the whole image), resized to `crop`, random flip.
+* eval `resize`: resize to `crop`; eval `resize_crop`: resize to `resize` (default crop+32),
+  central `crop` crop.
+* optional RandAugment (vit_jax.randaugment) on the uint8 crop.
+* batch level: values to float32 in [-1, 1], one-hot labels with label smoothing
+  (`y = (1-eps)·onehot + eps/C`, rows sum to 1) and mixup (one λ ~ Beta(α, α) per batch,
+  each example mixed with its neighbour `roll(batch, 1)`; labels mixed the same way).
+
+Resizing is bilinear with Pillow's antialiasing when downscaling. JPEGs are decoded with
+libjpeg's DCT scaling (`Image.draft`) when the needed resolution is at most half the stored
+one, which is most of the speed of ImageNet-size decoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+TRAIN_MODES = ("vit_finetune", "inception_crop")
+EVAL_MODES = ("resize", "resize_crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+  """Picklable preprocessing settings (built from config.pp by `options_from_config`)."""
+  crop: int
+  resize: int
+  train: str = "vit_finetune"
+  eval: str = "resize"
+  flip: bool = True
+  randaugment_layers: int = 0
+  randaugment_magnitude: int = 0
+  mixup_alpha: float = 0.0
+  label_smoothing: float = 0.0
+
+
+def options_from_config(pp: Any) -> PreprocessOptions:
+  """Validates config.pp and returns PreprocessOptions (resize defaults to crop+32)."""
+  crop = int(pp.crop)
+  resize = pp.get("resize", None)
+  resize = int(resize) if resize else crop + 32
+  opts = PreprocessOptions(
+      crop=crop, resize=resize, train=str(pp.get("train", "vit_finetune")),
+      eval=str(pp.get("eval", "resize")), flip=bool(pp.get("flip", True)),
+      randaugment_layers=int(pp.get("randaugment_layers", 0) or 0),
+      randaugment_magnitude=int(pp.get("randaugment_magnitude", 0) or 0),
+      mixup_alpha=float(pp.get("mixup_alpha", 0.0) or 0.0),
+      label_smoothing=float(pp.get("label_smoothing", 0.0) or 0.0))
+  if opts.train not in TRAIN_MODES:
+    raise ValueError(f"config.pp.train={opts.train!r} is unknown; use one of {TRAIN_MODES}.")
+  if opts.eval not in EVAL_MODES:
+    raise ValueError(f"config.pp.eval={opts.eval!r} is unknown; use one of {EVAL_MODES}.")
+  if opts.train == "vit_finetune" and opts.resize < crop:
+    raise ValueError(f"config.pp.resize={opts.resize} is smaller than config.pp.crop={crop}; "
+                     "set resize >= crop (or leave it unset for crop+32).")
+  if not 0.0 <= opts.label_smoothing < 1.0:
+    raise ValueError(f"config.pp.label_smoothing={opts.label_smoothing} must be in [0, 1).")
+  if opts.mixup_alpha < 0:
+    raise ValueError(f"config.pp.mixup_alpha={opts.mixup_alpha} must be >= 0 (0 = off).")
+  return opts
+
+
+def open_image(data: Any) -> Image.Image:
+  """Encoded bytes (JPEG/PNG/...) or a uint8 (H, W[, C]) array → lazily decoded PIL image."""
+  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim >= 2:
+    arr = data if data.ndim == 3 else data[..., None]
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(arr, arr.shape[:2] + (3,))))
+  if isinstance(data, np.ndarray):
+    data = data.item()
+  return Image.open(io.BytesIO(data))
+
+
+def sample_inception_box(width: int, height: int, rng: np.random.Generator,
+                         area_range=(0.05, 1.0), aspect_range=(3 / 4, 4 / 3),
+                         attempts: int = 10) -> tuple[int, int, int, int]:
+  """Random (left, top, w, h) with area fraction and aspect ratio in range; else whole image."""
+  area = width * height
+  log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
+  for _ in range(attempts):
+    target = area * rng.uniform(*area_range)
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      left = int(rng.integers(0, width - w + 1))
+      top = int(rng.integers(0, height - h + 1))
+      return left, top, w, h
+  return 0, 0, width, height
+
+
+def _resize_box(data: Any, box_fn, out_size: int, rng=None) -> Image.Image:
+  """Decodes `data`, crops box_fn(w, h, rng) = (left, top, w, h) and resizes it to out_size².
+
+  A JPEG is decoded at a reduced DCT scale when the box still has >= out_size pixels there.
+  """
+  img = open_image(data)
+  width, height = img.size
+  left, top, w, h = box_fn(width, height, rng)
+  scale = out_size / max(min(w, h), 1)
+  if img.format == "JPEG" and scale < 0.5:
+    img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+  sx, sy = img.size[0] / width, img.size[1] / height
+  if img.mode != "RGB":
+    img = img.convert("RGB")
+  return img.resize((out_size, out_size), Image.BILINEAR,
+                    box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+
+
+def inception_crop(data: Any, size: int, rng: np.random.Generator) -> Image.Image:
+  """Inception-style random area/aspect crop, resized to size×size."""
+  return _resize_box(data, lambda w, h, r: sample_inception_box(w, h, r), size, rng)
+
+
+def resize_full(data: Any, size: int) -> Image.Image:
+  """Whole image resized to size×size (aspect ratio not kept, as vit_jax)."""
+  return _resize_box(data, lambda w, h, r: (0, 0, w, h), size)
+
+
+def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+  """Uniformly placed size×size crop."""
+  left = int(rng.integers(0, img.size[0] - size + 1))
+  top = int(rng.integers(0, img.size[1] - size + 1))
+  return img.crop((left, top, left + size, top + size))
+
+
+def central_crop(img: Image.Image, size: int) -> Image.Image:
+  """Centred size×size crop."""
+  left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+  return img.crop((left, top, left + size, top + size))
+
+
+def train_image(data: Any, opts: PreprocessOptions, rng: np.random.Generator) -> np.ndarray:
+  """Train recipe on one encoded image → uint8 (crop, crop, 3)."""
+  if opts.train == "inception_crop":
+    img = inception_crop(data, opts.crop, rng)
+  else:
+    img = random_crop(resize_full(data, opts.resize), opts.crop, rng)
+  if opts.flip and rng.random() < 0.5:
+    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+  if opts.randaugment_layers:
+    from vit_jax import randaugment  # pylint: disable=g-import-not-at-top
+    img = randaugment.randaugment(img, opts.randaugment_layers, opts.randaugment_magnitude, rng)
+  return np.asarray(img, dtype=np.uint8)
+
+
+def eval_image(data: Any, opts: PreprocessOptions) -> np.ndarray:
+  """Deterministic eval recipe on one encoded image → uint8 (crop, crop, 3)."""
+  if opts.eval == "resize_crop":
+    img = central_crop(resize_full(data, opts.resize), opts.crop)
+  else:
+    img = resize_full(data, opts.crop)
+  return np.asarray(img, dtype=np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 [0, 255] → float32 [-1, 1]."""
+  return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+
+
+def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
+  """Integer labels → float32 one-hot rows, smoothed to (1-eps)·onehot + eps/C (sum 1)."""
+  labels = np.asarray(labels, dtype=np.int64)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"label {int(labels.max())} is outside [0, {num_classes}); check the "
+                     "dataset's class count (config.num_classes).")
+  out = np.full(labels.shape + (num_classes,), smoothing / num_classes, np.float32)
+  np.put_along_axis(out, labels[..., None], np.float32(1.0 - smoothing + smoothing / num_classes),
+                    axis=-1)
+  return out
+
+
+def mixup(images: np.ndarray, labels: np.ndarray, alpha: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+  """Mixes each example with roll(batch, 1) by one λ ~ Beta(α, α); returns (x, y, λ)."""
+  lam = float(rng.beta(alpha, alpha))
+  mix = lambda a: (lam * a + (1.0 - lam) * np.roll(a, 1, axis=0)).astype(np.float32)
+  return mix(images), mix(labels), lam
