@@ -1,0 +1,102 @@
+"""Defaults shared by every experiment config (every key the trainer and input pipeline read).
+
+Each config file in this folder starts from `defaults()` and changes what its recipe
+needs; the result is locked, so `--config.some_typo=1` fails (main.py lists the valid
+keys). Units are in the comments: [steps] count optimizer updates, [epochs] passes over
+the train split, batch sizes are GLOBAL (all hosts and devices together).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+# Number of classes of the datasets the presets know, so --dry_run works without the data.
+NUM_CLASSES = {
+    "cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "imagenet2012_real": 1000,
+    "oxford_iiit_pet": 37, "oxford_flowers102": 102, "digits": 10, "imagenet21k": 21843,
+}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key with its default (a fine-tune of ViT-B/16 on cifar10 at 224px)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                       # Params init, dropout and data order derive from it.
+  c.model_name = "ViT-B_16"        # Key of vit_jax.model_configs.MODEL_CONFIGS.
+  c.model = model_overrides()      # Per-run changes to the named architecture (unset = keep).
+  c.num_classes = config_dict.placeholder(int)  # None = from the dataset.
+  # Where initial weights come from (workdir checkpoint > these > scratch):
+  c.pretrained_path = config_dict.placeholder(str)    # Local / gs:// / https:// / hf:// file.
+  c.model_or_filename = config_dict.placeholder(str)  # AugReg name, resolved via the index.
+
+  c.dataset = "cifar10"            # TFDS name, 'digits' (embedded, offline) or an image folder.
+  c.tfds_data_dir = config_dict.placeholder(str)
+  c.tfds_manual_dir = config_dict.placeholder(str)
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.batch = 512                    # Global train batch [images per step].
+  c.batch_eval = 512               # Global eval batch.
+  c.pp = ml_collections.ConfigDict(dict(
+      crop=224, resize=config_dict.placeholder(int), train="vit_finetune", eval="resize",
+      flip=True, randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
+      label_smoothing=0.0))
+  # num_workers: data worker processes (0 = in this process); prefetch: batches buffered per
+  # worker; num_threads: reader threads (0 = default); device_prefetch: batches put on device ahead.
+  c.input = ml_collections.ConfigDict(dict(num_workers=2, prefetch=2, num_threads=0, device_prefetch=2))
+
+  c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
+  c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.
+  c.warmup_steps = 500             # [steps] of linear warmup from 0 to base_lr.
+  c.base_lr = 0.03
+  c.end_lr = 0.0
+  c.decay_type = "cosine"          # 'cosine' | 'linear' | 'rsqrt' | 'constant'.
+  c.optimizer = "sgd"              # 'sgd' (momentum) | 'adamw'.
+  c.momentum = 0.9
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.weight_decay = 0.0             # AdamW, decoupled, × lr schedule; kernels only.
+  c.optim_dtype = "float32"        # Momentum / first-moment dtype ('bfloat16' halves its memory).
+  c.grad_norm_clip = 1.0           # 0 = off.
+  c.accum_steps = 1                # Micro-batches per step (batch / accum_steps each).
+
+  c.mesh = (("data", -1),)         # (axis, size) pairs over 'data', 'fsdp', 'model'; -1 = rest.
+  c.sharding_rules = ()            # (logical_name, mesh_axis) overrides of sharding.default_rules.
+
+  c.log_every = 50                 # [steps]
+  c.eval_every = 1000              # [steps]; 0 = only at the end.
+  c.checkpoint_every = 1000        # [steps]; 0 = only at the end / on SIGTERM.
+  c.max_to_keep = 3                # Checkpoints kept (the newest).
+  c.keep_period = 0                # [steps]; also keep every checkpoint at a multiple (0 = off).
+  c.progress = True                # tqdm progress bar with ETA on process 0.
+  return c
+
+
+def model_overrides() -> ml_collections.ConfigDict:
+  """Architecture fields a run may change; unset (None) fields keep the MODEL_CONFIGS value."""
+  m = ml_collections.ConfigDict()
+  m.dtype = config_dict.placeholder(str)          # Compute dtype, e.g. 'bfloat16'.
+  m.remat = config_dict.placeholder(bool)
+  m.scan_layers = config_dict.placeholder(bool)
+  m.attention_impl = config_dict.placeholder(str)
+  m.stochastic_depth = config_dict.placeholder(float)
+  m.classifier = config_dict.placeholder(str)
+  m.representation_size = config_dict.placeholder(int)
+  m.transformer = ml_collections.ConfigDict(dict(
+      dropout_rate=config_dict.placeholder(float),
+      attention_dropout_rate=config_dict.placeholder(float)))
+  return m
+
+
+def set_dataset(c: ml_collections.ConfigDict, dataset: str) -> None:
+  """Points `c` at a dataset (and its class count when known)."""
+  c.dataset = dataset
+  if dataset in NUM_CLASSES:
+    c.num_classes = NUM_CLASSES[dataset]
+
+
+def load_sibling(name: str):
+  """Imports configs/<name>.py by path (configs/ is a folder of files, not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+  spec = importlib.util.spec_from_file_location(f"vit_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

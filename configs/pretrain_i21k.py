@@ -1,0 +1,30 @@
+r"""Pretrain ViT from scratch on ImageNet-21k with the AugReg recipe (Steiner et al. 2021).
+
+Preset: `pretrain_i21k.py:<model>[,<aug>]` (see pretrain_i1k.py for the names). Recipe:
+AdamW (b1 0.9, b2 0.999), lr 1e-3, decoupled weight decay 0.03, warmup 10k steps, cosine,
+300 epochs, batch 4096, inception crop 224, RandAugment 2x10 (light1 default; medium1 =
+2x15 + mixup 0.2), no dropout / stochastic depth (i21k is large enough). The last 102400
+images of imagenet21k's single split are held out for evaluation.
+
+  python -m vit_jax.main --workdir=gs://bucket/i21k-b16 --config=configs/pretrain_i21k.py:b16,medium1
+
+Expected result: the AugReg paper's i21k 300-epoch B/16 (medium1) fine-tuned to ImageNet-1k
+at 384px reaches about 85.5% top-1 (fine-tune with configs/vit.py:b16,imagenet2012 and
+--config.pretrained_path=<exported .npz>). Several days on a TPU v3-64 class slice.
+"""
+import importlib.util
+import os
+
+
+def _i1k():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_i1k.py")
+  spec = importlib.util.spec_from_file_location("vit_jax_configs_pretrain_i1k", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str = "b16"):
+  """`arg` = '<model>[,<aug>]'."""
+  return _i1k().pretrain_config(arg, "imagenet21k", weight_decay=0.03, regularization=0.0,
+                                default_aug="light1")

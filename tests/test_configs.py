@@ -1,0 +1,68 @@
+"""Tests for configs/: every preset loads, is locked, carries its published recipe."""
+import pytest
+
+from test_train import load_config_file  # pylint: disable=g-bad-import-order
+from vit_jax import main
+
+VIT_PRESETS = ["b16,cifar10", "l16,imagenet2012", "ti16,digits", "b32,cifar100",
+               "s16,oxford_iiit_pet", "r50b16,cifar10", "mixer-b16,cifar10", "h14,imagenet2012"]
+
+
+@pytest.mark.parametrize("preset", VIT_PRESETS)
+def test_vit_presets_published_finetune_recipe(preset):
+  c = load_config_file("vit", preset)
+  assert c.optimizer == "sgd" and c.momentum == 0.9
+  assert c.decay_type == "cosine" and c.grad_norm_clip == 1.0 and c.weight_decay == 0.0
+  assert c.base_lr in (0.001, 0.003, 0.01, 0.03)
+  if not preset.endswith("digits"):
+    assert c.batch == 512 and c.pp.crop == 384
+  if preset.endswith("imagenet2012"):
+    assert c.total_steps == 20_000 and c.base_lr == 0.03 and c.num_classes == 1000
+  if preset.endswith(("cifar10", "cifar100")):
+    assert c.total_steps == 10_000 and c.warmup_steps == 500
+
+
+def test_model_names_exist():
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  vit = load_config_file("vit", "b16,cifar10")
+  names = set(model_configs.MODEL_CONFIGS)
+  for preset in VIT_PRESETS:
+    assert load_config_file("vit", preset).model_name in names, preset
+  for arg in ["ti16", "s16", "b16", "l16"]:
+    assert load_config_file("pretrain_i1k", arg).model_name in names
+  assert vit.model_name == "ViT-B_16"
+
+
+@pytest.mark.parametrize("name,wd", [("pretrain_i1k", 0.1), ("pretrain_i21k", 0.03)])
+def test_pretrain_augreg_recipe(name, wd):
+  c = load_config_file(name, "b16,medium2")
+  assert (c.optimizer, c.base_lr, c.b1, c.b2, c.weight_decay) == ("adamw", 1e-3, 0.9, 0.999, wd)
+  assert c.warmup_steps == 10_000 and c.total_epochs == 300 and c.batch == 4096
+  assert (c.pp.randaugment_layers, c.pp.randaugment_magnitude, c.pp.mixup_alpha) == (2, 15, 0.5)
+  light = load_config_file(name, "s16,light1")
+  assert (light.pp.randaugment_magnitude, light.pp.mixup_alpha) == (10, 0.0)
+  with pytest.raises(ValueError, match="augmentation"):
+    load_config_file(name, "s16,extreme")
+
+
+def test_augreg_and_quickstart():
+  c = load_config_file("augreg", "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0,cifar100")
+  assert c.model_name == "ViT-S_16" and c.dataset == "cifar100"
+  assert c.model_or_filename.startswith("S_16-i21k")
+  q = load_config_file("quickstart")
+  assert q.dataset == "digits" and q.total_steps > 0
+  assert load_config_file("vit", "quickstart").to_dict() == q.to_dict()
+
+
+def test_configs_are_locked_and_unknown_overrides_list_valid_keys():
+  c = load_config_file("vit", "b16,cifar10")
+  with pytest.raises(AttributeError):
+    c.bogus_key = 1
+  main.check_config_overrides(["--config=configs/vit.py:b16,cifar10", "--config.base_lr=0.01",
+                               "--config.model.transformer.dropout_rate=0.1"])
+  with pytest.raises(SystemExit) as err:
+    main.check_config_overrides(["--config=configs/vit.py:b16,cifar10", "--config.base_lrr=0.01"])
+  message = str(err.value)
+  assert "base_lrr" in message and "Valid keys" in message and "base_lr\n" in message
+  with pytest.raises(ValueError, match="model"):
+    load_config_file("vit", "b17,cifar10")

@@ -1,0 +1,49 @@
+"""Tests for vit_jax.export: a trained run → official .npz → checkpoint.load round trip."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+from vit_jax import export, train
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}/"))
+    else:
+      out[prefix + key] = np.asarray(value)
+  return out
+
+
+def test_export_round_trip(tmp_path, tmp_path_factory):
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path_factory.getbasetemp() / "tfds_shared", total_steps=3,
+                       checkpoint_every=3)
+  workdir = tmp_path / "run"
+  result = train.train_and_evaluate(config, str(workdir))
+  trained = _flat(jax.device_get(result["state"].params))
+
+  out = export.export(str(workdir), str(tmp_path / "model.npz"))
+  with np.load(out) as f:
+    keys = set(f.files)
+  # The official (pre-Linen) block numbering on disk.
+  assert any("MultiHeadDotProductAttention_1" in k for k in keys), sorted(keys)[:20]
+  assert any("MlpBlock_3" in k for k in keys)
+  loaded = _flat(checkpoint.load(out))
+  assert set(loaded) == set(trained)
+  for key, value in trained.items():
+    np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+def test_export_cli_and_missing_workdir(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "vit_jax.export", f"--workdir={tmp_path}/none",
+                         f"--output={tmp_path}/x.npz"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0 and "config.json not found" in proc.stderr
+  assert not (tmp_path / "x.npz").exists()

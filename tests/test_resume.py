@@ -1,0 +1,141 @@
+"""Contract 3 tests: kill -9 and resume is bit-identical, SIGTERM saves, restore onto another mesh.
+
+The killed / preempted runs are real `python -m vit_jax.main` processes (8 fake CPU devices,
+inherited XLA_FLAGS) on the embedded 'digits' dataset.
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from test_train import REPO, tiny_config, setup_for  # pylint: disable=g-bad-import-order
+from vit_jax import checkpointing, export, sharding, train
+
+# The tiny run of test_train.tiny_config as main.py flags.
+TINY_FLAGS = [
+    "--config=configs/quickstart.py", "--config.model.hidden_size=16",
+    "--config.model.patches.size=(4,4)", "--config.model.transformer.mlp_dim=32",
+    "--config.model.transformer.num_heads=2", "--config.model.transformer.num_layers=1",
+    "--config.model.transformer.dropout_rate=0.1", "--config.pp.crop=8", "--config.pp.resize=8",
+    "--config.batch=32", "--config.batch_eval=64", "--config.warmup_steps=2",
+    "--config.progress=False", "--config.eval_every=0", "--config.input.device_prefetch=2",
+    "--config.input.num_workers=0",
+]
+
+
+def _overrides(total_steps, checkpoint_every, log_every):
+  return dict(total_steps=total_steps, checkpoint_every=checkpoint_every, log_every=log_every)
+
+
+def _start(workdir, data_dir, total_steps, checkpoint_every, log_every=1000):
+  flags = TINY_FLAGS + [f"--workdir={workdir}", f"--config.tfds_data_dir={data_dir}",
+                        f"--config.total_steps={total_steps}",
+                        f"--config.checkpoint_every={checkpoint_every}",
+                        f"--config.log_every={log_every}"]
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.Popen([sys.executable, "-m", "vit_jax.main"] + flags, cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      pytest.fail(f"process exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+    if time.time() > deadline:
+      proc.kill()
+      pytest.fail("timed out")
+    time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.getbasetemp() / "tfds_shared"
+
+
+def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
+  total = 30
+  killed = tmp_path / "killed"
+  proc = _start(killed, data_dir, total, checkpoint_every=5)
+  _wait_for(lambda: (killed / "checkpoints" / "5").exists(), proc)
+  time.sleep(random.uniform(0.0, 0.2))  # An arbitrary step (mid-step, mid-save, ...).
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  ckpt = checkpointing.Checkpointer(str(killed))
+  stopped_at = ckpt.latest_step()
+  ckpt.close()
+  assert stopped_at is not None and stopped_at < total, f"run was not interrupted ({stopped_at})"
+
+  resumed = _start(killed, data_dir, total, checkpoint_every=5)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out[-3000:]
+  assert f"Resuming from the workdir checkpoint at step {stopped_at}" in out
+
+  # The same run, never interrupted, in this process.
+  config = tiny_config(data_dir, **_overrides(total, 5, 1000))
+  with config.unlocked():
+    config.eval_every = 0
+  train.train_and_evaluate(config, str(tmp_path / "unbroken"))
+  a, _, step_a = export.restore_params(str(killed))
+  b, _, step_b = export.restore_params(str(tmp_path / "unbroken"))
+  assert step_a == step_b == total
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path, data_dir):
+  workdir = tmp_path / "term"
+  proc = _start(workdir, data_dir, 100_000, checkpoint_every=0, log_every=1)
+  lines = []
+  while True:  # Wait until training is under way.
+    line = proc.stdout.readline()
+    if not line:
+      pytest.fail("process ended before training:\n" + "".join(lines[-50:]))
+    lines.append(line)
+    if line.startswith("step 3:"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM" in out
+  ckpt = checkpointing.Checkpointer(str(workdir))
+  step = ckpt.latest_step()
+  ckpt.close()
+  assert step is not None and 3 <= step < 100_000
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_restore_onto_a_different_mesh(tmp_path, data_dir):
+  config = tiny_config(data_dir, total_steps=4, checkpoint_every=4)
+  result = train.train_and_evaluate(config, str(tmp_path / "m"))
+  saved = jax.device_get(result["state"].params)
+  mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("model", 2)))
+  setup = setup_for(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "m"))
+  state, data_state = ckpt.restore(4, setup.abstract_state)
+  ckpt.close()
+  assert data_state, "input pipeline position missing from the checkpoint"
+  assert int(state.step) == 4
+  for leaf, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(setup.state_shardings.params)):
+    assert leaf.sharding == want
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved)
+  # Fewer devices than the checkpoint was written with (8 → 4) also restores.
+  small = setup_for(config, sharding.make_mesh((("fsdp", 4),), jax.devices()[:4]))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "m"))
+  state4, _ = ckpt.restore(4, small.abstract_state)
+  ckpt.close()
+  assert {d.id for leaf in jax.tree.leaves(state4.params) for d in leaf.devices()} <= {
+      d.id for d in jax.devices()[:4]}
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state4.params), saved)
+  # The restored state trains on the new mesh.
+  from vit_jax import train_step  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_batches  # pylint: disable=g-import-not-at-top
+  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh))
+           for k, v in next(synthetic_batches(1, 32, 8)).items()}
+  state, metrics = train_step.make_train_step(setup)(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and int(state.step) == 5

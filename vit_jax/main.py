@@ -1,0 +1,159 @@
+r"""Command line: flags → (multi-host start-up) → train.train_and_evaluate or the dry run.
+
+  python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=/tmp/run \
+      [--config.base_lr=0.01 ...] [--dry_run]
+  # Several processes without a cluster manager JAX detects:
+  python -m vit_jax.main ... --coordinator_address=10.0.0.1:1234 --num_processes=4 --process_id=0
+
+Multi-host: `jax.distributed.initialize` runs when --coordinator_address (or env
+JAX_COORDINATOR_ADDRESS) is given, or when a multi-process cluster is detected (SLURM
+with several tasks, Open MPI, TPU pod slices, Kubernetes JobSets); --distributed=off
+disables it. A process that cannot reach the coordinator fails after
+--distributed_init_timeout seconds with a message saying what to check.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Optional, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:preset], e.g. configs/vit.py:b16,cifar10.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and config.json go here.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step, print memory/FLOPs, exit.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+    "Total number of processes (env JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
+    "This process's index in [0, num_processes) (env JAX_PROCESS_ID).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "auto: initialize when flags/env or a detected cluster say there are several processes.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "distributed_init_timeout", 300, "Seconds to wait for all processes to join.")
+
+
+def detected_cluster(environ=os.environ) -> Optional[str]:
+  """Name of a multi-process cluster environment JAX can auto-configure, or None."""
+  if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in environ:
+    return "SLURM"
+  if int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "Open MPI"
+  if "," in environ.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in environ:
+    return "TPU pod slice"
+  if "JOBSET_NAME" in environ and int(environ.get("JAX_NUM_PROCESSES", "1") or 1) > 1:
+    return "Kubernetes JobSet"
+  return None
+
+
+def initialize_distributed() -> None:
+  """Calls jax.distributed.initialize when this is one process of several (see module doc)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  mode = _DISTRIBUTED.value
+  explicit = _COORDINATOR.value is not None
+  cluster = detected_cluster()
+  if mode == "off" or (mode == "auto" and not explicit and cluster is None):
+    return
+  if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id (or env "
+                         "JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+  where = (f"coordinator {_COORDINATOR.value}, process {_PROCESS_ID.value} of {_NUM_PROCESSES.value}"
+           if explicit else f"auto-detected {cluster or 'cluster'}")
+  logging.info("jax.distributed.initialize (%s)", where)
+  timeout = _INIT_TIMEOUT.value
+  message = (f"Multi-host start-up failed ({where}): not all processes joined within {timeout}s. "
+             "Check that every process was started with the same --num_processes and a distinct "
+             "--process_id, that the coordinator host:port is reachable from all hosts (firewall), "
+             "and that process 0 is running. Raise --distributed_init_timeout for slow starts.")
+  # JAX aborts the process from C++ when its own timeout expires; a watchdog that fires first
+  # turns the hang into this message and a clean exit status.
+  watchdog = threading.Timer(timeout, _fail_start_up, args=(message,))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value, initialization_timeout=timeout + 60)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(f"{message}\nCause: {e}") from e
+  finally:
+    watchdog.cancel()
+
+
+def _fail_start_up(message: str) -> None:
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _flatten_keys(config, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if hasattr(value, "items") and hasattr(value, "lock"):
+      keys.extend(_flatten_keys(value, prefix + key + "."))
+  return keys
+
+
+def check_config_overrides(argv: Sequence[str]) -> None:
+  """Exits with the list of valid keys when a --config.<key> override names no config field."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not spec or not overrides:
+    return
+  path, _, arg = spec.partition(":")
+  try:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    module_spec = importlib.util.spec_from_file_location("_vit_jax_config_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  # config_flags reports load errors itself.
+    return
+  valid = _flatten_keys(config)
+  unknown = [k for k in overrides if k not in valid]
+  if unknown:
+    sys.exit(f"Unknown config key(s) {unknown} for --config={spec}. Valid keys:\n  "
+             + "\n  ".join(sorted(valid)))
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
+  initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
+  if _DRY_RUN.value:
+    from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
+    dry_run.run(_CONFIG.value)
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (checkpoints and logs go there).")
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result.get("preempted"):
+    logging.warning("Stopped by SIGTERM at step %d; checkpoint saved. Rerun to continue.",
+                    result["step"])
+
+
+def run() -> None:
+  """Console entry point."""
+  check_config_overrides(sys.argv[1:])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,78 @@
+"""Optimizers and learning-rate schedules (optax) built from the experiment config.
+
+Config keys read here (units in brackets):
+  optimizer: 'sgd' (momentum; the published fine-tune recipe) | 'adamw' (pretraining).
+  base_lr [lr at the end of warmup], warmup_steps [steps], decay_type: 'cosine' | 'linear' |
+    'rsqrt' | 'constant', end_lr [final lr for cosine/linear, default 0],
+    rsqrt_timescale [steps, default = warmup_steps].
+  momentum (sgd, default 0.9), optim_dtype (dtype of the momentum / Adam first moment:
+    'float32' or 'bfloat16'; None = param dtype).
+  b1, b2, weight_decay (adamw). Weight decay is decoupled and scaled by the lr schedule
+    (optax.adamw: p -= lr_t * weight_decay * p), so weight_decay=0.1 with lr 1e-3 is the
+    AugReg paper's "wd 0.1" (= big_vision's decoupled wd 1e-4). Only kernels decay:
+    biases, norm scales, position embeddings and the class token do not.
+  grad_norm_clip: global-norm clipping threshold (None or 0 = off).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[Any], Any]
+
+
+def make_schedule(config, total_steps: int) -> Schedule:
+  """Linear warmup from 0 to base_lr over warmup_steps, then the configured decay to end_lr."""
+  base_lr = float(config.base_lr)
+  warmup = int(config.get("warmup_steps", 0) or 0)
+  end_lr = float(config.get("end_lr", 0.0) or 0.0)
+  decay_type = config.get("decay_type", "cosine")
+  if warmup > total_steps:
+    raise ValueError(f"warmup_steps={warmup} exceeds total_steps={total_steps}; lower --config.warmup_steps.")
+  decay_steps = max(total_steps - warmup, 1)
+  if decay_type == "cosine":
+    decay = optax.cosine_decay_schedule(base_lr, decay_steps, alpha=end_lr / base_lr if base_lr else 0.0)
+  elif decay_type == "linear":
+    decay = optax.linear_schedule(base_lr, end_lr, decay_steps)
+  elif decay_type == "constant":
+    decay = optax.constant_schedule(base_lr)
+  elif decay_type == "rsqrt":
+    timescale = float(config.get("rsqrt_timescale", 0) or max(warmup, 1))
+    decay = lambda s: base_lr * jax.lax.rsqrt(1.0 + s / timescale)
+  else:
+    raise ValueError(f"decay_type={decay_type!r} is unknown; use 'cosine', 'linear', 'rsqrt' or 'constant'.")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), decay], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for leaves that get weight decay: only 'kernel' leaves (not biases, norms, posemb, cls)."""
+  def is_kernel(path, _):
+    return getattr(path[-1], "key", None) == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def _dtype(name):
+  return None if name in (None, "", "none", "None") else jnp.dtype(name)
+
+
+def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+  """Returns (clip → optimizer chain, lr schedule) for `config`."""
+  schedule = make_schedule(config, total_steps)
+  name = config.get("optimizer", "sgd")
+  acc_dtype = _dtype(config.get("optim_dtype", None))
+  if name == "sgd":
+    opt = optax.sgd(schedule, momentum=config.get("momentum", 0.9), accumulator_dtype=acc_dtype)
+  elif name == "adamw":
+    opt = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
+                      mu_dtype=acc_dtype, weight_decay=config.get("weight_decay", 0.0), mask=decay_mask)
+  else:
+    raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
+  clip = config.get("grad_norm_clip", None)
+  if clip:
+    opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
+  return opt, schedule

@@ -1,0 +1,179 @@
+"""Device mesh and shardings: the mesh from `config.mesh`, logical-axis rules, param/batch shardings.
+
+Owns Contract 2 (sharding is declared, not hand-placed). The model annotates its
+parameters with logical axis names ('embed', 'mlp', 'heads', ...); the config maps
+them to the mesh axes 'data' (pure data parallel), 'fsdp' (batch and parameters
+sharded) and 'model' (tensor parallel). Batches are sharded over ('data', 'fsdp').
+
+Config keys read here:
+  config.mesh: sequence of (axis_name, size) pairs; one size may be -1 (= the rest
+    of the devices). Default [('data', -1)] (pure data parallel).
+  config.sharding_rules: optional sequence of (logical_name, mesh_axis or None);
+    it replaces the rules of `default_rules(config.mesh)` for the names it lists.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -> dict[str, int]:
+  """Returns {'data': d, 'fsdp': f, 'model': m} with -1 replaced so the product is num_devices."""
+  sizes = {}
+  for entry in mesh_config:
+    if len(entry) != 2:
+      raise ValueError(f"config.mesh entries are (axis, size) pairs, got {entry!r}.")
+    name, size = entry[0], int(entry[1])
+    if name not in MESH_AXES:
+      raise ValueError(f"config.mesh axis {name!r} is unknown; use axes from {MESH_AXES}.")
+    if name in sizes:
+      raise ValueError(f"config.mesh names axis {name!r} twice: {list(mesh_config)!r}.")
+    sizes[name] = size
+  free = [n for n, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"config.mesh may have one -1 size, got {list(mesh_config)!r}.")
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if fixed <= 0 or num_devices % fixed:
+      raise ValueError(f"config.mesh {list(mesh_config)!r}: {num_devices} devices are not divisible by "
+                       f"the fixed axis sizes (product {fixed}).")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"config.mesh {list(mesh_config)!r} has {math.prod(sizes.values())} devices but "
+                     f"{num_devices} are available; use -1 for one axis to take the rest.")
+  return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
+
+
+def make_mesh(mesh_config: Sequence[Sequence[Any]] = (("data", -1),),
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """Builds the ('data', 'fsdp', 'model') mesh; across hosts data/fsdp span hosts, model stays in one."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(mesh_config, len(devices))
+  dims = tuple(shape[a] for a in MESH_AXES)
+  num_slices = len({d.process_index for d in devices})
+  if num_slices > 1:
+    per_host = len(devices) // num_slices
+    if shape["model"] > per_host or per_host % shape["model"]:
+      raise ValueError(f"mesh axis 'model'={shape['model']} must divide the {per_host} devices of one "
+                       "host (tensor parallelism stays within a host).")
+    dcn = _split_over_hosts(shape, num_slices)
+    ici = tuple(d // h for d, h in zip(dims, dcn))
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=True)
+    except (ValueError, AssertionError, NotImplementedError):
+      grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(dims)
+  else:
+    try:
+      grid = mesh_utils.create_device_mesh(dims, devices)
+    except (ValueError, AssertionError, NotImplementedError):
+      grid = np.array(devices).reshape(dims)
+  return Mesh(grid, MESH_AXES)
+
+
+def _split_over_hosts(shape: dict[str, int], num_hosts: int) -> tuple[int, int, int]:
+  """How many hosts each mesh axis spans: first 'data', then 'fsdp'; 'model' never."""
+  data_hosts = math.gcd(shape["data"], num_hosts)
+  fsdp_hosts = num_hosts // data_hosts
+  if shape["fsdp"] % fsdp_hosts:
+    raise ValueError(f"mesh data={shape['data']} x fsdp={shape['fsdp']} cannot be laid out over "
+                     f"{num_hosts} hosts; make data*fsdp a multiple of the host count.")
+  return (data_hosts, fsdp_hosts, 1)
+
+
+def default_rules(mesh_config: Sequence[Sequence[Any]] = ()) -> list[tuple[str, Any]]:
+  """Logical→mesh rules: big dims go to 'fsdp' (FSDP) and heads/mlp to 'model' (tensor parallel)."""
+  del mesh_config  # Rules naming axes of size 1 are harmless: those dims simply stay whole.
+  return [
+      ("batch", BATCH_AXES),
+      ("embed", "fsdp"),
+      ("mlp", "model"),
+      ("heads", "model"),
+      ("kv", None),
+      ("classes", None),
+      ("layers", None),
+      ("patch", None),
+      ("conv_in", None),
+      ("conv_out", "fsdp"),
+      ("tokens", None),
+      ("repr", None),
+      ("posemb", None),
+  ]
+
+
+def logical_axis_rules(config) -> list[tuple[str, Any]]:
+  """The default rules with `config.sharding_rules` (if any) overriding names it mentions."""
+  rules = dict(default_rules(config.get("mesh", ())))
+  for name, axis in (config.get("sharding_rules") or ()):
+    rules[name] = tuple(axis) if isinstance(axis, list) else axis
+  return list(rules.items())
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Drops mesh axes that do not divide a dimension (e.g. 10 classes over 4 devices) → replicated."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    fitted.append(axes if names and dim % size == 0 else None)
+  return P(*fitted)
+
+
+def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+  """NamedShardings for an (abstract, nn.Partitioned-boxed) param tree; unannotated leaves replicate."""
+  logical = nn.get_partition_spec(abstract_boxed_params)
+  shapes = nn.meta.unbox(abstract_boxed_params)
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, _fit_spec(logical_to_mesh_spec(spec, rules), x.shape, mesh)),
+      logical, shapes, is_leaf=lambda s: isinstance(s, P))
+
+
+def logical_to_mesh_spec(logical: P, rules: Sequence[tuple[str, Any]]) -> P:
+  """Maps logical dim names to mesh axes; unknown names and reused mesh axes stay unsharded.
+
+  Unlike flax.linen.logical_to_mesh this allows a logical name to repeat within one array
+  (e.g. ('patch', 'patch', 'patch', 'embed') for a conv kernel).
+  """
+  table = dict(rules)
+  used, out = set(), []
+  for name in logical:
+    axes = table.get(name) if isinstance(name, str) else name
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if not names or used.intersection(names):
+      out.append(None)
+      continue
+    used.update(names)
+    out.append(axes if isinstance(axes, str) else tuple(names))
+  return P(*out)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A fully replicated sharding on `mesh` (scalars, the RNG key, the step)."""
+  return NamedSharding(mesh, P())
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """Number of ways a batch is split (data × fsdp)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
+  """Bytes one device holds for `abstract_tree` laid out with `shardings` (largest device)."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    shard = s.shard_shape(x.shape) if hasattr(s, "shard_shape") else x.shape
+    total += math.prod(shard) * np.dtype(x.dtype).itemsize
+  return total

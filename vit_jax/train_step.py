@@ -1,0 +1,109 @@
+"""The jitted train and eval steps (explicit in/out shardings, buffer donation).
+
+Train step: softmax cross-entropy on the (already smoothed / mixed) one-hot labels,
+gradients accumulated over `accum_steps` equal micro-batches with lax.scan (the mean
+equals the full-batch gradient), then the optax chain (global-norm clipping,
+SGD-momentum or AdamW). Dropout keys are derived from the state's RNG and the step
+number only, so a resumed run draws exactly the same random numbers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vit_jax import sharding
+from vit_jax.train_state import StateSetup, TrainState
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against one-hot / soft labels (float32)."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
+
+
+def _split_micro(x: jax.Array, accum_steps: int, mesh) -> jax.Array:
+  """(B, ...) → (accum, B/accum, ...); micro-batch i takes every accum-th example, so each
+  device keeps its own rows (no resharding) and every micro-batch is spread over all devices."""
+  micro = x.shape[0] // accum_steps
+  x = x.reshape((micro, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+
+
+def make_loss_and_grad(setup: StateSetup, accum_steps: int) -> Callable:
+  """Returns f(params, batch, rng) -> (loss, accuracy, grads) averaged over micro-batches."""
+  model = setup.model
+
+  def loss_fn(params, images, labels, rng):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    loss = cross_entropy(logits, labels).mean()
+    acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
+    return loss, acc
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def loss_and_grad(params, batch, rng):
+    if accum_steps == 1:
+      (loss, acc), grads = grad_fn(params, batch["image"], batch["label"], rng)
+      return loss, acc, grads
+    images = _split_micro(batch["image"], accum_steps, setup.mesh)
+    labels = _split_micro(batch["label"], accum_steps, setup.mesh)
+
+    def body(carry, xs):
+      i, img, lab = xs
+      (loss, acc), grads = grad_fn(params, img, lab, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), images, labels))
+    return jax.tree.map(lambda t: t / accum_steps, total)
+
+  return loss_and_grad
+
+
+def make_train_step(setup: StateSetup, accum_steps: int = 1) -> Callable:
+  """jit(train_step)(state, batch) -> (state, metrics); donates the state's buffers."""
+  loss_and_grad = make_loss_and_grad(setup, accum_steps)
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    loss, acc, grads = loss_and_grad(state.params, batch, step_rng)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
+               "lr": jnp.asarray(setup.schedule(state.step), jnp.float32)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  batch_shard = sharding.batch_sharding(setup.mesh)
+  repl = sharding.replicated(setup.mesh)
+  return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_shard),
+                 out_shardings=(setup.state_shardings, repl), donate_argnums=(0,))
+
+
+def make_eval_step(setup: StateSetup) -> Callable:
+  """jit(eval_step)(params, batch) -> {'loss_sum', 'correct', 'count'} over unmasked examples."""
+  model = setup.model
+
+  def eval_step(params: Any, batch: dict[str, jax.Array]):
+    logits = model.apply({"params": params}, batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == jnp.argmax(batch["label"], -1)).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+            "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+  batch_shard = sharding.batch_sharding(setup.mesh)
+  return jax.jit(eval_step, in_shardings=(setup.param_shardings, batch_shard),
+                 out_shardings=sharding.replicated(setup.mesh))
+
+
+def check_accum_steps(global_batch: int, accum_steps: int, num_shards: int) -> None:
+  """Raises unless the batch splits evenly into micro-batches and over the batch shards."""
+  if accum_steps < 1 or global_batch % accum_steps:
+    raise ValueError(f"batch={global_batch} is not divisible by accum_steps={accum_steps}.")
+  micro = global_batch // accum_steps
+  if micro % num_shards:
+    raise ValueError(f"micro-batch {micro} (batch {global_batch} / accum_steps {accum_steps}) must be "
+                     f"divisible by the {num_shards} batch shards (mesh data x fsdp).")
