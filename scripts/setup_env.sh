@@ -24,6 +24,11 @@ if [[ "$KIND" == "test" ]]; then
   if [[ "${VIT_JAX_INTEROP_TESTS:-1}" == "1" ]]; then
     pip install -q -r "$ROOT/requirements-interop.txt" \
       || echo "[setup] interop test dependencies not installed; those tests will be skipped"
+    # timm's own dependencies (torch, safetensors, huggingface-hub, PyYAML) are
+    # pinned above; --no-deps keeps pip from pulling torchvision, which does not
+    # import beside the CPU torch wheel (the tests stub the one import timm makes).
+    pip install -q --no-deps "timm==1.0.31" \
+      || echo "[setup] timm not installed; the timm interop tests will be skipped"
   fi
 else
   pip install -q -r "$ROOT/requirements.txt"

@@ -2,6 +2,7 @@
 import errno
 import os
 import pickle
+import stat
 
 import jax
 import numpy as np
@@ -292,3 +293,13 @@ def test_colab_snippet_runs_on_a_tiny_fixture(tmp_path, monkeypatch):
                                       init_params=variables["params"], model_config=cfg)
   logits = model.apply({"params": params}, x, train=False)
   assert logits.shape == (1, 10)
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+  old = os.umask(0o022)
+  try:
+    _, params = _init()
+    checkpoint.save(params, tmp_path / "ckpt.npz")
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / "ckpt.npz").st_mode) == 0o644

@@ -131,6 +131,13 @@ def _safetensor(data, info: dict, path: str, name: str) -> np.ndarray:
   return array.astype(np.float32) if array.dtype == np.float16 else array.copy()
 
 
+def default_file_mode() -> int:
+  """0o666 minus the process umask: what open() would give a new file (mkstemp gives 0o600)."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
   """Writes `flat` as an uncompressed .npz at `path` via a temp file + os.replace."""
   path = os.fspath(path)
@@ -141,6 +148,7 @@ def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                              suffix=".tmp")
   try:
+    os.chmod(tmp, default_file_mode())
     with os.fdopen(fd, "wb") as f:
       _write_npz(f, flat)
       f.flush()

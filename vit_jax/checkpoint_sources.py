@@ -40,6 +40,8 @@ from typing import Optional
 import tqdm
 import tqdm.auto
 
+from vit_jax import checkpoint_files
+
 GCS_ENDPOINT_ENV = "VIT_JAX_GCS_ENDPOINT"
 DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
 CACHE_ENV = "VIT_JAX_CACHE"
@@ -173,6 +175,7 @@ def _fetch_url(url: str, dest: str, *, sha256: Optional[str], progress: bool,
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.",
                              suffix=".part")
   try:
+    os.chmod(tmp, checkpoint_files.default_file_mode())
     with os.fdopen(fd, "wb") as out:
       digest = _download(url, out, headers=headers or {}, progress=progress, gs_uri=gs_uri)
     if sha256 and digest.lower() != sha256.lower():
