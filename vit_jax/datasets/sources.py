@@ -105,9 +105,11 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
   decoders = {info.keys[0]: tfds.decode.SkipDecoding()}
   read = lambda: tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                   decoders=decoders)
+  if not builder.is_prepared():
+    _prepare(builder, name, data_dir, manual_dir)
   try:
     return read(), info
-  except (NotImplementedError, AssertionError) as e:  # Not prepared, or not array_record.
+  except (NotImplementedError, AssertionError, KeyError) as e:  # Prepared, not array_record.
     if builder.is_prepared():
       raise ValueError(
           f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
@@ -115,8 +117,7 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
           "access, O(1) resume). Convert it once: `tfds convert_format --root_data_dir="
           f"{data_dir or '~/tensorflow_datasets'} --out_file_format=array_record` (or rebuild "
           f"with `tfds build {name} --file_format=array_record`).") from e
-  _prepare(builder, name, data_dir, manual_dir)
-  return read(), info
+    raise
 
 
 def _prepare(builder, name: str, data_dir: Optional[str], manual_dir: Optional[str]) -> None:
