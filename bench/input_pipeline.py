@@ -40,8 +40,7 @@ def write_folder(root: str, n: int, size: tuple[int, int], fmt: str) -> None:
 
 
 def config_for(root: str, train: str, batch: int, workers: int, threads: int, augreg: bool):
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
-  import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   c = common.defaults()
   c.dataset, c.batch, c.batch_eval = root, batch, batch
   c.train_split = c.eval_split = "train"

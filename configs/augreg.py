@@ -12,18 +12,13 @@ Same fine-tune recipe as configs/vit.py (SGD-m, batch 512, cosine, warmup 500, c
 Expected result: the AugReg paper reports the i21k-pretrained B/16 (medium1) fine-tuned
 to imagenet2012 at 384px at about 85.5% top-1 and to cifar100 above 90%.
 """
-import importlib.util
 import os
 
+from vit_jax.configs import common
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
 DEFAULT = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"vit_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str = DEFAULT):
@@ -32,7 +27,7 @@ def get_config(arg: str = DEFAULT):
   name, dataset = name.strip(), (dataset.strip() or "cifar10")
   from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   model_name = model_configs.canonical_name(name)  # Raises listing the known names.
-  vit = _sibling("vit")
+  vit = common.load_config_file(os.path.join(_HERE, "vit.py"))
   c = vit.get_config(f"b16,{dataset}")
   with c.unlocked():
     c.model_name = model_name

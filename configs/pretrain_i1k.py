@@ -13,8 +13,7 @@ Expected result: the AugReg paper's ImageNet-1k-only, 300-epoch models reach rou
 ImageNet top-1 for B/16 at 224px with medium augmentation and 0.1 regularisation (S/16: ~78%).
 Takes on the order of a day on a TPU v3-32 / 8xA100 for B/16.
 """
-import importlib.util
-import os
+from vit_jax.configs import common
 
 # level: (randaugment_layers, randaugment_magnitude, mixup_alpha)
 AUGMENTATION = {
@@ -26,14 +25,6 @@ MODELS = {"ti16": "ViT-Ti_16", "s16": "ViT-S_16", "s32": "ViT-S_32", "b16": "ViT
           "b32": "ViT-B_32", "l16": "ViT-L_16"}
 
 
-def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("vit_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def pretrain_config(arg: str, dataset: str, weight_decay: float, regularization: float,
                     default_aug: str):
   """The AugReg pretraining recipe for `dataset` (shared with pretrain_i21k.py)."""
@@ -43,7 +34,6 @@ def pretrain_config(arg: str, dataset: str, weight_decay: float, regularization:
     raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}.")
   if aug not in AUGMENTATION:
     raise ValueError(f"unknown augmentation {aug!r}; choose from {sorted(AUGMENTATION)}.")
-  common = _common()
   c = common.defaults()
   c.model_name = MODELS[model]
   common.set_dataset(c, dataset)

@@ -12,19 +12,15 @@ Expected result: the AugReg paper's i21k 300-epoch B/16 (medium1) fine-tuned to 
 at 384px reaches about 85.5% top-1 (fine-tune with configs/vit.py:b16,imagenet2012 and
 --config.pretrained_path=<exported .npz>). Several days on a TPU v3-64 class slice.
 """
-import importlib.util
 import os
 
+from vit_jax.configs import common
 
-def _i1k():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_i1k.py")
-  spec = importlib.util.spec_from_file_location("vit_jax_configs_pretrain_i1k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg: str = "b16"):
   """`arg` = '<model>[,<aug>]'."""
-  return _i1k().pretrain_config(arg, "imagenet21k", weight_decay=0.03, regularization=0.0,
-                                default_aug="light1")
+  i1k = common.load_config_file(os.path.join(_HERE, "pretrain_i1k.py"))
+  return i1k.pretrain_config(arg, "imagenet21k", weight_decay=0.03, regularization=0.0,
+                             default_aug="light1")

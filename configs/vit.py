@@ -24,17 +24,11 @@ upstream, this recipe, dropout 0.0; top-1 test accuracy):
   R50+ViT-B_16 98.72% 90.88%    83.72%
   Mixer-B/16 (imagenet21k upstream) cifar10 96.82%, Mixer-L/16 98.34%.
 """
-import importlib.util
 import os
 
+from vit_jax.configs import common
 
-def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("vit_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 MODELS = {
     "ti16": "ViT-Ti_16", "s16": "ViT-S_16", "s32": "ViT-S_32", "b8": "ViT-B_8",
@@ -56,9 +50,8 @@ DATASETS = {
 
 def get_config(arg: str = "b16,cifar10"):
   """`arg` = '<model>,<dataset>' (see the module docstring) or 'quickstart'."""
-  common = _common()
   if arg == "quickstart":
-    return common.load_sibling("quickstart").get_config()
+    return common.load_config_file(os.path.join(_HERE, "quickstart.py")).get_config()
   parts = [p.strip() for p in (arg or "b16,cifar10").split(",")]
   if len(parts) != 2:
     raise ValueError(f"vit.py preset {arg!r}: use '<model>,<dataset>', e.g. 'b16,cifar10'.")

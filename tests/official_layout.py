@@ -74,3 +74,14 @@ def write_official_npz(path: str, seed: int = 0, **kwargs) -> dict:
   weights = random_official_weights(seed, **kwargs)
   np.savez(path, **weights)
   return weights
+
+
+def flatten(tree, prefix: str = "") -> dict:
+  """Nested dict -> flat {'a/b/c': np.ndarray} (the .npz key convention), written out here."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}/"))
+    else:
+      out[prefix + key] = np.asarray(value)
+  return out

@@ -22,15 +22,6 @@ def _init(cfg=None, size=ol.IMAGE, num_classes=ol.CLASSES, **kw):
   return model, model.init(jax.random.PRNGKey(0), x, train=False)["params"]
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + k] = np.asarray(v)
-  return out
-
 
 def _linen_name(official_key):  # Hand-written rename, independent of the library's table.
   for old, new in (("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0"),
@@ -53,8 +44,8 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
   params = meta.unbox(params)
   params = jax.tree.map(lambda x: x + np.random.default_rng(0).normal(size=x.shape), params)
   checkpoint.save(params, str(tmp_path / "a.npz"))
-  loaded = _flat(checkpoint.load(str(tmp_path / "a.npz")))
-  expected = _flat(params)
+  loaded = ol.flatten(checkpoint.load(str(tmp_path / "a.npz")))
+  expected = ol.flatten(params)
   assert loaded.keys() == expected.keys()
   for k in expected:
     np.testing.assert_array_equal(loaded[k], np.asarray(expected[k], np.float32), err_msg=k)
@@ -62,14 +53,14 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
 
 def test_load_official_file_renames_every_key(tmp_path):
   weights = ol.write_official_npz(str(tmp_path / "official.npz"))
-  loaded = _flat(checkpoint.load(str(tmp_path / "official.npz")))
+  loaded = ol.flatten(checkpoint.load(str(tmp_path / "official.npz")))
   assert loaded.keys() == {_linen_name(k) for k in weights}
   for k, v in weights.items():
     np.testing.assert_array_equal(loaded[_linen_name(k)], v)
   _, init = _init()
   params = checkpoint.load_pretrained(pretrained_path=str(tmp_path / "official.npz"),
                                       init_params=init, model_config=ol.tiny_config())
-  assert _flat(params).keys() == _flat(meta.unbox(init)).keys()
+  assert ol.flatten(params).keys() == ol.flatten(meta.unbox(init)).keys()
 
 
 def test_scanned_and_per_layer_give_same_file_and_logits(tmp_path):
@@ -252,7 +243,7 @@ def test_mixer_round_trip_and_resolution_change_is_refused(tmp_path):
   checkpoint.save(variables["params"], str(tmp_path / "mixer.npz"))
   restored = checkpoint.load_pretrained(pretrained_path=str(tmp_path / "mixer.npz"),
                                         init_params=variables["params"], model_config=None)
-  assert _flat(restored).keys() == _flat(meta.unbox(variables["params"])).keys()
+  assert ol.flatten(restored).keys() == ol.flatten(meta.unbox(variables["params"])).keys()
   _, bigger = _mixer(24)
   with pytest.raises(ValueError, match="Mixer.*resolution cannot change"):
     checkpoint.load_pretrained(pretrained_path=str(tmp_path / "mixer.npz"),

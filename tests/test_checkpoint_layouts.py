@@ -11,15 +11,6 @@ from vit_jax import checkpoint_torch_layouts as torch_layouts
 X = np.random.default_rng(2).uniform(-1, 1, (2, ol.IMAGE, ol.IMAGE, 3)).astype(np.float32)
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + k] = np.asarray(v)
-  return out
-
 
 def _random_params(model, seed=0, x=X[:1]):
   params = meta.unbox(model.init(jax.random.PRNGKey(seed), x, train=False)["params"])
@@ -32,7 +23,7 @@ def test_big_vision_scanned_map_head_with_params_prefix(tmp_path):
   cfg = ol.tiny_config(classifier="map")
   scanned = models.VisionTransformer(num_classes=3, scan_layers=True, **cfg)
   params = _random_params(scanned)
-  flat = _flat(params)
+  flat = ol.flatten(params)
   flat["pos_embedding"] = flat.pop("Transformer/posembed_input/pos_embedding")  # big_vision.
   np.savez(tmp_path / "bv.npz", **{"params/" + k: v for k, v in flat.items()})
   per_layer = models.VisionTransformer(num_classes=3, **cfg)
@@ -63,9 +54,9 @@ def _linen(key):
 
 def test_own_scanned_layout_is_kept_as_is(tmp_path):
   model = models.VisionTransformer(num_classes=3, scan_layers=True, **ol.tiny_config())
-  flat = _flat(_random_params(model))
+  flat = ol.flatten(_random_params(model))
   np.savez(tmp_path / "scan.npz", **flat)
-  assert _flat(checkpoint.load(str(tmp_path / "scan.npz"))).keys() == flat.keys()
+  assert ol.flatten(checkpoint.load(str(tmp_path / "scan.npz"))).keys() == flat.keys()
 
 
 def test_hybrid_legacy_group_norm_shapes_are_accepted(tmp_path):
@@ -116,9 +107,9 @@ def _to_timm(flat, layers):
 def test_timm_layout_is_canonicalised_exactly(tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   model = models.VisionTransformer(num_classes=3, **ol.tiny_config())
-  flat = _flat(_random_params(model))
+  flat = ol.flatten(_random_params(model))
   save_file(_to_timm(flat, ol.LAYERS), str(tmp_path / "model.safetensors"))
-  loaded = _flat(checkpoint.load(str(tmp_path / "model.safetensors"), num_heads=ol.HEADS))
+  loaded = ol.flatten(checkpoint.load(str(tmp_path / "model.safetensors"), num_heads=ol.HEADS))
   assert loaded.keys() == flat.keys()
   for k in flat:
     np.testing.assert_allclose(loaded[k], flat[k], atol=1e-7, err_msg=k)
@@ -139,13 +130,13 @@ def test_timm_extra_modules_are_a_clear_error(tmp_path):
 def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  flat = _flat(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
+  flat = ol.flatten(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
   timm = {k: v.astype(ml_dtypes.bfloat16) for k, v in _to_timm(flat, ol.LAYERS).items()}
   try:
     save_file(timm, str(tmp_path / "bf16.safetensors"))
   except Exception as e:  # pylint: disable=broad-except
     pytest.skip(f"this safetensors cannot write bfloat16 from numpy: {e}")
-  loaded = _flat(checkpoint.load(str(tmp_path / "bf16.safetensors"), num_heads=ol.HEADS))
+  loaded = ol.flatten(checkpoint.load(str(tmp_path / "bf16.safetensors"), num_heads=ol.HEADS))
   np.testing.assert_array_equal(loaded["cls"], flat["cls"].astype(ml_dtypes.bfloat16)
                                 .astype(np.float32))
   assert loaded["embedding/kernel"].dtype == np.float32
@@ -165,7 +156,7 @@ def test_num_heads_heuristic_refuses_odd_widths():
 def test_remote_uris_go_through_checkpoint_sources(tmp_path, monkeypatch):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpoint_sources  # pylint: disable=g-import-not-at-top
-  flat = _flat(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
+  flat = ol.flatten(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
   local = tmp_path / "blob"
   local.mkdir()
   save_file(_to_timm(flat, ol.LAYERS), str(local / "model.safetensors"))
@@ -181,7 +172,7 @@ def test_remote_uris_go_through_checkpoint_sources(tmp_path, monkeypatch):
   # Width 16 has no published head count: num_heads must come from the repo's config.json.
   monkeypatch.setattr(checkpoint_sources, "fetch_hf_config",
                       lambda uri, cache_dir=None: {"num_attention_heads": ol.HEADS})
-  loaded = _flat(checkpoint.load("hf://org/tiny-vit", cache_dir=str(tmp_path / "cache")))
+  loaded = ol.flatten(checkpoint.load("hf://org/tiny-vit", cache_dir=str(tmp_path / "cache")))
   for k in flat:
     np.testing.assert_allclose(loaded[k], flat[k], atol=1e-7, err_msg=k)
   assert "cls" in checkpoint.load("gs://vit_models/imagenet21k/ViT-B_16.npz", sha256="ab")

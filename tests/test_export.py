@@ -7,17 +7,8 @@ import jax
 import numpy as np
 
 from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+from tests import official_layout as ol
 from vit_jax import export, train
-
-
-def _flat(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}/"))
-    else:
-      out[prefix + key] = np.asarray(value)
-  return out
 
 
 def test_export_round_trip(tmp_path, tmp_path_factory):
@@ -26,7 +17,7 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
                        checkpoint_every=3)
   workdir = tmp_path / "run"
   result = train.train_and_evaluate(config, str(workdir))
-  trained = _flat(jax.device_get(result["state"].params))
+  trained = ol.flatten(jax.device_get(result["state"].params))
 
   out = export.export(str(workdir), str(tmp_path / "model.npz"))
   with np.load(out) as f:
@@ -34,7 +25,7 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
   # The official (pre-Linen) block numbering on disk.
   assert any("MultiHeadDotProductAttention_1" in k for k in keys), sorted(keys)[:20]
   assert any("MlpBlock_3" in k for k in keys)
-  loaded = _flat(checkpoint.load(out))
+  loaded = ol.flatten(checkpoint.load(out))
   assert set(loaded) == set(trained)
   for key, value in trained.items():
     np.testing.assert_array_equal(loaded[key], value, err_msg=key)

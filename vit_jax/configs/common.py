@@ -1,6 +1,6 @@
 """Defaults shared by every experiment config (every key the trainer and input pipeline read).
 
-Each config file in this folder starts from `defaults()` and changes what its recipe
+Each experiment config file in configs/ starts from `defaults()` and changes what its recipe
 needs; the result is locked, so `--config.some_typo=1` fails (main.py lists the valid
 keys). Units are in the comments: [steps] count optimizer updates, [epochs] passes over
 the train split, batch sizes are GLOBAL (all hosts and devices together).
@@ -91,12 +91,12 @@ def set_dataset(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.num_classes = NUM_CLASSES[dataset]
 
 
-def load_sibling(name: str):
-  """Imports configs/<name>.py by path (configs/ is a folder of files, not a package)."""
+def load_config_file(path: str):
+  """Imports an experiment config file (e.g. configs/vit.py) by path; configs/ is not a package."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"vit_jax_configs_{name}", path)
+  name = "vit_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
