@@ -168,6 +168,24 @@ def test_head_is_replaced_when_class_count_differs_and_error_when_forbidden(tmp_
                                replace_head=False)
 
 
+def test_abstract_init_params_give_the_same_weights_and_a_zero_head(tmp_path):
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path, classes=21)
+  model, init = _init(num_classes=7)
+  x = np.zeros((1, ol.IMAGE, ol.IMAGE, 3), np.float32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"]
+  concrete = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
+                                        model_config=None)
+  from_abstract = checkpoint.load_pretrained(pretrained_path=path, init_params=abstract,
+                                             model_config=None)
+  flat_c, flat_a = ol.flatten(concrete), ol.flatten(from_abstract)
+  assert set(flat_c) == set(flat_a)
+  for key in flat_c:
+    if not key.startswith("head/"):
+      np.testing.assert_array_equal(flat_a[key], flat_c[key], err_msg=key)
+  assert flat_a["head/kernel"].shape == (ol.WIDTH, 7) and not np.any(flat_a["head/kernel"])
+
+
 def test_zero_head_warns(tmp_path):
   weights = ol.random_official_weights()
   weights["head/kernel"][:] = 0

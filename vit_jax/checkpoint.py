@@ -76,12 +76,17 @@ def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str]
 
 
 def _to_host(params: Any) -> dict:
-  """Unboxed, host (numpy) copy of a params tree, gathering multi-host arrays if needed."""
+  """Unboxed, host (numpy) copy of a params tree, gathering multi-host arrays if needed.
+
+  Abstract leaves (jax.ShapeDtypeStruct, e.g. from jax.eval_shape) become zeros.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
   params = meta.unbox(params)
 
   def to_numpy(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return np.zeros(x.shape, x.dtype)
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       x = multihost_utils.process_allgather(x, tiled=True)
@@ -110,6 +115,10 @@ def _model_num_heads(init_flat: dict, model_config: Any) -> Optional[int]:
 def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any = None,
                     **options: Any) -> dict:
   """Checkpoint params adapted to the model that produced `init_params` (a plain nested dict).
+
+  `init_params` gives the expected names and shapes and the new head's initial values; it may
+  be abstract (jax.eval_shape output), in which case a replaced head starts at zero, as in
+  the published fine-tuning recipe.
 
   Options: replace_head (None: when the class count differs; True/False to force),
   old_grid / new_grid ((gh, gw) when a position-embedding grid is not square),

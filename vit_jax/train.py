@@ -100,9 +100,9 @@ def load_pretrained_params(config, setup: StateSetup) -> Optional[Any]:
   else:
     from vit_jax import augreg  # pylint: disable=g-import-not-at-top
     candidates = list(augreg.resolve(name).uris)  # The Hugging Face copy first, then gs://.
-  # Only shapes matter for the parts load_pretrained takes from init_params (a new head is
-  # zero-initialised, as in the published fine-tuning recipe).
-  init_params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), setup.abstract_state.params)
+  # Abstract params: load_pretrained needs only names and shapes (a new head starts at zero,
+  # as in the published fine-tuning recipe).
+  init_params = setup.abstract_state.params
   errors = []
   for uri in candidates:
     try:
