@@ -1,4 +1,5 @@
-"""Tests of vit_jax.input_pipeline: shapes, per-process shards, masked eval, exact O(1) resume.
+"""Tests of vit_jax.input_pipeline: shapes, one global order whatever the process count,
+masked eval, exact O(1) resume (also onto another process count).
 
 Coverage tests use a generated PNG folder whose image k is the constant grey level k, so the
 example id is read back from the batch itself (independent of the pipeline's bookkeeping).
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import input_pipeline
+from vit_jax import input_pipeline, preprocess
 from vit_jax.datasets import sources
 
 N_TRAIN, N_TEST = 50, 23
@@ -102,21 +103,127 @@ def test_jpeg_folder_train_and_eval(jpeg_folder):
   assert sum(m.sum() for m in masks) == 10 and len(masks) == 3
 
 
+def test_global_stream_epochs_are_reshuffled_permutations(id_folder):
+  c = _config(id_folder, batch=10)  # 50 examples: 5 batches an epoch.
+  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  stream = np.concatenate([_ids(b["image"]) for b in _take(it, 15)])
+  epochs = stream.reshape(3, N_TRAIN)
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(N_TRAIN))  # Every epoch is a permutation of the split...
+  assert not np.array_equal(epochs[0], epochs[1])  # ...shuffled afresh.
+  assert not np.array_equal(epochs[1], epochs[2])
+
+
+# Augmentations that use the per-example RNG (crop, flip, RandAugment) and, with mixup, the
+# per-batch RNG; label smoothing to check labels bit for bit too.
+_AUGMENTED = {"pp.randaugment_layers": 2, "pp.randaugment_magnitude": 9, "pp.flip": True,
+              "pp.resize": 10, "pp.label_smoothing": 0.1}
+
+
+def _global_batches(c, steps, count, state=None):
+  """The `steps` global batches of `count` processes: their local batches concatenated."""
+  its = [input_pipeline.create_train_iterator(c, process_index=p, process_count=count)
+         for p in range(count)]
+  out = []
+  for it in its:
+    if state is not None:
+      it.set_state(state)
+  for _ in range(steps):
+    local = [next(it) for it in its]
+    assert all(b["image"].shape[0] == c.batch // count for b in local)
+    out.append({k: np.concatenate([b[k] for b in local]) for k in ("image", "label")})
+  return out
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.5], ids=["no_mixup", "mixup"])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_local_batches_concatenate_to_the_one_process_batch(id_folder, count, mixup):
+  # Global batch 12 over 50 examples: 10 steps cross two epoch boundaries (mid-batch).
+  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **{"pp.mixup_alpha": mixup}))
+  steps = 10
+  reference = _global_batches(c, steps, 1)
+  if count == 1:  # The reference itself: check it is a real, augmented, shuffled stream.
+    assert len({tuple(b["label"].argmax(-1)) for b in reference}) > 1
+    if mixup:
+      assert not np.allclose(reference[0]["label"].max(-1), 0.1 / 3 + 0.9)
+  for i, (got, want) in enumerate(zip(_global_batches(c, steps, count), reference)):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {i} {key}")
+
+
 @pytest.mark.parametrize("count", [2, 3])
-def test_train_shards_disjoint_and_cover_the_split(id_folder, count):
-  c = _config(id_folder, batch=6 * count)
-  shards = []
+def test_processes_read_disjoint_rows_and_only_their_own(id_folder, count, monkeypatch):
+  """Within an epoch no example is in two processes' batches; each process reads (decodes)
+  only the records of its own rows."""
+  c = _config(id_folder, batch=12)
+  b = 12 // count
+  reads = collections.defaultdict(list)
+  real_open = input_pipeline.open_source
+
+  class Recording:
+    def __init__(self, source, p):
+      self.source, self.p = source, p
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitem__(self, index):
+      element = self.source[index]
+      reads[self.p].append(int(os.path.basename(element["path"])[:3]))
+      return element
+
+  seen = {}
   for p in range(count):
+    monkeypatch.setattr(input_pipeline, "open_source",
+                        lambda config, split, p=p: (lambda s, i: (Recording(s, p), i))(
+                            *real_open(config, split)))
     it = input_pipeline.create_train_iterator(c, process_index=p, process_count=count)
-    lo, hi = input_pipeline.shard_range(N_TRAIN, p, count)
-    stream = np.concatenate([_ids(b["image"]) for b in _take(it, 2 * (hi - lo) // 6 + 2)])
-    epoch0, epoch1 = stream[:hi - lo], stream[hi - lo:2 * (hi - lo)]
-    assert sorted(epoch0) == sorted(epoch1)  # Every epoch is a permutation of the shard...
-    assert not np.array_equal(epoch0, epoch1)  # ...shuffled afresh.
-    assert len(set(epoch0)) == hi - lo
-    shards.append(set(epoch0))
-  assert sum(len(s) for s in shards) == N_TRAIN
-  assert set().union(*shards) == set(range(N_TRAIN))
+    # Random access to the first 4 local batches (4 × 12 = 48 < 50: all in epoch 0), without
+    # the iterator's read-ahead, so the records read are exactly those of these batches.
+    local = [it._batches[i] for i in range(4)]  # pylint: disable=protected-access
+    ids = np.concatenate([_ids(x["image"]) for x in local])
+    assert len(ids) == 4 * b
+    assert sorted(reads[p]) == sorted(ids.tolist())  # Read exactly its own rows, once each.
+    seen[p] = set(ids.tolist())
+  assert sum(len(s) for s in seen.values()) == 48  # Disjoint across processes.
+  reference = np.concatenate([_ids(x["image"]) for x in _global_batches(c, 4, 1)])
+  assert set().union(*seen.values()) == set(reference.tolist())
+
+
+@pytest.mark.parametrize("saved_count,restored_count", [(2, 3), (3, 1), (1, 2)])
+def test_restore_at_step_k_onto_another_process_count(id_folder, saved_count, restored_count):
+  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **{"pp.mixup_alpha": 0.5}))
+  k, steps = 5, 9
+  reference = _global_batches(c, steps, 1)
+  saver = input_pipeline.create_train_iterator(c, process_index=saved_count - 1,
+                                               process_count=saved_count)
+  _take(saver, k)
+  state = json.loads(json.dumps(saver.get_state()))  # As a checkpoint stores it.
+  assert state["step"] == k and "process_count" not in state
+  resumed = _global_batches(c, steps - k, restored_count, state=state)
+  for i, (got, want) in enumerate(zip(resumed, reference[k:]), start=k):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {i} {key}")
+
+
+def test_mixup_pairs_rows_2m_and_2m_plus_1():
+  images = np.arange(8, dtype=np.float32).reshape(4, 1, 1, 2)
+  labels = np.eye(4, dtype=np.float32)
+  x, y, lam = preprocess.mixup(images, labels, 1.0, np.random.default_rng(0))
+  partner = [1, 0, 3, 2]
+  np.testing.assert_allclose(x, lam * images + (1 - lam) * images[partner], rtol=1e-6)
+  np.testing.assert_allclose(y, lam * labels + (1 - lam) * labels[partner], rtol=1e-6)
+  np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_mixup_needs_an_even_per_process_batch(id_folder):
+  c = _config(id_folder, batch=9, **{"pp.mixup_alpha": 0.2})
+  with pytest.raises(ValueError, match="must be even"):
+    input_pipeline.create_train_iterator(c, process_index=0, process_count=3)
+  # Without mixup an odd per-process batch is fine.
+  batch = next(input_pipeline.create_train_iterator(_config(id_folder, batch=9),
+                                                    process_index=0, process_count=3))
+  assert batch["image"].shape[0] == 3
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -141,13 +248,13 @@ def test_resume_at_step_k_is_bit_identical(id_folder):
                             "pp.resize": 10, "batch": 8})
   it = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
   batches, states = [], []
-  for _ in range(12):  # 12 batches of 4 over a shard of 25: crosses epochs.
+  for _ in range(12):  # 12 global batches of 8 over 50 examples: crosses epochs.
     batches.append(next(it))
     states.append(it.get_state())
   k = 5
   state = json.loads(json.dumps(states[k - 1]))  # Small and JSON-serialisable.
   assert len(json.dumps(state)) < 300 and state["step"] == k
-  assert (state["epoch"], state["position"]) == divmod(k * 4, 25)
+  assert (state["epoch"], state["position"]) == divmod(k * 8, N_TRAIN)  # In the global stream.
   resumed = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
   resumed.set_state(state)
   for i in range(k, 12):

@@ -125,8 +125,9 @@ def test_mixup_statistics():
     x, y, lam = preprocess.mixup(images, labels, 1.0, rng)
     lams.append(lam)
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-6)
-    i = 3
+    i = 3  # Rows 2 and 3 are partners.
     np.testing.assert_allclose(x[i], lam * images[i] + (1 - lam) * images[i - 1], atol=1e-6)
+    np.testing.assert_allclose(x[i - 1], lam * images[i - 1] + (1 - lam) * images[i], atol=1e-6)
   lams = np.array(lams)  # Beta(1, 1) = uniform: mean 1/2, variance 1/12.
   assert 0 <= lams.min() and lams.max() <= 1
   assert abs(lams.mean() - 0.5) < 0.05 and abs(lams.var() - 1 / 12) < 0.02

@@ -1,14 +1,28 @@
-"""Datasets → this process's batches: TFDS or image folders, sharded, augmented, resumable.
+"""Datasets → this process's batches: TFDS or image folders, augmented, resumable.
 
 Design (DESIGN.md Contract 4): index-based sampling with grain over a random-access source
-(`tfds.data_source`, array_record, or an image folder). Process p of P owns the contiguous
-examples [p·N/P, (p+1)·N/P) of the split (as `tfds.even_splits`), so shards are disjoint and
-cover the split. The train stream of a process is its shard, shuffled afresh each epoch
-(grain `shuffle` seeds epoch e with seed+e) and repeated forever; element k of the stream is
-augmented with an RNG derived from (seed, process, k), and batch i is stream elements
-[i·b, (i+1)·b). Everything is a pure function of the batch index, so the iterator state is
-`{'step': i, ...}` and restoring it starts the pipeline at batch i without reading the
-skipped data (O(1)), giving the same batches bit for bit, whatever `config.input.num_workers`.
+(`tfds.data_source`, array_record, or an image folder).
+
+Train order (the same global batches whatever the number of processes P):
+  * ONE global stream over the whole split: the examples shuffled afresh each epoch (grain
+    `shuffle` seeded with derive_seed(seed, 1), epoch e with that seed + e; no process index)
+    and repeated forever. Stream element k is augmented with an RNG that depends only on
+    (derive_seed(seed, 2), k), so its image is the same for every P.
+  * Global batch i is stream elements [i·B, (i+1)·B), B = config.batch. Process p of P takes
+    the contiguous rows [p·b, (p+1)·b) of it (b = B/P): its local batch i is chunk i·P + p of
+    the stream cut into chunks of b, and only those b records are read and decoded.
+  * Batch level (per local batch, same result for every P): float images, smoothed one-hot
+    labels, and mixup with one λ ~ Beta(α, α) per *global* batch (RNG from
+    (derive_seed(seed, 3), i)) mixing row 2m with row 2m+1 of the global batch — pairs never
+    straddle processes, so mixup needs b even.
+  Concatenating the P local batches i in process order gives the 1-process batch i bit for bit.
+Everything is a pure function of the global batch index, so the iterator state is
+`{'step': i, ...}` (global batches consumed) and restoring it starts the pipeline at batch i
+without reading the skipped data (O(1)), giving the same batches bit for bit, whatever
+`config.input.num_workers` and whatever the process count of the run that saved it.
+
+Eval: process p of P owns the contiguous examples [p·N/P, (p+1)·N/P) (as `tfds.even_splits`),
+padded to the same number of batches on every process; every example is seen exactly once.
 
 Batches (numpy, local to this process, b = global batch // process count):
   train: {'image': float32 (b, crop, crop, 3) in [-1, 1], 'label': float32 (b, C) one-hot,
@@ -102,7 +116,11 @@ class TrainElement:
 
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
-  """Batch transform: float32 [-1, 1] images, smoothed one-hot labels, mixup."""
+  """Batch transform: float32 [-1, 1] images, smoothed one-hot labels, mixup.
+
+  Applied to a local batch with the RNG of its *global* batch index, so λ is the same on
+  every process; mixup pairs rows 2m and 2m+1 (see preprocess.mixup).
+  """
   opts: preprocess.PreprocessOptions
   num_classes: int
 
@@ -138,21 +156,19 @@ def _iterate(dataset, config, grain):
 class TrainIterator(Iterator[dict]):
   """Infinite iterator of local train batches whose position is a small, restorable state.
 
-  get_state() → {'step', 'epoch', 'position', 'seed', 'process_count', 'batch',
-  'num_examples'}: the number of batches consumed plus what identifies the run ('epoch' and
-  'position' of the next example in this process's shard are informational).
-  set_state(state) makes the next batch batch number state['step'] of the same run; it uses
-  only 'step' (and checks the rest), so the state saved by process 0 restores every process.
+  get_state() → {'step', 'epoch', 'position', 'seed', 'batch', 'num_examples'}: the number of
+  *global* batches consumed plus what identifies the run ('epoch' and 'position' of the next
+  example in the global stream are informational). set_state(state) makes the next batch the
+  local part of global batch number state['step'] of the same run; it uses only 'step' (and
+  checks the rest), so the state saved by process 0 restores every process, and a state saved
+  by a run with another process count restores this one exactly (the order does not depend on
+  the process count).
   """
 
-  def __init__(self, batches, config, *, seed: int, process_count: int, global_batch: int,
-               num_examples: int, shard_size: int):
+  def __init__(self, batches, config, *, seed: int, global_batch: int, num_examples: int):
     import grain  # pylint: disable=g-import-not-at-top
     self._grain, self._batches, self._config = grain, batches, config
-    self._meta = {"seed": int(seed), "process_count": int(process_count),
-                  "batch": int(global_batch), "num_examples": int(num_examples)}
-    self._local_batch = global_batch // process_count
-    self._shard_size = shard_size
+    self._meta = {"seed": int(seed), "batch": int(global_batch), "num_examples": int(num_examples)}
     self._step, self._it = 0, None
 
   def __next__(self) -> dict:
@@ -163,13 +179,14 @@ class TrainIterator(Iterator[dict]):
     return batch
 
   def get_state(self) -> dict[str, int]:
-    epoch, position = divmod(self._step * self._local_batch, self._shard_size)
+    epoch, position = divmod(self._step * self._meta["batch"], self._meta["num_examples"])
     return {"step": self._step, "epoch": epoch, "position": position, **self._meta}
 
   def set_state(self, state: dict[str, Any]) -> None:
     if int(state["seed"]) != self._meta["seed"]:
       raise ValueError(f"the data state was saved with seed {state['seed']} but config.seed is "
                        f"{self._meta['seed']}; resume with the same --config.seed.")
+    # 'process_count' (in states of older versions) is ignored: it no longer changes the order.
     changed = {k: (state.get(k), v) for k, v in self._meta.items() if state.get(k, v) != v}
     if changed:
       logging.warning("Resuming the input pipeline with changed %s (saved, now): the order of "
@@ -186,25 +203,32 @@ class TrainIterator(Iterator[dict]):
 
 def create_train_iterator(config, *, process_index: Optional[int] = None,
                           process_count: Optional[int] = None) -> TrainIterator:
-  """This process's infinite, shuffled, augmented train batches (see module docstring)."""
+  """This process's rows of the global shuffled, augmented train batches (module docstring)."""
   import grain  # pylint: disable=g-import-not-at-top
   process_index, process_count = _processes(process_index, process_count)
-  local_batch = local_batch_size(int(config.batch), process_count, "batch")
+  global_batch = int(config.batch)
+  local_batch = local_batch_size(global_batch, process_count, "batch")
   opts = preprocess.options_from_config(config.pp)
+  if opts.mixup_alpha > 0 and local_batch % 2:
+    raise ValueError(
+        f"mixup (config.pp.mixup_alpha={opts.mixup_alpha}) pairs rows 2m and 2m+1 of the global "
+        f"batch inside each process, so the per-process batch config.batch / processes = "
+        f"{global_batch} / {process_count} = {local_batch} must be even; set --config.batch to "
+        f"e.g. {(local_batch + 1) * process_count}.")
   source, info = open_source(config, config.train_split)
-  lo, hi = shard_range(len(source), process_index, process_count)
-  if hi <= lo:
-    raise ValueError(f"split {config.train_split!r} has {len(source)} examples, fewer than the "
-                     f"{process_count} processes; use a larger split.")
+  if not len(source):
+    raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
   seed = int(config.seed)
-  ds = grain.MapDataset.source(source)[lo:hi]
-  ds = ds.shuffle(seed=derive_seed(seed, process_index, 1)).repeat(None)
-  ds = ds.random_map(TrainElement(opts, *info.keys), seed=derive_seed(seed, process_index, 2))
-  ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, process_index, 3))
-  return TrainIterator(ds, config, seed=seed, process_count=process_count,
-                       global_batch=int(config.batch), num_examples=len(source),
-                       shard_size=hi - lo)
+  # The global stream: element k = (shuffled example, augmented with an RNG of (seed, k)).
+  stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
+  stream = stream.random_map(TrainElement(opts, *info.keys), seed=derive_seed(seed, 2))
+  # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
+  # i·P + p only (lazy random access: the other processes' rows are never read).
+  ds = stream.batch(local_batch, drop_remainder=True)[process_index::process_count]
+  # Index i of `ds` is the global batch index, so the batch RNG (mixup λ) is P-independent.
+  ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
+  return TrainIterator(ds, config, seed=seed, global_batch=global_batch,
+                       num_examples=len(source))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ Owns the published recipes, each a pure function of its inputs and a `np.random.
 * optional RandAugment (vit_jax.randaugment) on the uint8 crop.
 * batch level: values to float32 in [-1, 1], one-hot labels with label smoothing
   (`y = (1-eps)·onehot + eps/C`, rows sum to 1) and mixup (one λ ~ Beta(α, α) per batch,
-  each example mixed with its neighbour `roll(batch, 1)`; labels mixed the same way).
+  rows 2m and 2m+1 mixed with each other; labels mixed the same way).
 
 Resizing is bilinear with Pillow's antialiasing when downscaling. JPEGs are decoded with
 libjpeg's DCT scaling (`Image.draft`) when the needed resolution is at most half the stored
@@ -183,7 +183,14 @@ def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.
 
 def mixup(images: np.ndarray, labels: np.ndarray, alpha: float,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-  """Mixes each example with roll(batch, 1) by one λ ~ Beta(α, α); returns (x, y, λ)."""
+  """Mixes row 2m with row 2m+1 (and back) by one λ ~ Beta(α, α); returns (x, y, λ).
+
+  The pairs stay inside any even-aligned slice of the batch, so a global batch split over
+  processes mixes the same pairs as when one process holds all of it.
+  """
+  if len(images) % 2:
+    raise ValueError(f"mixup pairs rows 2m and 2m+1; got an odd batch of {len(images)} rows.")
   lam = float(rng.beta(alpha, alpha))
-  mix = lambda a: (lam * a + (1.0 - lam) * np.roll(a, 1, axis=0)).astype(np.float32)
+  swap = lambda a: a.reshape((-1, 2) + a.shape[1:])[:, ::-1].reshape(a.shape)
+  mix = lambda a: (lam * a + (1.0 - lam) * swap(a)).astype(np.float32)
   return mix(images), mix(labels), lam
