@@ -10,6 +10,6 @@ cd "$ROOT"
 WORKDIR="${1:-workdirs/quickstart}"
 shift || true
 python -m vit_jax.main --config=configs/quickstart.py --workdir="$WORKDIR" "$@"
-python -m vit_jax.export --workdir="$WORKDIR" --output="$WORKDIR/model.npz"
+python -m vit_jax.export --workdir="$WORKDIR" --output="$WORKDIR/model.npz" --overwrite
 echo "[quickstart] TensorBoard logs: tensorboard --logdir $WORKDIR"
 echo "[quickstart] exported weights: $WORKDIR/model.npz"

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
 from tests import official_layout as ol
@@ -29,6 +30,13 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
   assert set(loaded) == set(trained)
   for key, value in trained.items():
     np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+  # An existing file is kept unless --overwrite is given.
+  before = (tmp_path / "model.npz").read_bytes()
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export(str(workdir), out)
+  assert (tmp_path / "model.npz").read_bytes() == before
+  assert export.export(str(workdir), out, overwrite=True) == out
 
 
 def test_export_cli_and_missing_workdir(tmp_path):

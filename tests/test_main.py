@@ -52,3 +52,11 @@ def test_unreachable_coordinator_times_out_with_clear_message(tmp_path):
                    "--distributed_init_timeout=3", timeout=90)
   assert proc.returncode != 0
   assert "Multi-host start-up failed" in proc.stderr and "reachable" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_summary_line_reports_accuracy_and_workdir():
+  from vit_jax import main  # pylint: disable=g-import-not-at-top
+  line = main.summary_line({"step": 600, "eval": {"accuracy": 288 / 297, "loss": 0.11784,
+                                                  "examples": 297.0}}, "/w", 61.4)
+  assert line == ("Done: step 600; eval accuracy 96.97% on 297 examples, eval loss 0.1178; "
+                  "61 s in this process; checkpoints and TensorBoard logs in /w.")

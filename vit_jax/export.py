@@ -9,6 +9,7 @@ checkpoint.load and by any tool that reads Google's ViT files.
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import jax
@@ -53,9 +54,16 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[dict, ml_c
   return params, config, step
 
 
-def export(workdir: str, output: str, step: Optional[int] = None) -> str:
-  """Writes the params of `workdir`'s checkpoint to `output` (.npz); returns the path."""
+def export(workdir: str, output: str, step: Optional[int] = None,
+           overwrite: bool = False) -> str:
+  """Writes the params of `workdir`'s checkpoint to `output` (.npz); returns the path.
+
+  An existing `output` is only replaced when `overwrite` is set (then atomically).
+  """
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if os.path.exists(output) and not overwrite:
+    raise FileExistsError(f"{output!r} already exists; choose another --output or pass "
+                          "--overwrite to replace it.")
   params, _, step = restore_params(workdir, step)
   if jax.process_index() == 0:
     checkpoint.save(params, output)
@@ -64,9 +72,12 @@ def export(workdir: str, output: str, step: Optional[int] = None) -> str:
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  path = export(f.workdir, f.output, f.step)
+  if not f["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  path = export(f.workdir, f.output, f.step, f.overwrite)
   print(f"Exported {f.workdir} to {path}")
 
 
@@ -76,6 +87,7 @@ def run() -> None:
   flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/ and config.json).", required=True)
   flags.DEFINE_string("output", None, "Output .npz path.", required=True)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
   app.run(main)
 
 

@@ -17,9 +17,11 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -132,6 +134,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
+  if not flags.FLAGS["verbosity"].present:  # Keep library INFO chatter (Orbax, grain) out of
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the progress bar; --verbosity=0 shows it.
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
@@ -143,10 +147,25 @@ def main(argv: Sequence[str]) -> None:
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (checkpoints and logs go there).")
   from vit_jax import train  # pylint: disable=g-import-not-at-top
+  start = time.time()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get("preempted"):
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved. Rerun to continue.",
                     result["step"])
+  elif jax.process_index() == 0:
+    print(summary_line(result, _WORKDIR.value, time.time() - start), flush=True)
+
+
+def summary_line(result: dict, workdir: str, seconds: float) -> str:
+  """One line for the end of a run: steps, final eval accuracy, wall time, where things are."""
+  parts = [f"Done: step {result.get('step')}"]
+  ev = result.get("eval")
+  if ev:
+    parts.append(f"eval accuracy {ev['accuracy']:.2%} on {int(ev['examples'])} examples, "
+                 f"eval loss {ev['loss']:.4f}")
+  parts.append(f"{seconds:.0f} s in this process")
+  parts.append(f"checkpoints and TensorBoard logs in {workdir}")
+  return "; ".join(parts) + "."
 
 
 def run() -> None:
