@@ -139,6 +139,21 @@ jax_version() {
   echo "$version"
 }
 
+# Tar this tree into $tarball. In a git checkout: the tracked files and the untracked ones
+# .gitignore does not name (local edits travel; virtualenvs, workdirs, caches stay home).
+# Elsewhere: the whole tree minus the usual large folders.
+pack_source() {
+  if command -v git >/dev/null 2>&1 && git -C "$REPO_DIR" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # shellcheck disable=SC2016  # $1/$2 expand in the inner bash, on purpose.
+    emit bash -c 'cd "$1" && git ls-files -z --cached --others --exclude-standard |
+      tar --null --ignore-failed-read -czf "$2" -T -' pack_source "$REPO_DIR" "$tarball"
+  else
+    emit tar -czf "$tarball" -C "$REPO_DIR" --exclude=./.git --exclude='./.venv*' \
+      --exclude=./workdirs --exclude=./runs --exclude=./.bench_results \
+      --exclude=./.pytest_cache --exclude=__pycache__ .
+  fi
+}
+
 # Put the source on the workers: a tarball of this tree, or a git clone.
 source_commands() {
   local dir
@@ -148,9 +163,7 @@ source_commands() {
     ssh_all "if [ -d $dir/.git ]; then git -C $dir fetch --depth 1 origin $(quote_command "$branch") && git -C $dir checkout -f FETCH_HEAD; else git clone --depth 1 --branch $(quote_command "$branch") $(quote_command "$repo") $dir; fi"
   else
     ((dry_run)) || trap 'rm -f "$tarball"' EXIT
-    emit tar -czf "$tarball" -C "$REPO_DIR" --exclude=./.git --exclude=./.venv \
-      --exclude=./workdirs --exclude=./runs --exclude=./.bench_results \
-      --exclude=./.pytest_cache --exclude=__pycache__ .
+    pack_source
     emit gcloud compute tpus tpu-vm scp "$tarball" "$tpu:/tmp/vit_jax_src.tgz" "${gcloud_common[@]}" --worker=all
     ssh_all "mkdir -p $dir && tar -xzf /tmp/vit_jax_src.tgz -C $dir && rm -f /tmp/vit_jax_src.tgz"
   fi
