@@ -14,6 +14,7 @@ It reports images/s with 0 workers (all work in this process: the per-core figur
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -76,7 +77,9 @@ def main() -> None:
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  p.add_argument("--json", default=None, help="also write the results to this file")
   args = p.parse_args()
+  results = []
   cores = os.cpu_count() or 1
   print(f"host: {cores} CPU cores; batch {args.batch}; {args.steps} timed batches")
   with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +100,14 @@ def main() -> None:
             f"{args.workers} workers x 1 thread: {many:.0f} img/s | 12 cores x {per_cpu:.0f} = "
             f"{12 * per_cpu:.0f} img/s vs 3000 needed: "
             f"{'met' if 12 * per_cpu >= 3000 else f'gap {3000 - 12 * per_cpu:.0f}'}")
+      results.append({"workload": f"{name} {size[0]}x{size[1]} {fmt} {train} -> 224",
+                      "img_per_s_0_workers": one, "img_per_cpu_second": per_cpu,
+                      f"img_per_s_{args.workers}_workers": many,
+                      "img_per_s_12_cores_estimate": 12 * per_cpu})
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"bench": "input_pipeline", "cores": cores, "batch": args.batch,
+                 "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
