@@ -35,6 +35,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--model", default="ViT-B_16", help="MODEL_CONFIGS name")
   p.add_argument("--num_classes", type=int, default=1000)
   p.add_argument("--optim_dtype", default="float32", help="momentum accumulator dtype")
+  p.add_argument("--resolution", type=int, default=224,
+                 help="input size (only the position-embedding shape depends on it)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
   p.add_argument("--json", default=None, help="also write the result dict to this file")
@@ -46,7 +48,7 @@ def _config(args: argparse.Namespace):
   c = common.defaults()
   c.model_name = args.model
   c.optimizer, c.optim_dtype = "sgd", args.optim_dtype
-  c.pp.crop = 224
+  c.pp.crop = args.resolution
   return c
 
 
@@ -58,15 +60,21 @@ def _dir_bytes(path: str) -> int:
 def run(args: argparse.Namespace) -> dict:
   """Creates the state once, then saves and restores it `repeats` times."""
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpointing, sharding, train_state  # pylint: disable=g-import-not-at-top
   config = _config(args)
   setup = train_state.setup_from_config(config, sharding.make_mesh(config.mesh),
                                         args.num_classes, total_steps=1000)
   state = train_state.create_train_state(setup, seed=0)
   # A trained momentum is dense noise, not the zeros of step 0 (which compress to nothing).
-  key = jax.random.PRNGKey(1)
-  noisy = lambda x: (x + 1e-3 * jax.random.normal(key, x.shape, x.dtype)
-                     if x.ndim and jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x)
+  # Made on the host: XLA compiles one random-number program per leaf shape slowly.
+  rng = np.random.default_rng(1)
+
+  def noisy(x):
+    if not x.ndim or not np.issubdtype(x.dtype, np.floating):
+      return x
+    noise = (1e-3 * rng.standard_normal(x.shape, np.float32)).astype(x.dtype)
+    return x + jax.device_put(noise, x.sharding)
   state = state.replace(opt_state=jax.tree.map(noisy, state.opt_state))
   jax.block_until_ready(state)
   data_state = {"step": 0, "seed": 0}

@@ -71,14 +71,14 @@ def measure(config, steps: int) -> tuple[float, float]:
   return steps * config.batch / elapsed, steps * config.batch / cpu
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--images", type=int, default=512)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   p.add_argument("--json", default=None, help="also write the results to this file")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   results = []
   cores = os.cpu_count() or 1
   print(f"host: {cores} CPU cores; batch {args.batch}; {args.steps} timed batches")
@@ -108,7 +108,8 @@ def main() -> None:
     with open(args.json, "w") as f:
       json.dump({"bench": "input_pipeline", "cores": cores, "batch": args.batch,
                  "results": results}, f, indent=1)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -2,16 +2,24 @@ r"""Train-step (and inference) benchmark: img/s, ms/step, MFU, compile time, mem
 
   python bench/train_step.py --model ViT-Ti_16 --batch 32 --resolution 224
   python bench/train_step.py --model ViT-B_16 --batch 256 --dtype bfloat16 --steps 20
-  python bench/train_step.py --model ViT-L_16 --batch 8 --compile_only --scan_layers
+  python bench/train_step.py --model ViT-L_16 --batch 8 --compile_only --scan_layers \
+      --batch_chunks 1
   python bench/train_step.py --model ViT-Ti_16 --xla_flags=--xla_cpu_prefer_vector_width=512
 
-The step is forward + softmax cross-entropy + backward + SGD with momentum 0.9 (optax),
+Model flags: --model, --batch, --resolution, --num_classes, --dtype (compute; params stay
+float32), --attention_impl (default: the library's per-platform choice), --remat,
+--scan_layers, --batch_chunks (encoder sub-batches; default: the library's per-platform
+choice, 1 = off), --optimizer (sgd: SGD momentum 0.9 | adamw).
+
+The step is forward + softmax cross-entropy + backward + optimizer update (optax),
 parameters and optimizer state donated; inference is `model.apply(train=False)`. Synthetic
 batches (uniform [-1, 1] images, random labels) live on the devices before timing, the batch
-split over all local devices (data parallel, parameters replicated). One warm-up call is
+split over all local devices (data parallel, parameters replicated). Two warm-up calls are
 excluded; then `--windows` windows of `--steps` calls, each window blocking on its last
 result; the median window is reported, with the others, the host's load average (other jobs
-skew CPU figures) and the CPU cores the process used.
+skew CPU figures) and the CPU cores the process used. The library's start-up defaults
+(vit_jax.xla_flags: XLA flags, CPU synchronous dispatch, host allocator) are applied as the
+trainer applies them; --no_library_xla_flags measures without them.
 
 FLOPs per step come from the compiled executable's cost analysis (XLA) and, as a cross-check,
 from the standard formula (2 x multiply-adds of every matmul, x3 for forward + backward).
@@ -50,6 +58,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--attention_impl", default=None, help="None | xla | cudnn | einsum (ViT only)")
   p.add_argument("--remat", action="store_true", help="rematerialise blocks (ViT only)")
   p.add_argument("--scan_layers", action="store_true", help="nn.scan over blocks (ViT only)")
+  p.add_argument("--batch_chunks", type=int, default=None,
+                 help="encoder sub-batches (ViT only; default: the library's per-platform "
+                      "choice, see vit_jax/models/vit.py; 1 = off)")
+  p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                 help="sgd: SGD with momentum 0.9; adamw: optax AdamW")
   p.add_argument("--mode", default="both", choices=["both", "train", "inference"])
   p.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
   p.add_argument("--steps", type=int, default=3, help="calls per timed window")
@@ -61,7 +74,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                  help="also measure the best matmul FLOP/s on this device (compute dtype)")
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for this run (set before jax starts)")
   p.add_argument("--no_library_xla_flags", action="store_true",
-                 help="do not apply vit_jax.xla_flags defaults (to measure what they buy)")
+                 help="do not apply vit_jax.xla_flags defaults (XLA flags, CPU synchronous "
+                      "dispatch, host allocator) to measure what they buy")
   p.add_argument("--json", default=None, help="also write the result dict to this file")
   return p.parse_args(argv)
 
@@ -73,6 +87,9 @@ def configure_xla(args: argparse.Namespace) -> None:
     xla_flags.apply_defaults()
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  if not args.no_library_xla_flags:
+    from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.apply_host_defaults()
 
 
 def standard_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
@@ -97,7 +114,7 @@ def build(args: argparse.Namespace, abstract: bool):
   overrides = {"dtype": jnp.dtype(args.dtype)}
   if not model_configs.is_mixer(args.model):
     overrides.update(attention_impl=args.attention_impl, remat=args.remat,
-                     scan_layers=args.scan_layers)
+                     scan_layers=args.scan_layers, batch_chunks=args.batch_chunks)
   model = model_configs.create_model(args.model, args.num_classes, **overrides)
   cfg = model_configs.get_model_config(args.model)
   devices = np.array(jax.local_devices())
@@ -123,11 +140,19 @@ def build(args: argparse.Namespace, abstract: bool):
   return model, cfg, init(jnp.zeros(sample.shape, sample.dtype)), images, labels
 
 
-def make_train_step(model: Any) -> tuple[Callable, Any]:
-  """(jitted SGD-momentum train step (params, opt, x, y, step) -> (params, opt, loss), tx)."""
+def make_optimizer(name: str) -> Any:
+  """optax SGD with momentum 0.9, or AdamW (the GPU comparison's optimizer)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  if name == "adamw":
+    return optax.adamw(learning_rate=1e-3, weight_decay=1e-4)
+  return optax.sgd(learning_rate=0.01, momentum=0.9)
+
+
+def make_train_step(model: Any, optimizer: str = "sgd") -> tuple[Callable, Any]:
+  """(jitted train step (params, opt, x, y, step) -> (params, opt, loss), tx)."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  tx = optax.sgd(learning_rate=0.01, momentum=0.9)
+  tx = make_optimizer(optimizer)
 
   def train_step(params, opt_state, x, y, step):
     def loss_fn(p):
@@ -175,7 +200,8 @@ def allocator_peak_bytes() -> Optional[int]:
 def time_windows(call: Callable[[], Any], windows: int, steps: int) -> dict:
   """Seconds per window of `steps` calls, each window blocking on its last output."""
   import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(call())  # warm-up, excluded
+  for _ in range(2):  # warm-up (the host heap grows to its working size), excluded
+    jax.block_until_ready(call())
   times, cpu = [], 0.0
   for _ in range(windows):
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -251,8 +277,9 @@ def run(args: argparse.Namespace) -> dict:
          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "peak_flops": peak, "mfu_note": why or None, "matmul_ceiling_flops": ceiling,
          "loadavg_before": os.getloadavg(), "results": []}
+  out.update(library_choices(args, cfg))
   if args.mode in ("both", "train"):
-    step_fn, tx = make_train_step(model)
+    step_fn, tx = make_train_step(model, args.optimizer)
     opt = (jax.eval_shape(tx.init, params) if args.compile_only else jax.jit(tx.init)(params))
     compiled, lo, co = compile_timed(step_fn, params, opt, images, labels, 0)
     timing = None
@@ -275,6 +302,19 @@ def run(args: argparse.Namespace) -> dict:
                                     ceiling))
   out["loadavg_after"] = os.getloadavg()
   return out
+
+
+def library_choices(args: argparse.Namespace, cfg: Any) -> dict:
+  """The per-platform choices the library makes for this run (ViT: attention, chunks)."""
+  if "transformer" not in cfg:
+    return {}
+  from vit_jax.models import attention, vit  # pylint: disable=g-import-not-at-top
+  ph, pw = tuple(cfg.patches.size)
+  tokens = (args.resolution // ph) * (args.resolution // pw) + (cfg.classifier == "token")
+  shape = (args.batch, tokens, cfg.hidden_size)
+  return {"attention_impl_resolved": attention.resolve_attention_impl(args.attention_impl),
+          "batch_chunks_train": vit.resolve_batch_chunks(args.batch_chunks, shape, True),
+          "batch_chunks_inference": vit.resolve_batch_chunks(args.batch_chunks, shape, False)}
 
 
 def format_line(out: dict, r: dict) -> str:
@@ -306,7 +346,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   configure_xla(args)
   out = run(args)
   print(f"{out['backend']} x{out['devices']} ({out['device_kind']}), jax {out['jax']}, "
-        f"scan={out['scan_layers']} remat={out['remat']} attention={out['attention_impl']}, "
+        f"scan={out['scan_layers']} remat={out['remat']} attention={out['attention_impl']} "
+        f"(runs as {out.get('attention_impl_resolved')}), batch chunks train/inference "
+        f"{out.get('batch_chunks_train')}/{out.get('batch_chunks_inference')}, "
         f"XLA_FLAGS='{out['xla_flags']}', load average {out['loadavg_before'][0]:.2f} -> "
         f"{out['loadavg_after'][0]:.2f}")
   if out["matmul_ceiling_flops"]:

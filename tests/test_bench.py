@@ -1,27 +1,105 @@
-"""Smoke test of the benchmark suite: every case runs at its smallest settings and reports.
+"""Smoke tests of the benchmark scripts: each main() runs at its smallest settings and reports.
 
 Figures are not checked (they are benchmarks, not tests); this keeps the scripts from rotting.
+The scripts run in this process (no interpreter start-ups) with the library's start-up
+defaults turned off (VIT_JAX_NO_XLA_DEFAULTS=1), so they leave no global state behind.
+bench/train_throughput.py (absl flags) and the timm half of side_by_side.py (needs torch +
+timm) are not run here.
 """
 import json
-import subprocess
 import sys
+
+import pytest
 
 from test_train import REPO  # pylint: disable=g-bad-import-order
 
+sys.path.insert(0, str(REPO / "bench"))
 
-def test_run_suite_quick_writes_every_case(tmp_path):
-  out = tmp_path / "suite.json"
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "bench" / "run_suite.py"), "--quick", "--out", str(out),
-       "--only", "train_step,checkpoint"],
-      cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  suite = json.loads(out.read_text())
-  assert suite["machine"]["cores"] >= 1 and suite["machine"]["jax"]
-  by_case = {c["case"]: c for c in suite["cases"]}
-  assert set(by_case) == {"train_step", "checkpoint"}
-  step = by_case["train_step"]["result"]
-  assert step  # train_step.py's own dict, with its timings
-  ckpt = by_case["checkpoint"]["result"]
-  assert ckpt["save_total_s"] >= ckpt["save_blocking_s"] > 0 and ckpt["restore_s"] > 0
-  assert ckpt["disk_bytes"] > 0
+import checkpoint as bench_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+import input_pipeline as bench_input  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
+import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SMALL = ["--model", "testing", "--batch", "8", "--resolution", "32", "--num_classes", "10"]
+
+
+@pytest.fixture(autouse=True)
+def _no_library_defaults(monkeypatch):
+  monkeypatch.setenv("VIT_JAX_NO_XLA_DEFAULTS", "1")
+
+
+def test_train_step_times_train_and_inference(tmp_path, capsys):
+  out = tmp_path / "step.json"
+  assert train_step.main(SMALL + ["--windows", "1", "--steps", "1", "--json", str(out)]) == 0
+  result = json.loads(out.read_text())
+  kinds = {r["kind"]: r for r in result["results"]}
+  assert set(kinds) == {"train", "inference"}
+  assert all(r["img_per_s"] > 0 and r["compile_s"] > 0 for r in kinds.values())
+  assert result["attention_impl_resolved"] == "einsum_vjp"  # the CPU default
+  assert "img/s" in capsys.readouterr().out
+
+
+def test_train_step_compile_only_with_scan(tmp_path):
+  out = tmp_path / "compile.json"
+  assert train_step.main(SMALL + ["--compile_only", "--scan_layers", "--mode", "train",
+                                  "--batch_chunks", "1", "--json", str(out)]) == 0
+  (r,) = json.loads(out.read_text())["results"]
+  assert r["compile_s"] > 0 and "img_per_s" not in r and r["xla_flops_per_image"] > 0
+
+
+def test_checkpoint_bench(tmp_path):
+  out = tmp_path / "ckpt.json"
+  assert bench_checkpoint.main(["--model", "testing", "--resolution", "32", "--repeats", "1",
+                                "--dir",
+                                str(tmp_path / "ckpts"), "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert r["save_total_s"] >= r["save_blocking_s"] > 0 and r["restore_s"] > 0
+  assert r["disk_bytes"] > 0
+
+
+def test_input_pipeline_bench(tmp_path):
+  out = tmp_path / "input.json"
+  assert bench_input.main(["--images", "8", "--batch", "4", "--steps", "1", "--workers", "0",
+                           "--json", str(out)]) == 0
+  results = json.loads(out.read_text())["results"]
+  assert len(results) == 3 and all(r["img_per_s_0_workers"] > 0 for r in results)
+
+
+def test_run_suite_cases_and_case_runner(tmp_path):
+  args = run_suite.parse_args(["--quick", "--torch_python", "false"])  # no torch probe
+  names = [name for name, _ in run_suite.cases(args, accelerator=False)]
+  assert names[:4] == ["train_step", "compile", "input_pipeline", "checkpoint"]
+  full = run_suite.cases(run_suite.parse_args([]), accelerator=False)
+  assert {"compile_l16_unrolled", "compile_l16_scan", "checkpoint"} <= {n for n, _ in full}
+  gpu = {n for n, _ in run_suite.cases(run_suite.parse_args([]), accelerator=True)}
+  assert {"train_step_b16", "train_step_l16"} <= gpu
+  assert run_suite.machine()["cores"] >= 1
+  script = tmp_path / "case.py"  # run_case's contract: the script writes --json <path>
+  script.write_text("import json, sys\njson.dump({'ok': 1}, open(sys.argv[-1], 'w'))\n")
+  r = run_suite.run_case("fake", [str(script)], args)
+  assert r["status"] == 0 and r["result"] == {"ok": 1}
+
+
+def test_side_by_side_flags_and_model_names():
+  args = side_by_side.parse_args(["--batch", "2"])
+  assert args.model == "ViT-Ti_16" and side_by_side.TIMM_MODELS[args.model] == "vit_tiny_patch16_224"
+  assert side_by_side.cores() >= 1
+
+
+def _has_timm() -> bool:
+  try:
+    import timm  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except Exception:  # pylint: disable=broad-except  # Missing, or broken (e.g. no torchvision).
+    return False
+  return True
+
+
+@pytest.mark.skipif(not _has_timm(), reason="needs torch + timm")
+def test_side_by_side_runs_both(tmp_path):
+  out = tmp_path / "sbs.json"
+  assert side_by_side.main(["--batch", "8", "--resolution", "32", "--windows", "1", "--steps",
+                            "1", "--gap_s", "0", "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert set(r["ratio_ours_over_timm"]) == {"train", "inference"}

@@ -183,7 +183,7 @@ def test_scan_layers_equals_unrolled():
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "einsum"])
+@pytest.mark.parametrize("impl", ["xla", "einsum", "einsum_vjp"])
 def test_attention_implementations_agree(impl):
   x = images()
   base = models.VisionTransformer(num_classes=5, **TINY)
@@ -403,3 +403,112 @@ def test_cudnn_attention_matches_einsum_on_gpu():
   got = cudnn.apply({"params": params}, x, train=False)
   want = einsum.apply({"params": params}, x, train=False)
   np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * float(jnp.abs(want).max()))
+
+
+# ---------------------------------------------------------------- CPU formulations (speed)
+# The per-platform formulations (vit.py / attention.py docs) must keep the official
+# parameters, the values of the plain formulation (logits within 1e-5 of the NumPy oracle)
+# and its gradients.
+
+class _FlaxReferenceAttention(nn.Module):
+  """The textbook Flax layout: four nn.DenseGeneral submodules (init reference)."""
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    proj = lambda name: nn.DenseGeneral((self.num_heads, d // self.num_heads), name=name,
+                                        kernel_init=nn.initializers.xavier_uniform())(x)
+    q, k, v = proj("query"), proj("key"), proj("value")
+    y = jnp.einsum("bqhk,bthk->bqhk", q, k) + v
+    return nn.DenseGeneral(d, axis=(-2, -1), kernel_init=nn.initializers.xavier_uniform(),
+                           name="out")(y)
+
+
+def test_parameters_are_created_exactly_as_flax_layers_create_them():
+  x = images((2, 5, 12, 1))[..., 0]
+  ours = nn.meta.unbox(models.MultiHeadDotProductAttention(num_heads=3).init(
+      jax.random.PRNGKey(3), x, x))
+  ref = _FlaxReferenceAttention(num_heads=3).init(jax.random.PRNGKey(3), x)
+  jax.tree.map(np.testing.assert_array_equal, ours, ref)
+  from vit_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+
+  class Conv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(8, (4, 4), strides=(4, 4), padding="VALID", name="embedding")(x)
+
+  class Ours(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      k, b = vit_lib.PatchEmbedParams((4, 4), 3, 8, name="embedding")()
+      return vit_lib.patch_embed(x, k, b)
+
+  x = images((2, 8, 8, 3))
+  ref, ours = Conv().init(jax.random.PRNGKey(5), x), Ours().init(jax.random.PRNGKey(5), x)
+  jax.tree.map(np.testing.assert_array_equal, nn.meta.unbox(ours), ref)
+
+
+def test_patch_embedding_matmul_equals_the_convolution():
+  from vit_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.uniform(-1, 1, (3, 12, 8, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(4, 2, 3, 5)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
+  conv = vit_lib.patch_embed(x, k, b, as_matmul=False)
+  np.testing.assert_allclose(vit_lib.patch_embed(x, k, b, as_matmul=True), conv, atol=1e-5)
+  assert conv.shape == (3, 3 * 4, 5)
+  np.testing.assert_allclose(conv[:, 0], ref.patch_embed(np.asarray(x[:, :4, :2]),
+                                                         {"kernel": k, "bias": b})[:, 0],
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_batch_chunks_match_numpy_and_unchunked_gradients(chunks):
+  x = images((4, 16, 16, 3))
+  plain = models.VisionTransformer(num_classes=5, attention_impl="einsum", batch_chunks=1, **TINY)
+  fast = models.VisionTransformer(num_classes=5, attention_impl="einsum_vjp", batch_chunks=chunks,
+                                  **TINY)
+  params = randomize(init(plain, x))
+  got = jax.jit(lambda p: fast.apply({"params": p}, x, train=False))(params)
+  np.testing.assert_allclose(got, ref.vit_forward(params, np.asarray(x)), rtol=1e-5, atol=1e-5)
+  labels = jnp.arange(4) % 5
+
+  def grads(model):
+    def loss(p):
+      logits = model.apply({"params": p}, x, train=True)
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    return jax.jit(jax.grad(loss))(params)
+
+  want, have = grads(plain), grads(fast)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(want))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+               have, want)
+
+
+def test_resolve_batch_chunks_and_attention_defaults():
+  from vit_jax.models import attention, vit as vit_lib  # pylint: disable=g-import-not-at-top
+  assert vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "gpu") == 1
+  assert vit_lib.resolve_batch_chunks(None, (8, 17, 32), True, "cpu") == 1  # too little work
+  cpu_train = vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "cpu")
+  assert 32 % cpu_train == 0 and 1 <= cpu_train <= 4 * vit_lib.cpu_cores()
+  assert vit_lib.resolve_batch_chunks(None, (7, 197, 192), True, "cpu") in (1, 7)
+  assert vit_lib.resolve_batch_chunks(2, (8, 17, 32), False, "gpu") == 2
+  with pytest.raises(ValueError, match="divide the batch"):
+    vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu")
+  assert attention.resolve_attention_impl(None, "cpu") == "einsum_vjp"
+  assert attention.resolve_attention_impl(None, "tpu") is None
+
+
+def test_cross_attention_projection_and_width_check():
+  probe_model = models.VisionTransformer(num_classes=5, classifier="map", **TINY)
+  x = images()
+  params = randomize(init(probe_model, x))
+  want = ref.vit_forward(params, np.asarray(x), classifier="map")
+  for impl in ("einsum", "einsum_vjp", "xla"):
+    got = models.VisionTransformer(num_classes=5, classifier="map", attention_impl=impl,
+                                   **TINY).apply({"params": params}, x, train=False)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  mha = models.MultiHeadDotProductAttention(num_heads=2)
+  with pytest.raises(ValueError, match="inputs_kv width"):
+    mha.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8)), jnp.zeros((1, 3, 6)))

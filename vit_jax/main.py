@@ -136,8 +136,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
   if not flags.FLAGS["verbosity"].present:  # Keep library INFO chatter (Orbax, grain) out of
     absl_logging.set_verbosity(absl_logging.WARNING)  # the progress bar; --verbosity=0 shows it.
+  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.apply_defaults()  # Before any backend exists (docs/performance.md).
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
+  xla_flags.apply_host_defaults()
   if jax.process_index() != 0:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
   if _DRY_RUN.value:
