@@ -258,7 +258,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   if not args.no_library_defaults:
     from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
     xla_flags.apply_defaults()
-    xla_flags.apply_host_defaults()
+    if hasattr(xla_flags, "apply_host_defaults"):  # (older library versions lack it)
+      xla_flags.apply_host_defaults()
   res = run(args)
   print(f"{res['model']} vs timm {res['timm_model']}: batch {res['batch']}, "
         f"{res['resolution']}px, {res['dtype']}, {res['optimizer']}, platform {res['platform']} "

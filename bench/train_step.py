@@ -89,7 +89,8 @@ def configure_xla(args: argparse.Namespace) -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   if not args.no_library_xla_flags:
     from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.apply_host_defaults()
+    if hasattr(xla_flags, "apply_host_defaults"):  # (older library versions lack it)
+      xla_flags.apply_host_defaults()
 
 
 def standard_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
@@ -114,7 +115,9 @@ def build(args: argparse.Namespace, abstract: bool):
   overrides = {"dtype": jnp.dtype(args.dtype)}
   if not model_configs.is_mixer(args.model):
     overrides.update(attention_impl=args.attention_impl, remat=args.remat,
-                     scan_layers=args.scan_layers, batch_chunks=args.batch_chunks)
+                     scan_layers=args.scan_layers)
+    if args.batch_chunks is not None:
+      overrides["batch_chunks"] = args.batch_chunks
   model = model_configs.create_model(args.model, args.num_classes, **overrides)
   cfg = model_configs.get_model_config(args.model)
   devices = np.array(jax.local_devices())
@@ -309,6 +312,8 @@ def library_choices(args: argparse.Namespace, cfg: Any) -> dict:
   if "transformer" not in cfg:
     return {}
   from vit_jax.models import attention, vit  # pylint: disable=g-import-not-at-top
+  if not hasattr(vit, "resolve_batch_chunks"):  # an older library version (before/after runs)
+    return {}
   ph, pw = tuple(cfg.patches.size)
   tokens = (args.resolution // ph) * (args.resolution // pw) + (cfg.classifier == "token")
   shape = (args.batch, tokens, cfg.hidden_size)

@@ -30,10 +30,13 @@ import sys
 from typing import Mapping, MutableMapping, Optional
 
 # platform -> {flag: value}. Each entry needs a measurement in docs/performance.md.
-# CPU: no XLA flag measured a gain for ViT training on the 2-core CPU (vector width 512,
-# fast math, the concurrency-optimised scheduler, YNNPACK/oneDNN/XNNPACK fusion choices:
-# all within noise or slower; see docs/performance.md), so none is set.
-# GPU/TPU: not measured yet (no accelerator lent so far), so none is set.
+# CPU: no XLA flag measured a gain for ViT-Ti/16 training or inference on the 2-core CPU
+# (xla_cpu_prefer_vector_width=512, xla_cpu_enable_fast_math, the concurrency-optimised
+# scheduler on/off, xla_cpu_multi_thread_eigen=false, YNNPACK fusion types DOT / +ELTWISE
+# +REDUCE, oneDNN, XNNPACK: within noise or up to 21% slower; docs/performance.md), so none
+# is set: the CPU gains come from the model's formulation and the host settings below.
+# GPU/TPU: not measured yet (no accelerator lent so far), so none is set; the candidates
+# and the commands to measure them are in docs/performance.md.
 DEFAULT_XLA_FLAGS: dict[str, dict[str, str]] = {
     "cpu": {},
     "gpu": {},
