@@ -317,9 +317,11 @@ def library_choices(args: argparse.Namespace, cfg: Any) -> dict:
   ph, pw = tuple(cfg.patches.size)
   tokens = (args.resolution // ph) * (args.resolution // pw) + (cfg.classifier == "token")
   shape = (args.batch, tokens, cfg.hidden_size)
+  layers = 1 if args.scan_layers else cfg.transformer.num_layers
+  chunks = lambda train: vit.resolve_batch_chunks(args.batch_chunks, shape, train,
+                                                  unrolled_layers=layers)
   return {"attention_impl_resolved": attention.resolve_attention_impl(args.attention_impl),
-          "batch_chunks_train": vit.resolve_batch_chunks(args.batch_chunks, shape, True),
-          "batch_chunks_inference": vit.resolve_batch_chunks(args.batch_chunks, shape, False)}
+          "batch_chunks_train": chunks(True), "batch_chunks_inference": chunks(False)}
 
 
 def format_line(out: dict, r: dict) -> str:

@@ -496,6 +496,8 @@ def test_resolve_batch_chunks_and_attention_defaults():
     assert cpu_train == 1
   assert vit_lib.resolve_batch_chunks(None, (7, 197, 192), True, "cpu") in (1, 7)
   assert vit_lib.resolve_batch_chunks(2, (8, 17, 32), False, "gpu") == 2
+  deep = vit_lib.resolve_batch_chunks(None, (32, 197, 1024), True, "cpu", unrolled_layers=24)
+  assert deep <= vit_lib.CPU_MAX_UNROLLED_BLOCKS // 24
   with pytest.raises(ValueError, match="divide the batch"):
     vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu")
   assert attention.resolve_attention_impl(None, "cpu") == "einsum_vjp"

@@ -93,6 +93,9 @@ def check_image_size(shape: tuple[int, ...], patch: tuple[int, int], stride: int
 # inference (False). Small models (the tests' toy ViTs) are not chunked.
 CPU_MIN_CHUNK_ACTIVATIONS = {True: 1 << 17, False: 1 << 18}
 CPU_CHUNKS_PER_CORE = {True: 4, False: 2}
+# Chunks are unrolled: at most this many encoder blocks in the program (chunks x layers,
+# 1 x chunks with scan_layers), which bounds the compile time (ViT-Ti/16: 8 chunks x 12).
+CPU_MAX_UNROLLED_BLOCKS = 96
 
 
 def cpu_cores() -> int:
@@ -104,14 +107,17 @@ def cpu_cores() -> int:
 
 
 def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, int, int],
-                         train: bool, platform: Optional[str] = None) -> int:
+                         train: bool, platform: Optional[str] = None,
+                         unrolled_layers: int = 1) -> int:
   """How many chunks the encoder splits a (batch, tokens, width) input into.
 
   An explicit `batch_chunks` is used as given (it must divide the batch). None is the
   per-platform default: 1 on GPU/TPU and when JAX has several devices (the batch is then
   sharded; splitting it would move rows between devices); on a single CPU device the
   largest divisor of the batch that is at most min(activations //
-  CPU_MIN_CHUNK_ACTIVATIONS[train], CPU_CHUNKS_PER_CORE[train] * cores) (1 when below 2).
+  CPU_MIN_CHUNK_ACTIVATIONS[train], CPU_CHUNKS_PER_CORE[train] * cores,
+  CPU_MAX_UNROLLED_BLOCKS // unrolled_layers) (1 when below 2). `unrolled_layers`: encoder
+  blocks per chunk in the program (num_layers, or 1 with scan_layers).
   """
   batch = tokens_shape[0]
   if batch_chunks is not None:
@@ -123,7 +129,8 @@ def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, i
     return 1
   activations = int(np.prod(tokens_shape))
   limit = min(activations // CPU_MIN_CHUNK_ACTIVATIONS[train], batch,
-              CPU_CHUNKS_PER_CORE[train] * cpu_cores())
+              CPU_CHUNKS_PER_CORE[train] * cpu_cores(),
+              CPU_MAX_UNROLLED_BLOCKS // max(unrolled_layers, 1))
   return max([d for d in range(1, limit + 1) if batch % d == 0] or [1])
 
 
@@ -263,7 +270,8 @@ class VisionTransformer(nn.Module):
                        (1, 1, x.shape[-1]), jnp.float32)
       x = jnp.concatenate([jnp.tile(cls.astype(dtype), (x.shape[0], 1, 1)), x], axis=1)
     encoder = self._encoder(dtype)
-    chunks = resolve_batch_chunks(self.batch_chunks, x.shape, train)
+    layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))
+    chunks = resolve_batch_chunks(self.batch_chunks, x.shape, train, unrolled_layers=layers)
     if chunks > 1:  # independent sub-batches: XLA:CPU runs them concurrently (see module doc)
       x = jnp.concatenate([encoder(c, train=train) for c in jnp.split(x, chunks)], axis=0)
     else:
