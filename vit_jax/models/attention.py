@@ -21,9 +21,9 @@ How it computes (the parameters stay the official separate ones):
                        (`headmajor_attention`): softmax normalised after the PV matmul, and a
                        hand-written backward pass whose matmuls all take operands in layouts
                        XLA:CPU's dot kernels accept without copying the (tokens x tokens)
-                       matrices. On a 2-core CPU (ViT-Ti/16 shapes) its forward is ~1.7x and
-                       the attention sub-layer's forward + backward ~1.3x faster than 'xla'
-                       (docs/performance.md);
+                       matrices. On a 2-core CPU it makes the whole ViT-Ti/16 train step
+                       ~1.17x and inference ~1.35x faster than 'xla' (docs/performance.md,
+                       ablation rows (b) -> (c));
       None             the library's choice per platform: 'einsum_vjp' on CPU,
                        `jax.nn.dot_product_attention(implementation=None)` elsewhere (cuDNN
                        when JAX can use it, else XLA). `resolve_attention_impl` says which.

@@ -20,9 +20,9 @@ Per-platform execution (same parameters, same values up to float rounding):
     runs on that many independent sub-batches, unrolled. XLA:CPU executes independent
     ops concurrently on its threads, and several chunks keep both cores of a small CPU
     busy where one batch leaves one idle in its poorly-parallel ops (batched attention
-    matmuls, weight gradients): ViT-Ti/16 batch 32 on 2 cores trains ~1.15x and infers
-    ~1.2x faster with the defaults (8 / 4 chunks). Costs compile time (~linear in the
-    chunk count: ViT-Ti/16 train step 2 s -> 11 s). Default 1 (no chunking) on GPU/TPU and
+    matmuls, weight gradients): ViT-Ti/16 batch 32 on 2 cores trains ~1.13x and infers
+    ~1.15x faster with the defaults (8 / 4 chunks; docs/performance.md). Costs compile time (~linear in the
+    chunk count: ViT-Ti/16 train step 1.5 s -> 11 s). Default 1 (no chunking) on GPU/TPU and
     whenever JAX has more than one device.
   * the patch embedding runs as reshape + one matmul on CPU (its weight gradient is ~2x
     faster there than the strided convolution's) and as the convolution elsewhere.
