@@ -115,10 +115,8 @@ def check_config_overrides(argv: Sequence[str]) -> None:
     return
   path, _, arg = spec.partition(":")
   try:
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    module_spec = importlib.util.spec_from_file_location("_vit_jax_config_check", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+    module = common.load_config_file(path)
     config = module.get_config(arg) if arg else module.get_config()
   except Exception:  # pylint: disable=broad-except  # config_flags reports load errors itself.
     return
