@@ -486,8 +486,8 @@ def test_batch_chunks_match_numpy_and_unchunked_gradients(chunks):
                have, want)
 
 
-def test_resolve_batch_chunks_and_attention_defaults():
-  from vit_jax.models import attention, vit as vit_lib  # pylint: disable=g-import-not-at-top
+def test_resolve_batch_chunks():
+  from vit_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
   assert vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "gpu") == 1
   assert vit_lib.resolve_batch_chunks(None, (8, 17, 32), True, "cpu") == 1  # too little work
   cpu_train = vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "cpu")
@@ -500,8 +500,6 @@ def test_resolve_batch_chunks_and_attention_defaults():
   assert deep <= vit_lib.CPU_MAX_UNROLLED_BLOCKS // 24
   with pytest.raises(ValueError, match="divide the batch"):
     vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu")
-  assert attention.resolve_attention_impl(None, "cpu") == "einsum_vjp"
-  assert attention.resolve_attention_impl(None, "tpu") is None
 
 
 def test_cross_attention_projection_and_width_check():

@@ -57,6 +57,7 @@ def test_every_implementation_gives_the_same_token_major_attention(impl):
 def test_default_attention_per_platform():
   assert attention.resolve_attention_impl(None, "cpu") == "einsum_vjp"
   assert attention.resolve_attention_impl(None, "gpu") is None
+  assert attention.resolve_attention_impl(None, "tpu") is None
   assert attention.resolve_attention_impl("xla", "cpu") == "xla"
   with pytest.raises(ValueError, match="not supported"):
     attention.resolve_attention_impl("flash", "cpu")
