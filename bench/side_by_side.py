@@ -62,7 +62,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--attention_impl", default=None,
                  help="ours: None (library choice) | xla | einsum | einsum_vjp | cudnn")
   p.add_argument("--batch_chunks", type=int, default=None,
-                 help="ours: encoder sub-batches (default: the library's choice; 1 = off)")
+                 help="ours: model sub-batches (default: the library's choice; 1 = off; an upper bound)")
   p.add_argument("--no_library_defaults", action="store_true",
                  help="do not apply vit_jax.xla_flags start-up defaults (to measure them)")
   p.add_argument("--mode", default="both", choices=["both", "train", "inference"])

@@ -8,7 +8,7 @@ r"""Train-step (and inference) benchmark: img/s, ms/step, MFU, compile time, mem
 
 Model flags: --model, --batch, --resolution, --num_classes, --dtype (compute; params stay
 float32), --attention_impl (default: the library's per-platform choice), --remat,
---scan_layers, --batch_chunks (encoder sub-batches; default: the library's per-platform
+--scan_layers, --batch_chunks (model sub-batches, an upper bound; default: the library's per-platform
 choice, 1 = off), --optimizer (sgd: SGD momentum 0.9 | adamw).
 
 The step is forward + softmax cross-entropy + backward + optimizer update (optax),
@@ -59,7 +59,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--remat", action="store_true", help="rematerialise blocks (ViT only)")
   p.add_argument("--scan_layers", action="store_true", help="nn.scan over blocks (ViT only)")
   p.add_argument("--batch_chunks", type=int, default=None,
-                 help="encoder sub-batches (ViT only; default: the library's per-platform "
+                 help="model sub-batches, an upper bound (ViT only; default: the per-platform "
                       "choice, see vit_jax/models/vit.py; 1 = off)")
   p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                  help="sgd: SGD with momentum 0.9; adamw: optax AdamW")

@@ -16,6 +16,7 @@ from test_train import REPO  # pylint: disable=g-bad-import-order
 sys.path.insert(0, str(REPO / "bench"))
 
 import checkpoint as bench_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+import cpu_formulations  # pylint: disable=g-import-not-at-top,wrong-import-position
 import input_pipeline as bench_input  # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,6 +47,13 @@ def test_train_step_compile_only_with_scan(tmp_path):
                                   "--batch_chunks", "1", "--json", str(out)]) == 0
   (r,) = json.loads(out.read_text())["results"]
   assert r["compile_s"] > 0 and "img_per_s" not in r and r["xla_flops_per_image"] > 0
+
+
+def test_cpu_formulations_bench(capsys):
+  assert cpu_formulations.main(["--tokens", "16", "--width", "8", "--mlp_dim", "24",
+                                "--windows", "1", "--steps", "1"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 3 and all("plain/cpu_ops" in line for line in lines)
 
 
 def test_checkpoint_bench(tmp_path):

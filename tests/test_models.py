@@ -498,8 +498,12 @@ def test_resolve_batch_chunks():
   assert vit_lib.resolve_batch_chunks(2, (8, 17, 32), False, "gpu") == 2
   deep = vit_lib.resolve_batch_chunks(None, (32, 197, 1024), True, "cpu", unrolled_layers=24)
   assert deep <= vit_lib.CPU_MAX_UNROLLED_BLOCKS // 24
-  with pytest.raises(ValueError, match="divide the batch"):
-    vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu")
+  # An explicit value is an upper bound: the largest divisor of the batch not above it.
+  assert vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu") == 2
+  assert vit_lib.resolve_batch_chunks(8, (1, 17, 32), True, "cpu") == 1  # model.init's batch
+  assert vit_lib.resolve_batch_chunks(8, (12, 17, 32), True, "cpu") == 6
+  with pytest.raises(ValueError, match=">= 1"):
+    vit_lib.resolve_batch_chunks(0, (8, 17, 32), True, "cpu")
 
 
 def test_cross_attention_projection_and_width_check():

@@ -23,14 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.attention import MultiHeadDotProductAttention
+from vit_jax.models import cpu_ops
+from vit_jax.models.attention import MultiHeadDotProductAttention, on_cpu
 from vit_jax.models.axes import logical
 
 LN_EPS = 1e-6
 
 
-def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
-  """LayerNorm with eps 1e-6, float32 params annotated with the 'embed' axis."""
+def layer_norm(dtype: Any, name: str, train: bool = False) -> nn.Module:
+  """LayerNorm with eps 1e-6, float32 params annotated with the 'embed' axis.
+
+  When training on CPU `cpu_ops.LayerNorm` (same parameters and statistics, hand-written
+  backward pass, faster there); otherwise `nn.LayerNorm` (its forward is the faster one)."""
+  if train and on_cpu():
+    return cpu_ops.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=logical(nn.initializers.ones, "embed"),
                       bias_init=logical(nn.initializers.zeros, "embed"), name=name)
@@ -72,7 +78,8 @@ class MlpBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
     y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=logical(kernel_init, "mlp", "embed"),
-                 bias_init=logical(bias_init, "embed"), name="Dense_1")(y)
+                 bias_init=logical(bias_init, "embed"), dot_general=cpu_ops.dense_dot_general,
+                 name="Dense_1")(y)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
     return jnp.reshape(y, x.shape[:-1] + (width,))
 
@@ -104,7 +111,7 @@ class Encoder1DBlock(nn.Module):
     # (batch, 197, D) ones (docs/performance.md); on other backends it makes no difference.
     batch, tokens, width = inputs.shape
     x2d = jnp.reshape(inputs, (batch * tokens, width))
-    y = layer_norm(self.dtype, "LayerNorm_0")(x2d)
+    y = layer_norm(self.dtype, "LayerNorm_0", not self.deterministic)(x2d)
     y = jnp.reshape(y, (batch, tokens, width))
     y = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
@@ -113,7 +120,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout_rate)(jnp.reshape(y, x2d.shape),
                                            deterministic=self.deterministic)
     x = self._residual(x2d, y, drop_rate, batch)
-    y = layer_norm(self.dtype, "LayerNorm_1")(x)
+    y = layer_norm(self.dtype, "LayerNorm_1", not self.deterministic)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
                  deterministic=self.deterministic, approximate_gelu=self.approximate_gelu,
                  name="MlpBlock_0")(y)
@@ -176,7 +183,7 @@ class Encoder(nn.Module):
     else:
       for i in range(self.num_layers):
         x = block(name=f"encoderblock_{i}", **block_kwargs)(x, float(rates[i]))
-    return layer_norm(self.dtype, "encoder_norm")(x)
+    return layer_norm(self.dtype, "encoder_norm", train)(x)
 
 
 class MAPHead(nn.Module):

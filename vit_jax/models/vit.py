@@ -16,14 +16,15 @@ None = per-platform choice, see attention.py), remat, scan_layers, approximate_g
 head_zeroinit, batch_chunks.
 
 Per-platform execution (same parameters, same values up to float rounding):
-  * `batch_chunks` (None = per-platform default, see `resolve_batch_chunks`): the encoder
-    runs on that many independent sub-batches, unrolled. XLA:CPU executes independent
-    ops concurrently on its threads, and several chunks keep both cores of a small CPU
-    busy where one batch leaves one idle in its poorly-parallel ops (batched attention
-    matmuls, weight gradients): ViT-Ti/16 batch 32 on 2 cores trains ~1.13x and infers
-    ~1.15x faster with the defaults (8 / 4 chunks; docs/performance.md). Costs compile time (~linear in the
-    chunk count: ViT-Ti/16 train step 1.5 s -> 11 s). Default 1 (no chunking) on GPU/TPU and
-    whenever JAX has more than one device.
+  * `batch_chunks` (None = per-platform default, see `resolve_batch_chunks`): the model
+    (patch embedding, encoder, pooling and head; for hybrids everything after the ResNet
+    root) runs on that many independent sub-batches, unrolled, with shared parameters.
+    XLA:CPU executes independent ops concurrently on its threads, and several chunks keep
+    both cores of a small CPU busy where one batch leaves one idle in its poorly-parallel
+    ops (batched attention matmuls, weight gradients): ViT-Ti/16 batch 32 on 2 cores trains
+    ~1.13x and infers ~1.15x faster with the defaults (8 / 4 chunks; docs/performance.md). Costs
+    compile time (~linear in the chunk count: ViT-Ti/16 train step 1.5 s -> 11 s). Default
+    1 (no chunking) on GPU/TPU and whenever JAX has more than one device.
   * the patch embedding runs as reshape + one matmul on CPU (its weight gradient is ~2x
     faster there than the strided convolution's) and as the convolution elsewhere.
 
@@ -46,6 +47,7 @@ import numpy as np
 from vit_jax.models import resnet as resnet_lib
 from vit_jax.models.attention import check_attention_impl
 from vit_jax.models.axes import logical
+from vit_jax.models.cpu_ops import matmul
 from vit_jax.models.transformer import Encoder, MAPHead
 
 CLASSIFIERS = ("token", "gap", "map", "token_unpooled", "unpooled", "gap_unpooled")
@@ -111,8 +113,10 @@ def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, i
                          unrolled_layers: int = 1) -> int:
   """How many chunks the encoder splits a (batch, tokens, width) input into.
 
-  An explicit `batch_chunks` is used as given (it must divide the batch). None is the
-  per-platform default: 1 on GPU/TPU and when JAX has several devices (the batch is then
+  An explicit `batch_chunks` is an upper bound: the largest divisor of the batch that is at
+  most `batch_chunks` (chunking only changes how the work is scheduled, never the values,
+  so a batch it does not divide, e.g. the 1-image batch of `model.init`, is split into
+  fewer chunks instead of failing). None is the per-platform default: 1 on GPU/TPU and when JAX has several devices (the batch is then
   sharded; splitting it would move rows between devices); on a single CPU device the
   largest divisor of the batch that is at most min(activations //
   CPU_MIN_CHUNK_ACTIVATIONS[train], CPU_CHUNKS_PER_CORE[train] * cores,
@@ -121,17 +125,22 @@ def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, i
   """
   batch = tokens_shape[0]
   if batch_chunks is not None:
-    if batch_chunks < 1 or batch % batch_chunks:
-      raise ValueError(f"batch_chunks={batch_chunks} must be >= 1 and divide the batch "
-                       f"({batch}); use None for the per-platform default.")
-    return batch_chunks
+    if batch_chunks < 1:
+      raise ValueError(f"batch_chunks={batch_chunks} must be >= 1 (1 = no chunking); use "
+                       "None for the per-platform default.")
+    return _largest_divisor_at_most(batch, batch_chunks)
   if (platform or jax.default_backend()) != "cpu" or jax.device_count() > 1:
     return 1
   activations = int(np.prod(tokens_shape))
   limit = min(activations // CPU_MIN_CHUNK_ACTIVATIONS[train], batch,
               CPU_CHUNKS_PER_CORE[train] * cpu_cores(),
               CPU_MAX_UNROLLED_BLOCKS // max(unrolled_layers, 1))
-  return max([d for d in range(1, limit + 1) if batch % d == 0] or [1])
+  return _largest_divisor_at_most(batch, limit)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  """The largest divisor of `n` that is <= `limit` (1 when `limit` < 1)."""
+  return max([d for d in range(1, min(limit, n) + 1) if n % d == 0] or [1])
 
 
 class PatchEmbedParams(nn.Module):
@@ -165,7 +174,7 @@ def patch_embed(x: jax.Array, kernel: jax.Array, bias: jax.Array,
   if as_matmul:
     p = jnp.reshape(x, (n, h // ph, ph, w // pw, pw, c)).transpose(0, 1, 3, 2, 4, 5)
     p = jnp.reshape(p, (n * (h // ph) * (w // pw), ph * pw * c))
-    y = p @ jnp.reshape(kernel, (ph * pw * c, d)) + bias
+    y = matmul(p, jnp.reshape(kernel, (ph * pw * c, d))) + bias
     return jnp.reshape(y, (n, (h // ph) * (w // pw), d))
   y = jax.lax.conv_general_dilated(x, kernel, (ph, pw), "VALID",
                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
@@ -215,65 +224,100 @@ class VisionTransformer(nn.Module):
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
         scan_layers=self.scan_layers, name="Transformer")
 
-  def _embed(self, x: jax.Array, dtype: Any) -> jax.Array:
-    """Images -> (B, tokens, D) patch embeddings (after the ResNet root for hybrids)."""
-    patch = patch_size(self.patches)
+  def _root_stride(self) -> int:
     num_layers = tuple(config_get(self.resnet, "num_layers", ()) or ())
-    stride = resnet_lib.root_stride(num_layers) if self.resnet is not None else 1
-    check_image_size(x.shape, patch, stride, self.model_name)
-    x = x.astype(dtype)
-    if self.resnet is not None:
-      x = resnet_lib.resnet_root(x, num_layers=num_layers,
-                                 width_factor=config_get(self.resnet, "width_factor", 1),
-                                 dtype=dtype)
-    kernel, bias = PatchEmbedParams(patch, x.shape[-1], self.hidden_size, name="embedding")()
-    return patch_embed(x, kernel.astype(dtype), bias.astype(dtype))
+    return resnet_lib.root_stride(num_layers) if self.resnet is not None else 1
 
-  def _pool(self, x: jax.Array, dtype: Any) -> jax.Array:
-    if self.classifier == "token":
+  def _tokens_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(batch, tokens, width) of the encoder input for images of `image_shape`."""
+    ph, pw = patch_size(self.patches)
+    stride = self._root_stride()
+    tokens = (image_shape[1] // (ph * stride)) * (image_shape[2] // (pw * stride))
+    tokens += 1 if self.classifier in ("token", "token_unpooled") else 0
+    return (image_shape[0], tokens, self.hidden_size)
+
+  def _root(self, x: jax.Array, dtype: Any) -> jax.Array:
+    """The ResNet root of hybrids (identity for plain ViT)."""
+    if self.resnet is None:
+      return x
+    return resnet_lib.resnet_root(
+        x, num_layers=tuple(config_get(self.resnet, "num_layers", ()) or ()),
+        width_factor=config_get(self.resnet, "width_factor", 1), dtype=dtype)
+
+  def _pool_module(self, dtype: Any) -> Optional[nn.Module]:
+    if self.classifier != "map":
+      return None
+    t = self.transformer
+    return MAPHead(num_heads=int(config_get(t, "num_heads")),
+                   mlp_dim=int(config_get(t, "mlp_dim")), dtype=dtype,
+                   attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
+                   name="MAPHead_0")
+
+  @staticmethod
+  def _pool(x: jax.Array, classifier: str, map_head: Optional[nn.Module]) -> jax.Array:
+    if classifier == "token":
       return x[:, 0]
-    if self.classifier == "gap":
+    if classifier == "gap":
       return jnp.mean(x, axis=1)
-    if self.classifier == "map":
-      t = self.transformer
-      return MAPHead(num_heads=int(config_get(t, "num_heads")),
-                     mlp_dim=int(config_get(t, "mlp_dim")), dtype=dtype,
-                     attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
-                     name="MAPHead_0")(x)
+    if classifier == "map":
+      return map_head(x)
     return x  # unpooled variants
 
-  def _head(self, x: jax.Array, dtype: Any) -> jax.Array:
-    feature_axis = "embed"
+  def _head_modules(self, dtype: Any) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
+    """(pre_logits, head) Dense modules; None where the config has none."""
+    feature_axis, pre_logits, head = "embed", None, None
     if self.representation_size is not None:
-      x = nn.Dense(self.representation_size, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=logical(nn.initializers.lecun_normal(), "embed", "repr"),
-                   bias_init=logical(nn.initializers.zeros, "repr"), name="pre_logits")(x)
-      x = jnp.tanh(x)
+      pre_logits = nn.Dense(self.representation_size, dtype=dtype, param_dtype=jnp.float32,
+                            kernel_init=logical(nn.initializers.lecun_normal(), "embed", "repr"),
+                            bias_init=logical(nn.initializers.zeros, "repr"), name="pre_logits")
       feature_axis = "repr"
+    if self.num_classes:
+      kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
+      head = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                      kernel_init=logical(kernel_init, feature_axis, "classes"),
+                      bias_init=logical(nn.initializers.constant(self.head_bias_init), "classes"),
+                      name="head")
+    return pre_logits, head
+
+  @staticmethod
+  def _apply_head(x: jax.Array, pre_logits: Optional[nn.Module],
+                  head: Optional[nn.Module]) -> jax.Array:
+    if pre_logits is not None:
+      x = jnp.tanh(pre_logits(x))
     x = x.astype(jnp.float32)
-    if not self.num_classes:
-      return x
-    kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    kernel_init=logical(kernel_init, feature_axis, "classes"),
-                    bias_init=logical(nn.initializers.constant(self.head_bias_init), "classes"),
-                    name="head")(x)
+    return head(x) if head is not None else x
 
   @nn.compact
   def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
     """(B,H,W,3) images in [-1,1] -> float32 logits (B,C) (or features, see module doc)."""
     self._check_fields()
     dtype = jnp.dtype(self.dtype)
-    x = self._embed(inputs, dtype)
+    patch = patch_size(self.patches)
+    check_image_size(inputs.shape, patch, self._root_stride(), self.model_name)
+    # Every module is created once here and applied to each chunk (shared parameters).
+    root_channels = inputs.shape[-1] if self.resnet is None else None
+    x = self._root(inputs.astype(dtype), dtype)  # hybrids: the ResNet root on the whole batch
+    kernel, bias = PatchEmbedParams(patch, root_channels or x.shape[-1], self.hidden_size,
+                                    name="embedding")()
+    cls = None
     if self.classifier in ("token", "token_unpooled"):
       cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
-                       (1, 1, x.shape[-1]), jnp.float32)
-      x = jnp.concatenate([jnp.tile(cls.astype(dtype), (x.shape[0], 1, 1)), x], axis=1)
+                       (1, 1, self.hidden_size), jnp.float32)
     encoder = self._encoder(dtype)
+    map_head = self._pool_module(dtype)
+    pre_logits, head = self._head_modules(dtype)
+
+    def forward(images: jax.Array) -> jax.Array:
+      tokens = patch_embed(images, kernel.astype(dtype), bias.astype(dtype))
+      if cls is not None:
+        tokens = jnp.concatenate(
+            [jnp.tile(cls.astype(dtype), (tokens.shape[0], 1, 1)), tokens], axis=1)
+      y = encoder(tokens, train=train)
+      return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
+
     layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))
-    chunks = resolve_batch_chunks(self.batch_chunks, x.shape, train, unrolled_layers=layers)
+    chunks = resolve_batch_chunks(self.batch_chunks, self._tokens_shape(inputs.shape), train,
+                                  unrolled_layers=layers)
     if chunks > 1:  # independent sub-batches: XLA:CPU runs them concurrently (see module doc)
-      x = jnp.concatenate([encoder(c, train=train) for c in jnp.split(x, chunks)], axis=0)
-    else:
-      x = encoder(x, train=train)
-    return self._head(self._pool(x, dtype), dtype)
+      return jnp.concatenate([forward(c) for c in jnp.split(x, chunks)], axis=0)
+    return forward(x)
