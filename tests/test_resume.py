@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -139,3 +140,21 @@ def test_restore_onto_a_different_mesh(tmp_path, data_dir):
            for k, v in next(synthetic_batches(1, 32, 8)).items()}
   state, metrics = train_step.make_train_step(setup)(state, batch)
   assert np.isfinite(float(metrics["loss"])) and int(state.step) == 5
+
+
+def test_checkpointer_takes_a_relative_workdir(tmp_path, monkeypatch):
+  """`--workdir=workdirs/run` (as scripts/quickstart.sh passes it) saves and restores."""
+  monkeypatch.chdir(tmp_path)
+  state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(7)}
+  ckpt = checkpointing.Checkpointer("workdirs/run", async_save=True)
+  assert ckpt.directory == tmp_path / "workdirs" / "run" / "checkpoints"
+  assert ckpt.save(7, state, {"batch_index": 3})
+  ckpt.close()
+  ckpt = checkpointing.Checkpointer("workdirs/run")
+  assert ckpt.latest_step() == 7
+  restored, data = ckpt.restore(7, jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))
+  ckpt.close()
+  assert data == {"batch_index": 3}
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  assert checkpointing.absolute_dir("gs://bucket/run") == checkpointing.epath.Path("gs://bucket/run")

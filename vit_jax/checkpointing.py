@@ -11,6 +11,7 @@ model in the same workdir fails naming both.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional
 
 import jax
@@ -22,6 +23,12 @@ CONFIG_FILE = "config.json"
 MODEL_IDENTITY_KEYS = ("model_name", "model", "num_classes", "pp.crop", "optimizer")
 
 
+def absolute_dir(path: str) -> epath.Path:
+  """`path` as an absolute epath.Path: local paths resolved against the working directory
+  (Orbax refuses relative ones), URLs such as gs://bucket/dir unchanged."""
+  return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
 class Checkpointer:
   """Thin wrapper around ocp.CheckpointManager for TrainState + data position."""
 
@@ -30,7 +37,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period or None, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = absolute_dir(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
   def latest_step(self) -> Optional[int]:
