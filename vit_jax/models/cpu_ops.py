@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.attention import on_cpu
 from vit_jax.models.axes import logical
 
 
@@ -69,7 +70,7 @@ def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
   dense = (tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
            and rhs.ndim == 2 and not lhs_batch and not rhs_batch)
   if (not dense or precision is not None or preferred_element_type is not None
-      or lhs.dtype != rhs.dtype or jax.default_backend() != "cpu"):
+      or lhs.dtype != rhs.dtype or not on_cpu()):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   y = matmul(jnp.reshape(lhs, (-1, lhs.shape[-1])), rhs)

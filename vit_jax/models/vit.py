@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import resnet as resnet_lib
-from vit_jax.models.attention import check_attention_impl
+from vit_jax.models.attention import check_attention_impl, on_cpu
 from vit_jax.models.axes import logical
 from vit_jax.models.cpu_ops import matmul
 from vit_jax.models.transformer import Encoder, MAPHead
@@ -111,13 +111,14 @@ def cpu_cores() -> int:
 def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, int, int],
                          train: bool, platform: Optional[str] = None,
                          unrolled_layers: int = 1) -> int:
-  """How many chunks the encoder splits a (batch, tokens, width) input into.
+  """How many chunks the model splits a batch with (batch, tokens, width) encoder input into.
 
   An explicit `batch_chunks` is an upper bound: the largest divisor of the batch that is at
   most `batch_chunks` (chunking only changes how the work is scheduled, never the values,
   so a batch it does not divide, e.g. the 1-image batch of `model.init`, is split into
-  fewer chunks instead of failing). None is the per-platform default: 1 on GPU/TPU and when JAX has several devices (the batch is then
-  sharded; splitting it would move rows between devices); on a single CPU device the
+  fewer chunks instead of failing). None is the per-platform default: 1 on GPU/TPU and
+  when JAX has several devices (the batch is then sharded; splitting it would move rows
+  between devices); on a single CPU device the
   largest divisor of the batch that is at most min(activations //
   CPU_MIN_CHUNK_ACTIVATIONS[train], CPU_CHUNKS_PER_CORE[train] * cores,
   CPU_MAX_UNROLLED_BLOCKS // unrolled_layers) (1 when below 2). `unrolled_layers`: encoder
@@ -170,7 +171,7 @@ def patch_embed(x: jax.Array, kernel: jax.Array, bias: jax.Array,
   ph, pw, c, d = kernel.shape
   n, h, w, _ = x.shape
   if as_matmul is None:
-    as_matmul = jax.default_backend() == "cpu"
+    as_matmul = on_cpu()
   if as_matmul:
     p = jnp.reshape(x, (n, h // ph, ph, w // pw, pw, c)).transpose(0, 1, 3, 2, 4, 5)
     p = jnp.reshape(p, (n * (h // ph) * (w // pw), ph * pw * c))
@@ -224,24 +225,25 @@ class VisionTransformer(nn.Module):
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
         scan_layers=self.scan_layers, name="Transformer")
 
-  def _root_stride(self) -> int:
-    num_layers = tuple(config_get(self.resnet, "num_layers", ()) or ())
-    return resnet_lib.root_stride(num_layers) if self.resnet is not None else 1
+  def _resnet_layers(self) -> tuple[int, ...]:
+    return tuple(config_get(self.resnet, "num_layers", ()) or ())
 
-  def _tokens_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(batch, tokens, width) of the encoder input for images of `image_shape`."""
+  def _root_stride(self) -> int:
+    return resnet_lib.root_stride(self._resnet_layers()) if self.resnet is not None else 1
+
+  def _tokens_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(batch, tokens, width) of the encoder input for (B, H, W, C) patch-embedding input."""
     ph, pw = patch_size(self.patches)
-    stride = self._root_stride()
-    tokens = (image_shape[1] // (ph * stride)) * (image_shape[2] // (pw * stride))
+    tokens = (feature_shape[1] // ph) * (feature_shape[2] // pw)
     tokens += 1 if self.classifier in ("token", "token_unpooled") else 0
-    return (image_shape[0], tokens, self.hidden_size)
+    return (feature_shape[0], tokens, self.hidden_size)
 
   def _root(self, x: jax.Array, dtype: Any) -> jax.Array:
     """The ResNet root of hybrids (identity for plain ViT)."""
     if self.resnet is None:
       return x
     return resnet_lib.resnet_root(
-        x, num_layers=tuple(config_get(self.resnet, "num_layers", ()) or ()),
+        x, num_layers=self._resnet_layers(),
         width_factor=config_get(self.resnet, "width_factor", 1), dtype=dtype)
 
   def _pool_module(self, dtype: Any) -> Optional[nn.Module]:
@@ -295,10 +297,8 @@ class VisionTransformer(nn.Module):
     patch = patch_size(self.patches)
     check_image_size(inputs.shape, patch, self._root_stride(), self.model_name)
     # Every module is created once here and applied to each chunk (shared parameters).
-    root_channels = inputs.shape[-1] if self.resnet is None else None
     x = self._root(inputs.astype(dtype), dtype)  # hybrids: the ResNet root on the whole batch
-    kernel, bias = PatchEmbedParams(patch, root_channels or x.shape[-1], self.hidden_size,
-                                    name="embedding")()
+    kernel, bias = PatchEmbedParams(patch, x.shape[-1], self.hidden_size, name="embedding")()
     cls = None
     if self.classifier in ("token", "token_unpooled"):
       cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
@@ -316,7 +316,7 @@ class VisionTransformer(nn.Module):
       return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
 
     layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))
-    chunks = resolve_batch_chunks(self.batch_chunks, self._tokens_shape(inputs.shape), train,
+    chunks = resolve_batch_chunks(self.batch_chunks, self._tokens_shape(x.shape), train,
                                   unrolled_layers=layers)
     if chunks > 1:  # independent sub-batches: XLA:CPU runs them concurrently (see module doc)
       return jnp.concatenate([forward(c) for c in jnp.split(x, chunks)], axis=0)
