@@ -111,3 +111,7 @@ def test_side_by_side_runs_both(tmp_path):
                             "1", "--gap_s", "0", "--json", str(out)]) == 0
   r = json.loads(out.read_text())
   assert set(r["ratio_ours_over_timm"]) == {"train", "inference"}
+  # One interleaved warm-up round by default, reported apart from the one timed window.
+  assert r["warmup_rounds"] == 1
+  assert all(len(v) == 1 for v in r["warmup_img_per_s"].values())
+  assert all(len(v) == 1 for v in r["img_per_s_windows"].values())
