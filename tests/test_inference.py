@@ -183,3 +183,20 @@ def test_augreg_file_names_become_hub_uris(tmp_path):
   local.write_bytes(b"")
   assert inference._resolve_checkpoint(str(local)) == str(local)  # pylint: disable=protected-access
   assert inference._resolve_checkpoint("hf://x/y") == "hf://x/y"  # pylint: disable=protected-access
+
+
+def test_predict_pads_last_batch_and_compiles_once(tiny):
+  _, params, _ = tiny
+  model = model_configs.create_model("testing", 1000)
+  rng = np.random.default_rng(2)
+  images = rng.uniform(-1, 1, (5, RES, RES, 3)).astype(np.float32)
+  probs = inference.predict(model, params, images, batch_size=2)  # batches 2, 2, 1 (+1 pad)
+  assert probs.shape == (5, 1000)
+  for i in range(5):
+    logits = ref.vit_forward(params, images[i:i + 1].astype(np.float64))[0]
+    e = np.exp(logits - logits.max())
+    np.testing.assert_allclose(probs[i], e / e.sum(), atol=2e-5)
+  again = inference.predict(model, params, images[:3], batch_size=2)
+  np.testing.assert_allclose(again, probs[:3], atol=1e-6)
+  # The same model object reuses one jitted function, and padding kept it at one shape.
+  assert inference._softmax_apply(model)._cache_size() == 1  # pylint: disable=protected-access

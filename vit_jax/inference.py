@@ -134,12 +134,38 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
   return model, raw, resolution
 
 
-def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1]."""
+_APPLY_CACHE: dict[int, tuple[object, object]] = {}  # id(model) -> (model, jitted softmax apply)
+
+
+def _softmax_apply(model):
+  """One jitted softmax(apply) per model object, so repeated `predict` calls (a notebook
+  classifying image after image) reuse its compilation. Flax modules are not hashable."""
   import jax  # pylint: disable=g-import-not-at-top
-  apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x, train=False)))
-  out = [np.asarray(apply(params, images[i:i + batch_size]))
-         for i in range(0, len(images), batch_size)]
+  hit = _APPLY_CACHE.get(id(model))
+  if hit is None or hit[0] is not model:
+    if len(_APPLY_CACHE) >= 4:
+      _APPLY_CACHE.pop(next(iter(_APPLY_CACHE)))
+    hit = (model, jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x,
+                                                                  train=False))))
+    _APPLY_CACHE[id(model)] = hit
+  return hit[1]
+
+
+def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1].
+
+  Runs batches of min(batch_size, N) images; the last one is padded (and the padding's
+  outputs dropped), so one compiled shape serves every batch."""
+  apply = _softmax_apply(model)
+  n = len(images)
+  size = max(1, min(batch_size, n))
+  out = []
+  for i in range(0, n, size):
+    batch = np.asarray(images[i:i + size])
+    pad = size - len(batch)
+    if pad:
+      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+    out.append(np.asarray(apply(params, batch))[:size - pad])
   return np.concatenate(out).astype(np.float64)
 
 
