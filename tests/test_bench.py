@@ -7,6 +7,7 @@ bench/train_throughput.py (absl flags) and the timm half of side_by_side.py (nee
 timm) are not run here.
 """
 import json
+import re
 import sys
 
 import pytest
@@ -18,6 +19,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import checkpoint as bench_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 import cpu_formulations  # pylint: disable=g-import-not-at-top,wrong-import-position
 import input_pipeline as bench_input  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matmul_side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -115,3 +118,31 @@ def test_side_by_side_runs_both(tmp_path):
   assert r["warmup_rounds"] == 1
   assert all(len(v) == 1 for v in r["warmup_img_per_s"].values())
   assert all(len(v) == 1 for v in r["img_per_s_windows"].values())
+
+
+def test_profile_step_groups_thunks_by_model_part(tmp_path, capsys):
+  out = tmp_path / "profile.json"
+  assert profile_step.main(SMALL + ["--steps", "1", "--top", "5", "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert r["mode"] == "train" and r["thunk_thread_ms_per_step"] > 0 and r["rows"]
+  assert abs(sum(row["share"] for row in r["rows"]) - 1.0) < 1e-6
+  parts = {(row["part"], row["direction"]) for row in r["rows"]}
+  # Layer indices are folded away and the backward pass is told apart from the forward.
+  assert not any(re.search(r"encoderblock_\d", p) for p, _ in parts)
+  assert any(p.startswith("MlpBlock_0/Dense_0") and d == "bwd" for p, d in parts)
+  assert any(p.startswith("MlpBlock_0/Dense_0") and d == "fwd" for p, d in parts)
+  assert len(capsys.readouterr().out.splitlines()) == 6  # header + --top rows
+
+
+def test_matmul_side_by_side_shapes_and_rates(tmp_path, capsys):
+  assert matmul_side_by_side.shapes("ViT-Ti_16", 32, 224, 8)[-1] == (
+      "mlp out (1/8 batch)", 4 * 197, 768, 192)
+  out = tmp_path / "mm.json"
+  assert matmul_side_by_side.main(["--model", "testing", "--batch", "4", "--resolution", "32",
+                                   "--chunks", "2", "--windows", "1", "--steps", "1",
+                                   "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert [row["m"] for row in r["rows"]] == [20] * 4 + [10] * 4  # 4 images x (4 patches + cls)
+  assert all(row["xla_gflops"] > 0 for row in r["rows"])
+  assert all(("torch_gflops" in row) == (r["torch"] is not None) for row in r["rows"])
+  assert len(capsys.readouterr().out.splitlines()) == 9
