@@ -153,6 +153,31 @@ def _iterate(dataset, config, grain):
   return iter(it_ds)
 
 
+def release_shared_memory() -> None:
+  """Unlinks now the shared memory of worker batches this process no longer references.
+
+  grain hands batches from worker processes over in shared memory and unlinks each one on
+  a background thread when the batch is freed; at interpreter exit that thread's pending
+  work is dropped, and Python's resource tracker then unlinks the segments itself with a
+  "leaked shared_memory objects" warning. Call once at the end of a run, after the
+  iterators are closed (vit_jax.main does); later frees unlink synchronously. A no-op when
+  grain's internals differ from the pinned version's.
+  """
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()  # Batches kept alive only by reference cycles are freed (and queued) now.
+  try:
+    from grain._src.python.ipc import shared_memory_array  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  cls = shared_memory_array.SharedMemoryArray
+  pool = getattr(cls, "_del_thread_pool", None)
+  if pool is None or not hasattr(pool, "join"):
+    return
+  cls._del_thread_pool = None  # pylint: disable=protected-access
+  pool.close()
+  pool.join()
+
+
 class TrainIterator(Iterator[dict]):
   """Infinite iterator of local train batches whose position is a small, restorable state.
 

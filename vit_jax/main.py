@@ -150,6 +150,8 @@ def main(argv: Sequence[str]) -> None:
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   start = time.time()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.release_shared_memory()
   if result.get("preempted"):
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved. Rerun to continue.",
                     result["step"])
