@@ -70,7 +70,8 @@ def cases(args: argparse.Namespace, accelerator: bool) -> list[tuple[str, list[s
                ("train_step_l16", ["--model", "ViT-L_16", "--batch", "128", "--dtype",
                                    "bfloat16", "--steps", "5"])]
     else:
-      steps = [("train_step", ["--model", "ViT-Ti_16", "--batch", "32", "--resolution", "224"])]
+      steps = [("train_step", ["--model", "ViT-Ti_16", "--batch", "32", "--resolution", "224",
+                               "--matmul_ceiling"])]
     out = [(name, [py(BENCH, "train_step.py"), *a]) for name, a in steps]
     compile_l16 = [py(BENCH, "train_step.py"), "--model", "ViT-L_16", "--batch", "8",
                    "--compile_only", "--mode", "train", "--batch_chunks", "1"]
