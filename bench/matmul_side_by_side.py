@@ -17,11 +17,13 @@ import json
 import os
 import statistics
 import sys
-import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -45,8 +47,7 @@ def shapes(model: str, batch: int, resolution: int, chunks: int) -> list[tuple[s
   cfg = model_configs.get_model_config(model)
   if "transformer" not in cfg or cfg.get("resnet") is not None:
     raise SystemExit(f"--model {model}: only plain ViT configs have these shapes.")
-  ph, pw = tuple(cfg.patches.size)
-  tokens = (resolution // ph) * (resolution // pw) + (1 if cfg.classifier == "token" else 0)
+  tokens = train_step.tokens_per_image(cfg, resolution)
   d, m = cfg.hidden_size, cfg.transformer.mlp_dim
   rows = [(batch * tokens, "")] + ([(batch // chunks * tokens, f" (1/{chunks} batch)")]
                                    if chunks > 1 else [])
@@ -55,18 +56,10 @@ def shapes(model: str, batch: int, resolution: int, chunks: int) -> list[tuple[s
                                ("mlp out", m, d))]
 
 
-def _median_s(call: Callable[[], Any], block: Callable[[Any], None], windows: int,
-              steps: int) -> float:
-  block(call())
-  times = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    out = None
-    for _ in range(steps):
-      out = call()
-    block(out)
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times)
+def _seconds_per_call(call: Callable[[], Any], args: argparse.Namespace) -> float:
+  """Median over `--windows` windows of `--steps` calls (after train_step's warm-up)."""
+  windows = train_step.time_windows(call, args.windows, args.steps)["window_s"]
+  return statistics.median(windows) / args.steps
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -79,8 +72,7 @@ def run(args: argparse.Namespace) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   try:
     import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 1)
+    torch.set_num_threads(side_by_side.cores())
   except ImportError:
     torch = None
   rng = np.random.default_rng(0)
@@ -92,13 +84,11 @@ def run(args: argparse.Namespace) -> dict:
     ja, jb = jnp.asarray(a, args.dtype), jnp.asarray(b, args.dtype)
     gflop = 2.0 * m * k * n / 1e9
     row = {"layer": name, "m": m, "k": k, "n": n,
-           "xla_gflops": gflop / _median_s(lambda: dot(ja, jb), jax.block_until_ready,
-                                           args.windows, args.steps)}
-    if torch is not None:
+           "xla_gflops": gflop / _seconds_per_call(lambda: dot(ja, jb), args)}
+    if torch is not None:  # CPU torch ops are synchronous; block_until_ready passes them by
       ta = torch.from_numpy(a).to(getattr(torch, args.dtype))
       tb = torch.from_numpy(b).to(getattr(torch, args.dtype))
-      row["torch_gflops"] = gflop / _median_s(lambda: ta @ tb, lambda _: None, args.windows,
-                                              args.steps)
+      row["torch_gflops"] = gflop / _seconds_per_call(lambda: ta @ tb, args)
     rows.append(row)
   return {"model": args.model, "batch": args.batch, "resolution": args.resolution,
           "dtype": args.dtype, "platform": jax.default_backend(), "jax": jax.__version__,

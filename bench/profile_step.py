@@ -96,27 +96,23 @@ def run(args: argparse.Namespace) -> dict:
   model, _, params, images, labels = ts.build(margs, abstract=False)
   if margs.mode == "train":
     step_fn, tx = ts.make_train_step(model, margs.optimizer)
-    state = {"p": jax.tree.map(jax.numpy.copy, params)}
-    state["o"] = jax.jit(tx.init)(state["p"])
-    compiled = step_fn.lower(state["p"], state["o"], images, labels, 0).compile()
-
-    def step(i):
-      state["p"], state["o"], loss = compiled(state["p"], state["o"], images, labels, i)
-      return loss
+    opt = jax.jit(tx.init)(params)
+    compiled = step_fn.lower(params, opt, images, labels, 0).compile()
+    step, _ = ts.train_stepper(compiled, params, opt, images, labels)
   else:
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(
         params, images).compile()
 
-    def step(_):
+    def step():
       return compiled(params, images)
-  for i in range(2):
-    jax.block_until_ready(step(i))
+  for _ in range(2):
+    jax.block_until_ready(step())
   names = op_names(compiled.as_text())
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="vit_jax_profile_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     start = time.perf_counter()
-    for i in range(args.steps):
-      jax.block_until_ready(step(2 + i))
+    for _ in range(args.steps):
+      jax.block_until_ready(step())
     wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
   groups: dict[tuple[str, str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0])
   for name, durations in thunk_times(trace_dir).items():

@@ -104,15 +104,10 @@ def build_ours(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
   out: dict[str, Callable[[], Any]] = {}
   if args.mode in ("both", "train"):
     step_fn, tx = ts.make_train_step(model, args.optimizer)
-    state = {"p": jax.tree.map(jax.numpy.copy, params), "i": 0}
-    state["o"] = jax.jit(tx.init)(state["p"])
-    compiled = step_fn.lower(state["p"], state["o"], images, labels, 0).compile()
-
-    def train():
-      state["i"] += 1
-      state["p"], state["o"], loss = compiled(state["p"], state["o"], images, labels, state["i"])
-      return loss
-    out["train"] = train
+    own = jax.tree.map(jax.numpy.copy, params)  # the step donates them; inference keeps params
+    opt = jax.jit(tx.init)(own)
+    compiled = step_fn.lower(own, opt, images, labels, 0).compile()
+    out["train"], _ = ts.train_stepper(compiled, own, opt, images, labels)
   if args.mode in ("both", "inference"):
     fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(
         params, images).compile()

@@ -93,13 +93,19 @@ def configure_xla(args: argparse.Namespace) -> None:
       xla_flags.apply_host_defaults()
 
 
+def tokens_per_image(cfg: Any, resolution: int) -> int:
+  """Sequence length of a plain ViT at `resolution`: patches plus the class token if any."""
+  ph, pw = tuple(cfg.patches.size)
+  return (resolution // ph) * (resolution // pw) + (1 if cfg.classifier == "token" else 0)
+
+
 def standard_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
   """Forward FLOPs of one image by formula (2 x matmul multiply-adds; ViT only, else 0)."""
   if "transformer" not in cfg or cfg.get("resnet") is not None:
     return 0.0
   ph, pw = tuple(cfg.patches.size)
   d, t = cfg.hidden_size, cfg.transformer
-  tokens = (resolution // ph) * (resolution // pw) + (1 if cfg.classifier == "token" else 0)
+  tokens = tokens_per_image(cfg, resolution)
   per_layer = 2 * tokens * (4 * d * d + 2 * d * t.mlp_dim) + 2 * 2 * tokens * tokens * d
   embed = 2 * (tokens - 1) * ph * pw * 3 * d
   return float(embed + t.num_layers * per_layer + 2 * d * num_classes)
@@ -167,6 +173,20 @@ def make_train_step(model: Any, optimizer: str = "sgd") -> tuple[Callable, Any]:
     return optax.apply_updates(params, updates), opt_state, loss
 
   return jax.jit(train_step, donate_argnums=(0, 1)), tx
+
+
+def train_stepper(compiled: Any, params: Any, opt_state: Any, images: Any,
+                  labels: Any) -> tuple[Callable[[], Any], dict]:
+  """(call, state): `call()` runs the compiled train step once on `state` ('p' params, 'o'
+  optimizer state, 'i' step number), which it updates (the step donates its inputs), and
+  returns the loss."""
+  state = {"p": params, "o": opt_state, "i": 0}
+
+  def call():
+    state["i"] += 1
+    state["p"], state["o"], loss = compiled(state["p"], state["o"], images, labels, state["i"])
+    return loss
+  return call, state
 
 
 def compile_timed(fn: Callable, *args) -> tuple[Any, float, float]:
@@ -287,12 +307,7 @@ def run(args: argparse.Namespace) -> dict:
     compiled, lo, co = compile_timed(step_fn, params, opt, images, labels, 0)
     timing = None
     if not args.compile_only:
-      state = {"p": params, "o": opt, "i": 0}
-
-      def call():
-        state["i"] += 1
-        state["p"], state["o"], loss = compiled(state["p"], state["o"], images, labels, state["i"])
-        return loss
+      call, state = train_stepper(compiled, params, opt, images, labels)
       timing = time_windows(call, args.windows, args.steps)
       params = state["p"]
     out["results"].append(summarise("train", compiled, lo, co, timing, args, formula, peak, ceiling))
