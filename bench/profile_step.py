@@ -66,7 +66,7 @@ def op_names(hlo_text: str) -> dict[str, str]:
 def group_of(thunk: str, op_name: str) -> tuple[str, str, str]:
   """(model part without layer index, 'fwd'|'bwd', thunk kind) of one thunk."""
   direction = "bwd" if "transpose(" in op_name else "fwd"
-  path = re.sub(r"^.*?VisionTransformer\)+/", "", op_name)
+  path = re.sub(r"^.*?VisionTransformer\)*/", "", op_name)  # jvp(...) wrappers when training
   path = re.sub(r"encoderblock_\d+\.?", "encoderblock_N", path)
   path = re.sub(r"^(Transformer/)?encoderblock_N/", "", path)
   kind = thunk.rsplit(".", 1)[0]

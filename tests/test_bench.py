@@ -134,6 +134,16 @@ def test_profile_step_groups_thunks_by_model_part(tmp_path, capsys):
   assert len(capsys.readouterr().out.splitlines()) == 6  # header + --top rows
 
 
+def test_profile_step_groups_forward_and_training_op_names_alike():
+  layer = "Transformer/encoderblock_{}/MlpBlock_0/Dense_1/dot_general"
+  train = "jit(train_step)/transpose(jvp(VisionTransformer))/" + layer.format(3)
+  infer = "jit(<lambda>)/VisionTransformer/" + layer.format(11)
+  assert profile_step.group_of("dot_general.12", train) == (
+      "MlpBlock_0/Dense_1/dot_general", "bwd", "dot_general")
+  assert profile_step.group_of("ynn_fusion.7", infer) == (
+      "MlpBlock_0/Dense_1/dot_general", "fwd", "ynn_fusion")
+
+
 def test_matmul_side_by_side_shapes_and_rates(tmp_path, capsys):
   assert matmul_side_by_side.shapes("ViT-Ti_16", 32, 224, 8)[-1] == (
       "mlp out (1/8 batch)", 4 * 197, 768, 192)
