@@ -3,7 +3,7 @@ r"""Checkpoint benchmark: Orbax save (blocking and total) and restore time of a 
   python bench/checkpoint.py                       # ViT-B/16, 1000 classes, SGD momentum
   python bench/checkpoint.py --model ViT-Ti_16 --repeats 3 --dir /tmp/ckpt_bench
 
-The state is what the trainer checkpoints (vit_jax.checkpointing.Checkpointer, the same
+The state is what the trainer checkpoints (vit_jax.run_state.Checkpointer, the same
 code path as training): params + SGD-momentum optimizer state (float32 accumulator) + step
 + RNG + the input-pipeline position, created sharded over all local devices by
 vit_jax.train_state. Reported per repeat, median printed:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
   """Creates the state once, then saves and restores it `repeats` times."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpointing, sharding, train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax import run_state, sharding, train_state  # pylint: disable=g-import-not-at-top
   config = _config(args)
   setup = train_state.setup_from_config(config, sharding.make_mesh(config.mesh),
                                         args.num_classes, total_steps=1000)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
   try:
     for r in range(args.repeats):
       workdir = os.path.join(root, f"run{r}")
-      ckpt = checkpointing.Checkpointer(workdir, max_to_keep=1)
+      ckpt = run_state.Checkpointer(workdir, max_to_keep=1)
       t0 = time.perf_counter()
       ckpt.save(1, state, data_state)
       t1 = time.perf_counter()

@@ -8,7 +8,7 @@ Prints, per token count, milliseconds (median of `--windows` windows of `--steps
     (dy^T x)^T (only differs for Din > Dout, e.g. the MLP's second layer 768 -> 192);
   * LayerNorm forward + backward over width 192: `nn.LayerNorm` differentiated by JAX vs
     `cpu_ops.layer_norm`.
-The library's start-up defaults (vit_jax.xla_flags) are applied as the trainer applies them.
+The library's start-up defaults (vit_jax.runtime_defaults) are applied as the trainer applies them.
 """
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ def time_ms(fn: Callable[..., Any], args: tuple, windows: int, steps: int) -> fl
 
 def run(args: argparse.Namespace) -> list[dict]:
   """Times every case; returns one dict per (tokens, case)."""
-  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_defaults()
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax.models import cpu_ops  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_host_defaults()
+  runtime_defaults.apply_host_defaults()
   rng = np.random.default_rng(0)
   results = []
   for n in args.tokens:

@@ -64,9 +64,9 @@ def _seconds_per_call(call: Callable[[], Any], args: argparse.Namespace) -> floa
 
 def run(args: argparse.Namespace) -> dict:
   """Times every shape in both frameworks; returns the result dict."""
-  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_defaults()
-  xla_flags.apply_host_defaults()
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()
+  runtime_defaults.apply_host_defaults()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

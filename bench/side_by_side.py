@@ -66,7 +66,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--batch_chunks", type=int, default=None,
                  help="ours: model sub-batches (default: the library's choice; 1 = off; an upper bound)")
   p.add_argument("--no_library_defaults", action="store_true",
-                 help="do not apply vit_jax.xla_flags start-up defaults (to measure them)")
+                 help="do not apply vit_jax.runtime_defaults start-up defaults (to measure them)")
   p.add_argument("--mode", default="both", choices=["both", "train", "inference"])
   p.add_argument("--windows", type=int, default=3, help="interleaved rounds (median reported)")
   p.add_argument("--steps", type=int, default=2, help="calls per timed window")
@@ -272,11 +272,11 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
   """Runs the comparison and prints the table (and writes --json)."""
   args = parse_args(argv)
-  if not args.no_library_defaults:
-    from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.apply_defaults()
-    if hasattr(xla_flags, "apply_host_defaults"):  # (older library versions lack it)
-      xla_flags.apply_host_defaults()
+  if args.no_library_defaults:  # Before vit_jax is imported: its import applies them.
+    os.environ["VIT_JAX_NO_XLA_DEFAULTS"] = "1"
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()       # (no-ops with VIT_JAX_NO_XLA_DEFAULTS=1)
+  runtime_defaults.apply_host_defaults()
   res = run(args)
   print(f"{res['model']} vs timm {res['timm_model']}: batch {res['batch']}, "
         f"{res['resolution']}px, {res['dtype']}, {res['optimizer']}, platform {res['platform']} "

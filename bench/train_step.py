@@ -18,7 +18,7 @@ split over all local devices (data parallel, parameters replicated). Two warm-up
 excluded; then `--windows` windows of `--steps` calls, each window blocking on its last
 result; the median window is reported, with the others, the host's load average (other jobs
 skew CPU figures) and the CPU cores the process used. The library's start-up defaults
-(vit_jax.xla_flags: XLA flags, CPU synchronous dispatch, host allocator) are applied as the
+(vit_jax.runtime_defaults: XLA flags, CPU synchronous dispatch, host allocator) are applied as the
 trainer applies them; --no_library_xla_flags measures without them.
 
 FLOPs per step come from the compiled executable's cost analysis (XLA) and, as a cross-check,
@@ -74,7 +74,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                  help="also measure the best matmul FLOP/s on this device (compute dtype)")
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for this run (set before jax starts)")
   p.add_argument("--no_library_xla_flags", action="store_true",
-                 help="do not apply vit_jax.xla_flags defaults (XLA flags, CPU synchronous "
+                 help="do not apply vit_jax.runtime_defaults defaults (XLA flags, CPU synchronous "
                       "dispatch, host allocator) to measure what they buy")
   p.add_argument("--json", default=None, help="also write the result dict to this file")
   return p.parse_args(argv)
@@ -82,15 +82,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def configure_xla(args: argparse.Namespace) -> None:
   """Applies the library's XLA flag defaults (unless disabled) and `--xla_flags`; before jax starts."""
-  if not args.no_library_xla_flags:
-    from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.apply_defaults()
+  if args.no_library_xla_flags:  # Before vit_jax is imported: its import applies them.
+    os.environ["VIT_JAX_NO_XLA_DEFAULTS"] = "1"
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  if not args.no_library_xla_flags:
-    from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    if hasattr(xla_flags, "apply_host_defaults"):  # (older library versions lack it)
-      xla_flags.apply_host_defaults()
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()       # (no-ops with VIT_JAX_NO_XLA_DEFAULTS=1)
+  runtime_defaults.apply_host_defaults()
 
 
 def tokens_per_image(cfg: Any, resolution: int) -> int:
@@ -117,7 +115,8 @@ def build(args: argparse.Namespace, abstract: bool):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax import model_configs, sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   overrides = {"dtype": jnp.dtype(args.dtype)}
   if not model_configs.is_mixer(args.model):
     overrides.update(attention_impl=args.attention_impl, remat=args.remat,
@@ -129,9 +128,8 @@ def build(args: argparse.Namespace, abstract: bool):
   devices = np.array(jax.local_devices())
   if args.batch % len(devices):
     raise SystemExit(f"--batch {args.batch} must be divisible by the {len(devices)} local devices.")
-  mesh = jax.sharding.Mesh(devices, ("data",))
-  batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  mesh = sharding.make_mesh(common.DEFAULT_MESH, list(devices))
+  batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   shape = (args.batch, args.resolution, args.resolution, 3)
   init = jax.jit(lambda x: meta.unbox(model.init(jax.random.PRNGKey(0), x, train=False)["params"]),
                  out_shardings=replicated)

@@ -1,4 +1,4 @@
-r"""Config-level benchmark: the TRAINER's compiled step (train.compile_train_step) on any config.
+r"""Config-level benchmark: the TRAINER's compiled step (train_step.compile_train_step) on any config.
 
   python bench/train_throughput.py --config=configs/vit.py:b16,cifar10 \
       --config.batch=256 --config.accum_steps=1 --config.model.dtype=bfloat16 --steps=10
@@ -8,7 +8,7 @@ one `vit_jax.main` trains with — the config's optimizer (AdamW/SGD/Adafactor, 
 clipping, optimizer-state dtype), gradient accumulation, mesh and logical sharding rules —
 on synthetic batches already on the devices (no input pipeline). Comparing its img/s with
 the trainer's logged img/s on real data gives the input pipeline's cost. The library's
-start-up defaults (vit_jax.xla_flags) are applied as main.py applies them.
+start-up defaults (vit_jax.runtime_defaults) are applied as main.py applies them.
 
 Two warm-up steps are excluded, then `--windows` windows of `--steps` steps, each blocking on
 its result; prints one JSON line (median window): model, batch, devices, device kind, step
@@ -32,19 +32,19 @@ _JSON = flags.DEFINE_string("json", None, "Also write the result to this file.")
 
 
 def main(_):
-  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_defaults()
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax import metrics, sharding, train, train_state  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_host_defaults()
+  from vit_jax import metrics, sharding, train_state, train_step  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_host_defaults()
   config = _CONFIG.value
-  mesh = train._prepare(config)  # pylint: disable=protected-access
+  mesh = sharding.mesh_for_config(config)
   num_classes = int(config.num_classes or 10)
   setup = train_state.setup_from_config(config, mesh, num_classes, int(config.total_steps or 1000))
-  shapes = train.abstract_batch_shapes(config, num_classes)
+  shapes = {k: v.shape for k, v in train_step.abstract_batch(config, num_classes, mesh).items()}
   t0 = time.perf_counter()
-  compiled = train.compile_train_step(setup, config, shapes)
+  compiled = train_step.compile_train_step(setup, config, num_classes)
   compile_s = time.perf_counter() - t0
   state = train_state.create_train_state(setup, 0)
   rng = np.random.RandomState(0)

@@ -11,7 +11,8 @@ import scipy.ndimage
 from flax.linen import meta
 
 from tests import official_layout as ol
-from vit_jax import checkpoint, checkpoint_files, models
+from vit_jax import checkpoint, models
+from vit_jax.checkpoint import files as checkpoint_files
 
 IMG = np.random.default_rng(1).uniform(-1, 1, (2, ol.IMAGE, ol.IMAGE, 3)).astype(np.float32)
 
@@ -313,3 +314,33 @@ def test_saved_file_gets_the_usual_permissions(tmp_path):
   finally:
     os.umask(old)
   assert stat.S_IMODE(os.stat(tmp_path / "ckpt.npz").st_mode) == 0o644
+
+
+def test_load_first_falls_back_only_on_fetch_errors():
+  from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
+  calls = []
+  def loader(location):
+    calls.append(location)
+    if location == "unreachable":
+      raise sources.FetchError("cannot reach it")
+    if location == "corrupt":
+      raise checkpoint.CheckpointFormatError("not a checkpoint")
+    return location.upper()
+  assert checkpoint.load_first(["unreachable", "good"], loader) == ("good", "GOOD")
+  with pytest.raises(checkpoint.CheckpointFormatError):  # a bad file is not skipped over
+    checkpoint.load_first(["corrupt", "good"], loader)
+  with pytest.raises(FileNotFoundError, match=r"unreachable: cannot reach it\n  unreachable"):
+    checkpoint.load_first(["unreachable", "unreachable"], loader)
+  with pytest.raises(sources.FetchError, match="cannot reach it"):  # one copy: its own error
+    checkpoint.load_first(["unreachable"], loader)
+
+
+def test_candidate_locations(tmp_path):
+  local = tmp_path / "w.npz"
+  local.write_bytes(b"")
+  assert checkpoint.candidate_locations(str(local)) == (str(local),)
+  assert checkpoint.candidate_locations("gs://b/x.npz") == ("gs://b/x.npz",)
+  assert checkpoint.candidate_locations("missing.npz") == ("missing.npz",)  # loader says so
+  name = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
+  assert checkpoint.candidate_locations(name + ".npz") == (
+      "hf://timm/vit_base_patch16_224.augreg_in21k", f"gs://vit_models/augreg/{name}.npz")

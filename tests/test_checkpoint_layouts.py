@@ -6,7 +6,7 @@ from flax.linen import meta
 
 from tests import official_layout as ol
 from vit_jax import checkpoint, models
-from vit_jax import checkpoint_torch_layouts as torch_layouts
+from vit_jax.checkpoint import torch_layouts
 
 X = np.random.default_rng(2).uniform(-1, 1, (2, ol.IMAGE, ol.IMAGE, 3)).astype(np.float32)
 
@@ -155,7 +155,7 @@ def test_num_heads_heuristic_refuses_odd_widths():
 
 def test_remote_uris_go_through_checkpoint_sources(tmp_path, monkeypatch):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint_sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
   flat = ol.flatten(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
   local = tmp_path / "blob"
   local.mkdir()
@@ -168,9 +168,9 @@ def test_remote_uris_go_through_checkpoint_sources(tmp_path, monkeypatch):
     calls.append((uri, cache_dir, sha256))
     return str(tmp_path / "official.npz") if uri.endswith(".npz") else str(
         local / "model.safetensors")
-  monkeypatch.setattr(checkpoint_sources, "fetch", fake_fetch)
+  monkeypatch.setattr(sources, "fetch", fake_fetch)
   # Width 16 has no published head count: num_heads must come from the repo's config.json.
-  monkeypatch.setattr(checkpoint_sources, "fetch_hf_config",
+  monkeypatch.setattr(sources, "fetch_hf_config",
                       lambda uri, cache_dir=None: {"num_attention_heads": ol.HEADS})
   loaded = ol.flatten(checkpoint.load("hf://org/tiny-vit", cache_dir=str(tmp_path / "cache")))
   for k in flat:

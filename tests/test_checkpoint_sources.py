@@ -1,4 +1,4 @@
-"""Tests for vit_jax.checkpoint_sources against loopback HTTP servers (never the network).
+"""Tests for vit_jax.checkpoint.sources against loopback HTTP servers (never the network).
 
 One threaded http.server on 127.0.0.1 plays three roles: a plain web server, the GCS HTTPS
 endpoint (via $VIT_JAX_GCS_ENDPOINT) and the Hugging Face Hub resolve endpoint (via
@@ -16,7 +16,7 @@ import types
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint_sources as cs
+from vit_jax.checkpoint import sources as cs
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -66,3 +66,58 @@ def test_configs_are_locked_and_unknown_overrides_list_valid_keys():
   assert "base_lrr" in message and "Valid keys" in message and "base_lr\n" in message
   with pytest.raises(ValueError, match="model"):
     load_config_file("vit", "b17,cifar10")
+
+
+def _keys_read_by_product_code():
+  """(file:line, dotted key) of every `config.<key>` / `config.pp.<key>` / `inp.<key>` read."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  methods = {"get", "to_dict", "unlocked", "copy_and_resolve_references", "lock", "items", "keys",
+             "update", "ignore_type", "values"}
+  found = []
+  for path in sorted((pathlib.Path(__file__).parent.parent / "vit_jax").rglob("*.py")):
+    if "/models/" in str(path) or "/checkpoint/" in str(path) or path.name in (
+        "model_configs.py", "param_tree.py"):
+      continue  # Those read model configs and Hugging Face configs, other dicts.
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not isinstance(node, ast.Attribute) or node.attr in methods or node.attr.startswith("_"):
+        continue
+      chain, base = [node.attr], node.value
+      while isinstance(base, ast.Attribute):
+        chain.insert(0, base.attr)
+        base = base.value
+      if isinstance(base, ast.Name) and base.id in ("config", "c"):
+        found.append((f"{path.name}:{node.lineno}", ".".join(chain)))
+  return found
+
+
+def test_every_key_the_code_reads_has_its_default_in_defaults():
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  defaults = common.defaults()
+  reads = _keys_read_by_product_code()
+  assert len(reads) > 40  # The scan sees the trainer, optimizer, pipeline and dry run.
+  missing = []
+  for where, key in reads:
+    node = defaults
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node.keys():
+        missing.append((where, key))
+        break
+      node = node[part]
+  assert not missing, f"keys read without a default in configs/common.defaults(): {missing}"
+
+
+def test_no_second_defaults_in_product_code():
+  """`config.get(key, default)` would shadow defaults(); the trainer reads keys directly."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  pattern = re.compile(r"\b(config|pp|inp)\.get\(")
+  offenders = []
+  for path in sorted((pathlib.Path(__file__).parent.parent / "vit_jax").rglob("*.py")):
+    if "/models/" in str(path) or "/checkpoint/" in str(path) or path.name in (
+        "model_configs.py", "param_tree.py"):  # Those read model / Hugging Face configs.
+      continue
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+      if pattern.search(line):
+        offenders.append(f"{path.name}:{i}: {line.strip()}")
+  assert not offenders, offenders

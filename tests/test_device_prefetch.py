@@ -65,10 +65,12 @@ _MULTI = textwrap.dedent("""
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from vit_jax import device_prefetch, input_pipeline
-    c = ml_collections.ConfigDict(dict(
-        seed=0, dataset=root, tfds_data_dir=None, tfds_manual_dir=None, train_split="train",
-        eval_split="train", batch=8, batch_eval=8, input=dict(num_workers=0, prefetch=2),
-        pp=dict(crop=4, resize=4, train="vit_finetune", eval="resize", flip=False)))
+    from vit_jax.configs import common
+    c = common.defaults()
+    c.update_from_flattened_dict({"seed": 0, "dataset": root, "train_split": "train",
+                                  "eval_split": "train", "batch": 8, "batch_eval": 8,
+                                  "input.num_workers": 0, "input.prefetch": 2, "pp.crop": 4,
+                                  "pp.resize": 4, "pp.flip": False})
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
     it = input_pipeline.create_train_iterator(c)  # process index/count from jax.
     ids = []

@@ -20,9 +20,9 @@ def test_dry_run_reports_memory_and_flops(tmp_path):
     config.mesh = (("fsdp", 4), ("model", 2))
   sharded = dry_run.analyse(config)
   # Independent count: the model's parameters, float32, all on one device when replicated.
-  from vit_jax import train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = train_state.build_model(config, 10)
+  model = model_configs.model_from_run_config(config, 10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
                                              train=False))
   total = sum(math.prod(x.shape) * 4 for x in jax.tree.leaves(shapes["params"]))

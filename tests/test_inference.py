@@ -177,12 +177,14 @@ def test_format_top_k_orders_by_probability():
 
 def test_augreg_file_names_become_hub_uris(tmp_path):
   name = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224"
-  uri = inference._resolve_checkpoint(name)  # pylint: disable=protected-access
-  assert uri == "hf://timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  uris = checkpoint.candidate_locations(name)
+  assert uris == ("hf://timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+                  f"gs://vit_models/augreg/{name}.npz")
   local = tmp_path / f"{name}.npz"
   local.write_bytes(b"")
-  assert inference._resolve_checkpoint(str(local)) == str(local)  # pylint: disable=protected-access
-  assert inference._resolve_checkpoint("hf://x/y") == "hf://x/y"  # pylint: disable=protected-access
+  assert checkpoint.candidate_locations(str(local)) == (str(local),)
+  assert checkpoint.candidate_locations("hf://x/y") == ("hf://x/y",)
 
 
 def test_predict_pads_last_batch_and_compiles_once(tiny):
@@ -200,3 +202,15 @@ def test_predict_pads_last_batch_and_compiles_once(tiny):
   np.testing.assert_allclose(again, probs[:3], atol=1e-6)
   # The same model object reuses one jitted function, and padding kept it at one shape.
   assert inference._softmax_apply(model)._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_inference_falls_back_between_copies_like_the_trainer(tiny, monkeypatch, tmp_path):
+  from test_train import _refused_url  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  path, params, _ = tiny
+  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(), path))
+  monkeypatch.setenv("VIT_JAX_CACHE", str(tmp_path / "cache"))
+  _, loaded, resolution = inference.load_params("testing", "Ti/16", num_classes=None,
+                                                resolution=None)
+  assert resolution == RES
+  np.testing.assert_array_equal(loaded["head"]["kernel"], params["head"]["kernel"])

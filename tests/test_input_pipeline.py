@@ -9,25 +9,24 @@ import json
 import os
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from vit_jax import input_pipeline, preprocess
+from vit_jax.configs import common
 from vit_jax.datasets import sources
 
 N_TRAIN, N_TEST = 50, 23
 
 
 def _config(dataset, **kw):
-  c = ml_collections.ConfigDict(dict(
-      seed=0, dataset=dataset, tfds_data_dir=None, tfds_manual_dir=None,
-      train_split="train", eval_split="test", batch=12, batch_eval=12,
-      pp=dict(crop=8, resize=8, train="vit_finetune", eval="resize", flip=False,
-              randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
-              label_smoothing=0.0),
-      input=dict(num_workers=0, prefetch=2, device_prefetch=2)))
+  """configs/common.defaults() (where every key has its one default) shrunk for tests."""
+  c = common.defaults()
+  c.update_from_flattened_dict(dict(
+      seed=0, dataset=dataset, train_split="train", eval_split="test", batch=12, batch_eval=12,
+      **{"pp.crop": 8, "pp.resize": 8, "pp.flip": False, "input.num_workers": 0,
+         "input.prefetch": 2, "input.device_prefetch": 2}))
   c.update_from_flattened_dict(kw)
   return c
 

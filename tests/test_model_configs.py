@@ -168,3 +168,47 @@ def test_no_tensorflow_at_import():
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')];"
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["testing", "Mixer-B_16"])
+def test_run_config_stochastic_depth_reaches_both_families(name):
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  config = common.defaults()
+  config.model_name = name
+  config.model.stochastic_depth = 0.2
+  model = model_configs.model_from_run_config(config, 10)
+  assert model.stochastic_depth == 0.2
+
+
+def test_mixer_stochastic_depth_drops_residual_branches():
+  """The field the config sets really acts in a Mixer: train-mode outputs differ per key."""
+  fields = dict(model_name="tiny-mixer", patches={"size": (4, 4)}, hidden_dim=8, num_blocks=2,
+                tokens_mlp_dim=4, channels_mlp_dim=8, stochastic_depth=0.9)
+  model = model_configs.model_from_fields(fields, None)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+  params = model.init(jax.random.PRNGKey(1), x, train=False)
+  a, b = (model.apply(params, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)})
+          for k in (2, 3))
+  still = model.apply(params, x, train=False)
+  assert not np.allclose(a, b) and np.allclose(still, model.apply(params, x, train=False))
+
+
+def test_a_field_the_family_does_not_take_is_one_clear_error():
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  config = common.defaults()
+  config.model_name = "Mixer-B_16"
+  config.model.scan_layers = True
+  with pytest.raises(ValueError, match=r"MlpMixer \(Mixer-B_16\) has no field\(s\) \['scan_layers'\]"):
+    model_configs.model_from_run_config(config, 10)
+
+
+def test_run_config_overrides_skip_unset_fields_and_create_model_sets_none():
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  config = common.defaults()
+  config.model_name = "ViT-B_16"
+  config.model.transformer.dropout_rate = 0.3
+  merged = model_configs.run_model_config(config)
+  assert merged.transformer.dropout_rate == 0.3 and merged.transformer.num_layers == 12
+  assert "scan_layers" not in merged and merged.classifier == "token"  # unset placeholders
+  # Explicit overrides (create_model) may set a field to None, e.g. to drop pre_logits.
+  assert model_configs.create_model("ViT-B_16", 3, representation_size=None).representation_size is None

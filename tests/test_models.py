@@ -275,7 +275,7 @@ def test_stochastic_depth_rule_and_drop_path():
 
 def test_mixer_stochastic_depth_only_in_training():
   x = images()
-  model = models.MlpMixer(num_classes=5, stoch_depth=0.5, **TINY_MIXER)
+  model = models.MlpMixer(num_classes=5, stochastic_depth=0.5, **TINY_MIXER)
   params = randomize(init(model, x))
   eval_out = _outputs(model, params, x, False)
   np.testing.assert_allclose(eval_out, ref.mixer_forward(params, np.asarray(x)), rtol=1e-5,
@@ -487,23 +487,23 @@ def test_batch_chunks_match_numpy_and_unchunked_gradients(chunks):
 
 
 def test_resolve_batch_chunks():
-  from vit_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
-  assert vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "gpu") == 1
-  assert vit_lib.resolve_batch_chunks(None, (8, 17, 32), True, "cpu") == 1  # too little work
-  cpu_train = vit_lib.resolve_batch_chunks(None, (32, 197, 192), True, "cpu")
-  assert 32 % cpu_train == 0 and 1 <= cpu_train <= 4 * vit_lib.cpu_cores()
+  from vit_jax.models import platform  # pylint: disable=g-import-not-at-top
+  assert platform.resolve_batch_chunks(None, (32, 197, 192), True, "gpu") == 1
+  assert platform.resolve_batch_chunks(None, (8, 17, 32), True, "cpu") == 1  # too little work
+  cpu_train = platform.resolve_batch_chunks(None, (32, 197, 192), True, "cpu")
+  assert 32 % cpu_train == 0 and 1 <= cpu_train <= 4 * platform.cpu_cores()
   if jax.device_count() > 1:  # (the test session forces several CPU devices)
     assert cpu_train == 1
-  assert vit_lib.resolve_batch_chunks(None, (7, 197, 192), True, "cpu") in (1, 7)
-  assert vit_lib.resolve_batch_chunks(2, (8, 17, 32), False, "gpu") == 2
-  deep = vit_lib.resolve_batch_chunks(None, (32, 197, 1024), True, "cpu", unrolled_layers=24)
-  assert deep <= vit_lib.CPU_MAX_UNROLLED_BLOCKS // 24
+  assert platform.resolve_batch_chunks(None, (7, 197, 192), True, "cpu") in (1, 7)
+  assert platform.resolve_batch_chunks(2, (8, 17, 32), False, "gpu") == 2
+  deep = platform.resolve_batch_chunks(None, (32, 197, 1024), True, "cpu", unrolled_layers=24)
+  assert deep <= platform.CPU_MAX_UNROLLED_BLOCKS // 24
   # An explicit value is an upper bound: the largest divisor of the batch not above it.
-  assert vit_lib.resolve_batch_chunks(3, (8, 17, 32), True, "cpu") == 2
-  assert vit_lib.resolve_batch_chunks(8, (1, 17, 32), True, "cpu") == 1  # model.init's batch
-  assert vit_lib.resolve_batch_chunks(8, (12, 17, 32), True, "cpu") == 6
+  assert platform.resolve_batch_chunks(3, (8, 17, 32), True, "cpu") == 2
+  assert platform.resolve_batch_chunks(8, (1, 17, 32), True, "cpu") == 1  # model.init's batch
+  assert platform.resolve_batch_chunks(8, (12, 17, 32), True, "cpu") == 6
   with pytest.raises(ValueError, match=">= 1"):
-    vit_lib.resolve_batch_chunks(0, (8, 17, 32), True, "cpu")
+    platform.resolve_batch_chunks(0, (8, 17, 32), True, "cpu")
 
 
 def test_cross_attention_projection_and_width_check():

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from test_train import REPO  # pylint: disable=g-bad-import-order
-from vit_jax import checkpointing, export
+from vit_jax import run_state, export
 
 TOTAL, EVERY = 16, 4  # Steps; checkpoint period.
 LAUNCH_TIMEOUT = 240  # Seconds, for local.sh (it stops every process and exits 124).
@@ -124,7 +124,7 @@ def _finish(proc, workdir):
 
 
 def _latest_step(workdir):
-  ckpt = checkpointing.Checkpointer(str(workdir))
+  ckpt = run_state.Checkpointer(str(workdir))
   try:
     return ckpt.latest_step()
   finally:

@@ -3,17 +3,19 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from vit_jax import optim
+from vit_jax.configs import common
 
 
 def _config(**kw):
-  c = ml_collections.ConfigDict(dict(base_lr=0.1, warmup_steps=10, decay_type="cosine", end_lr=0.0,
-                                     optimizer="sgd", momentum=0.9, optim_dtype=None,
-                                     grad_norm_clip=0.0, b1=0.9, b2=0.999, weight_decay=0.0))
+  c = common.defaults()
+  c.update(dict(base_lr=0.1, warmup_steps=10, decay_type="cosine", end_lr=0.0, optimizer="sgd",
+                momentum=0.9, grad_norm_clip=0.0, b1=0.9, b2=0.999, weight_decay=0.0))
+  with c.ignore_type():
+    c.optim_dtype = None
   c.update(kw)
   return c
 

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import xla_flags
-from vit_jax.models import attention, cpu_ops
+from vit_jax.models import attention, cpu_ops, platform
 
 
 def _qkv(seed=0, shape=(2, 3, 7, 5)):  # (batch, heads, tokens, head_dim)
@@ -57,23 +56,12 @@ def test_every_implementation_gives_the_same_token_major_attention(impl):
 
 
 def test_default_attention_per_platform():
-  assert attention.resolve_attention_impl(None, "cpu") == "einsum_vjp"
-  assert attention.resolve_attention_impl(None, "gpu") is None
-  assert attention.resolve_attention_impl(None, "tpu") is None
-  assert attention.resolve_attention_impl("xla", "cpu") == "xla"
+  assert platform.resolve_attention_impl(None, "cpu") == "einsum_vjp"
+  assert platform.resolve_attention_impl(None, "gpu") is None
+  assert platform.resolve_attention_impl(None, "tpu") is None
+  assert platform.resolve_attention_impl("xla", "cpu") == "xla"
   with pytest.raises(ValueError, match="not supported"):
-    attention.resolve_attention_impl("flash", "cpu")
-
-
-def test_apply_defaults_keeps_the_users_flags_and_can_be_turned_off(monkeypatch):
-  monkeypatch.setitem(xla_flags.DEFAULT_XLA_FLAGS, "cpu", {"--xla_a": "1", "--xla_b": "2"})
-  env = {"XLA_FLAGS": "--xla_a=7"}
-  assert xla_flags.apply_defaults(env).split() == ["--xla_a=7", "--xla_b=2"]
-  assert xla_flags.apply_defaults(env).split() == ["--xla_a=7", "--xla_b=2"]  # Idempotent.
-  off = {"XLA_FLAGS": "", "VIT_JAX_NO_XLA_DEFAULTS": "1"}
-  assert xla_flags.apply_defaults(off) == ""
-  assert xla_flags.apply_host_defaults("cpu", off) is False
-  assert xla_flags.apply_host_defaults("gpu", {}) is False
+    platform.resolve_attention_impl("flash", "cpu")
 
 
 def _numpy_layer_norm(x, scale, bias, eps=1e-6):

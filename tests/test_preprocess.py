@@ -154,8 +154,8 @@ def test_randaugment_ops_and_statistics():
 
 
 def test_options_validation():
-  from ml_collections import ConfigDict
-  pp = ConfigDict(dict(crop=224, resize=None, train="vit_finetune", eval="resize"))
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  pp = common.defaults().pp
   assert preprocess.options_from_config(pp).resize == 256
   pp.train = "nope"
   with pytest.raises(ValueError, match="vit_finetune"):

@@ -1,4 +1,4 @@
-"""Contract 3 tests: kill -9 and resume is bit-identical, SIGTERM saves, restore onto another mesh.
+"""Run-state contract tests (docs/architecture.md): kill -9 and resume is bit-identical, SIGTERM saves, restore onto another mesh.
 
 The killed / preempted runs are real `python -m vit_jax.main` processes (8 fake CPU devices,
 inherited XLA_FLAGS) on the embedded 'digits' dataset.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from test_train import REPO, tiny_config, setup_for  # pylint: disable=g-bad-import-order
-from vit_jax import checkpointing, export, sharding, train
+from vit_jax import run_state, export, sharding, train
 
 # The tiny run of test_train.tiny_config as main.py flags.
 TINY_FLAGS = [
@@ -68,7 +68,7 @@ def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
   time.sleep(random.uniform(0.0, 0.2))  # An arbitrary step (mid-step, mid-save, ...).
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  ckpt = checkpointing.Checkpointer(str(killed))
+  ckpt = run_state.Checkpointer(str(killed))
   stopped_at = ckpt.latest_step()
   ckpt.close()
   assert stopped_at is not None and stopped_at < total, f"run was not interrupted ({stopped_at})"
@@ -104,7 +104,7 @@ def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path, data_dir):
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-3000:]
   assert "SIGTERM" in out
-  ckpt = checkpointing.Checkpointer(str(workdir))
+  ckpt = run_state.Checkpointer(str(workdir))
   step = ckpt.latest_step()
   ckpt.close()
   assert step is not None and 3 <= step < 100_000
@@ -117,7 +117,7 @@ def test_restore_onto_a_different_mesh(tmp_path, data_dir):
   saved = jax.device_get(result["state"].params)
   mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("model", 2)))
   setup = setup_for(config, mesh)
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "m"))
+  ckpt = run_state.Checkpointer(str(tmp_path / "m"))
   state, data_state = ckpt.restore(4, setup.abstract_state)
   ckpt.close()
   assert data_state, "input pipeline position missing from the checkpoint"
@@ -127,7 +127,7 @@ def test_restore_onto_a_different_mesh(tmp_path, data_dir):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved)
   # Fewer devices than the checkpoint was written with (8 → 4) also restores.
   small = setup_for(config, sharding.make_mesh((("fsdp", 4),), jax.devices()[:4]))
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "m"))
+  ckpt = run_state.Checkpointer(str(tmp_path / "m"))
   state4, _ = ckpt.restore(4, small.abstract_state)
   ckpt.close()
   assert {d.id for leaf in jax.tree.leaves(state4.params) for d in leaf.devices()} <= {
@@ -146,15 +146,15 @@ def test_checkpointer_takes_a_relative_workdir(tmp_path, monkeypatch):
   """`--workdir=workdirs/run` (as scripts/quickstart.sh passes it) saves and restores."""
   monkeypatch.chdir(tmp_path)
   state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(7)}
-  ckpt = checkpointing.Checkpointer("workdirs/run", async_save=True)
+  ckpt = run_state.Checkpointer("workdirs/run", async_save=True)
   assert ckpt.directory == tmp_path / "workdirs" / "run" / "checkpoints"
   assert ckpt.save(7, state, {"batch_index": 3})
   ckpt.close()
-  ckpt = checkpointing.Checkpointer("workdirs/run")
+  ckpt = run_state.Checkpointer("workdirs/run")
   assert ckpt.latest_step() == 7
   restored, data = ckpt.restore(7, jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))
   ckpt.close()
   assert data == {"batch_index": 3}
   jax.tree.map(np.testing.assert_array_equal, restored, state)
-  assert checkpointing.absolute_dir("gs://bucket/run") == checkpointing.epath.Path("gs://bucket/run")
+  assert run_state.absolute_dir("gs://bucket/run") == run_state.epath.Path("gs://bucket/run")

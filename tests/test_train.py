@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax import checkpointing, sharding, train, train_state, train_step
+from vit_jax import run_state, sharding, train, train_state, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -175,7 +175,7 @@ def test_train_and_evaluate_learns_on_digits(tmp_path, data_dir):
     assert key in result["train"]
   assert list((workdir).glob("events.out.tfevents.*")), "no TensorBoard event file"
   assert (workdir / "config.json").exists()
-  assert checkpointing.Checkpointer(str(workdir)).latest_step() == 40
+  assert run_state.Checkpointer(str(workdir)).latest_step() == 40
 
 
 def test_finetune_from_fixture_checkpoint(tmp_path, data_dir):
@@ -208,6 +208,38 @@ def test_finetune_from_fixture_checkpoint(tmp_path, data_dir):
   assert result["train"]["loss"] < first["loss"], (first, result["train"])
 
 
+def _refused_url() -> str:
+  """An http:// URL on loopback where nothing listens (the connection is refused)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  return f"http://127.0.0.1:{port}/copy_one.npz"
+
+
+def test_pretrained_weights_fall_back_to_the_next_copy(tmp_path, data_dir, monkeypatch):
+  """The trainer reads pretrained weights through checkpoint.candidate_locations/load_first."""
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_dir, model_or_filename="B/16")
+  setup = setup_for(config, sharding.make_mesh((("data", -1),)))
+  params = jax.device_get(train_state.create_train_state(setup, 3).params)
+  fixture = tmp_path / "copy_two.npz"
+  checkpoint.save(params, str(fixture))
+  asked = []
+  def locations(name):
+    asked.append(name)
+    return (_refused_url(), str(fixture))
+  monkeypatch.setattr(checkpoint, "candidate_locations", locations)
+  monkeypatch.setenv("VIT_JAX_CACHE", str(tmp_path / "cache"))
+  with pytest.warns(UserWarning, match="all zeros"):  # the fixture's fresh head is zero-init
+    loaded = train.load_pretrained_params(config, setup)
+  assert asked == ["B/16"]
+  np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
+  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(),) * 2)
+  with pytest.raises(FileNotFoundError, match="could not fetch the checkpoint from any"):
+    train.load_pretrained_params(config, setup)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
   config = tiny_config(data_dir, base_lr=1e30, grad_norm_clip=0.0, warmup_steps=0,
                        checkpoint_every=1, log_every=1, optimizer="sgd")
@@ -216,7 +248,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
     train.train_and_evaluate(config, str(workdir))
   bad_step = int(str(err.value).split("at step ")[1].split()[0].rstrip(";"))
   assert "last good checkpoint is kept" in str(err.value)
-  ckpt = checkpointing.Checkpointer(str(workdir))
+  ckpt = run_state.Checkpointer(str(workdir))
   latest = ckpt.latest_step()
   ckpt.close()
   assert latest is not None and latest < bad_step, (latest, bad_step)
@@ -239,7 +271,7 @@ def test_workdir_with_other_model_fails_naming_both(tmp_path, data_dir):
 def test_trainer_modules_do_not_import_tensorflow():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = ("import sys, vit_jax.train, vit_jax.sharding, vit_jax.train_step, vit_jax.checkpointing, "
+  code = ("import sys, vit_jax.train, vit_jax.sharding, vit_jax.train_step, vit_jax.run_state, "
           "vit_jax.metrics, vit_jax.dry_run, vit_jax.export; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -248,9 +280,10 @@ def test_trainer_modules_do_not_import_tensorflow():
 
 
 def test_total_steps_from_epochs():
+  from vit_jax import optim  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(dict(total_steps=0, total_epochs=2.5, batch=100))
-  assert train.total_steps_for(c, 1000) == 25
+  assert optim.total_steps(c, 1000) == 25
   c.total_steps = 7
-  assert train.total_steps_for(c, 1000) == 7
+  assert optim.total_steps(c, 1000) == 7
   with pytest.raises(ValueError, match="total_epochs"):
-    train.total_steps_for(ml_collections.ConfigDict(dict(total_steps=0, total_epochs=0, batch=1)), 10)
+    optim.total_steps(ml_collections.ConfigDict(dict(total_steps=0, total_epochs=0, batch=1)), 10)

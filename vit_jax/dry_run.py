@@ -10,8 +10,7 @@ from typing import Any
 
 import jax
 
-from vit_jax import metrics, sharding, train, train_state
-
+from vit_jax import metrics, optim, sharding, train_state, train_step
 
 
 def _size(num_bytes: float) -> str:
@@ -25,20 +24,20 @@ def _size(num_bytes: float) -> str:
 
 def _num_classes_and_steps(config) -> tuple[int, int]:
   """From the config when it says; else from the dataset info (needs the prepared dataset)."""
-  num_classes, steps = config.get("num_classes", None), config.get("total_steps", None)
-  if num_classes and steps:
-    return int(num_classes), int(steps)
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if config.num_classes and config.total_steps:
+    return int(config.num_classes), int(config.total_steps)
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TFDS)
   info = input_pipeline.get_dataset_info(config)
-  return int(num_classes or info.num_classes), train.total_steps_for(config, info.num_train_examples)
+  return (int(config.num_classes or info.num_classes),
+          optim.total_steps(config, info.num_train_examples))
 
 
 def analyse(config) -> dict[str, Any]:
   """Compiles the train step and returns per-device memory (bytes), FLOPs and time bounds."""
-  mesh = train._prepare(config)  # pylint: disable=protected-access
+  mesh = sharding.mesh_for_config(config)
   num_classes, total = _num_classes_and_steps(config)
   setup = train_state.setup_from_config(config, mesh, num_classes, total)
-  compiled = train.compile_train_step(setup, config, train.abstract_batch_shapes(config, num_classes))
+  compiled = train_step.compile_train_step(setup, config, num_classes)
   shardings = setup.state_shardings
   out = {
       "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
@@ -65,7 +64,7 @@ def analyse(config) -> dict[str, Any]:
 def format_report(r: dict[str, Any], config) -> str:
   """Human-readable lines for `analyse`'s result."""
   lines = [f"Dry run: {config.model_name}, global batch {config.batch} "
-           f"(accum_steps {config.get('accum_steps', 1)}), crop {config.pp.crop}, "
+           f"(accum_steps {config.accum_steps}), crop {config.pp.crop}, "
            f"{r['devices']} x {r['device_kind']}, mesh {r['mesh']}",
            f"  params per device:          {_size(r['params_bytes'])}",
            f"  optimizer state per device: {_size(r['opt_state_bytes'])}"]

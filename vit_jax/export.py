@@ -2,56 +2,44 @@ r"""Export a run's trained params to the official vit_models .npz layout.
 
   python -m vit_jax.export --workdir=/tmp/run --output=model.npz [--step=N]
 
-Reads <workdir>/config.json (written by the trainer), restores the checkpoint's params
+Reads <workdir>/config.json (run_state.read_config), restores the checkpoint's params
 onto this machine's devices, and writes them with checkpoint.save — loadable by
 checkpoint.load and by any tool that reads Google's ViT files.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 import jax
 import ml_collections
-import numpy as np
-from etils import epath
 
-from vit_jax import checkpointing, sharding, train_state
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config recorded in the workdir by the trainer."""
-  path = epath.Path(workdir) / checkpointing.CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: --workdir must be a directory a vit_jax run wrote.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+from vit_jax import checkpoint, run_state, sharding, train_state
 
 
 def _mesh_for(config):
-  """The run's mesh if it fits these devices, else pure data parallel."""
+  """The run's mesh if it fits these devices, else the default (pure data parallel)."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   try:
-    return sharding.make_mesh(config.get("mesh", (("data", -1),)))
+    return sharding.make_mesh(config.mesh)
   except ValueError:
-    return sharding.make_mesh((("data", -1),))
+    return sharding.make_mesh(common.DEFAULT_MESH)
 
 
 def restore_params(workdir: str, step: Optional[int] = None) -> tuple[dict, ml_collections.ConfigDict, int]:
   """(host numpy params, run config, step) from the workdir's checkpoint (latest by default)."""
-  config = load_run_config(workdir)
-  ckpt = checkpointing.Checkpointer(workdir)
+  config = run_state.read_config(workdir)
+  ckpt = run_state.Checkpointer(workdir)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
     setup = train_state.setup_from_config(config, _mesh_for(config), int(config.num_classes),
-                                          int(config.get("total_steps", 0) or 1))
+                                          int(config.total_steps or 1))
     state, _ = ckpt.restore(step, setup.abstract_state)
   finally:
     ckpt.close()
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  params = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.params, tiled=True))
-  return params, config, step
+  return checkpoint.to_host(state.params), config, step
 
 
 def export(workdir: str, output: str, step: Optional[int] = None,
@@ -60,7 +48,6 @@ def export(workdir: str, output: str, step: Optional[int] = None,
 
   An existing `output` is only replaced when `overwrite` is set (then atomically).
   """
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output!r} already exists; choose another --output or pass "
                           "--overwrite to replace it.")

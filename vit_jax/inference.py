@@ -54,17 +54,6 @@ def load_image(path: str, resolution: int) -> np.ndarray:
   return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
 
 
-def _resolve_checkpoint(location: str) -> str:
-  """An AugReg file name becomes its hf:// (or gs://) URI; anything else is returned as is."""
-  from vit_jax import augreg, checkpoint_sources  # pylint: disable=g-import-not-at-top
-  local = os.path.exists(os.path.expanduser(location))
-  if not local and not checkpoint_sources.is_remote(location) and augreg.is_filename(location):
-    uri = augreg.parse_filename(location).uris[0]
-    print(f"AugReg checkpoint {location} -> {uri}", file=sys.stderr)
-    return uri
-  return location
-
-
 def _head_classes(raw: dict) -> int:
   """Output count of the checkpoint's classification head; clear errors when it is unusable."""
   head = raw.get("head") or {}
@@ -80,15 +69,6 @@ def _head_classes(raw: dict) -> int:
   return int(np.shape(kernel)[-1])
 
 
-def _token_count(tree: dict) -> Optional[int]:
-  """Patch tokens implied by a parameter tree (ViT position embeddings or Mixer token MLP)."""
-  posemb = tree.get("Transformer", {}).get("posembed_input", {}).get("pos_embedding")
-  if posemb is not None:
-    return int(np.shape(posemb)[1]) - (1 if "cls" in tree else 0)
-  token_mlp = tree.get("MixerBlock_0", {}).get("token_mixing", {}).get("Dense_0", {}).get("kernel")
-  return int(np.shape(token_mlp)[0]) if token_mlp is not None else None
-
-
 def _init_shapes(model, resolution: int) -> dict:
   """Parameter shapes (no compute) of `model` at `resolution`, unboxed."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -101,7 +81,9 @@ def _init_shapes(model, resolution: int) -> dict:
 
 def checkpoint_resolution(model, raw: dict, reference: int = 224) -> int:
   """Input size the checkpoint's token grid corresponds to (reference if it cannot tell)."""
-  tokens, ref_tokens = _token_count(raw), _token_count(_init_shapes(model, reference))
+  from vit_jax import param_tree  # pylint: disable=g-import-not-at-top
+  tokens = param_tree.patch_tokens(raw)
+  ref_tokens = param_tree.patch_tokens(_init_shapes(model, reference))
   if not tokens or not ref_tokens:
     return reference
   side = reference * math.sqrt(tokens / ref_tokens)
@@ -110,12 +92,20 @@ def checkpoint_resolution(model, raw: dict, reference: int = 224) -> int:
 
 def load_params(model_name: str, location: str, *, num_classes: Optional[int],
                 resolution: Optional[int]):
-  """(model, params, resolution) for a checkpoint, its head kept; posemb resized if needed."""
+  """(model, params, resolution) for a checkpoint, its head kept; posemb resized if needed.
+
+  `location` is anything checkpoint.candidate_locations takes (an AugReg name or file name
+  tries its Hugging Face copy first, then gs://, as the trainer does).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint, model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, model_configs, param_tree  # pylint: disable=g-import-not-at-top
   config = model_configs.get_model_config(model_name)
-  heads = config.get("transformer", {}).get("num_heads")
-  raw = checkpoint.load(location, num_heads=heads)
+  heads = param_tree.num_heads(config=config)
+  given = os.fspath(location)
+  location, raw = checkpoint.load_first(checkpoint.candidate_locations(given),
+                                        lambda uri: checkpoint.load(uri, num_heads=heads))
+  if location != given:
+    print(f"AugReg checkpoint {given} -> {location}", file=sys.stderr)
   found = _head_classes(raw)
   if num_classes is not None and num_classes != found:
     raise ValueError(f"--num_classes {num_classes} but the checkpoint's head has {found} "
@@ -198,12 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
     model, params, resolution = load_params(
-        args.model, _resolve_checkpoint(args.checkpoint), num_classes=args.num_classes,
+        args.model, args.checkpoint, num_classes=args.num_classes,
         resolution=args.resolution)
     num_classes = int(np.shape(params["head"]["kernel"])[-1])
     labels = load_labels(num_classes, args.labels)
     images = np.stack([load_image(path, resolution) for path in args.images])
-  except (ValueError, OSError, KeyError) as e:
+  except (ValueError, OSError, KeyError) as e:  # FetchError / FileNotFoundError are OSErrors
     print(f"error: {e}", file=sys.stderr)
     return 2
   probs = predict(model, params, images, args.batch_size)

@@ -1,6 +1,6 @@
 """Datasets → this process's batches: TFDS or image folders, augmented, resumable.
 
-Design (DESIGN.md Contract 4): index-based sampling with grain over a random-access source
+Design (docs/architecture.md, "Data order"): index-based sampling with grain over a random-access source
 (`tfds.data_source`, array_record, or an image folder).
 
 Train order (the same global batches whatever the number of processes P):
@@ -46,10 +46,12 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vit_jax import preprocess
+from vit_jax.batching import local_batch_size
 from vit_jax.datasets.sources import open_source
 
-__all__ = ["DatasetInfo", "get_dataset_info", "create_train_iterator", "create_eval_iterator",
-           "TrainIterator", "shard_range", "local_batch_size"]
+__all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
+           "create_train_iterator", "create_eval_iterator", "TrainIterator", "shard_range",
+           "local_batch_size", "release_shared_memory"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,21 @@ def get_dataset_info(config) -> DatasetInfo:
                      num_eval_examples=len(evaluation), class_names=info.class_names)
 
 
+def dataset_info_prepared_once(config) -> DatasetInfo:
+  """Dataset info; with several processes, process 0 prepares the dataset while the others wait.
+
+  Preparing (e.g. the embedded 'digits' builder) writes into tfds_data_dir, which is usually
+  shared between the processes of one host; letting every process prepare it at once races.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return get_dataset_info(config)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  info = get_dataset_info(config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("vit_jax:dataset_prepared")
+  return info or get_dataset_info(config)
+
+
 def shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
   """[lo, hi) of the examples process `process_index` reads (contiguous, disjoint, covering)."""
   return (process_index * num_examples // process_count,
@@ -83,15 +100,6 @@ def _processes(process_index, process_count) -> tuple[int, int]:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
   return int(process_index), int(process_count)
-
-
-def local_batch_size(global_batch: int, process_count: int, name: str = "batch") -> int:
-  """global_batch // process_count; raises when it does not divide evenly."""
-  if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(f"config.{name}={global_batch} must be a positive multiple of the "
-                     f"{process_count} processes; set --config.{name} to e.g. "
-                     f"{max(global_batch // process_count, 1) * process_count}.")
-  return global_batch // process_count
 
 
 def derive_seed(*parts: int) -> int:
@@ -133,10 +141,10 @@ class TrainBatch:
 
 
 def _read_options(config, grain):
-  inp = config.get("input", None) or {}
-  workers = int(inp.get("num_workers", 0) or 0)
-  prefetch = max(int(inp.get("prefetch", 2) or 2), 1)
-  threads = int(inp.get("num_threads", 0) or (1 if workers else 2))
+  inp = config.input
+  workers = int(inp.num_workers or 0)
+  prefetch = max(int(inp.prefetch or 1), 1)
+  threads = int(inp.num_threads or (1 if workers else 2))
   return workers, grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch), prefetch
 
 

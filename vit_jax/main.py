@@ -134,11 +134,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
   if not flags.FLAGS["verbosity"].present:  # Keep library INFO chatter (Orbax, grain) out of
     absl_logging.set_verbosity(absl_logging.WARNING)  # the progress bar; --verbosity=0 shows it.
-  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_defaults()  # Before any backend exists (docs/performance.md).
+  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  runtime_defaults.apply_defaults()  # Before any backend exists (docs/performance.md).
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  xla_flags.apply_host_defaults()
+  runtime_defaults.apply_host_defaults()
   if jax.process_index() != 0:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
   if _DRY_RUN.value:
@@ -150,8 +150,6 @@ def main(argv: Sequence[str]) -> None:
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   start = time.time()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  input_pipeline.release_shared_memory()
   if result.get("preempted"):
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved. Rerun to continue.",
                     result["step"])

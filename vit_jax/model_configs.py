@@ -14,7 +14,8 @@ works. No TensorFlow, no I/O.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
@@ -142,9 +143,60 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
 
 
 def is_mixer(config_or_name: Any) -> bool:
-  """True when a config (or registered name) describes an MLP-Mixer."""
+  """True when a config (or registered name) describes an MLP-Mixer: the one family test."""
   config = get_model_config(config_or_name) if isinstance(config_or_name, str) else config_or_name
   return "num_blocks" in config
+
+
+def merge_fields(base: dict, overrides: Mapping[str, Any], *, skip_unset: bool = False) -> dict:
+  """`base` with `overrides` merged in, recursively into nested dicts (a new dict).
+
+  skip_unset: None values in `overrides` mean "keep the base value" (config.model's
+  placeholders); otherwise None is a value like any other (e.g. representation_size=None).
+  """
+  out = dict(base)
+  for key, value in overrides.items():
+    if hasattr(value, "to_dict"):
+      value = value.to_dict()
+    if isinstance(value, Mapping):
+      merged = merge_fields(out[key] if isinstance(out.get(key), dict) else {}, value,
+                            skip_unset=skip_unset)
+      if merged or not skip_unset:
+        out[key] = merged
+    elif value is not None or not skip_unset:
+      out[key] = value
+  return out
+
+
+def run_model_config(config) -> ml_collections.ConfigDict:
+  """MODEL_CONFIGS[config.model_name] with the set fields of a run config's `model` applied."""
+  name = config.model_name
+  if name not in MODEL_CONFIGS:
+    raise ValueError(f"config.model_name={name!r} is unknown; valid names: {sorted(MODEL_CONFIGS)}.")
+  overrides = config.get("model", None) or {}
+  return ml_collections.ConfigDict(
+      merge_fields(MODEL_CONFIGS[name].to_dict(), overrides, skip_unset=True))
+
+
+def model_from_fields(fields: Mapping[str, Any], num_classes: Optional[int]):
+  """The one model factory: VisionTransformer or MlpMixer from a complete field dict.
+
+  A dtype given by name ('bfloat16') becomes a NumPy dtype; a field the family does not
+  take (e.g. scan_layers for a Mixer) is one clear error naming the valid fields.
+  """
+  from vit_jax import models  # pylint: disable=g-import-not-at-top  (models imports are heavy)
+  fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
+  if isinstance(fields.get("dtype"), str):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  cls = models.MlpMixer if is_mixer(fields) else models.VisionTransformer
+  valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
+  unknown = sorted(set(fields) - valid)
+  if unknown:
+    raise ValueError(f"{cls.__name__} ({fields.get('model_name')}) has no field(s) {unknown}; "
+                     f"valid fields: {sorted(valid)}. Remove them from the config "
+                     "(config.model.<field> or the overrides).")
+  return cls(num_classes=num_classes, **fields)
 
 
 def create_model(name: str, num_classes: Optional[int], **overrides: Any):
@@ -152,12 +204,9 @@ def create_model(name: str, num_classes: Optional[int], **overrides: Any):
 
   Nested fields are overridden by passing a dict, e.g. transformer=dict(dropout_rate=0.1).
   """
-  from vit_jax import models  # pylint: disable=g-import-not-at-top  (models imports are heavy)
-  config = get_model_config(name).to_dict()
-  for key, value in overrides.items():
-    if isinstance(value, dict) and isinstance(config.get(key), dict):
-      config[key].update(value)
-    else:
-      config[key] = value
-  cls = models.MlpMixer if "num_blocks" in config else models.VisionTransformer
-  return cls(num_classes=num_classes, **config)
+  return model_from_fields(merge_fields(get_model_config(name).to_dict(), overrides), num_classes)
+
+
+def model_from_run_config(config, num_classes: int):
+  """The Flax module a run config describes (config.model_name + config.model overrides)."""
+  return model_from_fields(run_model_config(config), num_classes)

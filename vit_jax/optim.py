@@ -1,17 +1,19 @@
 """Optimizers and learning-rate schedules (optax) built from the experiment config.
 
-Config keys read here (units in brackets):
+Config keys read here (units in brackets; every default lives in configs/common.defaults()):
   optimizer: 'sgd' (momentum; the published fine-tune recipe) | 'adamw' (pretraining).
   base_lr [lr at the end of warmup], warmup_steps [steps], decay_type: 'cosine' | 'linear' |
-    'rsqrt' | 'constant', end_lr [final lr for cosine/linear, default 0],
-    rsqrt_timescale [steps, default = warmup_steps].
-  momentum (sgd, default 0.9), optim_dtype (dtype of the momentum / Adam first moment:
+    'rsqrt' | 'constant', end_lr [final lr for cosine/linear],
+    rsqrt_timescale [steps; 0 = warmup_steps].
+  momentum (sgd), optim_dtype (dtype of the momentum / Adam first moment:
     'float32' or 'bfloat16'; None = param dtype).
   b1, b2, weight_decay (adamw). Weight decay is decoupled and scaled by the lr schedule
     (optax.adamw: p -= lr_t * weight_decay * p), so weight_decay=0.1 with lr 1e-3 is the
     AugReg paper's "wd 0.1" (= big_vision's decoupled wd 1e-4). Only kernels decay:
     biases, norm scales, position embeddings and the class token do not.
   grad_norm_clip: global-norm clipping threshold (None or 0 = off).
+Also `total_steps(config, num_train_examples)`: the run length in steps from total_steps or
+total_epochs (the schedule, the trainer and the dry run all take it from here).
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ Schedule = Callable[[Any], Any]
 def make_schedule(config, total_steps: int) -> Schedule:
   """Linear warmup from 0 to base_lr over warmup_steps, then the configured decay to end_lr."""
   base_lr = float(config.base_lr)
-  warmup = int(config.get("warmup_steps", 0) or 0)
-  end_lr = float(config.get("end_lr", 0.0) or 0.0)
-  decay_type = config.get("decay_type", "cosine")
+  warmup = int(config.warmup_steps)
+  end_lr = float(config.end_lr)
+  decay_type = config.decay_type
   if warmup > total_steps:
     raise ValueError(f"warmup_steps={warmup} exceeds total_steps={total_steps}; lower --config.warmup_steps.")
   decay_steps = max(total_steps - warmup, 1)
@@ -40,7 +42,7 @@ def make_schedule(config, total_steps: int) -> Schedule:
   elif decay_type == "constant":
     decay = optax.constant_schedule(base_lr)
   elif decay_type == "rsqrt":
-    timescale = float(config.get("rsqrt_timescale", 0) or max(warmup, 1))
+    timescale = float(config.rsqrt_timescale or max(warmup, 1))
     decay = lambda s: base_lr * jax.lax.rsqrt(1.0 + s / timescale)
   else:
     raise ValueError(f"decay_type={decay_type!r} is unknown; use 'cosine', 'linear', 'rsqrt' or 'constant'.")
@@ -63,16 +65,25 @@ def _dtype(name):
 def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
   """Returns (clip → optimizer chain, lr schedule) for `config`."""
   schedule = make_schedule(config, total_steps)
-  name = config.get("optimizer", "sgd")
-  acc_dtype = _dtype(config.get("optim_dtype", None))
+  name = config.optimizer
+  acc_dtype = _dtype(config.optim_dtype)
   if name == "sgd":
-    opt = optax.sgd(schedule, momentum=config.get("momentum", 0.9), accumulator_dtype=acc_dtype)
+    opt = optax.sgd(schedule, momentum=config.momentum, accumulator_dtype=acc_dtype)
   elif name == "adamw":
-    opt = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                      mu_dtype=acc_dtype, weight_decay=config.get("weight_decay", 0.0), mask=decay_mask)
+    opt = optax.adamw(schedule, b1=config.b1, b2=config.b2,
+                      mu_dtype=acc_dtype, weight_decay=config.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
-  clip = config.get("grad_norm_clip", None)
+  clip = config.grad_norm_clip
   if clip:
     opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
   return opt, schedule
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  """config.total_steps, else config.total_epochs × examples / batch (rounded down, >= 1)."""
+  if config.total_steps:
+    return int(config.total_steps)
+  if not config.total_epochs:
+    raise ValueError("set --config.total_steps (steps) or --config.total_epochs (epochs).")
+  return max(int(config.total_epochs * num_train_examples // config.batch), 1)

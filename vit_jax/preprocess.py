@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,15 +49,12 @@ class PreprocessOptions:
 def options_from_config(pp: Any) -> PreprocessOptions:
   """Validates config.pp and returns PreprocessOptions (resize defaults to crop+32)."""
   crop = int(pp.crop)
-  resize = pp.get("resize", None)
-  resize = int(resize) if resize else crop + 32
+  resize = int(pp.resize) if pp.resize else crop + 32
   opts = PreprocessOptions(
-      crop=crop, resize=resize, train=str(pp.get("train", "vit_finetune")),
-      eval=str(pp.get("eval", "resize")), flip=bool(pp.get("flip", True)),
-      randaugment_layers=int(pp.get("randaugment_layers", 0) or 0),
-      randaugment_magnitude=int(pp.get("randaugment_magnitude", 0) or 0),
-      mixup_alpha=float(pp.get("mixup_alpha", 0.0) or 0.0),
-      label_smoothing=float(pp.get("label_smoothing", 0.0) or 0.0))
+      crop=crop, resize=resize, train=str(pp.train), eval=str(pp.eval), flip=bool(pp.flip),
+      randaugment_layers=int(pp.randaugment_layers or 0),
+      randaugment_magnitude=int(pp.randaugment_magnitude or 0),
+      mixup_alpha=float(pp.mixup_alpha or 0.0), label_smoothing=float(pp.label_smoothing or 0.0))
   if opts.train not in TRAIN_MODES:
     raise ValueError(f"config.pp.train={opts.train!r} is unknown; use one of {TRAIN_MODES}.")
   if opts.eval not in EVAL_MODES:

@@ -1,13 +1,13 @@
 """Device mesh and shardings: the mesh from `config.mesh`, logical-axis rules, param/batch shardings.
 
-Owns Contract 2 (sharding is declared, not hand-placed). The model annotates its
+Owns the sharding contract (docs/architecture.md, "Sharding rules": declared, not hand-placed). The model annotates its
 parameters with logical axis names ('embed', 'mlp', 'heads', ...); the config maps
 them to the mesh axes 'data' (pure data parallel), 'fsdp' (batch and parameters
 sharded) and 'model' (tensor parallel). Batches are sharded over ('data', 'fsdp').
 
 Config keys read here:
   config.mesh: sequence of (axis_name, size) pairs; one size may be -1 (= the rest
-    of the devices). Default [('data', -1)] (pure data parallel).
+    of the devices). Its default (pure data parallel) is configs.common.DEFAULT_MESH.
   config.sharding_rules: optional sequence of (logical_name, mesh_axis or None);
     it replaces the rules of `default_rules(config.mesh)` for the names it lists.
 """
@@ -21,6 +21,8 @@ import numpy as np
 from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vit_jax import batching
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -53,7 +55,7 @@ def resolve_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -
   return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
-def make_mesh(mesh_config: Sequence[Sequence[Any]] = (("data", -1),),
+def make_mesh(mesh_config: Sequence[Sequence[Any]],
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """Builds the ('data', 'fsdp', 'model') mesh; across hosts data/fsdp span hosts, model stays in one."""
   devices = list(jax.devices() if devices is None else devices)
@@ -77,6 +79,18 @@ def make_mesh(mesh_config: Sequence[Sequence[Any]] = (("data", -1),),
     except (ValueError, AssertionError, NotImplementedError):
       grid = np.array(devices).reshape(dims)
   return Mesh(grid, MESH_AXES)
+
+
+def mesh_for_config(config, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """The run's mesh from config.mesh, after checking the batch geometry against it.
+
+  Raises one ValueError when config.batch / batch_eval / accum_steps do not split over
+  the processes owning `devices` (default: all devices) and the mesh's batch shards.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  mesh = make_mesh(config.mesh, devices)
+  batching.check_batches(config, len({d.process_index for d in devices}), batch_shards(mesh))
+  return mesh
 
 
 def _split_over_hosts(shape: dict[str, int], num_hosts: int) -> tuple[int, int, int]:
@@ -111,8 +125,8 @@ def default_rules(mesh_config: Sequence[Sequence[Any]] = ()) -> list[tuple[str, 
 
 def logical_axis_rules(config) -> list[tuple[str, Any]]:
   """The default rules with `config.sharding_rules` (if any) overriding names it mentions."""
-  rules = dict(default_rules(config.get("mesh", ())))
-  for name, axis in (config.get("sharding_rules") or ()):
+  rules = dict(default_rules(config.mesh))
+  for name, axis in (config.sharding_rules or ()):
     rules[name] = tuple(axis) if isinstance(axis, list) else axis
   return list(rules.items())
 

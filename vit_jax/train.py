@@ -3,12 +3,14 @@
 Owns the order of things: mesh → dataset info → sharded state (workdir checkpoint >
 pretrained weights > scratch) → compiled step → loop (log / eval / checkpoint /
 preemption / NaN guard) → final checkpoint and evaluation. The pieces live in
-sharding.py, train_state.py, train_step.py, optim.py, checkpointing.py, metrics.py.
+sharding.py, train_state.py, train_step.py, optim.py, run_state.py, metrics.py,
+device_prefetch.py and input_pipeline.py; this module only sequences them.
 
-Config keys read here (units in brackets): total_steps [steps] or total_epochs [epochs over
-the train split], batch, accum_steps, log_every / eval_every / checkpoint_every [steps; 0 = only
-at the end], max_to_keep, keep_period [steps], seed, pretrained_path / model_or_filename,
-num_classes (None = from the dataset), progress (tqdm bar), input.device_prefetch [batches].
+Config keys read here (units in brackets; defaults in configs/common.defaults() only):
+total_steps [steps] or total_epochs [epochs over the train split], batch, accum_steps,
+log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
+keep_period [steps], seed, pretrained_path / model_or_filename, num_classes (None = from the
+dataset), progress (tqdm bar), input.device_prefetch [batches].
 """
 from __future__ import annotations
 
@@ -22,34 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpointing, device_prefetch, metrics, sharding, train_state, train_step
+from vit_jax import checkpoint, device_prefetch, input_pipeline, metrics, model_configs, optim
+from vit_jax import run_state, sharding, train_state, train_step
 from vit_jax.train_state import StateSetup, TrainState
-
-
-class BatchFeeder:
-  """Global device batches from the host iterator, `depth` ahead, each paired with the
-  pipeline position *after* it — so a checkpoint records exactly the batches consumed.
-  (device_prefetch.prefetch_to_device cannot pair batches with positions, hence this.)"""
-
-  def __init__(self, host_iter, batch_sharding, depth: int = 2):
-    self._it = host_iter
-    self._sharding = batch_sharding
-    self._queue = collections.deque()
-    self._depth = max(int(depth), 1)
-    self.position = host_iter.get_state() if hasattr(host_iter, "get_state") else None
-
-  def _put(self) -> None:
-    local = next(self._it)
-    batch = device_prefetch.global_batch_from_local(
-        {k: local[k] for k in ("image", "label")}, self._sharding)
-    state = self._it.get_state() if hasattr(self._it, "get_state") else None
-    self._queue.append((batch, state))
-
-  def next(self) -> dict[str, jax.Array]:
-    while len(self._queue) < self._depth:
-      self._put()
-    batch, self.position = self._queue.popleft()
-    return batch
 
 
 class Preemption:
@@ -77,45 +54,27 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def total_steps_for(config, num_train_examples: int) -> int:
-  """config.total_steps, else config.total_epochs × examples / batch (rounded down)."""
-  steps = config.get("total_steps", None)
-  if steps:
-    return int(steps)
-  epochs = config.get("total_epochs", None)
-  if not epochs:
-    raise ValueError("set --config.total_steps (steps) or --config.total_epochs (epochs).")
-  return max(int(epochs * num_train_examples // config.batch), 1)
-
-
 def load_pretrained_params(config, setup: StateSetup) -> Optional[Any]:
-  """Host params from config.pretrained_path / config.model_or_filename, or None if neither set."""
-  path = config.get("pretrained_path", None)
-  name = config.get("model_or_filename", None)
-  if not path and not name:
+  """Host params from config.pretrained_path / config.model_or_filename, or None if neither set.
+
+  Where they are read from is checkpoint.candidate_locations (the rule the inference CLI
+  uses too): an AugReg name or file tries its Hugging Face copy first, then gs://.
+  """
+  location = config.pretrained_path or config.model_or_filename
+  if not location:
     return None
-  from vit_jax import checkpoint, checkpoint_sources  # pylint: disable=g-import-not-at-top
-  if path:
-    candidates = [str(path)]
-  else:
-    from vit_jax import augreg  # pylint: disable=g-import-not-at-top
-    candidates = list(augreg.resolve(name).uris)  # The Hugging Face copy first, then gs://.
   # Abstract params: load_pretrained needs only names and shapes (a new head starts at zero,
   # as in the published fine-tuning recipe).
   init_params = setup.abstract_state.params
-  errors = []
-  for uri in candidates:
-    try:
-      return checkpoint.load_pretrained(pretrained_path=uri, init_params=init_params,
-                                        model_config=train_state.model_config(config))
-    except checkpoint_sources.FetchError as e:
-      errors.append(f"{uri}: {e}")
-      if len(candidates) == 1:
-        raise
-  raise FileNotFoundError(f"could not fetch {name!r} from any source:\n  " + "\n  ".join(errors))
+  model_config = model_configs.run_model_config(config)
+  _, params = checkpoint.load_first(
+      checkpoint.candidate_locations(str(location)),
+      lambda uri: checkpoint.load_pretrained(pretrained_path=uri, init_params=init_params,
+                                             model_config=model_config))
+  return params
 
 
-def initial_state(config, setup: StateSetup, ckpt: checkpointing.Checkpointer,
+def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
                   log) -> tuple[TrainState, Optional[dict]]:
   """Resume precedence: workdir checkpoint > pretrained weights > scratch."""
   latest = ckpt.latest_step()
@@ -124,36 +83,20 @@ def initial_state(config, setup: StateSetup, ckpt: checkpointing.Checkpointer,
     return ckpt.restore(latest, setup.abstract_state)
   params = load_pretrained_params(config, setup)
   if params is not None:
-    log("Fine-tuning from pretrained weights "
-        f"{config.get('pretrained_path', None) or config.get('model_or_filename')}.")
+    log(f"Fine-tuning from pretrained weights {config.pretrained_path or config.model_or_filename}.")
     return train_state.state_from_params(setup, params, config.seed), None
   log("Training from scratch.")
   return train_state.create_train_state(setup, config.seed), None
 
 
-def compile_train_step(setup: StateSetup, config, local_batch_shape: dict) -> Any:
-  """Lowers and compiles the train step for the abstract state and a global batch."""
-  step_fn = train_step.make_train_step(setup, int(config.get("accum_steps", 1) or 1))
-  bsh = sharding.batch_sharding(setup.mesh)
-  batch = {k: jax.ShapeDtypeStruct(shape, np.float32, sharding=bsh)
-           for k, shape in local_batch_shape.items()}
-  return step_fn.lower(setup.abstract_state, batch).compile()
-
-
-def abstract_batch_shapes(config, num_classes: int) -> dict[str, tuple[int, ...]]:
-  """Global batch shapes of one train step."""
-  crop = int(config.pp.crop)
-  return {"image": (config.batch, crop, crop, 3), "label": (config.batch, num_classes)}
-
-
 def evaluate(eval_step, params, config) -> dict[str, float]:
   """One masked pass over config.eval_split: accuracy and mean loss over real examples."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
   totals = collections.Counter()
-  for local in input_pipeline.create_eval_iterator(config):
-    batch = device_prefetch.global_batch_from_local(
-        {k: local[k] for k in ("image", "label", "mask")}, bsh)
+  batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
+                                             config.input.device_prefetch,
+                                             keys=("image", "label", "mask"))
+  for batch in batches:
     out = jax.device_get(eval_step(params, batch))
     totals.update({k: float(v) for k, v in out.items()})
   count = max(totals["count"], 1.0)
@@ -181,7 +124,8 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def save_checkpoint(ckpt, step: int, state: TrainState, feeder: BatchFeeder, pending) -> None:
+def save_checkpoint(ckpt, step: int, state: TrainState,
+                    feeder: device_prefetch.DevicePrefetcher, pending) -> None:
   """Saves `state` only when every loss so far and every parameter is finite."""
   check_finite(pending)
   if not bool(_all_finite(state.params)):
@@ -191,53 +135,24 @@ def save_checkpoint(ckpt, step: int, state: TrainState, feeder: BatchFeeder, pen
   ckpt.save(step, state, feeder.position)
 
 
-def _prepare(config):
-  """Validates the batch geometry against the mesh."""
-  mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)))
-  shards = sharding.batch_shards(mesh)
-  if config.batch % jax.process_count() or config.batch_eval % jax.process_count():
-    raise ValueError(f"batch={config.batch} / batch_eval={config.batch_eval} must be divisible by "
-                     f"the {jax.process_count()} processes.")
-  train_step.check_accum_steps(config.batch, int(config.get("accum_steps", 1) or 1), shards)
-  if config.batch_eval % shards:
-    raise ValueError(f"batch_eval={config.batch_eval} must be divisible by the {shards} batch shards.")
-  return mesh
-
-
 def _every(step: int, period: int, total: int) -> bool:
   return step == total or (period > 0 and step % period == 0)
 
 
-def dataset_info_prepared_once(config):
-  """Dataset info; with several processes, process 0 prepares the dataset while the others wait.
-
-  Preparing (e.g. the embedded 'digits' builder) writes into tfds_data_dir, which is usually
-  shared between the processes of one host; letting every process prepare it at once races.
-  """
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    return input_pipeline.get_dataset_info(config)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  info = input_pipeline.get_dataset_info(config) if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices("vit_jax:dataset_prepared")
-  return info or input_pipeline.get_dataset_info(config)
-
-
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top  # imports TF.
-  mesh = _prepare(config)
-  info = dataset_info_prepared_once(config)
-  num_classes = int(config.get("num_classes", None) or info.num_classes)
-  total = total_steps_for(config, info.num_train_examples)
+  mesh = sharding.mesh_for_config(config)
+  info = input_pipeline.dataset_info_prepared_once(config)
+  num_classes = int(config.num_classes or info.num_classes)
+  total = optim.total_steps(config, info.num_train_examples)
   setup = train_state.setup_from_config(config, mesh, num_classes, total)
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.get("max_to_keep", 3),
-                                    keep_period=config.get("keep_period", None))
+  ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
+                                keep_period=config.keep_period)
   record = config.copy_and_resolve_references()
   with record.unlocked():
     record.num_classes = num_classes
-  checkpointing.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
-  writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.get("progress", True))
+  run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
+  writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
   try:
     return _run(config, workdir, setup, ckpt, writer, total, num_classes)
   finally:
@@ -247,15 +162,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, Any]:
   """The loop proper (see train_and_evaluate)."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   del workdir
   state, data_state = initial_state(config, setup, ckpt, writer.text)
   host_iter = input_pipeline.create_train_iterator(config)
   if data_state:
     host_iter.set_state(data_state)
-  feeder = BatchFeeder(host_iter, sharding.batch_sharding(setup.mesh),
-                       config.get("input", {}).get("device_prefetch", 2))
-  compiled = compile_train_step(setup, config, abstract_batch_shapes(config, num_classes))
+  feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
+                                            config.input.device_prefetch, keys=("image", "label"))
+  compiled = train_step.compile_train_step(setup, config, num_classes)
   peak, reason = metrics.peak_flops_per_device()
   if reason:
     writer.text(reason)
@@ -282,6 +196,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     preempt.close()
     if hasattr(host_iter, "close"):
       host_iter.close()
+    input_pipeline.release_shared_memory()  # grain's worker batches, before the process exits
   if not result.get("preempted") and ckpt.latest_step() != step:
     save_checkpoint(ckpt, step, state, feeder, pending)
   ckpt.wait()
@@ -293,7 +208,7 @@ def _after_step(config, step, total, state, feeder, pending, meter, ckpt, writer
                 preempt, result) -> dict[str, Any]:
   """Logging, evaluation, checkpointing and preemption handling after `step`."""
   result = dict(result, step=step)
-  if _every(step, int(config.get("log_every", 50) or 0), total):
+  if _every(step, int(config.log_every or 0), total):
     last = check_finite(pending)
     if last:
       values = dict(last[1], **meter.summary())
@@ -304,11 +219,11 @@ def _after_step(config, step, total, state, feeder, pending, meter, ckpt, writer
     save_checkpoint(ckpt, step, state, feeder, pending)
     return dict(result, preempted=True)
   t0 = time.perf_counter()
-  if _every(step, int(config.get("checkpoint_every", 1000) or 0), total):
+  if _every(step, int(config.checkpoint_every or 0), total):
     save_checkpoint(ckpt, step, state, feeder, pending)
   elif len(pending) >= 1000:  # Nothing logged for long: still guard against NaN, free memory.
     check_finite(pending)
-  if _every(step, int(config.get("eval_every", 0) or 0), total):
+  if _every(step, int(config.eval_every or 0), total):
     values = evaluate(eval_step, state.params, config)
     writer.scalars(step, values, prefix="eval/")
     result["eval"] = values

@@ -1,6 +1,6 @@
 """Train state (params, optimizer state, step, RNG) created directly with its sharding.
 
-Owns: building the model from the config, the abstract (shape-only) state and its
+Owns: the abstract (shape-only) state and its
 NamedShardings, sharded initialisation from scratch (jit with out_shardings, so
 nothing is ever materialised on one device) and from given params (fine-tuning).
 """
@@ -12,13 +12,12 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vit_jax import optim, sharding
+from vit_jax import model_configs, optim, sharding
 
 
 @flax.struct.dataclass
@@ -28,43 +27,6 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
-
-
-def model_config(config) -> ml_collections.ConfigDict:
-  """MODEL_CONFIGS[config.model_name] with the overrides in config.model applied."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  name = config.model_name
-  if name not in model_configs.MODEL_CONFIGS:
-    raise ValueError(f"config.model_name={name!r} is unknown; valid names: "
-                     f"{sorted(model_configs.MODEL_CONFIGS)}.")
-  merged = model_configs.MODEL_CONFIGS[name].to_dict()
-  overrides = config.get("model", None) or {}
-  _merge_set_fields(merged, overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
-  return ml_collections.ConfigDict(merged)
-
-
-def _merge_set_fields(base: dict, overrides: dict) -> None:
-  """Recursively copies the fields of `overrides` that are set (not None) into `base`."""
-  for key, value in overrides.items():
-    if isinstance(value, dict):
-      if not isinstance(base.get(key), dict):
-        base[key] = {}
-      _merge_set_fields(base[key], value)
-      if not base[key]:
-        del base[key]
-    elif value is not None:
-      base[key] = value
-
-
-def build_model(config, num_classes: int) -> nn.Module:
-  """The Flax module (VisionTransformer or MlpMixer) named by config.model_name."""
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  cfg = model_config(config).to_dict()
-  if isinstance(cfg.get("dtype"), str):
-    cfg["dtype"] = jnp.dtype(cfg["dtype"])
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  cls = models.MlpMixer if model_configs.is_mixer(cfg) else models.VisionTransformer
-  return cls(num_classes=num_classes, **cfg)
 
 
 @dataclasses.dataclass
@@ -115,7 +77,7 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
 
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:
   """StateSetup for the model/optimizer/input size that `config` describes."""
-  model = build_model(config, num_classes)
+  model = model_configs.model_from_run_config(config, num_classes)
   tx, schedule = optim.make_optimizer(config, total_steps)
   crop = int(config.pp.crop)
   return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config))

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import sharding
+from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
 from vit_jax.train_state import StateSetup, TrainState
 
 
@@ -99,11 +100,19 @@ def make_eval_step(setup: StateSetup) -> Callable:
                  out_shardings=sharding.replicated(setup.mesh))
 
 
-def check_accum_steps(global_batch: int, accum_steps: int, num_shards: int) -> None:
-  """Raises unless the batch splits evenly into micro-batches and over the batch shards."""
-  if accum_steps < 1 or global_batch % accum_steps:
-    raise ValueError(f"batch={global_batch} is not divisible by accum_steps={accum_steps}.")
-  micro = global_batch // accum_steps
-  if micro % num_shards:
-    raise ValueError(f"micro-batch {micro} (batch {global_batch} / accum_steps {accum_steps}) must be "
-                     f"divisible by the {num_shards} batch shards (mesh data x fsdp).")
+def abstract_batch(config, num_classes: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global train batch as ShapeDtypeStructs on the batch sharding (nothing allocated)."""
+  crop = int(config.pp.crop)
+  bsh = sharding.batch_sharding(mesh)
+  shapes = {"image": (config.batch, crop, crop, 3), "label": (config.batch, num_classes)}
+  return {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh) for k, shape in shapes.items()}
+
+
+def compile_train_step(setup: StateSetup, config, num_classes: int) -> Any:
+  """The train step the trainer runs, lowered and compiled for the abstract state and batch.
+
+  The trainer, the dry run and the benchmarks all compile through here, so what the dry run
+  reports (memory, FLOPs) is what the run executes.
+  """
+  step_fn = make_train_step(setup, int(config.accum_steps))
+  return step_fn.lower(setup.abstract_state, abstract_batch(config, num_classes, setup.mesh)).compile()

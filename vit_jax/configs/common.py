@@ -14,6 +14,9 @@ NUM_CLASSES = {
     "oxford_iiit_pet": 37, "oxford_flowers102": 102, "digits": 10, "imagenet21k": 21843,
 }
 
+# The default device mesh: pure data parallel over every device (the one literal of it).
+DEFAULT_MESH = (("data", -1),)
+
 
 def defaults() -> ml_collections.ConfigDict:
   """Every key with its default (a fine-tune of ViT-B/16 on cifar10 at 224px)."""
@@ -47,6 +50,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.base_lr = 0.03
   c.end_lr = 0.0
   c.decay_type = "cosine"          # 'cosine' | 'linear' | 'rsqrt' | 'constant'.
+  c.rsqrt_timescale = 0            # [steps] of the 'rsqrt' decay; 0 = warmup_steps.
   c.optimizer = "sgd"              # 'sgd' (momentum) | 'adamw'.
   c.momentum = 0.9
   c.b1 = 0.9
@@ -56,7 +60,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.grad_norm_clip = 1.0           # 0 = off.
   c.accum_steps = 1                # Micro-batches per step (batch / accum_steps each).
 
-  c.mesh = (("data", -1),)         # (axis, size) pairs over 'data', 'fsdp', 'model'; -1 = rest.
+  c.mesh = DEFAULT_MESH            # (axis, size) pairs over 'data', 'fsdp', 'model'; -1 = rest.
   c.sharding_rules = ()            # (logical_name, mesh_axis) overrides of sharding.default_rules.
 
   c.log_every = 50                 # [steps]

@@ -43,8 +43,8 @@ class SlicedSource:
 def open_source(config, split: str) -> tuple[Any, SourceInfo]:
   """(random-access source of `split`, SourceInfo); cached per dataset/split in this process."""
   dataset = str(config.dataset)
-  data_dir = config.get("tfds_data_dir", None)
-  manual_dir = config.get("tfds_manual_dir", None)
+  data_dir = config.tfds_data_dir
+  manual_dir = config.tfds_manual_dir
   key = (dataset, data_dir, manual_dir, split)
   if key not in _CACHE:
     if os.path.isdir(dataset):

@@ -3,7 +3,8 @@
 Owns `MultiHeadDotProductAttention` (parameter names `query`, `key`, `value`, `out` with
 the official shapes: query/key/value kernel (D, H, D/H) + bias (H, D/H), out kernel
 (H, D/H, D) + bias (D,), exactly as Flax's DenseGeneral creates them for the official
-checkpoints), `dot_product_attention`, `headmajor_attention` and `resolve_attention_impl`.
+checkpoints), `dot_product_attention` and `headmajor_attention`; which implementation runs
+where is decided in platform.py.
 
 How it computes (the parameters stay the official separate ones):
   * the query/key/value projections run as ONE matmul over the (batch * tokens, D) token
@@ -40,34 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.axes import logical
-
-ATTENTION_IMPLS = (None, "xla", "cudnn", "einsum", "einsum_vjp")
-
-
-def on_cpu() -> bool:
-  """True when JAX's default backend is the CPU (where the CPU formulations are used)."""
-  return jax.default_backend() == "cpu"
-
-
-def check_attention_impl(impl: Optional[str]) -> None:
-  """Raises a ValueError naming the valid choices if `impl` is not one."""
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention_impl={impl!r} is not supported; use one of {ATTENTION_IMPLS} "
-                     "(None lets the library choose per platform, 'cudnn' needs a GPU and "
-                     "bf16/fp16 compute).")
-
-
-def resolve_attention_impl(impl: Optional[str], platform: Optional[str] = None) -> Optional[str]:
-  """The implementation `impl` runs as on `platform` (default: JAX's default backend).
-
-  None becomes 'einsum_vjp' on CPU (fastest there, see the module doc) and stays None
-  (jax.nn.dot_product_attention's own choice) on GPU/TPU.
-  """
-  check_attention_impl(impl)
-  if impl is not None:
-    return impl
-  return "einsum_vjp" if (platform or jax.default_backend()) == "cpu" else None
-
+from vit_jax.models.platform import on_cpu, resolve_attention_impl
 
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, dropout_rate: float = 0.0,
                      dropout_rng: Optional[jax.Array] = None) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Logical axis names of the model parameters (shared/DESIGN.md, Contract 2).
+"""Logical axis names of the model parameters (docs/architecture.md, "Sharding rules").
 
 Owns the helper that wraps a parameter initializer so the created parameter is
 an `nn.Partitioned` box carrying logical axis names. `vit_jax.sharding` maps the

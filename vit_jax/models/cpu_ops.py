@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.attention import on_cpu
 from vit_jax.models.axes import logical
+from vit_jax.models.platform import on_cpu
 
 
 def _matmul_fwd(x: jax.Array, w: jax.Array):

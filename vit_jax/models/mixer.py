@@ -6,8 +6,8 @@ channel_mixing/{Dense_0,Dense_1}, then `pre_head_layer_norm`, mean over tokens
 and a zero-initialised `head`. Field names follow Google's vit_jax so
 `MlpMixer(num_classes=10, **MODEL_CONFIGS['Mixer-B_16'])` works. Extras: dtype
 (compute; params and logits float32), remat, approximate_gelu and
-`stoch_depth`, which drops each block's residual branches per example with a rate
-linear over depth (0 at the first block, `stoch_depth` at the last), as ViT.
+`stochastic_depth` (ViT's field name), which drops each block's residual branches per
+example with a rate linear over depth (0 at the first block, `stochastic_depth` at the last), as ViT.
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax import param_tree
 from vit_jax.models.axes import logical
 from vit_jax.models.transformer import drop_path, layer_norm, stochastic_depth_rates
-from vit_jax.models.vit import check_image_size, patch_size
+from vit_jax.models.fields import check_image_size, patch_size
 
 
 class MixerMlp(nn.Module):
@@ -78,18 +79,17 @@ class MlpMixer(nn.Module):
   tokens_mlp_dim: int
   channels_mlp_dim: int
   model_name: Optional[str] = None
-  stoch_depth: float = 0.0
+  stochastic_depth: float = 0.0
   dtype: Any = jnp.float32
   approximate_gelu: bool = True
   remat: bool = False
 
   def _check_tokens(self, tokens: int, grid: tuple[int, int]) -> None:
     """Clear error when params made for another token count (resolution) are applied."""
-    kernel = self.variables.get("params", {}).get("MixerBlock_0", {}).get(
-        "token_mixing", {}).get("Dense_0", {}).get("kernel")
-    if kernel is not None and nn.meta.unbox(kernel).shape[0] != tokens:
+    made_for = param_tree.mixer_tokens(self.variables.get("params", {}))
+    if made_for is not None and made_for != tokens:
       raise ValueError(
-          f"this Mixer's token-mixing weights are for {nn.meta.unbox(kernel).shape[0]} tokens but "
+          f"this Mixer's token-mixing weights are for {made_for} tokens but "
           f"the input gives {tokens} ({grid[0]}x{grid[1]} patches); a Mixer cannot change "
           "resolution, so feed images of the size its checkpoint was trained at.")
 
@@ -108,7 +108,7 @@ class MlpMixer(nn.Module):
     x = jnp.reshape(x, (n, h * w, c))
     self._check_tokens(h * w, (h, w))
     block = nn.remat(MixerBlock) if self.remat else MixerBlock
-    rates = stochastic_depth_rates(float(self.stoch_depth), self.num_blocks)
+    rates = stochastic_depth_rates(float(self.stochastic_depth), self.num_blocks)
     for i in range(self.num_blocks):
       x = block(self.tokens_mlp_dim, self.channels_mlp_dim, dtype, float(rates[i]),
                      not train, self.approximate_gelu, name=f"MixerBlock_{i}")(x)

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import cpu_ops
-from vit_jax.models.attention import MultiHeadDotProductAttention, on_cpu
+from vit_jax.models.attention import MultiHeadDotProductAttention
 from vit_jax.models.axes import logical
+from vit_jax.models.platform import on_cpu
 
 LN_EPS = 1e-6
 

@@ -36,112 +36,21 @@ With num_classes None (or 0) there is no head and the pooled pre-logits are retu
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.models import resnet as resnet_lib
-from vit_jax.models.attention import check_attention_impl, on_cpu
 from vit_jax.models.axes import logical
 from vit_jax.models.cpu_ops import matmul
+from vit_jax.models.fields import check_image_size, config_get, patch_size
+from vit_jax.models.platform import check_attention_impl, on_cpu, resolve_batch_chunks
 from vit_jax.models.transformer import Encoder, MAPHead
 
 CLASSIFIERS = ("token", "gap", "map", "token_unpooled", "unpooled", "gap_unpooled")
 _TRANSFORMER_KEYS = ("num_layers", "mlp_dim", "num_heads", "dropout_rate", "attention_dropout_rate")
-
-
-def config_get(cfg: Any, key: str, default: Any = None) -> Any:
-  """cfg[key] for dicts / ConfigDicts / objects with attributes; `default` when absent."""
-  if cfg is None:
-    return default
-  if hasattr(cfg, "get"):
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
-
-
-def patch_size(patches: Any) -> tuple[int, int]:
-  """(ph, pw) from a `patches` config ({'size': (ph, pw)}) or a bare int / pair."""
-  size = config_get(patches, "size", patches) if not isinstance(patches, (int, tuple, list)) \
-      else patches
-  if isinstance(size, int):
-    return (size, size)
-  ph, pw = tuple(size)
-  return int(ph), int(pw)
-
-
-def check_image_size(shape: tuple[int, ...], patch: tuple[int, int], stride: int,
-                     model_name: Optional[str]) -> None:
-  """Raises a ValueError when (B,H,W,C) images do not tile into whole patches."""
-  if len(shape) != 4:
-    raise ValueError(f"expected images of shape (batch, height, width, channels), got {shape}.")
-  eff = (patch[0] * stride, patch[1] * stride)
-  h, w = shape[1], shape[2]
-  if h % eff[0] or w % eff[1]:
-    what = f"patch {patch[0]}x{patch[1]}" + (f" x ResNet stride {stride}" if stride > 1 else "")
-    near = (max(eff[0], round(h / eff[0]) * eff[0]), max(eff[1], round(w / eff[1]) * eff[1]))
-    raise ValueError(
-        f"image size {h}x{w} is not divisible by the effective patch size {eff[0]}x{eff[1]} "
-        f"({what}) of model {model_name or 'VisionTransformer'}; resize or crop the images to "
-        f"a multiple of it, e.g. {near[0]}x{near[1]} (config.pp.crop).")
-
-
-# CPU default of `batch_chunks` (measured on a 2-core CPU, docs/performance.md): chunks
-# hold at least this many activations (images x tokens x width; ViT-Ti/16 at 224: 37.8k
-# per image) and there are at most CHUNKS_PER_CORE * cores of them. Index: train (True) or
-# inference (False). Small models (the tests' toy ViTs) are not chunked.
-CPU_MIN_CHUNK_ACTIVATIONS = {True: 1 << 17, False: 1 << 18}
-CPU_CHUNKS_PER_CORE = {True: 4, False: 2}
-# Chunks are unrolled: at most this many encoder blocks in the program (chunks x layers,
-# 1 x chunks with scan_layers), which bounds the compile time (ViT-Ti/16: 8 chunks x 12).
-CPU_MAX_UNROLLED_BLOCKS = 96
-
-
-def cpu_cores() -> int:
-  """CPU cores this process may run on."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    return os.cpu_count() or 1
-
-
-def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, int, int],
-                         train: bool, platform: Optional[str] = None,
-                         unrolled_layers: int = 1) -> int:
-  """How many chunks the model splits a batch with (batch, tokens, width) encoder input into.
-
-  An explicit `batch_chunks` is an upper bound: the largest divisor of the batch that is at
-  most `batch_chunks` (chunking only changes how the work is scheduled, never the values,
-  so a batch it does not divide, e.g. the 1-image batch of `model.init`, is split into
-  fewer chunks instead of failing). None is the per-platform default: 1 on GPU/TPU and
-  when JAX has several devices (the batch is then sharded; splitting it would move rows
-  between devices); on a single CPU device the
-  largest divisor of the batch that is at most min(activations //
-  CPU_MIN_CHUNK_ACTIVATIONS[train], CPU_CHUNKS_PER_CORE[train] * cores,
-  CPU_MAX_UNROLLED_BLOCKS // unrolled_layers) (1 when below 2). `unrolled_layers`: encoder
-  blocks per chunk in the program (num_layers, or 1 with scan_layers).
-  """
-  batch = tokens_shape[0]
-  if batch_chunks is not None:
-    if batch_chunks < 1:
-      raise ValueError(f"batch_chunks={batch_chunks} must be >= 1 (1 = no chunking); use "
-                       "None for the per-platform default.")
-    return _largest_divisor_at_most(batch, batch_chunks)
-  if (platform or jax.default_backend()) != "cpu" or jax.device_count() > 1:
-    return 1
-  activations = int(np.prod(tokens_shape))
-  limit = min(activations // CPU_MIN_CHUNK_ACTIVATIONS[train], batch,
-              CPU_CHUNKS_PER_CORE[train] * cpu_cores(),
-              CPU_MAX_UNROLLED_BLOCKS // max(unrolled_layers, 1))
-  return _largest_divisor_at_most(batch, limit)
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-  """The largest divisor of `n` that is <= `limit` (1 when `limit` < 1)."""
-  return max([d for d in range(1, min(limit, n) + 1) if n % d == 0] or [1])
 
 
 class PatchEmbedParams(nn.Module):

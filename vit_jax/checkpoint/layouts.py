@@ -2,13 +2,13 @@
 
 Owns `canonicalize(flat, num_heads=...)`, the ONE entry point that turns a flat
 {key: array} dict of any supported layout into our nested parameter tree
-(shared/DESIGN.md Contract 1):
+(docs/architecture.md, "Checkpoint naming"):
   * vit_models .npz (pre-Linen numbering inside ViT blocks: MultiHeadDotProductAttention_1,
     LayerNorm_0/LayerNorm_2, MlpBlock_3), Mixer and R+ViT files, legacy (1,1,1,C) GroupNorm;
   * big_vision .npz (Linen numbering, 'params/' or 'opt/target/' prefix, top-level
     `pos_embedding` without a class slot, scanned `encoderblock`, MAPHead_0);
   * our own tree (per-layer or scanned, kept as is);
-  * timm and transformers state dicts (see checkpoint_torch_layouts.py).
+  * timm and transformers state dicts (see torch_layouts.py).
 `to_vit_models(flat)` renames our Linen block names back to the vit_models ones.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from vit_jax import checkpoint_torch_layouts as torch_layouts
+from vit_jax.checkpoint import torch_layouts
 
 # Inside a ViT encoder block: pre-Linen (vit_models files) name -> Linen (in-memory) name.
 PRE_LINEN_TO_LINEN = {

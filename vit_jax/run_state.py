@@ -1,12 +1,16 @@
-"""Orbax checkpoints of the whole run (Contract 3) and the workdir's record of its config.
+"""A run's state in its workdir: Orbax checkpoints of the whole run and the record of its config.
+
+Named apart from vit_jax.checkpoint (the published-weights layer): this module owns the
+run-state contract (docs/architecture.md, "Run state").
 
 A checkpoint `<workdir>/checkpoints/<step>/` holds two items: 'state' (params, optimizer
 state, step, RNG — saved asynchronously by every process, atomically committed) and
 'data' (the input pipeline's JSON position). Restoring takes the *current* abstract
 state with its shardings, so a checkpoint written on one mesh restores onto another.
 
-`<workdir>/config.json` records the config that created the workdir; a run with another
-model in the same workdir fails naming both.
+`<workdir>/config.json` records the config that created the workdir (written by
+`check_or_write_config`, read back by `read_config`); a run with another model in the same
+workdir fails naming both.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -96,3 +101,30 @@ def check_or_write_config(workdir: str, config, has_checkpoint: bool) -> None:
     tmp = path.parent / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
     tmp.replace(path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config recorded in `workdir` by the trainer, over today's defaults.
+
+  Keys added to configs/common.defaults() after the workdir was written take their
+  default, so code can read every key without a second default of its own.
+  """
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: --workdir must be a directory a vit_jax run wrote.")
+  stored = json.loads(path.read_text())
+  config = common.defaults()
+  _update(config, stored)
+  return config
+
+
+def _update(config: ml_collections.ConfigDict, values: dict) -> None:
+  """Writes `values` into `config`, nested dicts into nested ConfigDicts, new keys added."""
+  for key, value in values.items():
+    node = config[key] if key in config else None
+    if isinstance(value, dict) and isinstance(node, ml_collections.ConfigDict):
+      _update(node, value)
+    else:
+      with config.ignore_type():
+        config[key] = value

@@ -1,11 +1,17 @@
-"""XLA and host-runtime defaults the library applies at start-up, per platform.
+"""Runtime start-up defaults, per platform: XLA flags, CPU dispatch mode, the host allocator.
+
+Applied wherever the library is used, not only by `python -m vit_jax.main`: importing
+`vit_jax` applies `apply_defaults()` (before JAX starts a backend, when it has not yet), and
+the models apply `apply_host_defaults('cpu')` the first time they run on the CPU backend
+(vit_jax.models.platform.on_cpu). A program that ran JAX computations before importing
+vit_jax is told once, at import, how to get them.
 
 Owns:
   * `DEFAULT_XLA_FLAGS` — platform -> {flag: value}: XLA options measured to speed up ViT
     training (measurements and commands in docs/performance.md). Flags of every platform are
     put in XLA_FLAGS (XLA parses all of them and each backend reads its own).
-  * `apply_defaults()` — call before JAX initialises its backends (main.py and the bench/
-    scripts call it first thing). It appends the default flags missing from XLA_FLAGS (the
+  * `apply_defaults()` — call before JAX initialises its backends (the package import,
+    main.py and the bench/ scripts call it first thing). It appends the default flags missing from XLA_FLAGS (the
     user's value of a flag always wins) and turns off JAX's asynchronous dispatch on CPU
     (`jax_cpu_enable_async_dispatch=False`; environment JAX_CPU_ENABLE_ASYNC_DISPATCH=true
     keeps it on; it only affects single-device CPU computations): a computation
@@ -115,3 +121,39 @@ def apply_host_defaults(platform: Optional[str] = None,
     import jax  # pylint: disable=g-import-not-at-top
     platform = jax.default_backend()
   return tune_host_allocator() if platform == "cpu" else False
+
+
+_import_checked = False
+
+
+def apply_at_import(environ: Mapping[str, str] = os.environ) -> bool:
+  """`apply_defaults()` if JAX has started no backend yet; else one warning saying how.
+
+  Called when `vit_jax` is imported. Returns whether the defaults were applied. Does nothing
+  when VIT_JAX_NO_XLA_DEFAULTS=1.
+  """
+  global _import_checked
+  if environ.get(_DISABLE_ENV) == "1" or _import_checked:
+    return False
+  _import_checked = True
+  if "jax" in sys.modules and _backends_started():
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.default_backend() == "cpu" and jax.config.read("jax_cpu_enable_async_dispatch"):
+      import logging  # pylint: disable=g-import-not-at-top
+      logging.getLogger("vit_jax").warning(
+          "JAX started its CPU backend before vit_jax was imported, so the library's CPU "
+          "start-up defaults (synchronous dispatch; docs/performance.md) are not in effect "
+          "and training runs slower. Import vit_jax before the first JAX computation, or set "
+          "%s=1 to silence this.", _DISABLE_ENV)
+    return False
+  apply_defaults()
+  return True
+
+
+def _backends_started() -> bool:
+  """Whether JAX has created its backends (then backend options can no longer change)."""
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):  # A JAX without the helper: assume not started.
+    return False

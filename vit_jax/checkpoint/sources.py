@@ -40,7 +40,7 @@ from typing import Optional
 import tqdm
 import tqdm.auto
 
-from vit_jax import checkpoint_files
+from vit_jax.checkpoint import files
 
 GCS_ENDPOINT_ENV = "VIT_JAX_GCS_ENDPOINT"
 DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -54,7 +54,7 @@ _HF_ALTERNATIVES = (
     "hf://timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, "
     "hf://timm/vit_base_patch16_224.augreg_in21k (timm layout) or "
     "hf://google/vit-base-patch16-224 (transformers layout); "
-    "vit_jax.augreg.resolve(...) gives the hf:// copy of an AugReg file when one is known.")
+    "vit_jax.checkpoint.augreg.resolve(...) gives the hf:// copy of an AugReg file when one is known.")
 
 
 class FetchError(OSError):
@@ -175,7 +175,7 @@ def _fetch_url(url: str, dest: str, *, sha256: Optional[str], progress: bool,
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.",
                              suffix=".part")
   try:
-    os.chmod(tmp, checkpoint_files.default_file_mode())
+    os.chmod(tmp, files.default_file_mode())
     with os.fdopen(fd, "wb") as out:
       digest = _download(url, out, headers=headers or {}, progress=progress, gs_uri=gs_uri)
     if sha256 and digest.lower() != sha256.lower():
@@ -243,7 +243,7 @@ def _http_error(code: int, reason, source: str, url: str) -> FetchError:
     return AccessDeniedError(msg + _HF_ALTERNATIVES)
   if code == 404:
     return FetchError(f"HTTP 404 (not found) for {source}; check the URI (for AugReg files, "
-                      "vit_jax.augreg.resolve lists valid names). " + _HF_ALTERNATIVES)
+                      "vit_jax.checkpoint.augreg.resolve lists valid names). " + _HF_ALTERNATIVES)
   return FetchError(f"HTTP {code} ({reason}) for {source}. Retry later, or download the file "
                     "manually and pass its local path. " + _HF_ALTERNATIVES)
 

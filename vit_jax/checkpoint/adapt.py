@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from vit_jax import checkpoint_layouts as layouts
-from vit_jax.posemb import interpolate_posemb, square_grid
+from vit_jax import param_tree
+from vit_jax.checkpoint import layouts
+from vit_jax.checkpoint.posemb import interpolate_posemb, square_grid
 
-POSEMB = "Transformer/posembed_input/pos_embedding"
+POSEMB = param_tree.POSEMB
 _BLOCK_RE = re.compile(r"^encoderblock_(\d+)$")
 
 
@@ -79,14 +80,14 @@ def _fit_posemb(flat: dict, init: dict, source: str, old_grid, new_grid) -> None
 
 
 def _check_mixer_resolution(flat: dict, init: dict) -> None:
-  for key, want in init.items():
-    if "token_mixing/Dense_0/kernel" in key and key in flat and (
-        flat[key].shape[0] != want.shape[0]):
-      raise ValueError(
-          f"checkpoint key {key!r} has shape {flat[key].shape}; the model expects {want.shape}: "
-          f"this Mixer checkpoint was trained on {flat[key].shape[0]} tokens and the model sees "
-          f"{want.shape[0]}. An MLP-Mixer's token-mixing weights are tied to the token count, so "
-          "its resolution cannot change; feed images of the checkpoint's resolution.")
+  have, want = param_tree.mixer_tokens(flat), param_tree.mixer_tokens(init)
+  if have is not None and want is not None and have != want:
+    key = param_tree.MIXER_TOKEN_KERNEL
+    raise ValueError(
+        f"checkpoint key {key!r} has shape {flat[key].shape}; the model expects {init[key].shape}: "
+        f"this Mixer checkpoint was trained on {have} tokens and the model sees {want}. An "
+        "MLP-Mixer's token-mixing weights are tied to the token count, so its resolution "
+        "cannot change; feed images of the checkpoint's resolution.")
 
 
 def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str) -> bool:

@@ -6,7 +6,7 @@ allow_pickle=False, safetensors parsed from its JSON header, no torch.load), and
 `write_npz_atomic(flat, path)` writes a temp file in the target directory and
 os.replace()s it, so a failure never leaves a partial file at `path` nor destroys
 a good one. Layout (key names) is not this module's business; see
-checkpoint_layouts.py.
+layouts.py.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from vit_jax import augreg
+from vit_jax.checkpoint import augreg
 
 INDEX = os.path.join(os.path.dirname(__file__), "fixtures", "augreg_index.csv")
 B16_BEST = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"

@@ -24,7 +24,7 @@ import math
 import re
 from typing import Optional
 
-from vit_jax import checkpoint_sources
+from vit_jax.checkpoint import sources
 
 INDEX_URI = "gs://vit_models/augreg/index.csv"
 BUCKET_DIR = "gs://vit_models/augreg"
@@ -123,6 +123,12 @@ def normalize_model_name(name: str) -> str:
   return name.strip().replace("ViT-", "").replace("+", "_").replace("/", "_")
 
 
+def looks_like_model_name(value: str) -> bool:
+  """True for an AugReg model name in any spelling ('B/16', 'ViT-B_16', 'R26+S/32')."""
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  return isinstance(value, str) and normalize_model_name(value) in model_configs.AUGREG_NAMES
+
+
 def _registry_name(prefix: str) -> Optional[str]:
   from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   return model_configs.AUGREG_NAMES.get(prefix)
@@ -156,8 +162,8 @@ def parse_filename(filename: str) -> AugRegCheckpoint:
 
 
 def load_index(index_path: str = INDEX_URI, *, cache_dir: Optional[str] = None) -> list[dict]:
-  """Rows of the AugReg index.csv (local path or any URI checkpoint_sources.fetch accepts)."""
-  path = checkpoint_sources.fetch(index_path, cache_dir=cache_dir, progress=False)
+  """Rows of the AugReg index.csv (local path or any URI sources.fetch accepts)."""
+  path = sources.fetch(index_path, cache_dir=cache_dir, progress=False)
   with open(path, newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   required = {"name", "ds", "final_val", "filename", "adapt_ds", "adapt_resolution",

@@ -6,9 +6,16 @@ Public API (mirrors Google's vit_jax.checkpoint where it overlaps):
   save(params, path) -> vit_models flat .npz (pre-Linen block names, per-layer), atomically.
   load_pretrained(*, pretrained_path, init_params, model_config, **options) -> params ready for
       `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched.
+  candidate_locations(location) / load_first(locations, loader) -> the one rule for where a
+      checkpoint is read from (a path or URI as given; an AugReg name or file name -> its known
+      copies, the Hugging Face one first) and the fallback between them; the trainer and
+      the inference CLI both use it.
+  to_host(params) -> unboxed numpy copy of a (sharded, possibly multi-host) params tree.
   interpolate_posemb, stack_layers, unstack_layers.
-Byte formats live in checkpoint_files.py, key layouts in checkpoint_layouts.py /
-checkpoint_torch_layouts.py, remote sources in checkpoint_sources.py (imported lazily).
+The package: byte formats in files.py, key layouts in layouts.py / torch_layouts.py, the
+scan / head / posemb fitting in adapt.py and posemb.py, remote sources in sources.py and
+the AugReg index in augreg.py (both imported lazily: no network code on the local path).
+See docs/architecture.md, "Checkpoint naming".
 """
 from __future__ import annotations
 
@@ -16,30 +23,23 @@ import logging
 import os
 import re
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from vit_jax import checkpoint_files
-from vit_jax import checkpoint_layouts as layouts
-from vit_jax.checkpoint_adapt import adapt_to_model, stack_layers, unstack_layers
-from vit_jax.posemb import interpolate_posemb
+from vit_jax.checkpoint import files
+from vit_jax.checkpoint import layouts
+from vit_jax.checkpoint.adapt import adapt_to_model, stack_layers, unstack_layers
+from vit_jax.checkpoint.posemb import interpolate_posemb
+
+from vit_jax import param_tree
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
-           "unstack_layers", "CheckpointFormatError"]
+           "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
+           "to_host"]
 
-CheckpointFormatError = checkpoint_files.CheckpointFormatError
+CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
-
-
-def _heads_from_config(config: Optional[dict]) -> Optional[int]:
-  if not config:
-    return None
-  for key in ("num_attention_heads", "num_heads"):
-    if isinstance(config.get(key), int):
-      return config[key]
-  args = config.get("model_args") or {}
-  return args.get("num_heads") if isinstance(args, dict) else None
 
 
 def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
@@ -48,16 +48,16 @@ def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
   path = os.fspath(path)
   config = None
   if _REMOTE.match(path) or path.startswith("file://"):
-    from vit_jax import checkpoint_sources  # pylint: disable=g-import-not-at-top
-    local = checkpoint_sources.fetch(path, cache_dir=cache_dir, sha256=sha256)
+    from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
+    local = sources.fetch(path, cache_dir=cache_dir, sha256=sha256)
     if path.lower().startswith("hf://") and not local.endswith(".npz"):
-      config = checkpoint_sources.fetch_hf_config(path, cache_dir=cache_dir)
+      config = sources.fetch_hf_config(path, cache_dir=cache_dir)
     path = local
   if os.path.isdir(path):
-    config = checkpoint_files.read_hf_config(path)
-    path = checkpoint_files.weights_file_in(path)
+    config = files.read_hf_config(path)
+    path = files.weights_file_in(path)
   elif config is None and os.path.isfile(path) and path.endswith(".safetensors"):
-    config = checkpoint_files.read_hf_config(os.path.dirname(os.path.abspath(path)))
+    config = files.read_hf_config(os.path.dirname(os.path.abspath(path)))
   return path, config
 
 
@@ -70,12 +70,12 @@ def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str]
   (192:3, 384:6, 768:12, 1024/1280/1408/1664:16), else hidden_size // 64.
   """
   local, config = _resolve(path, cache_dir, sha256)
-  flat = checkpoint_files.read_flat(local)
-  return layouts.canonicalize(flat, num_heads=num_heads or _heads_from_config(config),
+  flat = files.read_flat(local)
+  return layouts.canonicalize(flat, num_heads=num_heads or param_tree.num_heads(config=config),
                               source=f"checkpoint {os.fspath(path)!r}")
 
 
-def _to_host(params: Any) -> dict:
+def to_host(params: Any) -> dict:
   """Unboxed, host (numpy) copy of a params tree, gathering multi-host arrays if needed.
 
   Abstract leaves (jax.ShapeDtypeStruct, e.g. from jax.eval_shape) become zeros.
@@ -96,20 +96,12 @@ def _to_host(params: Any) -> dict:
 
 def save(params: Any, path: str) -> None:
   """Writes params as a vit_models .npz (pre-Linen block names, per-layer, float32), atomically."""
-  params = _to_host(params)
+  params = to_host(params)
   params = unstack_layers(params)
   flat = layouts.to_vit_models(layouts.flatten(params))
   flat = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
           for k, v in flat.items()}
-  checkpoint_files.write_npz_atomic(flat, os.fspath(path))
-
-
-def _model_num_heads(init_flat: dict, model_config: Any) -> Optional[int]:
-  for key, value in init_flat.items():
-    if key.endswith("MultiHeadDotProductAttention_0/query/kernel"):
-      return int(value.shape[-2])
-  transformer = (model_config or {}).get("transformer") if hasattr(model_config, "get") else None
-  return (transformer or {}).get("num_heads") if transformer is not None else None
+  files.write_npz_atomic(flat, os.fspath(path))
 
 
 def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any = None,
@@ -128,8 +120,8 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   unknown = sorted(set(options) - known)
   if unknown:
     raise TypeError(f"load_pretrained got unknown options {unknown}; valid: {sorted(known)}.")
-  init_flat = layouts.flatten(_to_host(init_params))
-  heads = options.get("num_heads") or _model_num_heads(init_flat, model_config)
+  init_flat = layouts.flatten(to_host(init_params))
+  heads = options.get("num_heads") or param_tree.num_heads(init_flat, model_config)
   restored = load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
                   sha256=options.get("sha256"))
   adapted, head_replaced = adapt_to_model(
@@ -145,3 +137,46 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   logging.info("Loaded %s into the model.", pretrained_path)
   return adapted
 
+
+T = TypeVar("T")
+
+
+def candidate_locations(location: str) -> tuple[str, ...]:
+  """Where to read `location` from, in order of preference.
+
+  An existing local path or a URI (gs://, http(s)://, hf://, file://) is taken as given. An
+  AugReg file name ('B_16-i21k-300ep-...[.npz]', no index read) or AugReg model name ('B/16',
+  'ViT-B_16'; the recommended run, from the AugReg index) becomes its known copies: the
+  Hugging Face one first (no credentials needed), then gs://vit_models/augreg/.
+  """
+  location = os.fspath(location)
+  from vit_jax.checkpoint import augreg, sources  # pylint: disable=g-import-not-at-top
+  if (os.path.exists(os.path.expanduser(location)) or sources.is_remote(location)
+      or location.lower().startswith("file://")):
+    return (location,)
+  if augreg.is_filename(location):
+    return augreg.parse_filename(location).uris
+  if augreg.looks_like_model_name(location):
+    return augreg.resolve(location).uris
+  return (location,)  # A missing local file: the loader says so.
+
+
+def load_first(locations: Sequence[str], loader: Callable[[str], T]) -> tuple[str, T]:
+  """(location, loader(location)) for the first location that can be fetched.
+
+  A FetchError (unreachable, access denied, missing) moves on to the next location; every
+  other error (a corrupt file, a shape mismatch) is raised at once. When all fail, one
+  FileNotFoundError lists each location with its cause.
+  """
+  from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
+  locations = list(locations)
+  errors = []
+  for location in locations:
+    try:
+      return location, loader(location)
+    except sources.FetchError as e:
+      if len(locations) == 1:
+        raise
+      errors.append(f"{location}: {e}")
+  raise FileNotFoundError("could not fetch the checkpoint from any of its copies:\n  "
+                          + "\n  ".join(errors))
