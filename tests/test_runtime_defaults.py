@@ -31,7 +31,7 @@ def test_apply_defaults_keeps_the_users_flags_and_can_be_turned_off(monkeypatch)
 
 
 IMPORT_THEN_USE = (
-    "import vit_jax, jax\n"
+    "import vit_jax.models, jax\n"
     "from vit_jax import runtime_defaults as rd\n"
     "from vit_jax.models import platform\n"
     "print(jax.config.read('jax_cpu_enable_async_dispatch'), rd._host_allocator_tuned)\n"
@@ -55,10 +55,17 @@ def test_the_opt_outs_still_work():
 
 
 def test_importing_after_jax_started_says_once_how_to():
-  code = "import jax; jax.numpy.zeros(1).block_until_ready()\nimport vit_jax\nimport vit_jax.models"
+  code = ("import jax; jax.numpy.zeros(1).block_until_ready()\n"
+          "import vit_jax.models, vit_jax.sharding, vit_jax.train_state")
   out = _python(code)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stderr.count("before vit_jax was imported") == 1, out.stderr
-  assert "Import vit_jax before the first JAX computation" in out.stderr
+  assert out.stderr.count("JAX started its CPU backend before") == 1, out.stderr
+  assert "before the first JAX computation" in out.stderr
   quiet = _python(code, VIT_JAX_NO_XLA_DEFAULTS="1")
-  assert "before vit_jax was imported" not in quiet.stderr
+  assert "JAX started its CPU backend before" not in quiet.stderr
+
+
+def test_the_input_pipeline_does_not_import_jax_for_it():
+  """grain's worker processes import the pipeline: they must not pay for JAX."""
+  out = _python("import sys, vit_jax, vit_jax.input_pipeline; print('jax' in sys.modules)")
+  assert out.returncode == 0 and out.stdout.strip() == "False", (out.stdout, out.stderr[-2000:])

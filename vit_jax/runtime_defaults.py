@@ -1,10 +1,12 @@
 """Runtime start-up defaults, per platform: XLA flags, CPU dispatch mode, the host allocator.
 
 Applied wherever the library is used, not only by `python -m vit_jax.main`: importing
-`vit_jax` applies `apply_defaults()` (before JAX starts a backend, when it has not yet), and
-the models apply `apply_host_defaults('cpu')` the first time they run on the CPU backend
-(vit_jax.models.platform.on_cpu). A program that ran JAX computations before importing
-vit_jax is told once, at import, how to get them.
+`vit_jax.models` or `vit_jax.sharding` (the first library modules any JAX work goes through)
+applies `apply_defaults()` while JAX has not started a backend yet, and the models apply
+`apply_host_defaults('cpu')` the first time they run on the CPU backend
+(vit_jax.models.platform.on_cpu). A program that ran JAX computations before that is told
+once how to get them. Modules that never touch JAX (the input pipeline, which grain's
+worker processes import) do not import JAX for this.
 
 Owns:
   * `DEFAULT_XLA_FLAGS` — platform -> {flag: value}: XLA options measured to speed up ViT
@@ -126,11 +128,11 @@ def apply_host_defaults(platform: Optional[str] = None,
 _import_checked = False
 
 
-def apply_at_import(environ: Mapping[str, str] = os.environ) -> bool:
+def apply_at_first_use(environ: Mapping[str, str] = os.environ) -> bool:
   """`apply_defaults()` if JAX has started no backend yet; else one warning saying how.
 
-  Called when `vit_jax` is imported. Returns whether the defaults were applied. Does nothing
-  when VIT_JAX_NO_XLA_DEFAULTS=1.
+  Called when vit_jax.models or vit_jax.sharding is imported; only the first call acts.
+  Returns whether the defaults were applied. Does nothing when VIT_JAX_NO_XLA_DEFAULTS=1.
   """
   global _import_checked
   if environ.get(_DISABLE_ENV) == "1" or _import_checked:
@@ -141,10 +143,10 @@ def apply_at_import(environ: Mapping[str, str] = os.environ) -> bool:
     if jax.default_backend() == "cpu" and jax.config.read("jax_cpu_enable_async_dispatch"):
       import logging  # pylint: disable=g-import-not-at-top
       logging.getLogger("vit_jax").warning(
-          "JAX started its CPU backend before vit_jax was imported, so the library's CPU "
-          "start-up defaults (synchronous dispatch; docs/performance.md) are not in effect "
-          "and training runs slower. Import vit_jax before the first JAX computation, or set "
-          "%s=1 to silence this.", _DISABLE_ENV)
+          "JAX started its CPU backend before vit_jax.models / vit_jax.sharding were "
+          "imported, so the library's CPU start-up defaults (synchronous dispatch; "
+          "docs/performance.md) are not in effect and training runs slower. Import them "
+          "before the first JAX computation, or set %s=1 to silence this.", _DISABLE_ENV)
     return False
   apply_defaults()
   return True

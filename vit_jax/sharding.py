@@ -16,6 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
+from vit_jax import runtime_defaults
+
+runtime_defaults.apply_at_first_use()  # Before JAX starts a backend (runtime_defaults.py).
+
+# pylint: disable=wrong-import-position
 import jax
 import numpy as np
 from flax import linen as nn
