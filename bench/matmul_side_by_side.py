@@ -47,7 +47,8 @@ def shapes(model: str, batch: int, resolution: int, chunks: int) -> list[tuple[s
   cfg = model_configs.get_model_config(model)
   if "transformer" not in cfg or cfg.get("resnet") is not None:
     raise SystemExit(f"--model {model}: only plain ViT configs have these shapes.")
-  tokens = train_step.tokens_per_image(cfg, resolution)
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  tokens = metrics.tokens_per_image(cfg, resolution)
   d, m = cfg.hidden_size, cfg.transformer.mlp_dim
   rows = [(batch * tokens, "")] + ([(batch // chunks * tokens, f" (1/{chunks} batch)")]
                                    if chunks > 1 else [])

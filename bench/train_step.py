@@ -91,24 +91,6 @@ def configure_xla(args: argparse.Namespace) -> None:
   runtime_defaults.apply_host_defaults()
 
 
-def tokens_per_image(cfg: Any, resolution: int) -> int:
-  """Sequence length of a plain ViT at `resolution`: patches plus the class token if any."""
-  ph, pw = tuple(cfg.patches.size)
-  return (resolution // ph) * (resolution // pw) + (1 if cfg.classifier == "token" else 0)
-
-
-def standard_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
-  """Forward FLOPs of one image by formula (2 x matmul multiply-adds; ViT only, else 0)."""
-  if "transformer" not in cfg or cfg.get("resnet") is not None:
-    return 0.0
-  ph, pw = tuple(cfg.patches.size)
-  d, t = cfg.hidden_size, cfg.transformer
-  tokens = tokens_per_image(cfg, resolution)
-  per_layer = 2 * tokens * (4 * d * d + 2 * d * t.mlp_dim) + 2 * 2 * tokens * tokens * d
-  embed = 2 * (tokens - 1) * ph * pw * 3 * d
-  return float(embed + t.num_layers * per_layer + 2 * d * num_classes)
-
-
 def build(args: argparse.Namespace, abstract: bool):
   """(model, config, params, images, labels); params replicated, batch sharded on 'data'."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -290,7 +272,8 @@ def run(args: argparse.Namespace) -> dict:
   if args.dtype == "float32" and not args.peak_flops and peak:
     why = "MFU against the bf16 datasheet peak (fp32 compute)"
   ceiling = matmul_ceiling(args.dtype) if args.matmul_ceiling and not args.compile_only else None
-  formula = standard_flops_per_image(cfg, args.resolution, args.num_classes)
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  formula = metrics.formula_flops_per_image(cfg, args.resolution, args.num_classes)
   out = {"model": args.model, "batch": args.batch, "resolution": args.resolution,
          "dtype": args.dtype, "attention_impl": args.attention_impl, "remat": args.remat,
          "scan_layers": args.scan_layers, "backend": jax.default_backend(),

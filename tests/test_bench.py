@@ -22,6 +22,7 @@ import input_pipeline as bench_input  # pylint: disable=g-import-not-at-top,wron
 import matmul_side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -156,3 +157,15 @@ def test_matmul_side_by_side_shapes_and_rates(tmp_path, capsys):
   assert all(row["xla_gflops"] > 0 for row in r["rows"])
   assert all(("torch_gflops" in row) == (r["torch"] is not None) for row in r["rows"])
   assert len(capsys.readouterr().out.splitlines()) == 9
+
+
+def test_scaling_table_row(tmp_path, capsys, monkeypatch):
+  pytest.importorskip("libtpu")
+  monkeypatch.setitem(scaling.CASES, "tiny", ("ti16", "v5e:2x2", {
+      "pp.crop": 32, "batch": 16, "batch_eval": 16, "model.scan_layers": True}))
+  out = tmp_path / "scaling.json"
+  assert scaling.main(["--cases", "tiny", "--json", str(out)]) == 0
+  row = capsys.readouterr().out.splitlines()[-1]
+  assert row.startswith("| ViT-Ti_16 | v5e:2x2 (4 chips) | 16 | data4 | no |"), row
+  assert "--topology=v5e:2x2 --config.pp.crop=32" in row
+  assert json.loads(out.read_text())[0]["fits"] is True

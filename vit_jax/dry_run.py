@@ -1,93 +1,252 @@
-"""--dry_run: compile the train step for the configured mesh and report what it needs per device.
+"""--dry_run: compile the real train step for the local devices or a TPU slice, report the fit.
 
-Nothing is allocated: the state is abstract (ShapeDtypeStructs with shardings), so a user
-learns on a laptop-sized slice whether e.g. ViT-L/16 at batch 4096 fits, and the
-FLOPs/step with the step time a given MFU would give.
+The step is `train_step.compile_train_step`, the one the trainer runs (same model, optimizer,
+sharding rules, accumulation, remat, scan), over abstract state and batch: nothing is
+allocated and no dataset is opened. With `topology` ('v5p-256', 'v5e:4x4', ...) the devices
+are abstract TPU chips from libtpu and XLA's TPU compiler runs on this host, so a user learns
+on a laptop whether ViT-H/14 at batch 4096 fits a v5p-256, with which mesh, and the step-time
+lower bound max(FLOPs / peak, bytes / HBM bandwidth). The report is per device (per chip on
+TPU); `analyse` returns the numbers, `run` prints them and returns the exit status (1 when
+the program does not fit).
 """
 from __future__ import annotations
 
-from typing import Any
+import json
+import time
+from typing import Any, Optional, Sequence
 
 import jax
 
-from vit_jax import metrics, optim, sharding, train_state, train_step
+from vit_jax import compiled_stats, metrics, model_configs, sharding, topology, train_state
+from vit_jax import train_step
+from vit_jax.models import platform
 
 
-def _size(num_bytes: float) -> str:
+def size(num_bytes: Optional[float]) -> str:
   """Bytes in a readable unit (B, KiB, MiB, GiB)."""
+  if num_bytes is None:
+    return "n/a"
   for unit in ("B", "KiB", "MiB"):
     if abs(num_bytes) < 1024:
-      return f"{num_bytes:7.2f} {unit}"
+      return f"{num_bytes:.2f} {unit}"
     num_bytes /= 1024
-  return f"{num_bytes:7.2f} GiB"
+  return f"{num_bytes:.2f} GiB"
 
 
-def _num_classes_and_steps(config) -> tuple[int, int]:
-  """From the config when it says; else from the dataset info (needs the prepared dataset)."""
-  if config.num_classes and config.total_steps:
-    return int(config.num_classes), int(config.total_steps)
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TFDS)
-  info = input_pipeline.get_dataset_info(config)
-  return (int(config.num_classes or info.num_classes),
-          optim.total_steps(config, info.num_train_examples))
+def num_classes_of(config) -> int:
+  """config.num_classes, else the known-datasets table; the dry run opens no dataset."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  if config.num_classes:
+    return int(config.num_classes)
+  if str(config.dataset) in common.NUM_CLASSES:
+    return common.NUM_CLASSES[str(config.dataset)]
+  raise ValueError(f"the dry run needs the class count of dataset {config.dataset!r}: set "
+                   "--config.num_classes (it opens no dataset).")
 
 
-def analyse(config) -> dict[str, Any]:
-  """Compiles the train step and returns per-device memory (bytes), FLOPs and time bounds."""
-  mesh = sharding.mesh_for_config(config)
-  num_classes, total = _num_classes_and_steps(config)
-  setup = train_state.setup_from_config(config, mesh, num_classes, total)
-  compiled = train_step.compile_train_step(setup, config, num_classes)
-  shardings = setup.state_shardings
-  out = {
-      "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-      "mesh": dict(mesh.shape),
-      "params_bytes": sharding.bytes_per_device(setup.abstract_state.params, shardings.params),
-      "opt_state_bytes": sharding.bytes_per_device(setup.abstract_state.opt_state, shardings.opt_state),
-  }
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    out["temp_bytes"] = int(mem.temp_size_in_bytes)
-    out["argument_bytes"] = int(mem.argument_size_in_bytes)
-    out["output_bytes"] = int(mem.output_size_in_bytes)
-    out["alias_bytes"] = int(mem.alias_size_in_bytes)
-    out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
-  flops = metrics.compiled_flops(compiled)
-  peak, reason = metrics.peak_flops_per_device()
-  out.update(flops_per_device=flops, peak_flops_per_device=peak, mfu_note=reason)
-  if flops and peak:
-    out["step_time_at_100pct_mfu"] = flops / peak
-    out["step_time_at_40pct_mfu"] = flops / peak / 0.4
+def target_devices(topology_name: Optional[str], num_slices: int = 1) -> list[Any]:
+  """Abstract TPU devices of `topology_name` (times num_slices), else this process's devices."""
+  if not topology_name:
+    if num_slices != 1:
+      raise ValueError("--num_slices needs --topology (the local devices are one slice).")
+    return list(jax.devices())
+  return topology.abstract_devices(topology.parse(topology_name), num_slices)
+
+
+def _device_figures(device: Any) -> dict[str, Any]:
+  """Peak FLOP/s, memory capacity and bandwidth of one device (None where unknown)."""
+  gen = topology.generation_of(device)
+  if gen is not None:
+    return {"peak_flops": gen.peak_bf16_flops, "capacity_bytes": gen.hbm_bytes,
+            "bandwidth_bytes_per_s": gen.hbm_bytes_per_s, "figures_source": gen.source}
+  peak, _ = metrics.peak_flops_per_device(device)
+  capacity = None
+  try:
+    capacity = (device.memory_stats() or {}).get("bytes_limit")
+  except Exception:  # pylint: disable=broad-except  (CPU devices report no memory stats)
+    capacity = None
+  return {"peak_flops": peak, "capacity_bytes": capacity, "bandwidth_bytes_per_s": None,
+          "figures_source": "metrics.PEAK_FLOPS_BY_DEVICE_KIND" if peak else None}
+
+
+def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+  """Compiles the train step for `devices` (default: local) and returns the per-device figures.
+
+  Never raises for a program that does not fit: then 'fits' is False and 'compiler_error'
+  holds the compiler's message. Other errors (a bad mesh, an unknown key) raise.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  device = devices[0]
+  num_classes = num_classes_of(config)
+  # The schedule's length does not change the program: no training-length keys needed.
+  steps = max(int(config.total_steps or 0), int(config.warmup_steps or 0) + 1, 1)
+  mesh = sharding.mesh_for_config(config, devices)
+  fields = model_configs.run_model_config(config)
+  out: dict[str, Any] = {
+      "model": config.model_name, "batch": int(config.batch), "crop": int(config.pp.crop),
+      "accum_steps": int(config.accum_steps), "devices": len(devices),
+      "device_kind": device.device_kind, "platform": device.platform,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "remat": bool(fields.get("remat", False)), "scan_layers": bool(fields.get("scan_layers", False))}
+  out.update(_device_figures(device))
+  with platform.compile_target(device.platform):
+    setup = train_state.setup_from_config(config, mesh, num_classes, steps)
+    shardings = setup.state_shardings
+    out["params_bytes"] = sharding.bytes_per_device(setup.abstract_state.params, shardings.params)
+    out["opt_state_bytes"] = sharding.bytes_per_device(setup.abstract_state.opt_state,
+                                                       shardings.opt_state)
+    out["total_params"] = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
+    start = time.perf_counter()
+    try:
+      compiled = train_step.compile_train_step(setup, config, num_classes)
+    except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and kin)
+      oom = compiled_stats.parse_out_of_memory(str(e))
+      if oom is None:
+        raise
+      out.update(fits=False, compile_s=time.perf_counter() - start, compiler_error=str(e),
+                 need_bytes=oom["need_bytes"], available_bytes=oom["available_bytes"],
+                 oom_what=oom["what"])
+      return out
+  out["compile_s"] = time.perf_counter() - start
+  out.update(compiled_stats.memory(compiled) or {})
+  cost = compiled_stats.cost(compiled)
+  out["flops_per_device"] = cost["flops"]
+  out["bytes_accessed_per_device"] = cost["bytes_accessed"]
+  formula = metrics.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
+  out["formula_flops_per_device"] = (3 * formula * config.batch / len(devices)) or None
+  out["collectives"] = compiled_stats.collectives(compiled.as_text())
+  out["collective_bytes"] = sum(c["bytes"] for c in out["collectives"].values())
+  _add_bounds(out)
+  capacity, peak_bytes = out.get("capacity_bytes"), out.get("peak_bytes")
+  out["fits"] = None if capacity is None or peak_bytes is None else peak_bytes <= capacity
+  if capacity and peak_bytes is not None:
+    out["headroom_bytes"] = capacity - peak_bytes
   return out
 
 
-def format_report(r: dict[str, Any], config) -> str:
-  """Human-readable lines for `analyse`'s result."""
-  lines = [f"Dry run: {config.model_name}, global batch {config.batch} "
-           f"(accum_steps {config.accum_steps}), crop {config.pp.crop}, "
-           f"{r['devices']} x {r['device_kind']}, mesh {r['mesh']}",
-           f"  params per device:          {_size(r['params_bytes'])}",
-           f"  optimizer state per device: {_size(r['opt_state_bytes'])}"]
-  if "temp_bytes" in r:
-    lines += [f"  activations/temp per device:{_size(r['temp_bytes'])}",
-              f"  peak memory per device:     {_size(r['peak_bytes'])} (args + outputs - donated + temp)"]
+def _add_bounds(out: dict[str, Any]) -> None:
+  """Step-time lower bound max(FLOPs / peak, bytes / bandwidth) and the MFU it allows.
+
+  XLA's cost analysis counts the body of a loop once: with scan_layers the compiled FLOPs
+  and bytes cover one encoder layer, so the compute term uses the formula FLOPs (x 4/3 with
+  remat, which recomputes the forward pass) and the bytes term is left out (a note says so).
+  """
+  peak, bandwidth = out.get("peak_flops"), out.get("bandwidth_bytes_per_s")
+  flops, accessed = out.get("flops_per_device"), out.get("bytes_accessed_per_device")
+  if out.get("scan_layers"):
+    formula = out.get("formula_flops_per_device")
+    flops = formula * (4 / 3 if out.get("remat") else 1) if formula else None
+    accessed = None
+    out["bound_note"] = ("scan_layers: XLA's cost analysis counts the scanned layer once, so the "
+                         "bound is the formula's compute term only; compile with "
+                         "--config.model.scan_layers=False for the bytes term")
+  bounds = {}
+  if peak and flops:
+    bounds["compute"] = flops / peak
+  if bandwidth and accessed:
+    bounds["memory"] = accessed / bandwidth
+  if not bounds:
+    return
+  out["step_time_bound_s"] = max(bounds.values())
+  out["bound_by"] = max(bounds, key=bounds.get)
+  model_flops = out.get("formula_flops_per_device") or flops
+  if peak and model_flops:
+    out["best_mfu"] = min(model_flops / (out["step_time_bound_s"] * peak), 1.0)
+
+
+KNOBS = ("--config.model.remat=True (recompute activations in the backward pass)",
+         "a larger fsdp axis, e.g. --config.mesh='((\"fsdp\", -1),)' (parameters and optimizer "
+         "state sharded over more chips)",
+         "a model axis, e.g. --config.mesh='((\"fsdp\", -1), (\"model\", 4))' (tensor parallel)",
+         "--config.accum_steps=2 (or more: smaller micro-batches, same global batch)",
+         "a smaller --config.batch, or --config.optim_dtype=bfloat16 (half the momentum memory)")
+
+
+def does_not_fit_message(r: dict[str, Any]) -> str:
+  """The one message for a program that does not fit: need vs capacity and what to change."""
+  where = f"{r['devices']} x {r['device_kind']}"
+  if r.get("compiler_error") is not None:
+    need, have = r.get("need_bytes"), r.get("available_bytes")
+    what = r.get("oom_what", "memory")
+    head = (f"Does not fit: {r['model']} at batch {r['batch']} on {where} (mesh {r['mesh']}) "
+            f"needs {size(need)} per chip ({what}), {size(have)} available.")
   else:
-    lines.append("  activation memory: not reported by this backend")
-  if r["flops_per_device"]:
-    lines.append(f"  FLOPs per step: {r['flops_per_device']:.4g} per device, "
-                 f"{r['flops_per_device'] * r['devices']:.4g} total")
-  if "step_time_at_100pct_mfu" in r:
-    lines.append(f"  step time >= {r['step_time_at_100pct_mfu'] * 1e3:.2f} ms at 100% MFU, "
-                 f"{r['step_time_at_40pct_mfu'] * 1e3:.2f} ms at 40% MFU "
-                 f"(peak {r['peak_flops_per_device']:.3g} FLOP/s per device)")
-  elif r["mfu_note"]:
-    lines.append("  " + r["mfu_note"])
+    head = (f"Does not fit: {r['model']} at batch {r['batch']} on {where} (mesh {r['mesh']}) "
+            f"needs {size(r.get('peak_bytes'))} per device, capacity {size(r.get('capacity_bytes'))}.")
+  lines = [head, "Knobs that lower per-chip memory:"] + [f"  - {k}" for k in KNOBS]
+  lines.append("Or search them: add --plan.")
+  if r.get("compiler_error"):
+    lines += ["", "Compiler message (for experts):", r["compiler_error"].strip()[:4000]]
   return "\n".join(lines)
 
 
-def run(config) -> dict[str, Any]:
-  """Analyses and prints (process 0) the dry-run report; returns the numbers."""
-  result = analyse(config)
+def format_report(r: dict[str, Any]) -> str:
+  """Human-readable lines for `analyse`'s result (a fitting or non-fitting program)."""
+  lines = [f"Dry run: {r['model']}, global batch {r['batch']} (accum_steps {r['accum_steps']}), "
+           f"crop {r['crop']}, {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, "
+           f"remat {r['remat']}, scan {r['scan_layers']}; compiled in {r['compile_s']:.1f} s",
+           f"  params:           {r['total_params'] / 1e6:.1f}M total",
+           f"  params per device:          {size(r['params_bytes'])}",
+           f"  optimizer state per device: {size(r['opt_state_bytes'])}"]
+  if r.get("fits") is False and r.get("compiler_error") is not None:
+    return "\n".join(lines + [does_not_fit_message(r)])
+  if "temp_bytes" in r:
+    lines += [f"  activations/temp per device:{size(r['temp_bytes'])}",
+              f"  peak memory per device:     {size(r['peak_bytes'])} (args + outputs - donated + temp)"]
+    if r.get("capacity_bytes"):
+      headroom = r["capacity_bytes"] - r["peak_bytes"]
+      lines.append(f"  capacity per device:        {size(r['capacity_bytes'])}; headroom "
+                   f"{size(headroom)} ({headroom / r['capacity_bytes']:.1%})")
+  else:
+    lines.append("  activation memory: not reported by this backend")
+  if r.get("flops_per_device"):
+    formula = r.get("formula_flops_per_device")
+    loop = " (scanned layer counted once)" if r.get("scan_layers") else ""
+    lines.append(f"  FLOPs per step per device: {r['flops_per_device']:.4g} (compiled{loop}), "
+                 + (f"{formula:.4g} (formula)" if formula else "formula n/a (hybrid / Mixer)"))
+  if r.get("bytes_accessed_per_device"):
+    lines.append(f"  bytes accessed per device: {size(r['bytes_accessed_per_device'])}")
+  active = {k: v for k, v in r.get("collectives", {}).items() if v["count"]}
+  if active:
+    lines.append("  collectives: " + ", ".join(
+        f"{k} {int(v['count'])} ({size(v['bytes'])})" for k, v in active.items()))
+  elif "collectives" in r:
+    lines.append("  collectives: none")
+  if r.get("step_time_bound_s"):
+    mfu = f", best MFU {r['best_mfu']:.1%}" if r.get("best_mfu") else ""
+    lines.append(f"  step time >= {r['step_time_bound_s'] * 1e3:.2f} ms ({r['bound_by']}-bound; "
+                 f"peak {r['peak_flops']:.3g} FLOP/s"
+                 + (f", HBM {r['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s" if r.get(
+                     "bandwidth_bytes_per_s") else "") + f"){mfu}")
+    if r.get("bound_note"):
+      lines.append(f"  ({r['bound_note']})")
+  elif not r.get("peak_flops"):
+    lines.append(f"  step-time bound omitted: no peak FLOP/s known for {r['device_kind']!r}")
+  if r.get("fits") is False:
+    lines.append(does_not_fit_message(r))
+  elif r.get("fits"):
+    lines.append("  fits: yes")
+  return "\n".join(lines)
+
+
+def _jsonable(r: dict[str, Any]) -> dict[str, Any]:
+  return json.loads(json.dumps(r, default=str))
+
+
+def run(config, *, topology_name: Optional[str] = None, num_slices: int = 1,
+        plan: bool = False, json_path: Optional[str] = None) -> int:
+  """Analyses (or plans) and prints on process 0; returns the exit status (1: does not fit)."""
+  devices = target_devices(topology_name, num_slices)
+  if plan:
+    from vit_jax import dry_run_plan  # pylint: disable=g-import-not-at-top
+    result = dry_run_plan.plan(config, devices)
+    text, status = dry_run_plan.format_plan(result), 0 if result["fitting"] else 1
+  else:
+    result = analyse(config, devices)
+    text, status = format_report(result), 1 if result.get("fits") is False else 0
   if jax.process_index() == 0:
-    print(format_report(result, config), flush=True)
-  return result
+    print(text, flush=True)
+    if json_path:
+      with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(result), f, indent=1)
+  return status

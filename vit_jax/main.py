@@ -1,7 +1,8 @@
 r"""Command line: flags → (multi-host start-up) → train.train_and_evaluate or the dry run.
 
   python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=/tmp/run \
-      [--config.base_lr=0.01 ...] [--dry_run]
+      [--config.base_lr=0.01 ...] [--dry_run [--topology=v5p-256 [--num_slices=2]] [--plan]
+      [--json=FILE]]
   # Several processes without a cluster manager JAX detects:
   python -m vit_jax.main ... --coordinator_address=10.0.0.1:1234 --num_processes=4 --process_id=0
 
@@ -29,6 +30,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and config.json go here.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step, print memory/FLOPs, exit.")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "With --dry_run: compile for this TPU slice instead of the local devices "
+    "(v4-128, v5e-16, v5litepod-16, v5p-256, v6e-64 or v5p:4x4x8; needs requirements-tpu.txt).")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: slices joined by DCN.")
+_PLAN = flags.DEFINE_bool("plan", False, "With --dry_run: search meshes / remat / accum_steps "
+                          "for the configurations that fit, fastest first.")
+_JSON = flags.DEFINE_string("json", None, "With --dry_run: also write the figures to this file.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
     "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS).")
@@ -141,10 +149,14 @@ def main(argv: Sequence[str]) -> None:
   runtime_defaults.apply_host_defaults()
   if jax.process_index() != 0:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
-  if _DRY_RUN.value:
+  if _DRY_RUN.value or _PLAN.value:
     from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
-    dry_run.run(_CONFIG.value)
-    return
+    try:
+      status = dry_run.run(_CONFIG.value, topology_name=_TOPOLOGY.value,
+                           num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
+    except (ValueError, RuntimeError) as e:  # Bad slice name, no libtpu, batch vs mesh.
+      sys.exit(f"error: {e}")
+    sys.exit(status)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (checkpoints and logs go there).")
   from vit_jax import train  # pylint: disable=g-import-not-at-top

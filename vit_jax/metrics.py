@@ -11,17 +11,15 @@ from typing import Any, Optional
 
 import jax
 
+from vit_jax import compiled_stats, topology
+
 # Dense bf16 peak FLOP/s per chip (vendor datasheets). MFU uses these; unknown kinds → no MFU.
+# TPU v4 and later come from topology.GENERATIONS (the one table of TPU figures).
 PEAK_FLOPS_BY_DEVICE_KIND = {
     "TPU v2": 45e12,
     "TPU v3": 123e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
+    **{kind: topology.GENERATIONS[gen].peak_bf16_flops
+       for kind, gen in topology.DEVICE_KINDS.items()},
     "NVIDIA H200": 989e12,
     "NVIDIA H100": 989e12,
     "NVIDIA GH200": 989e12,
@@ -47,14 +45,32 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> tuple[Optional
 
 def compiled_flops(compiled: Any) -> Optional[float]:
   """FLOPs of one execution of a compiled jit function on one device (XLA cost analysis)."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  # Some backends do not implement it.
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
+  return compiled_stats.cost(compiled)["flops"]
+
+
+def tokens_per_image(cfg: Any, resolution: int) -> int:
+  """Encoder sequence length of a plain ViT at `resolution`: patches plus the class token."""
+  ph, pw = tuple(cfg["patches"]["size"])
+  classifier = cfg.get("classifier", "token")
+  return (resolution // ph) * (resolution // pw) + (1 if classifier in ("token", "token_unpooled")
+                                                    else 0)
+
+
+def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
+  """Forward FLOPs of one image by the standard formula (2 x matmul multiply-adds).
+
+  Patch embedding, per layer the four attention projections, the two MLP matmuls and the
+  two (tokens x tokens) attention matmuls, and the head. Plain ViT only (0 for hybrids and
+  Mixers); a training step is 3x this (forward + backward).
+  """
+  if "transformer" not in cfg or cfg.get("resnet") is not None:
+    return 0.0
+  ph, pw = tuple(cfg["patches"]["size"])
+  d, t = cfg["hidden_size"], cfg["transformer"]
+  tokens = tokens_per_image(cfg, resolution)
+  per_layer = 2 * tokens * (4 * d * d + 2 * d * t["mlp_dim"]) + 2 * 2 * tokens * tokens * d
+  embed = 2 * (resolution // ph) * (resolution // pw) * ph * pw * 3 * d
+  return float(embed + t["num_layers"] * per_layer + 2 * d * num_classes)
 
 
 class Throughput:

@@ -62,22 +62,30 @@ def resolve_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -
 
 def make_mesh(mesh_config: Sequence[Sequence[Any]],
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """Builds the ('data', 'fsdp', 'model') mesh; across hosts data/fsdp span hosts, model stays in one."""
+  """Builds the ('data', 'fsdp', 'model') mesh in the devices' physical order.
+
+  Devices joined by a slow network form "granules": TPU slices (multi-slice, joined over
+  the data-centre network; the hosts of one slice share the ICI torus) and, elsewhere, hosts.
+  Across granules data (then fsdp) is split outermost; 'model' stays within a granule.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_config, len(devices))
   dims = tuple(shape[a] for a in MESH_AXES)
-  num_slices = len({d.process_index for d in devices})
-  if num_slices > 1:
-    per_host = len(devices) // num_slices
-    if shape["model"] > per_host or per_host % shape["model"]:
-      raise ValueError(f"mesh axis 'model'={shape['model']} must divide the {per_host} devices of one "
-                       "host (tensor parallelism stays within a host).")
-    dcn = _split_over_hosts(shape, num_slices)
+  tpu = devices[0].platform == "tpu"
+  granule = ((lambda d: getattr(d, "slice_index", 0)) if tpu else (lambda d: d.process_index))
+  num_granules = len({granule(d) for d in devices})
+  if num_granules > 1:
+    per_granule = len(devices) // num_granules
+    what = "TPU slice" if tpu else "host"
+    if shape["model"] > per_granule or per_granule % shape["model"]:
+      raise ValueError(f"mesh axis 'model'={shape['model']} must divide the {per_granule} devices of "
+                       f"one {what} (tensor parallelism stays within a {what}).")
+    dcn = _split_over_hosts(shape, num_granules)
     ici = tuple(d // h for d, h in zip(dims, dcn))
     try:
-      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=True)
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not tpu)
     except (ValueError, AssertionError, NotImplementedError):
-      grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(dims)
+      grid = np.array(sorted(devices, key=lambda d: (granule(d), d.id))).reshape(dims)
   else:
     try:
       grid = mesh_utils.create_device_mesh(dims, devices)
@@ -172,6 +180,13 @@ def logical_to_mesh_spec(logical: P, rules: Sequence[tuple[str, Any]]) -> P:
     used.update(names)
     out.append(axes if isinstance(axes, str) else tuple(names))
   return P(*out)
+
+
+def activation_constrainer(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+  """(logical names, shape) -> NamedSharding, for models.axes.activation_sharding."""
+  def constrainer(names: tuple, shape: tuple) -> NamedSharding:
+    return NamedSharding(mesh, _fit_spec(logical_to_mesh_spec(P(*names), rules), shape, mesh))
+  return constrainer
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

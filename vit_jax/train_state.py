@@ -39,6 +39,7 @@ class StateSetup:
   input_shape: tuple[int, ...]
   abstract_state: TrainState      # ShapeDtypeStructs carrying their shardings
   state_shardings: TrainState     # NamedShardings, same tree
+  rules: Any = ()                 # logical -> mesh axis rules (params and activations)
 
   @property
   def param_shardings(self):
@@ -72,7 +73,7 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, shardings)
   return StateSetup(model=model, tx=tx, schedule=schedule, mesh=mesh, input_shape=input_shape,
-                    abstract_state=abstract, state_shardings=shardings)
+                    abstract_state=abstract, state_shardings=shardings, rules=tuple(rules))
 
 
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:

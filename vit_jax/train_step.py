@@ -16,6 +16,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import sharding
+from vit_jax.models import axes
 from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
 from vit_jax.train_state import StateSetup, TrainState
 
@@ -36,9 +37,11 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh) -> jax.Array:
 def make_loss_and_grad(setup: StateSetup, accum_steps: int) -> Callable:
   """Returns f(params, batch, rng) -> (loss, accuracy, grads) averaged over micro-batches."""
   model = setup.model
+  constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
 
   def loss_fn(params, images, labels, rng):
-    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    with axes.activation_sharding(constrainer):
+      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
     loss = cross_entropy(logits, labels).mean()
     acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
     return loss, acc
@@ -87,9 +90,11 @@ def make_train_step(setup: StateSetup, accum_steps: int = 1) -> Callable:
 def make_eval_step(setup: StateSetup) -> Callable:
   """jit(eval_step)(params, batch) -> {'loss_sum', 'correct', 'count'} over unmasked examples."""
   model = setup.model
+  constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
 
   def eval_step(params: Any, batch: dict[str, jax.Array]):
-    logits = model.apply({"params": params}, batch["image"], train=False)
+    with axes.activation_sharding(constrainer):
+      logits = model.apply({"params": params}, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == jnp.argmax(batch["label"], -1)).astype(jnp.float32)
     return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),

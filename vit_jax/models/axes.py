@@ -11,13 +11,37 @@ Names: 'embed' (hidden dim), 'mlp' (MLP hidden), 'heads', 'kv' (head dim),
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+from typing import Any, Callable, Iterator, Optional
 
 import flax.linen as nn
+import jax
 
 Initializer = Callable[..., Any]
+# (logical names, shape) -> a jax.sharding.Sharding, set by `activation_sharding` (sharding.py).
+_constrainer: Optional[Callable[[tuple, tuple], Any]] = None
 
 
 def logical(init: Initializer, *names: Optional[str]) -> Initializer:
   """`init` whose parameters are annotated with the logical axis `names`."""
   return nn.with_logical_partitioning(init, tuple(names))
+
+
+@contextlib.contextmanager
+def activation_sharding(constrainer: Optional[Callable[[tuple, tuple], Any]]) -> Iterator[None]:
+  """Within it, `constrain` pins activations to `constrainer(names, shape)` (the train step's)."""
+  global _constrainer
+  previous, _constrainer = _constrainer, constrainer
+  try:
+    yield
+  finally:
+    _constrainer = previous
+
+
+def constrain(x: jax.Array, *names: Optional[str]) -> jax.Array:
+  """Annotates an activation with logical axis names ('batch', 'mlp', ...); a no-op outside
+  `activation_sharding`. Without it GSPMD may keep FSDP weights sharded and instead
+  replicate and all-reduce whole-batch activations (seen in the TPU dry run of ViT-H/14)."""
+  if _constrainer is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, _constrainer(tuple(names), tuple(x.shape)))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import param_tree
-from vit_jax.models.axes import logical
+from vit_jax.models.axes import constrain, logical
 from vit_jax.models.transformer import drop_path, layer_norm, stochastic_depth_rates
 from vit_jax.models.fields import check_image_size, patch_size
 
@@ -59,6 +59,7 @@ class MixerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = constrain(x, "batch", None, None)
     y = layer_norm(self.dtype, "LayerNorm_0")(x)
     y = jnp.swapaxes(y, 1, 2)
     y = MixerMlp(self.tokens_mlp_dim, ("tokens", "mlp"), self.dtype, self.approximate_gelu,

@@ -1,6 +1,7 @@
 """The models' platform policy: which formulation runs where (one home for it).
 
-Owns the CPU test (`on_cpu`), the core count, the attention implementation choice
+Owns the target platform (`current_platform`, `compile_target` for compiling for devices
+this host does not have), the CPU test (`on_cpu`), the core count, the attention implementation choice
 (`ATTENTION_IMPLS`, `check_attention_impl`, `resolve_attention_impl`) and the batch-chunk
 scheduling of a CPU forward (`resolve_batch_chunks` and its measured constants). Kernels
 (attention.py, cpu_ops.py) and layers (transformer.py, vit.py) ask here and nowhere else.
@@ -13,8 +14,9 @@ turns it off.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 import numpy as np
@@ -22,12 +24,33 @@ import numpy as np
 from vit_jax import runtime_defaults
 
 _host_defaults_checked = False
+_target_platform: Optional[str] = None  # Set by `compile_target` (compiling for other devices).
+
+
+def current_platform() -> str:
+  """The platform programs are built for: `compile_target`'s, else JAX's default backend."""
+  return _target_platform or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compile_target(platform: str) -> Iterator[None]:
+  """Within it, the models choose their formulations for `platform` (e.g. 'tpu').
+
+  For compiling on this host for devices it does not have (the TPU dry run over abstract
+  devices): without it a CPU host would trace the CPU formulations into a TPU program.
+  """
+  global _target_platform
+  previous, _target_platform = _target_platform, platform
+  try:
+    yield
+  finally:
+    _target_platform = previous
 
 
 def on_cpu() -> bool:
-  """True when JAX's default backend is the CPU (where the CPU formulations are used)."""
+  """True when programs are built for the CPU (where the CPU formulations are used)."""
   global _host_defaults_checked
-  cpu = jax.default_backend() == "cpu"
+  cpu = current_platform() == "cpu"
   if cpu and not _host_defaults_checked:
     _host_defaults_checked = True
     runtime_defaults.apply_host_defaults("cpu")
@@ -62,7 +85,7 @@ def resolve_attention_impl(impl: Optional[str], platform: Optional[str] = None) 
   check_attention_impl(impl)
   if impl is not None:
     return impl
-  return "einsum_vjp" if (platform or jax.default_backend()) == "cpu" else None
+  return "einsum_vjp" if (platform or current_platform()) == "cpu" else None
 
 
 # CPU default of `batch_chunks` (measured on a 2-core CPU, docs/performance.md): chunks
@@ -98,7 +121,7 @@ def resolve_batch_chunks(batch_chunks: Optional[int], tokens_shape: tuple[int, i
       raise ValueError(f"batch_chunks={batch_chunks} must be >= 1 (1 = no chunking); use "
                        "None for the per-platform default.")
     return _largest_divisor_at_most(batch, batch_chunks)
-  if (platform or jax.default_backend()) != "cpu" or jax.device_count() > 1:
+  if (platform or current_platform()) != "cpu" or jax.device_count() > 1:
     return 1
   activations = int(np.prod(tokens_shape))
   limit = min(activations // CPU_MIN_CHUNK_ACTIVATIONS[train], batch,

@@ -25,7 +25,7 @@ import numpy as np
 
 from vit_jax.models import cpu_ops
 from vit_jax.models.attention import MultiHeadDotProductAttention
-from vit_jax.models.axes import logical
+from vit_jax.models.axes import constrain, logical
 from vit_jax.models.platform import on_cpu
 
 LN_EPS = 1e-6
@@ -75,6 +75,7 @@ class MlpBlock(nn.Module):
                  kernel_init=logical(kernel_init, "embed", "mlp"),
                  bias_init=logical(bias_init, "mlp"), name="Dense_0")(
                      jnp.reshape(x, (-1, width)))
+    y = constrain(y, "batch", "mlp")
     y = nn.gelu(y, approximate=self.approximate_gelu)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
     y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
@@ -111,7 +112,8 @@ class Encoder1DBlock(nn.Module):
     # reshape): XLA:CPU emits markedly faster fusions and matmuls for 2-D operands than for
     # (batch, 197, D) ones (docs/performance.md); on other backends it makes no difference.
     batch, tokens, width = inputs.shape
-    x2d = jnp.reshape(inputs, (batch * tokens, width))
+    inputs = constrain(inputs, "batch", None, None)
+    x2d = constrain(jnp.reshape(inputs, (batch * tokens, width)), "batch", None)
     y = layer_norm(self.dtype, "LayerNorm_0", not self.deterministic)(x2d)
     y = jnp.reshape(y, (batch, tokens, width))
     y = MultiHeadDotProductAttention(
@@ -125,7 +127,8 @@ class Encoder1DBlock(nn.Module):
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
                  deterministic=self.deterministic, approximate_gelu=self.approximate_gelu,
                  name="MlpBlock_0")(y)
-    out = jnp.reshape(self._residual(x, y, drop_rate, batch), inputs.shape)
+    out = constrain(jnp.reshape(self._residual(x, y, drop_rate, batch), inputs.shape),
+                    "batch", None, None)
     return (out, None) if self.scanned else out
 
 

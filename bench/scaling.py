@@ -1,0 +1,94 @@
+r"""Regenerates docs/scaling.md's table: the real train step compiled for TPU slices on this host.
+
+  python bench/scaling.py [--cases b16-v5e16,l16-v5p64 ...] [--json out.json] [--markdown]
+
+Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by vit_jax.dry_run
+over libtpu's abstract devices (pip install -r requirements-tpu.txt; no TPU needed). Prints
+one markdown row per case (model, slice, batch, mesh, remat, per-chip peak vs HBM, collective
+bytes, step-time bound, best MFU, compile time) and the command that reproduces it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name: (preset, slice, overrides)
+CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "b16-v5e16": ("b16", "v5e-16", {}),
+    "b16-v5e16-remat": ("b16", "v5e-16", {"model.remat": True}),
+    "l16-v5p64": ("l16", "v5p-64", {"model.remat": True, "model.scan_layers": True}),
+    "h14-v5p128": ("h14", "v5p-128", {"model.remat": True, "model.scan_layers": True,
+                                      "mesh": (("fsdp", -1),)}),
+    "g14-v5p256": ("g14", "v5p-256", {"model.remat": True, "model.scan_layers": True,
+                                      "mesh": (("fsdp", -1),)}),
+    "G14-v5p256": ("G14", "v5p-256", {"model.remat": True, "model.scan_layers": True,
+                                      "mesh": (("fsdp", -1),)}),
+}
+
+
+def _flag(value: Any) -> str:
+  return f"'{value!r}'" if isinstance(value, tuple) else str(value)
+
+
+def command(preset: str, slice_name: str, overrides: dict[str, Any]) -> str:
+  flags = " ".join(f"--config.{k}={_flag(v)}" for k, v in overrides.items())
+  return (f"python -m vit_jax.main --dry_run --config=configs/pretrain_i1k.py:{preset} "
+          f"--topology={slice_name} {flags}").strip()
+
+
+def run_case(name: str) -> dict[str, Any]:
+  from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  preset, slice_name, overrides = CASES[name]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = common.load_config_file(os.path.join(root, "configs", "pretrain_i1k.py")).get_config(preset)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.update_from_flattened_dict(overrides)
+  result = dry_run.analyse(config, dry_run.target_devices(slice_name))
+  result.update(case=name, slice=slice_name, command=command(preset, slice_name, overrides))
+  return result
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+  from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
+  mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
+  if r.get("compiler_error") is not None:
+    peak = f"needs {dry_run.size(r.get('need_bytes'))} (OOM)"
+  else:
+    peak = dry_run.size(r.get("peak_bytes"))
+  bound = f"{r['step_time_bound_s'] * 1e3:.0f} ms" if r.get("step_time_bound_s") else "—"
+  mfu = f"{r['best_mfu']:.0%}" if r.get("best_mfu") else "—"
+  coll = dry_run.size(r.get("collective_bytes")) if r.get("collective_bytes") is not None else "—"
+  return (f"| {r['model']} | {r['slice']} ({r['devices']} chips) | {r['batch']} | {mesh} | "
+          f"{'yes' if r['remat'] else 'no'} | {peak} / {dry_run.size(r.get('capacity_bytes'))} | "
+          f"{coll} | {bound} | {mfu} | {r['compile_s']:.0f} s | `{r['command']}` |")
+
+
+HEADER = ("| model | slice | batch | mesh | remat | peak / HBM per chip | collective bytes | "
+          "step ≥ | best MFU | compile | command |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
+  p.add_argument("--json", default=None, help="also write every case's figures here")
+  args = p.parse_args(argv)
+  results = []
+  print(HEADER, flush=True)
+  for name in args.cases.split(","):
+    results.append(run_case(name.strip()))
+    print(markdown_row(results[-1]), flush=True)
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(json.loads(json.dumps(results, default=str)), f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
