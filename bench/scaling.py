@@ -32,7 +32,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 
 def _flag(value: Any) -> str:
-  return f"'{value!r}'" if isinstance(value, tuple) else str(value)
+  return "'" + repr(value).replace("'", '"') + "'" if isinstance(value, tuple) else str(value)
 
 
 def command(preset: str, slice_name: str, overrides: dict[str, Any]) -> str:
