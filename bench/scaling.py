@@ -28,6 +28,9 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                       "mesh": (("fsdp", -1),)}),
     "G14-v5p256": ("G14", "v5p-256", {"model.remat": True, "model.scan_layers": True,
                                       "mesh": (("fsdp", -1),)}),
+    "22b-v5p1024": ("22b14", "v5p-1024", {"model.remat": True, "model.scan_layers": True,
+                                          "model.dtype": "bfloat16",
+                                          "mesh": (("fsdp", -1), ("model", 4))}),
 }
 
 

@@ -1,7 +1,7 @@
 r"""Pretrain ViT from scratch on ImageNet-1k with the AugReg recipe (Steiner et al. 2021).
 
-Preset: `pretrain_i1k.py:<model>[,<aug>]`, model in ti16 s16 s32 b16 b32 l16 h14 g14 G14
-(the last three for planning pod jobs with --dry_run --topology; docs/scaling.md), aug in
+Preset: `pretrain_i1k.py:<model>[,<aug>]`, model in ti16 s16 s32 b16 b32 l16 h14 g14 G14 e14
+22b14 (the last five for planning pod jobs with --dry_run --topology; docs/scaling.md), aug in
 none light1 light2 medium1 medium2 strong1 strong2 (default medium1 = RandAugment 2x15 +
 mixup 0.2). Recipe: AdamW (b1 0.9, b2 0.999), lr 1e-3, decoupled weight decay 0.1 (paper
 convention: multiplied by the lr schedule), linear warmup 10k steps then cosine, 300 epochs,
@@ -24,7 +24,7 @@ AUGMENTATION = {
 }
 MODELS = {"ti16": "ViT-Ti_16", "s16": "ViT-S_16", "s32": "ViT-S_32", "b16": "ViT-B_16",
           "b32": "ViT-B_32", "l16": "ViT-L_16", "h14": "ViT-H_14", "g14": "ViT-g_14",
-          "G14": "ViT-G_14"}
+          "G14": "ViT-G_14", "e14": "ViT-e_14", "22b14": "ViT-22B_14"}
 
 
 def pretrain_config(arg: str, dataset: str, weight_decay: float, regularization: float,

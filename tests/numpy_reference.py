@@ -34,7 +34,7 @@ def gelu_erf(x: np.ndarray) -> np.ndarray:
 def layer_norm(x: np.ndarray, p: dict, eps: float = LN_EPS) -> np.ndarray:
   mu = x.mean(-1, keepdims=True)
   var = ((x - mu) ** 2).mean(-1, keepdims=True)
-  return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+  return (x - mu) / np.sqrt(var + eps) * p["scale"] + p.get("bias", 0.0)  # ViT-22B: no bias
 
 
 def dense(x: np.ndarray, p: dict) -> np.ndarray:
@@ -126,12 +126,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def attention(xq: np.ndarray, xkv: np.ndarray, p: dict) -> np.ndarray:
   """Multi-head attention, one head at a time."""
-  heads, head_dim = p["query"]["bias"].shape
+  _, heads, head_dim = p["query"]["kernel"].shape
   out = np.zeros(xq.shape[:2] + (xq.shape[-1],))
   for h in range(heads):
-    q = xq @ p["query"]["kernel"][:, h] + p["query"]["bias"][h]
-    k = xkv @ p["key"]["kernel"][:, h] + p["key"]["bias"][h]
-    v = xkv @ p["value"]["kernel"][:, h] + p["value"]["bias"][h]
+    q = xq @ p["query"]["kernel"][:, h] + (p["query"]["bias"][h] if "bias" in p["query"] else 0)
+    k = xkv @ p["key"]["kernel"][:, h] + (p["key"]["bias"][h] if "bias" in p["key"] else 0)
+    v = xkv @ p["value"]["kernel"][:, h] + (p["value"]["bias"][h] if "bias" in p["value"] else 0)
+    if "query_norm" in p:  # ViT-22B: LayerNorm over the head dimension of queries and keys
+      q, k = layer_norm(q, p["query_norm"]), layer_norm(k, p["key_norm"])
     a = softmax(q @ k.transpose(0, 2, 1) / math.sqrt(head_dim))
     out += (a @ v) @ p["out"]["kernel"][h]
   return out + p["out"]["bias"]
@@ -143,6 +145,8 @@ def mlp(x: np.ndarray, p: dict, gelu=gelu_tanh) -> np.ndarray:
 
 def encoder_block(x: np.ndarray, p: dict, gelu=gelu_tanh) -> np.ndarray:
   y = layer_norm(x, p["LayerNorm_0"])
+  if "LayerNorm_1" not in p:  # ViT-22B parallel block: one LayerNorm feeds both branches
+    return x + attention(y, y, p["MultiHeadDotProductAttention_0"]) + mlp(y, p["MlpBlock_0"], gelu)
   x = x + attention(y, y, p["MultiHeadDotProductAttention_0"])
   return x + mlp(layer_norm(x, p["LayerNorm_1"]), p["MlpBlock_0"], gelu)
 

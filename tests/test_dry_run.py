@@ -162,3 +162,16 @@ def test_main_topology_dry_run_and_its_errors(tmp_path):
                        text=True, timeout=120)
   assert bad.returncode == 1 and "count TensorCores" in bad.stderr, bad.stderr[-2000:]
   assert "Traceback" not in bad.stderr
+
+
+@needs_libtpu
+def test_vit22b_options_compile_for_tpu_with_fsdp_and_model_axes():
+  """Parallel blocks, QK norm and no biases: logical axes let fsdp x model shard them."""
+  config = tpu_config(mesh=(("fsdp", 2), ("model", 2)), **{
+      "model.scan_layers": True})
+  with config.unlocked():
+    config.model.parallel_block, config.model.qk_norm, config.model.use_bias = True, True, False
+  r = dry_run.analyse(config, dry_run.target_devices("v5e:2x2"))
+  assert r["fits"] is True and r["mesh"] == {"data": 1, "fsdp": 2, "model": 2}
+  total = r["total_params"] * 4
+  assert total / 4 <= r["params_bytes"] < total / 2  # sharded over both axes

@@ -86,7 +86,12 @@ def closed_form(config, num_classes, resolution):
   token = config.classifier == "token"
   tokens = (resolution // (p * stride)) ** 2 + token
   total += p * p * cin * d + d + token * d + tokens * d
-  total += layers * (4 * d + 4 * (d * d + d) + 2 * d * m + m + d) + 2 * d
+  ln = 1 if config.get("use_bias", True) else 0  # LayerNorm bias vectors (ViT-22B: none)
+  norms = 1 if config.get("parallel_block", False) else 2  # LayerNorms per block
+  qkv_bias = 3 * d if config.get("use_bias", True) else 0
+  qk_norm = 2 * (1 + ln) * (d // config.transformer.num_heads) if config.get("qk_norm") else 0
+  block = norms * (1 + ln) * d + 4 * d * d + d + qkv_bias + qk_norm + 2 * d * m + m + d
+  total += layers * block + (1 + ln) * d
   width = config.representation_size or d
   if config.representation_size:
     total += d * width + width

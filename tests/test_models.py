@@ -518,3 +518,45 @@ def test_cross_attention_projection_and_width_check():
   mha = models.MultiHeadDotProductAttention(num_heads=2)
   with pytest.raises(ValueError, match="inputs_kv width"):
     mha.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8)), jnp.zeros((1, 3, 6)))
+
+
+# --- ViT-22B-class options ------------------------------------------------------------------
+@pytest.mark.parametrize("name,want", [("ViT-B_16", 86.6e6), ("ViT-e_14", 3.8e9),
+                                       ("ViT-22B_14", 21.7e9)])
+def test_large_configs_parameter_counts(name, want):
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  cfg = models_config.MODEL_CONFIGS[name]
+  model = models.VisionTransformer(num_classes=1000, scan_layers=True, **cfg)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))["params"]
+  got = sum(x.size for x in jax.tree.leaves(meta.unbox(shapes)))
+  from test_model_configs import closed_form  # pylint: disable=g-import-not-at-top
+  assert got == closed_form(cfg, 1000, 224)  # the formula, independent of the Flax code
+  assert abs(got - want) / want < 0.02, got  # the published size
+
+
+@pytest.mark.parametrize("options", [
+    dict(parallel_block=True), dict(qk_norm=True), dict(use_bias=False),
+    dict(parallel_block=True, qk_norm=True, use_bias=False)])
+def test_vit22b_options_match_numpy_reference(options):
+  cfg = dict(models_config.MODEL_CONFIGS["testing"].to_dict(), **options)
+  cfg["transformer"] = dict(cfg["transformer"], num_heads=2, dropout_rate=0.0)
+  model = models.VisionTransformer(num_classes=5, head_zeroinit=False, **cfg)
+  x = images((2, 32, 32, 3))
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  params = meta.unbox(model.init(jax.random.PRNGKey(0), x, train=False)["params"])
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
+                        params)  # non-trivial norms and biases
+  block = params["Transformer"]["encoderblock_0"]
+  assert ("LayerNorm_1" in block) != options.get("parallel_block", False)
+  attn = block["MultiHeadDotProductAttention_0"]
+  assert ("query_norm" in attn) == options.get("qk_norm", False)
+  assert ("bias" in attn["query"]) == options.get("use_bias", True)
+  assert ("bias" in block["LayerNorm_0"]) == options.get("use_bias", True)
+  assert "bias" in attn["out"]  # the output projection keeps its bias
+  want = ref.vit_forward(jax.device_get(params), np.asarray(x))
+  got = model.apply({"params": params}, x, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # The training path (on CPU: the hand-written LayerNorm) computes the same function.
+  trained = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  np.testing.assert_allclose(trained, want, rtol=1e-5, atol=1e-5)

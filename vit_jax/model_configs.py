@@ -76,6 +76,13 @@ def vit(patch: int, hidden: int, mlp: int, heads: int, layers: int, dropout: flo
   return c
 
 
+def _with(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
+  """`config` with extra model fields set (e.g. the ViT-22B options)."""
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
 def hybrid(base: ml_collections.ConfigDict, num_layers: tuple[int, ...], patch: int,
            width_factor: float = 1) -> ml_collections.ConfigDict:
   """`base` ViT on top of a ResNet-v2 root with stages `num_layers` and `patch`x`patch` patches."""
@@ -107,6 +114,12 @@ _register("ViT-L_32", vit(32, 1024, 4096, 16, 24))
 _register("ViT-H_14", vit(14, 1280, 5120, 16, 32, dropout=0.1))
 _register("ViT-g_14", vit(14, 1408, 6144, 16, 40))
 _register("ViT-G_14", vit(14, 1664, 8192, 16, 48))
+# ViT-e (PaLI, Chen et al. 2022): width 1792, depth 56, MLP 15360, 16 heads (~3.9B).
+_register("ViT-e_14", vit(14, 1792, 15360, 16, 56))
+# ViT-22B (Dehghani et al. 2023): width 6144, depth 48, MLP 24576, 48 heads (~21.7B), parallel
+# attention + MLP blocks, LayerNorm on queries and keys, no QKV / LayerNorm biases.
+_register("ViT-22B_14", _with(vit(14, 6144, 24576, 48, 48), parallel_block=True, qk_norm=True,
+                              use_bias=False))
 _register("ViT-S_16-gap-norep", vit(16, 384, 1536, 6, 12, classifier="gap"))
 _register("ViT-B_16-gap-norep", vit(16, 768, 3072, 12, 12, classifier="gap"))
 _register("ViT-S_32-gap-norep", vit(32, 384, 1536, 6, 12, classifier="gap"))

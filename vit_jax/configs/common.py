@@ -82,6 +82,10 @@ def model_overrides() -> ml_collections.ConfigDict:
   m.stochastic_depth = config_dict.placeholder(float)
   m.classifier = config_dict.placeholder(str)
   m.representation_size = config_dict.placeholder(int)
+  # ViT-22B block options (ViT only): parallel attention + MLP, LayerNorm on q/k, no QKV/LN bias.
+  m.parallel_block = config_dict.placeholder(bool)
+  m.qk_norm = config_dict.placeholder(bool)
+  m.use_bias = config_dict.placeholder(bool)
   m.transformer = ml_collections.ConfigDict(dict(
       dropout_rate=config_dict.placeholder(float),
       attention_dropout_rate=config_dict.placeholder(float)))

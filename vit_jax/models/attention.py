@@ -126,6 +126,7 @@ class DenseGeneralParams(nn.Module):
   features: Sequence[int]
   kernel_axes: Sequence[Optional[str]]
   bias_axes: Sequence[Optional[str]]
+  use_bias: bool = True  # False: no `bias` parameter; zeros are returned in its place.
 
   @nn.compact
   def __call__(self) -> tuple[jax.Array, jax.Array]:
@@ -144,18 +145,28 @@ class DenseGeneralParams(nn.Module):
     kernel = self.param("kernel", reshaped(kernel_init, (int(np.prod(in_shape)),
                                                          int(np.prod(features)))),
                         in_shape + features, jnp.float32)
+    if not self.use_bias:
+      return nn.meta.unbox(kernel), jnp.zeros(features, jnp.float32)
     bias = self.param("bias", reshaped(bias_init, (int(np.prod(features)),)), features,
                       jnp.float32)
     return nn.meta.unbox(kernel), nn.meta.unbox(bias)
 
 
 class MultiHeadDotProductAttention(nn.Module):
-  """Multi-head attention; params query/key/value (D,H,D/H)+(H,D/H) and out (H,D/H,D)+(D,)."""
+  """Multi-head attention; params query/key/value (D,H,D/H)+(H,D/H) and out (H,D/H,D)+(D,).
+
+  ViT-22B options (Dehghani et al. 2023; off by default, so the official layouts stay):
+  `qk_norm` applies a LayerNorm over the head dimension to queries and keys (params
+  `query_norm`, `key_norm`: scale (D/H,), plus bias when `use_bias`), and `use_bias=False`
+  drops the query/key/value biases (the output projection keeps its bias).
+  """
   num_heads: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   deterministic: bool = True
   attention_impl: Optional[str] = None
+  qk_norm: bool = False
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array) -> jax.Array:
@@ -171,7 +182,7 @@ class MultiHeadDotProductAttention(nn.Module):
     def projection(name):
       return DenseGeneralParams(in_shape=(width,), features=(heads, head_dim),
                                 kernel_axes=("embed", "heads", "kv"), bias_axes=("heads", "kv"),
-                                name=name)()
+                                use_bias=self.use_bias, name=name)()
 
     (wq, bq), (wk, bk), (wv, bv) = projection("query"), projection("key"), projection("value")
     wo, bo = DenseGeneralParams(in_shape=(heads, head_dim), features=(width,),
@@ -199,6 +210,13 @@ class MultiHeadDotProductAttention(nn.Module):
       q = project(inputs_q, (wq,), (bq,))[:, :, 0]
       kv = project(inputs_kv, (wk, wv), (bk, bv))
       k, v = kv[:, :, 0], kv[:, :, 1]
+    if self.qk_norm:
+      def norm(x, name):
+        return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                            use_bias=self.use_bias,
+                            scale_init=logical(nn.initializers.ones, "kv"),
+                            bias_init=logical(nn.initializers.zeros, "kv"), name=name)(x)
+      q, k = norm(q, "query_norm"), norm(k, "key_norm")
     use_dropout = not self.deterministic and self.dropout_rate > 0.0
     y = dot_product_attention(
         q, k, v, implementation=self.attention_impl, dropout_rate=self.dropout_rate,

@@ -132,11 +132,13 @@ class LayerNorm(nn.Module):
   """
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  use_bias: bool = True  # False: no `bias` parameter (ViT-22B style)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     scale = self.param("scale", logical(nn.initializers.ones, "embed"), (width,), jnp.float32)
-    bias = self.param("bias", logical(nn.initializers.zeros, "embed"), (width,), jnp.float32)
+    bias = (self.param("bias", logical(nn.initializers.zeros, "embed"), (width,), jnp.float32)
+            if self.use_bias else jnp.zeros((width,), jnp.float32))
     y = layer_norm(x, nn.meta.unbox(scale), nn.meta.unbox(bias), self.epsilon)
     return y.astype(self.dtype)

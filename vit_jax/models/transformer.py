@@ -31,14 +31,15 @@ from vit_jax.models.platform import on_cpu
 LN_EPS = 1e-6
 
 
-def layer_norm(dtype: Any, name: str, train: bool = False) -> nn.Module:
+def layer_norm(dtype: Any, name: str, train: bool = False, use_bias: bool = True) -> nn.Module:
   """LayerNorm with eps 1e-6, float32 params annotated with the 'embed' axis.
 
   When training on CPU `cpu_ops.LayerNorm` (same parameters and statistics, hand-written
-  backward pass, faster there); otherwise `nn.LayerNorm` (its forward is the faster one)."""
+  backward pass, faster there); otherwise `nn.LayerNorm` (its forward is the faster one).
+  use_bias=False: scale only (ViT-22B)."""
   if train and on_cpu():
-    return cpu_ops.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
-  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32,
+    return cpu_ops.LayerNorm(epsilon=LN_EPS, dtype=dtype, use_bias=use_bias, name=name)
+  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias,
                       scale_init=logical(nn.initializers.ones, "embed"),
                       bias_init=logical(nn.initializers.zeros, "embed"), name=name)
 
@@ -87,7 +88,11 @@ class MlpBlock(nn.Module):
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block. With `scanned=True` it returns (x, None) for nn.scan."""
+  """Pre-LN transformer block. With `scanned=True` it returns (x, None) for nn.scan.
+
+  ViT-22B options (off by default): `parallel_block` computes x + Attn(LN(x)) + MLP(LN(x))
+  from one LayerNorm_0 (no LayerNorm_1); `qk_norm` and `use_bias=False` (no QKV and
+  LayerNorm biases) as in MultiHeadDotProductAttention."""
   mlp_dim: int
   num_heads: int
   dtype: Any = jnp.float32
@@ -98,6 +103,9 @@ class Encoder1DBlock(nn.Module):
   approximate_gelu: bool = True
   use_drop_path: bool = False
   scanned: bool = False
+  parallel_block: bool = False
+  qk_norm: bool = False
+  use_bias: bool = True
 
   def _residual(self, x: jax.Array, branch: jax.Array, drop_rate: Any, batch: int) -> jax.Array:
     if self.use_drop_path and not self.deterministic:
@@ -114,20 +122,25 @@ class Encoder1DBlock(nn.Module):
     batch, tokens, width = inputs.shape
     inputs = constrain(inputs, "batch", None, None)
     x2d = constrain(jnp.reshape(inputs, (batch * tokens, width)), "batch", None)
-    y = layer_norm(self.dtype, "LayerNorm_0", not self.deterministic)(x2d)
-    y = jnp.reshape(y, (batch, tokens, width))
+    normed = layer_norm(self.dtype, "LayerNorm_0", not self.deterministic, self.use_bias)(x2d)
+    y = jnp.reshape(normed, (batch, tokens, width))
     y = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         deterministic=self.deterministic, attention_impl=self.attention_impl,
+        qk_norm=self.qk_norm, use_bias=self.use_bias,
         name="MultiHeadDotProductAttention_0")(y, y)
     y = nn.Dropout(rate=self.dropout_rate)(jnp.reshape(y, x2d.shape),
                                            deterministic=self.deterministic)
-    x = self._residual(x2d, y, drop_rate, batch)
-    y = layer_norm(self.dtype, "LayerNorm_1", not self.deterministic)(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
-                 deterministic=self.deterministic, approximate_gelu=self.approximate_gelu,
-                 name="MlpBlock_0")(y)
-    out = constrain(jnp.reshape(self._residual(x, y, drop_rate, batch), inputs.shape),
+    mlp = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                   deterministic=self.deterministic, approximate_gelu=self.approximate_gelu,
+                   name="MlpBlock_0")
+    if self.parallel_block:  # both branches read the same LayerNorm_0 output
+      y = y + mlp(normed)
+    else:
+      x = self._residual(x2d, y, drop_rate, batch)
+      y = mlp(layer_norm(self.dtype, "LayerNorm_1", not self.deterministic, self.use_bias)(x))
+      x2d = x
+    out = constrain(jnp.reshape(self._residual(x2d, y, drop_rate, batch), inputs.shape),
                     "batch", None, None)
     return (out, None) if self.scanned else out
 
@@ -165,6 +178,9 @@ class Encoder(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   scan_layers: bool = False
+  parallel_block: bool = False
+  qk_norm: bool = False
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -175,7 +191,8 @@ class Encoder(nn.Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         deterministic=not train, attention_impl=self.attention_impl,
-        approximate_gelu=self.approximate_gelu, use_drop_path=self.stochastic_depth > 0)
+        approximate_gelu=self.approximate_gelu, use_drop_path=self.stochastic_depth > 0,
+        parallel_block=self.parallel_block, qk_norm=self.qk_norm, use_bias=self.use_bias)
     block = Encoder1DBlock
     if self.remat:
       block = nn.remat(block, prevent_cse=not self.scan_layers)
@@ -187,7 +204,7 @@ class Encoder(nn.Module):
     else:
       for i in range(self.num_layers):
         x = block(name=f"encoderblock_{i}", **block_kwargs)(x, float(rates[i]))
-    return layer_norm(self.dtype, "encoder_norm", train)(x)
+    return layer_norm(self.dtype, "encoder_norm", train, self.use_bias)(x)
 
 
 class MAPHead(nn.Module):

@@ -13,7 +13,8 @@ uses stochastic_depth * i / (L - 1), see transformer.py), dtype (compute dtype; 
 always float32 and the returned logits/features are float32 too, the dtype users
 expect for losses and metrics), attention_impl (None|'xla'|'cudnn'|'einsum'|'einsum_vjp';
 None = per-platform choice, see attention.py), remat, scan_layers, approximate_gelu,
-head_zeroinit, batch_chunks.
+head_zeroinit, batch_chunks, and the ViT-22B options parallel_block, qk_norm and use_bias
+(default off; see transformer.Encoder1DBlock).
 
 Per-platform execution (same parameters, same values up to float rounding):
   * `batch_chunks` (None = per-platform default, see `resolve_batch_chunks`): the model
@@ -110,6 +111,9 @@ class VisionTransformer(nn.Module):
   approximate_gelu: bool = True
   head_zeroinit: bool = True
   batch_chunks: Optional[int] = None
+  parallel_block: bool = False   # ViT-22B options, see transformer.Encoder1DBlock
+  qk_norm: bool = False
+  use_bias: bool = True
 
   def _check_fields(self) -> None:
     if self.classifier not in CLASSIFIERS:
@@ -132,7 +136,8 @@ class VisionTransformer(nn.Module):
         attention_dropout_rate=float(config_get(t, "attention_dropout_rate", 0.1)),
         dtype=dtype, attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
-        scan_layers=self.scan_layers, name="Transformer")
+        scan_layers=self.scan_layers, parallel_block=self.parallel_block,
+        qk_norm=self.qk_norm, use_bias=self.use_bias, name="Transformer")
 
   def _resnet_layers(self) -> tuple[int, ...]:
     return tuple(config_get(self.resnet, "num_layers", ()) or ())
