@@ -65,8 +65,6 @@ class DevicePrefetcher:
     batch, self.position = self._queue.popleft()
     return batch
 
-  next = __next__
-
 
 def prefetch_to_device(iterator: Iterable[dict], size: int,
                        sharding: jax.sharding.Sharding) -> Iterator[dict[str, jax.Array]]:

@@ -193,10 +193,9 @@ def format_report(r: dict[str, Any]) -> str:
   if "temp_bytes" in r:
     lines += [f"  activations/temp per device:{size(r['temp_bytes'])}",
               f"  peak memory per device:     {size(r['peak_bytes'])} (args + outputs - donated + temp)"]
-    if r.get("capacity_bytes"):
-      headroom = r["capacity_bytes"] - r["peak_bytes"]
+    if r.get("headroom_bytes") is not None:
       lines.append(f"  capacity per device:        {size(r['capacity_bytes'])}; headroom "
-                   f"{size(headroom)} ({headroom / r['capacity_bytes']:.1%})")
+                   f"{size(r['headroom_bytes'])} ({r['headroom_bytes'] / r['capacity_bytes']:.1%})")
   else:
     lines.append("  activation memory: not reported by this backend")
   if r.get("flops_per_device"):

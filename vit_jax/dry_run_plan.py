@@ -3,8 +3,8 @@
 For each mesh split data x fsdp x model of the devices (model in 1, 2, 4; fsdp 1, 8, 16 or
 all the rest), compile without remat and with accum_steps 1; only when that does not fit,
 try remat, then accum_steps 2 and 4 (each halves the per-chip micro-batch). So a mesh that
-fits costs one compile, and the number of compiles is bounded by 5 per mesh (said before it
-starts, with each compile's time after). Results are sorted by the step-time lower bound.
+fits costs one compile, and the number of compiles is bounded by len(TRIES) per mesh (said
+before it starts, with each compile's time after). Results are sorted by the step-time lower bound.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from vit_jax import dry_run
 MODEL_AXES = (1, 2, 4)
 FSDP_SIZES = (1, 8, 16)
 ACCUM = (1, 2, 4)
+# (remat, accum_steps) in the order tried on each mesh, until one fits.
+TRIES = ((False, 1), (True, 1)) + tuple((True, a) for a in ACCUM[1:])
 
 
 def candidate_meshes(num_devices: int) -> list[tuple[tuple[str, int], ...]]:
@@ -51,12 +53,12 @@ def overrides(mesh, remat: bool, accum: int) -> str:
 def plan(config, devices: Sequence[Any]) -> dict[str, Any]:
   """Compiles the grid (pruned as the module doc says); returns every attempt and the fits."""
   meshes = candidate_meshes(len(devices))
-  print(f"Plan: {len(meshes)} meshes x up to 5 compiles each "
-        f"(at most {5 * len(meshes)}), {len(devices)} x {devices[0].device_kind}.", flush=True)
+  print(f"Plan: {len(meshes)} meshes x up to {len(TRIES)} compiles each "
+        f"(at most {len(TRIES) * len(meshes)}), {len(devices)} x {devices[0].device_kind}.",
+        flush=True)
   attempts, fitting = [], []
   for mesh in meshes:
-    tries = [(False, 1), (True, 1)] + [(True, a) for a in ACCUM[1:]]
-    for remat, accum in tries:
+    for remat, accum in TRIES:
       if config.batch % accum:
         continue
       start = time.perf_counter()

@@ -50,10 +50,9 @@ def compiled_flops(compiled: Any) -> Optional[float]:
 
 def tokens_per_image(cfg: Any, resolution: int) -> int:
   """Encoder sequence length of a plain ViT at `resolution`: patches plus the class token."""
-  ph, pw = tuple(cfg["patches"]["size"])
-  classifier = cfg.get("classifier", "token")
-  return (resolution // ph) * (resolution // pw) + (1 if classifier in ("token", "token_unpooled")
-                                                    else 0)
+  from vit_jax.models import fields  # pylint: disable=g-import-not-at-top  (flax)
+  return fields.sequence_length(cfg["patches"], cfg.get("classifier", "token"), resolution,
+                                resolution)
 
 
 def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:

@@ -17,12 +17,15 @@ MIXER_TOKEN_KERNEL = "MixerBlock_0/token_mixing/Dense_0/kernel"
 
 
 def flat_view(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """'{a: {b: x}}' -> {'a/b': x}; a dict that is already flat comes back unchanged."""
+  """'{a: {b: x}}' -> {'a/b': x} (the .npz key convention); a flat dict comes back unchanged.
+
+  Any value with `.items()` (dict, FrozenDict, ConfigDict) is a subtree.
+  """
   out: dict[str, Any] = {}
 
   def walk(node: Mapping[str, Any], prefix: str) -> None:
     for key, value in node.items():
-      if isinstance(value, Mapping):
+      if hasattr(value, "items"):
         walk(value, f"{prefix}{key}/")
       else:
         out[prefix + str(key)] = value

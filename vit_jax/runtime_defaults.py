@@ -12,7 +12,7 @@ Owns:
   * `DEFAULT_XLA_FLAGS` — platform -> {flag: value}: XLA options measured to speed up ViT
     training (measurements and commands in docs/performance.md). Flags of every platform are
     put in XLA_FLAGS (XLA parses all of them and each backend reads its own).
-  * `apply_defaults()` — call before JAX initialises its backends (the package import,
+  * `apply_defaults()` — call before JAX initialises its backends (`apply_at_first_use`,
     main.py and the bench/ scripts call it first thing). It appends the default flags missing from XLA_FLAGS (the
     user's value of a flag always wins) and turns off JAX's asynchronous dispatch on CPU
     (`jax_cpu_enable_async_dispatch=False`; environment JAX_CPU_ENABLE_ASYNC_DISPATCH=true

@@ -181,7 +181,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   try:
     while step < total:
       t0 = time.perf_counter()
-      batch = feeder.next()
+      batch = next(feeder)
       meter.add_data_wait(time.perf_counter() - t0)
       state, step_metrics = compiled(state, batch)
       step += 1

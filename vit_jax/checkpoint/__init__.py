@@ -27,12 +27,11 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
+from vit_jax import param_tree
 from vit_jax.checkpoint import files
 from vit_jax.checkpoint import layouts
 from vit_jax.checkpoint.adapt import adapt_to_model, stack_layers, unstack_layers
 from vit_jax.checkpoint.posemb import interpolate_posemb
-
-from vit_jax import param_tree
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
            "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
@@ -42,12 +41,17 @@ CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
 
 
+def _is_uri(path: str) -> bool:
+  """A location the sources layer fetches (gs://, http(s)://, hf://, file://), not a local path."""
+  return bool(_REMOTE.match(path)) or path.startswith("file://")
+
+
 def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
              ) -> tuple[str, Optional[dict]]:
   """(local weights file, HF config dict or None) for a path or URI."""
   path = os.fspath(path)
   config = None
-  if _REMOTE.match(path) or path.startswith("file://"):
+  if _is_uri(path):
     from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
     local = sources.fetch(path, cache_dir=cache_dir, sha256=sha256)
     if path.lower().startswith("hf://") and not local.endswith(".npz"):
@@ -98,7 +102,7 @@ def save(params: Any, path: str) -> None:
   """Writes params as a vit_models .npz (pre-Linen block names, per-layer, float32), atomically."""
   params = to_host(params)
   params = unstack_layers(params)
-  flat = layouts.to_vit_models(layouts.flatten(params))
+  flat = layouts.to_vit_models(param_tree.flat_view(params))
   flat = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
           for k, v in flat.items()}
   files.write_npz_atomic(flat, os.fspath(path))
@@ -120,7 +124,7 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   unknown = sorted(set(options) - known)
   if unknown:
     raise TypeError(f"load_pretrained got unknown options {unknown}; valid: {sorted(known)}.")
-  init_flat = layouts.flatten(to_host(init_params))
+  init_flat = param_tree.flat_view(to_host(init_params))
   heads = options.get("num_heads") or param_tree.num_heads(init_flat, model_config)
   restored = load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
                   sha256=options.get("sha256"))
@@ -150,9 +154,8 @@ def candidate_locations(location: str) -> tuple[str, ...]:
   Hugging Face one first (no credentials needed), then gs://vit_models/augreg/.
   """
   location = os.fspath(location)
-  from vit_jax.checkpoint import augreg, sources  # pylint: disable=g-import-not-at-top
-  if (os.path.exists(os.path.expanduser(location)) or sources.is_remote(location)
-      or location.lower().startswith("file://")):
+  from vit_jax.checkpoint import augreg  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.expanduser(location)) or _is_uri(location):
     return (location,)
   if augreg.is_filename(location):
     return augreg.parse_filename(location).uris

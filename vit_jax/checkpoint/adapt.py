@@ -136,7 +136,7 @@ def adapt_to_model(restored: dict, init: dict, *, source: str,
                    ) -> tuple[dict, bool]:
   """(params shaped like `init`, whether the head was replaced) from a canonical tree."""
   restored = _match_scan(restored, init)
-  flat, init_flat = layouts.flatten(restored), layouts.flatten(init)
+  flat, init_flat = param_tree.flat_view(restored), param_tree.flat_view(init)
   if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init_flat:
     logging.info("Dropping pre_logits of %s: the model has no representation layer.", source)
     flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}

@@ -110,18 +110,6 @@ def to_vit_models(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  """{'a': {'b': x}} -> {'a/b': x}."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict) or hasattr(value, "items"):
-      out.update(flatten(dict(value.items()), name + "/"))
-    else:
-      out[name] = value
-  return out
-
-
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
   """{'a/b': x} -> {'a': {'b': x}}."""
   tree: dict = {}

@@ -27,6 +27,12 @@ def patch_size(patches: Any) -> tuple[int, int]:
   return int(ph), int(pw)
 
 
+def sequence_length(patches: Any, classifier: str, height: int, width: int) -> int:
+  """Encoder tokens of a ViT for (height, width) patch-embedding input: patches + class token."""
+  ph, pw = patch_size(patches)
+  return (height // ph) * (width // pw) + (1 if classifier in ("token", "token_unpooled") else 0)
+
+
 def check_image_size(shape: tuple[int, ...], patch: tuple[int, int], stride: int,
                      model_name: Optional[str]) -> None:
   """Raises a ValueError when (B,H,W,C) images do not tile into whole patches."""

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from vit_jax.models import resnet as resnet_lib
 from vit_jax.models.axes import logical
 from vit_jax.models.cpu_ops import matmul
-from vit_jax.models.fields import check_image_size, config_get, patch_size
+from vit_jax.models.fields import check_image_size, config_get, patch_size, sequence_length
 from vit_jax.models.platform import check_attention_impl, on_cpu, resolve_batch_chunks
 from vit_jax.models.transformer import Encoder, MAPHead
 
@@ -147,9 +147,7 @@ class VisionTransformer(nn.Module):
 
   def _tokens_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(batch, tokens, width) of the encoder input for (B, H, W, C) patch-embedding input."""
-    ph, pw = patch_size(self.patches)
-    tokens = (feature_shape[1] // ph) * (feature_shape[2] // pw)
-    tokens += 1 if self.classifier in ("token", "token_unpooled") else 0
+    tokens = sequence_length(self.patches, self.classifier, feature_shape[1], feature_shape[2])
     return (feature_shape[0], tokens, self.hidden_size)
 
   def _root(self, x: jax.Array, dtype: Any) -> jax.Array:
