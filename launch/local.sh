@@ -31,6 +31,9 @@ Options:
   --port P                 coordinator port (default: a free port on 127.0.0.1)
   --module M               python module to run (default vit_jax.main)
   --kill_grace S           seconds between SIGTERM and SIGKILL when stopping (default 10)
+  --max_restarts R         start the processes again, up to R times, when the run ends with
+                           exit status 75 (preempted, checkpoint saved) or 76 (hang watchdog);
+                           they resume from the workdir's checkpoint (default 0)
   --quiet                  do not echo process 0's output to the terminal
   --dry-run                print the commands, start nothing
   -h, --help               this text
@@ -40,6 +43,8 @@ Environment:
 
 Exit status: 0 when every process exits 0; otherwise the status of the first
 process that failed (the others are stopped), 124 on --timeout, 2 on bad usage.
+vit_jax.main's own statuses: 2 bad input, 3 NaN stop, 75 preempted, 76 hung
+(docs/running.md).
 
 Examples:
   launch/local.sh --num_processes 2 --devices_per_process 4 -- \
@@ -72,7 +77,7 @@ require_int() {  # name value min
   fi
 }
 
-num_processes=1 devices_per_process=0 gpus_per_process=0 timeout=0 kill_grace=10
+num_processes=1 devices_per_process=0 gpus_per_process=0 timeout=0 kill_grace=10 max_restarts=0
 log_dir="" port="" module="vit_jax.main" dry_run=0 quiet=0
 main_args=()
 
@@ -91,7 +96,7 @@ parse_args() {
       --quiet) quiet=1 ;;
       --) main_args=("$@"); return ;;
       --num_processes | --devices_per_process | --gpus_per_process | --timeout | \
-        --log_dir | --port | --module | --kill_grace)
+        --log_dir | --port | --module | --kill_grace | --max_restarts)
         (($#)) || die "$arg needs a value"
         printf -v "${arg#--}" '%s' "$1"
         shift ;;
@@ -107,6 +112,8 @@ validate_args() {
   require_int --gpus_per_process "$gpus_per_process" 0
   require_int --timeout "$timeout" 0
   require_int --kill_grace "$kill_grace" 0
+  require_int --max_restarts "$max_restarts" 0
+  max_restarts=$((10#$max_restarts))
   [[ -z $port ]] || require_int --port "$port" 1
   # Leading zeros would read as octal in $(( )).
   num_processes=$((10#$num_processes)) devices_per_process=$((10#$devices_per_process))
@@ -272,13 +279,13 @@ monitor() {
       if ((status != 0)); then
         report_failure "$i" "$status"
         stop_all
-        exit "$status"
+        return "$status"
       fi
     done
     if ((timeout > 0 && SECONDS >= deadline && remaining > 0)); then
       echo "local.sh: timeout after ${timeout}s; stopping $remaining running process(es)." >&2
       stop_all
-      exit 124
+      return 124
     fi
     ((remaining > 0)) && sleep 0.2
   done
@@ -298,8 +305,20 @@ main() {
   trap stop_all EXIT
   trap 'echo "local.sh: interrupted; stopping processes" >&2; stop_all; exit 130' INT
   trap 'echo "local.sh: terminated; stopping processes" >&2; stop_all; exit 143' TERM
-  start_processes
-  monitor
+  local restarts=0 status
+  while true; do
+    pids=() finished=()
+    start_processes
+    status=0
+    monitor || status=$?
+    if ((status == 75 || status == 76)) && ((restarts < max_restarts)); then
+      restarts=$((restarts + 1))
+      echo "local.sh: exit status $status (75 preempted / 76 hung): restart $restarts of" \
+        "$max_restarts, resuming from the last checkpoint" >&2
+      continue
+    fi
+    return "$status"
+  done
 }
 
 main "$@"

@@ -12,4 +12,6 @@ shift || true
 python -m vit_jax.main --config=configs/quickstart.py --workdir="$WORKDIR" "$@"
 python -m vit_jax.export --workdir="$WORKDIR" --output="$WORKDIR/model.npz" --overwrite
 echo "[quickstart] TensorBoard logs: tensorboard --logdir $WORKDIR"
-echo "[quickstart] exported weights: $WORKDIR/model.npz"
+echo "[quickstart] exported weights: $WORKDIR/model.npz (architecture: $WORKDIR/model.json)"
+echo "[quickstart] classify digits: python -m vit_jax.datasets.digits /tmp/digits 3 &&" \
+  "python -m vit_jax.inference --checkpoint $WORKDIR/model.npz /tmp/digits/*.png"

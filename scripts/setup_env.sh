@@ -15,6 +15,15 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Nothing to install when the requirement files and setup.cfg are unchanged since the last
+# successful setup of this kind (a second quickstart run prints no pip output).
+stamp_file="$VENV/.vit_jax_setup_$KIND"
+stamp="$(cat "$ROOT"/requirements*.txt "$ROOT/setup.cfg" 2>/dev/null | sha256sum | cut -d' ' -f1) ${VIT_JAX_INTEROP_TESTS:-1}"
+if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]] && python -c "import vit_jax" 2>/dev/null; then
+  echo "[setup] environment up to date: $VENV ($(python --version))"
+  return 0 2>/dev/null || exit 0
+fi
+rm -f "$stamp_file"
 pip install -q --upgrade pip
 if [[ "$KIND" == "test" ]]; then
   pip install -q -r "$ROOT/requirements-test.txt"
@@ -34,4 +43,5 @@ else
   pip install -q -r "$ROOT/requirements.txt"
 fi
 pip install -q --no-deps -e "$ROOT"
+echo "$stamp" > "$stamp_file"
 echo "[setup] environment ready: $VENV ($(python --version))"

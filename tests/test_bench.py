@@ -99,16 +99,17 @@ def test_side_by_side_flags_and_model_names():
   assert side_by_side.cores() >= 1
 
 
-def _has_timm() -> bool:
-  try:
-    import timm  # pylint: disable=g-import-not-at-top,unused-import
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-  except Exception:  # pylint: disable=broad-except  # Missing, or broken (e.g. no torchvision).
-    return False
-  return True
+def _timm_missing() -> str:
+  """'' when torch and timm import, else what failed (missing, or broken: no torchvision)."""
+  for name in ("torch", "timm"):
+    try:
+      __import__(name)
+    except Exception as e:  # pylint: disable=broad-except
+      return f"needs torch + timm: `import {name}` failed ({type(e).__name__}: {e})"
+  return ""
 
 
-@pytest.mark.skipif(not _has_timm(), reason="needs torch + timm")
+@pytest.mark.skipif(bool(_timm_missing()), reason=_timm_missing() or "-")
 def test_side_by_side_runs_both(tmp_path):
   out = tmp_path / "sbs.json"
   assert side_by_side.main(["--batch", "8", "--resolution", "32", "--windows", "1", "--steps",

@@ -226,6 +226,19 @@ def test_pickled_content_is_refused(tmp_path):
     checkpoint.load(str(tmp_path / "model.bin"))
 
 
+def test_pytorch_pickles_are_judged_by_their_bytes_not_their_extension(tmp_path):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(tmp_path / "weights.npz", "w") as z:  # torch.save's zip layout.
+    z.writestr("archive/data.pkl", pickle.dumps({}))
+    z.writestr("archive/version", "3")
+  with pytest.raises(ValueError, match="PyTorch pickle"):
+    checkpoint.load(str(tmp_path / "weights.npz"))
+  (tmp_path / "random.bin").write_bytes(b"GARBAGE!" * 32)
+  with pytest.raises(ValueError) as info:
+    checkpoint.load(str(tmp_path / "random.bin"))
+  assert "is a PyTorch pickle" not in str(info.value) and "bytes are not one" in str(info.value)
+
+
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
   np.savez(tmp_path / "data.npz", images=np.zeros((2, 3)), labels=np.zeros(2))
   with pytest.raises(ValueError, match="does not look like a ViT/Mixer checkpoint"):

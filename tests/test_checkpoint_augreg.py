@@ -101,3 +101,36 @@ def test_errors_name_the_fix(tmp_path):
     augreg.resolve("B/16", index_path=str(bad))
   with pytest.raises(FileNotFoundError):
     augreg.resolve("B/16", index_path=str(tmp_path / "none.csv"))
+
+
+def _unreadable_index() -> str:
+  """An index URL on loopback where nothing listens: what an offline host or a closed bucket
+  looks like to resolve()."""
+  from test_train import _refused_url  # pylint: disable=g-import-not-at-top
+  return _refused_url().replace("copy_one.npz", "index.csv")
+
+
+def test_without_the_index_names_with_a_timm_copy_resolve_to_it(capsys, tmp_path):
+  index = _unreadable_index()
+  ckpt = augreg.resolve("ViT-B_16", index_path=index, cache_dir=str(tmp_path))
+  assert ckpt.hf_uri == "hf://timm/vit_base_patch16_224.augreg_in21k"
+  assert ckpt.filename == "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
+  note = capsys.readouterr().err
+  assert "cannot be read" in note and "hf://timm/vit_base_patch16_224.augreg_in21k" in note
+  tuned = augreg.resolve("S/16", index_path=index, adapt_ds="imagenet2012", resolution=384,
+                         cache_dir=str(tmp_path))
+  assert tuned.hf_uri == "hf://timm/vit_small_patch16_384.augreg_in21k_ft_in1k"
+  assert tuned.resolution == 384
+  assert augreg.resolve("R26+S/32", index_path=index,
+                        cache_dir=str(tmp_path)).hf_uri == "hf://timm/vit_small_r26_s32_224.augreg_in21k"
+
+
+def test_without_the_index_other_names_list_the_hf_copies(tmp_path):
+  from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
+  index = _unreadable_index()
+  with pytest.raises(sources.FetchError) as info:  # i1k pre-training: timm has no copy.
+    augreg.resolve("B/16", index_path=index, dataset="i1k", cache_dir=str(tmp_path))
+  message = str(info.value)
+  assert "hf://timm/vit_base_patch16_224.augreg_in21k" in message and "cannot be read" in message
+  with pytest.raises(sources.FetchError, match="no Hugging Face copy"):
+    augreg.resolve("H/14", index_path=index, cache_dir=str(tmp_path))

@@ -63,7 +63,8 @@ def test_configs_are_locked_and_unknown_overrides_list_valid_keys():
   with pytest.raises(SystemExit) as err:
     main.check_config_overrides(["--config=configs/vit.py:b16,cifar10", "--config.base_lrr=0.01"])
   message = str(err.value)
-  assert "base_lrr" in message and "Valid keys" in message and "base_lr\n" in message
+  assert message.startswith("error: Unknown config key(s) ['base_lrr']") and "\n" not in message
+  assert "Did you mean base_lr?" in message and "Valid keys" in message and " base_lr," in message
   with pytest.raises(ValueError, match="model"):
     load_config_file("vit", "b17,cifar10")
 

@@ -21,6 +21,8 @@ import time
 import pytest
 import yaml
 
+from vit_jax import exits
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SHELL_SCRIPTS = ["local.sh", "tpu_pod.sh", "slurm.sbatch"]
@@ -41,6 +43,11 @@ with open(os.path.join(out, f"proc_{index}.json.tmp"), "w") as f:
 os.replace(os.path.join(out, f"proc_{index}.json.tmp"), os.path.join(out, f"proc_{index}.json"))
 print(f"fake main {index} started", flush=True)
 mode = os.environ.get("FAKE_MODE", "ok")
+if mode == "preempt_once":  # Exit 75 (preempted) on the first launch, finish on the next.
+    marker = os.path.join(out, f"preempted_{index}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        sys.exit(75)
 if mode == "fail" and index == "1":
     time.sleep(0.5)
     print("fake main 1 fails", flush=True)
@@ -353,6 +360,39 @@ def _slurm(*args, **env):
     return _run(["bash", str(LAUNCH / "slurm.sbatch"), *args], XLA_FLAGS="", **env)
 
 
+@pytest.mark.parametrize("max_restarts,want", [(0, 75), (2, 0)])
+def test_local_restarts_a_preempted_run(tmp_path, fake_modules, max_restarts, want):
+    env, out = fake_modules
+    result = _local("--num_processes=2", "--module=fake_main", f"--max_restarts={max_restarts}",
+                    "--quiet", "--", f"--workdir={tmp_path}", FAKE_MODE="preempt_once", **env)
+    assert result.returncode == want, result.stderr
+    assert ("restart 1 of 2" in result.stderr) == bool(max_restarts)
+
+
+def _fake_slurm_bin(tmp_path, srun_status):
+    """A PATH folder with `srun` (exits srun_status) and `scontrol` (records its argv)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {srun_status}\n")
+    (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("status,restarts,requeued", [
+    (75, "0", True), (76, "3", True), (75, "10", False), (3, "0", False), (0, "0", False)])
+def test_slurm_requeues_on_the_retryable_exit_statuses(tmp_path, status, restarts, requeued):
+    bin_dir = _fake_slurm_bin(tmp_path, status)
+    result = _slurm("--config=c", "--workdir=/w", SLURM_JOB_ID="4242",
+                    SLURM_RESTART_COUNT=restarts, VIT_JAX_REPO_DIR=str(tmp_path),
+                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert result.returncode == status, result.stderr
+    log = tmp_path / "scontrol.log"
+    assert (log.exists() and log.read_text().split() == ["requeue", "4242"]) == requeued
+    assert ("requeued 10 times" in result.stderr) == (restarts == "10")
+
+
 def test_slurm_headers_one_process_per_gpu():
     text = (LAUNCH / "slurm.sbatch").read_text().splitlines()
     first_code = next(i for i, line in enumerate(text) if line and not line.startswith("#"))
@@ -401,12 +441,19 @@ def test_slurm_xla_flags_are_known_to_xla():
 def test_gke_jobset_structure():
     jobset = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())
     assert jobset["apiVersion"].startswith("jobset.x-k8s.io/") and jobset["kind"] == "JobSet"
-    assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 0
+    # 75 / 76 (exits.RETRYABLE) restart the JobSet; every other failure fails it at once.
+    policy = jobset["spec"]["failurePolicy"]
+    assert policy["maxRestarts"] > 0
+    assert policy["rules"] == [{"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]
     [replicated] = jobset["spec"]["replicatedJobs"]
     job = replicated["template"]["spec"]
     hosts = job["parallelism"]
     assert hosts == job["completions"] and job["completionMode"] == "Indexed"
     assert job["backoffLimit"] == 0
+    [rule] = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "NotIn"
+    assert tuple(rule["onExitCodes"]["values"]) == exits.RETRYABLE
+    assert rule["onExitCodes"]["containerName"] == job["template"]["spec"]["containers"][0]["name"]
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]

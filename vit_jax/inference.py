@@ -2,6 +2,13 @@
 
   python -m vit_jax.inference --model ViT-B_16 --checkpoint PATH_OR_URI IMAGE [IMAGE ...]
       [--num_classes N] [--resolution R] [--top_k 5] [--labels FILE] [--batch_size 16]
+  python -m vit_jax.inference --checkpoint workdirs/quickstart/model.npz IMAGE ...  # an export
+  python -m vit_jax.inference --workdir workdirs/quickstart [--step N] IMAGE ...    # a run
+
+Own models: a file written by vit_jax.export carries its architecture in a sidecar
+(model.npz -> model.json: fields, classes, class names, resolution), and --workdir reads the
+run's config and checkpoint, so a modified architecture needs no --model. --model names a
+published architecture (MODEL_CONFIGS) for published checkpoints.
 
 PATH_OR_URI is anything vit_jax.checkpoint.load reads (local .npz/.safetensors, gs://,
 http(s)://, hf://org/name) or an AugReg file name (its Hugging Face copy is used when one is
@@ -124,6 +131,32 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
   return model, raw, resolution
 
 
+def load_own(*, checkpoint_path: Optional[str] = None, workdir: Optional[str] = None,
+             step: Optional[int] = None) -> tuple[object, dict, int, list[str]]:
+  """(model, params, resolution, class names) of a vit_jax export (with its sidecar) or of a
+  run's workdir checkpoint."""
+  from vit_jax import checkpoint, export  # pylint: disable=g-import-not-at-top
+  if workdir is not None:
+    params, config, _ = export.restore_params(workdir, step)
+    arch = export.architecture(config)
+  else:
+    arch = export.read_architecture(checkpoint_path)
+    if arch is None:
+      raise ValueError(f"{checkpoint_path} has no architecture file "
+                       f"{export.sidecar_path(checkpoint_path)} (vit_jax.export writes one); pass "
+                       "--model NAME for a published architecture, or --workdir for a run.")
+    from vit_jax import param_tree  # pylint: disable=g-import-not-at-top
+    params = checkpoint.load(checkpoint_path,
+                             num_heads=param_tree.num_heads(config=arch["model"]))
+  model = export.model_from_architecture(arch)
+  expected = _init_shapes(model, int(arch["resolution"]))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.tree.map(np.shape, expected) != jax.tree.map(np.shape, params):
+    raise ValueError(f"the weights of {checkpoint_path or workdir} do not match the architecture "
+                     "recorded beside them; export the run again.")
+  return model, params, int(arch["resolution"]), list(arch.get("class_names") or [])
+
+
 _APPLY_CACHE: dict[int, tuple[object, object]] = {}  # id(model) -> (model, jitted softmax apply)
 
 
@@ -170,33 +203,60 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   """Command-line flags."""
   p = argparse.ArgumentParser(prog="python -m vit_jax.inference",
                               description="Top-k classes of images under a ViT/Mixer checkpoint.")
-  p.add_argument("--model", required=True, help="MODEL_CONFIGS name, e.g. ViT-B_16 or B_16")
-  p.add_argument("--checkpoint", required=True,
-                 help="path, gs://, http(s)://, hf:// or an AugReg file name")
+  p.add_argument("--model", default=None,
+                 help="MODEL_CONFIGS name of a published checkpoint's architecture, e.g. ViT-B_16 "
+                      "(not needed for vit_jax exports or --workdir)")
+  p.add_argument("--checkpoint", default=None,
+                 help="path, gs://, http(s)://, hf:// or an AugReg file name; or a vit_jax export")
+  p.add_argument("--workdir", default=None, help="a vit_jax run directory (its checkpoint)")
+  p.add_argument("--step", type=int, default=None, help="with --workdir: checkpoint step")
   p.add_argument("--num_classes", type=int, default=None, help="check the head has this many")
   p.add_argument("--resolution", type=int, default=None,
                  help="input size (default: the checkpoint's training resolution)")
   p.add_argument("--top_k", type=int, default=5)
   p.add_argument("--labels", default=None, help="class-name file (default: shipped ImageNet lists)")
   p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
   p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if (args.checkpoint is None) == (args.workdir is None):
+    p.error("pass exactly one of --checkpoint (a file or URI) and --workdir (a run directory)")
+  if args.workdir is not None and args.model is not None:
+    p.error("--model is for published checkpoints; a --workdir knows its own architecture")
+  return args
+
+
+def _load(args):
+  """(model, params, resolution, class names from the model or None) for the parsed flags."""
+  if args.workdir is not None or args.model is None:
+    model, params, resolution, names = load_own(checkpoint_path=args.checkpoint,
+                                                workdir=args.workdir, step=args.step)
+    found = int(np.shape(params["head"]["kernel"])[-1])
+    if args.num_classes is not None and args.num_classes != found:
+      raise ValueError(f"--num_classes {args.num_classes} but the model has {found} classes.")
+    if args.resolution and args.resolution != resolution:
+      raise ValueError(f"this model was trained at {resolution} px; drop --resolution (own "
+                       "models are not resized here).")
+    return model, params, resolution, names or None
+  model, params, resolution = load_params(args.model, args.checkpoint,
+                                          num_classes=args.num_classes, resolution=args.resolution)
+  return model, params, resolution, None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI entry point; returns the exit status."""
+  from vit_jax import exits  # pylint: disable=g-import-not-at-top
   args = parse_args(argv)
   try:
-    model, params, resolution = load_params(
-        args.model, args.checkpoint, num_classes=args.num_classes,
-        resolution=args.resolution)
+    model, params, resolution, names = _load(args)
     num_classes = int(np.shape(params["head"]["kernel"])[-1])
-    labels = load_labels(num_classes, args.labels)
+    labels = load_labels(num_classes, args.labels) if args.labels or not names else names
     images = np.stack([load_image(path, resolution) for path in args.images])
-  except (ValueError, OSError, KeyError) as e:  # FetchError / FileNotFoundError are OSErrors
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  probs = predict(model, params, images, args.batch_size)
+    probs = predict(model, params, images, args.batch_size)
+  except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
+    status = exits.report(e, verbose=args.verbose)
+    return exits.BAD_INPUT if status == exits.ERROR and isinstance(e, (ValueError, OSError,
+                                                                        KeyError)) else status
   for path, p in zip(args.images, probs):
     print(format_top_k(path, p, labels, min(args.top_k, num_classes)))
   return 0

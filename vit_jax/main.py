@@ -11,6 +11,11 @@ JAX_COORDINATOR_ADDRESS) is given, or when a multi-process cluster is detected (
 with several tasks, Open MPI, TPU pod slices, Kubernetes JobSets); --distributed=off
 disables it. A process that cannot reach the coordinator fails after
 --distributed_init_timeout seconds with a message saying what to check.
+
+Errors end the program with one line `error: <what happened and what to do>` on stderr and
+the exit statuses of vit_jax/exits.py (0 finished, 2 bad input, 3 NaN stop, 75 preempted
+with a checkpoint saved, 76 hang watchdog); the traceback goes to the run's log file
+(<workdir>/train.log) and, with --verbosity=1 or more, to the console too.
 """
 from __future__ import annotations
 
@@ -131,8 +136,11 @@ def check_config_overrides(argv: Sequence[str]) -> None:
   valid = _flatten_keys(config)
   unknown = [k for k in overrides if k not in valid]
   if unknown:
-    sys.exit(f"Unknown config key(s) {unknown} for --config={spec}. Valid keys:\n  "
-             + "\n  ".join(sorted(valid)))
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = sorted({m for k in unknown for m in difflib.get_close_matches(k, valid, n=3)})
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    sys.exit(f"error: Unknown config key(s) {unknown} for --config={spec}.{hint} Valid keys: "
+             + ", ".join(sorted(valid)))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -142,7 +150,20 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
   if not flags.FLAGS["verbosity"].present:  # Keep library INFO chatter (Orbax, grain) out of
     absl_logging.set_verbosity(absl_logging.WARNING)  # the progress bar; --verbosity=0 shows it.
-  from vit_jax import runtime_defaults  # pylint: disable=g-import-not-at-top
+  from vit_jax import exits, run_log, runtime_defaults  # pylint: disable=g-import-not-at-top
+  verbose = flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
+  try:
+    status = _main(runtime_defaults, run_log)
+  except Exception as e:  # pylint: disable=broad-except  # One line; the traceback to the log.
+    status = exits.report(e, log=run_log.write, verbose=verbose)
+  finally:
+    run_log.close()
+  sys.exit(status)
+
+
+def _main(runtime_defaults, run_log) -> int:
+  """The program; returns the exit status (exceptions are reported by main)."""
+  from vit_jax import exits  # pylint: disable=g-import-not-at-top
   runtime_defaults.apply_defaults()  # Before any backend exists (docs/performance.md).
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
@@ -151,22 +172,44 @@ def main(argv: Sequence[str]) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
   if _DRY_RUN.value or _PLAN.value:
     from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
-    try:
-      status = dry_run.run(_CONFIG.value, topology_name=_TOPOLOGY.value,
-                           num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
-    except (ValueError, RuntimeError) as e:  # Bad slice name, no libtpu, batch vs mesh.
-      sys.exit(f"error: {e}")
-    sys.exit(status)
+    return dry_run.run(_CONFIG.value, topology_name=_TOPOLOGY.value,
+                       num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (checkpoints and logs go there).")
+  workdir = _WORKDIR.value
+  log = open_workdir_log(workdir, jax.process_index())
+  if log is not None and "://" in workdir and jax.process_index() == 0:
+    print(f"Log file of this run: {log.path}", flush=True)
+  run_log.write(f"--- {' '.join(sys.argv)}")
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   start = time.time()
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train.train_and_evaluate(_CONFIG.value, workdir)
   if result.get("preempted"):
-    logging.warning("Stopped by SIGTERM at step %d; checkpoint saved. Rerun to continue.",
-                    result["step"])
-  elif jax.process_index() == 0:
-    print(summary_line(result, _WORKDIR.value, time.time() - start), flush=True)
+    message = (f"Preempted (SIGTERM) at step {result['step']}: checkpoint saved. Rerun the same "
+               f"command to continue (exit status {exits.PREEMPTED}).")
+    logging.warning("%s", message)
+    run_log.write(message)
+    return exits.PREEMPTED
+  if jax.process_index() == 0:
+    line = summary_line(result, workdir, time.time() - start)
+    run_log.write(line)
+    print(line, flush=True)
+  return exits.FINISHED
+
+
+def open_workdir_log(workdir: str, process_index: int):
+  """Creates the workdir if needed and opens its log file; an unwritable workdir is one
+  UserError saying so."""
+  from vit_jax import exits, run_log  # pylint: disable=g-import-not-at-top
+  try:
+    if "://" not in workdir:
+      os.makedirs(workdir, exist_ok=True)
+      if not os.access(workdir, os.W_OK):
+        raise PermissionError(f"no write permission on {os.path.abspath(workdir)}")
+    return run_log.open_log(workdir, process_index)
+  except OSError as e:
+    raise exits.UserError(f"cannot write to --workdir {workdir!r} ({e.strerror or e}); choose a "
+                          "directory you can write, e.g. --workdir=$HOME/runs/NAME.") from e
 
 
 def summary_line(result: dict, workdir: str, seconds: float) -> str:
@@ -176,8 +219,13 @@ def summary_line(result: dict, workdir: str, seconds: float) -> str:
   if ev:
     parts.append(f"eval accuracy {ev['accuracy']:.2%} on {int(ev['examples'])} examples, "
                  f"eval loss {ev['loss']:.4f}")
-  parts.append(f"{seconds:.0f} s in this process")
+  if result.get("already_finished"):
+    parts.append("recorded when the run finished (nothing trained now)")
+  else:
+    parts.append(f"{seconds:.0f} s in this process")
   parts.append(f"checkpoints and TensorBoard logs in {workdir}")
+  if result.get("note"):
+    parts.append(result["note"].rstrip("."))
   return "; ".join(parts) + "."
 
 

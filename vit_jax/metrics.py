@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import jax
 
-from vit_jax import compiled_stats, topology
+from vit_jax import compiled_stats, run_log, topology
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets). MFU uses these; unknown kinds → no MFU.
 # TPU v4 and later come from topology.GENERATIONS (the one table of TPU figures).
@@ -137,6 +137,7 @@ class Writer:
     values = {f"{prefix}{k}": float(v) for k, v in values.items()}
     self._tb.write_scalars(step, values)
     line = f"step {step}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+    run_log.write(line)
     if self._bar is not None:
       self._bar.write(line)
     else:
@@ -145,6 +146,7 @@ class Writer:
   def text(self, message: str) -> None:
     if not self.active:
       return
+    run_log.write(message)
     if self._bar is not None:
       self._bar.write(message)
     else:

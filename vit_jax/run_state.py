@@ -10,20 +10,38 @@ state with its shardings, so a checkpoint written on one mesh restores onto anot
 
 `<workdir>/config.json` records the config that created the workdir (written by
 `check_or_write_config`, read back by `read_config`); a run with another model in the same
-workdir fails naming both.
+workdir fails naming both, and a resumed run whose config differs in anything but
+RESUMABLE_CHANGES is refused with the differences (config.allow_config_change lets it
+continue; the change is logged). `<workdir>/results.json` keeps every evaluation
+(`record_eval`, `last_eval`), so a finished run asked to run again reports its result.
+
+A latest checkpoint that cannot be restored (a truncated or missing file) is moved to
+`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is restored
+with a warning. A save that fails for lack of space raises "disk full" naming the last
+committed checkpoint, which stays intact (Orbax commits a step only when it is complete).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vit_jax import exits
+
 CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+# Config keys (and key prefixes) a resumed run may change without allow_config_change: how
+# long it runs, how often it logs / evaluates / saves, where data is read from and how fast.
+RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every", "eval_every", "evals",
+                     "checkpoint_every", "max_to_keep", "keep_period", "progress", "batch_eval",
+                     "input", "tfds_data_dir", "tfds_manual_dir", "workdir_lock_timeout",
+                     "watchdog", "allow_config_change", "pretrained_path", "model_or_filename")
 # The config fields that decide the shapes of the checkpointed state.
 MODEL_IDENTITY_KEYS = ("model_name", "model", "num_classes", "pp.crop", "optimizer")
 
@@ -55,7 +73,71 @@ class Checkpointer:
     """Starts an (async) save of `state` and the data position at `step`; True if started."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}))
-    return self._manager.save(step, args=args, force=True)
+    with self._disk_full_said(f"the checkpoint of step {step}"):
+      return self._manager.save(step, args=args, force=True)
+
+  def _disk_full_said(self, what: str):
+    """Context: an out-of-space error becomes one OSError(ENOSPC) naming the intact checkpoint."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    import errno  # pylint: disable=g-import-not-at-top
+
+    @contextlib.contextmanager
+    def guard():
+      try:
+        yield
+      except Exception as e:  # pylint: disable=broad-except
+        if not exits.is_disk_full(e):
+          raise
+        committed = [s for s in self._committed_steps()]
+        kept = (f"the last committed checkpoint (step {committed[-1]}) is intact"
+                if committed else "no earlier checkpoint exists")
+        raise OSError(errno.ENOSPC, f"disk full while writing {what} in {self.directory}; {kept}. "
+                      "Free space (or raise the quota) and rerun to continue.") from e
+    return guard()
+
+  def _committed_steps(self) -> list[int]:
+    """Steps whose folder is committed on disk (no temporary suffix), oldest first."""
+    try:
+      names = [p.name for p in self.directory.iterdir()]
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+  def restore_latest(self, abstract_state: Any, warn: Callable[[str], None] = logging.warning
+                     ) -> Optional[tuple[int, Any, dict]]:
+    """(step, state, data position) of the newest checkpoint that restores, or None if none.
+
+    A checkpoint that fails to restore is moved to <workdir>/checkpoints_broken/<step> with a
+    warning and the next older one is tried; when none restores, the newest's error is raised
+    (then nothing is moved: the cause is not the files, e.g. a changed model).
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        state, data = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append((step, e))
+        continue
+      for broken, error in errors:
+        self._set_aside(broken)
+        warn(f"Checkpoint at step {broken} could not be restored ({type(error).__name__}: "
+             f"{str(error)[:200]}); moved to {self.directory.parent / 'checkpoints_broken'} and "
+             f"resumed from step {step} instead.")
+      return step, state, data
+    if errors:
+      raise errors[0][1]
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      target = self.directory.parent / "checkpoints_broken"
+      target.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target / str(step))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"vit_jax:set_aside_{step}")
+    self._manager.reload()
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores `step` onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
@@ -66,11 +148,13 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
-    self._manager.wait_until_finished()
+    with self._disk_full_said("a checkpoint"):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with self._disk_full_said("a checkpoint"):
+      self._manager.wait_until_finished()
+      self._manager.close()
 
 
 def model_identity(config) -> dict:
@@ -85,22 +169,76 @@ def model_identity(config) -> dict:
   return json.loads(json.dumps(out, default=str))
 
 
-def check_or_write_config(workdir: str, config, has_checkpoint: bool) -> None:
-  """Raises if the workdir's checkpoint came from another model; else records this config."""
+def check_or_write_config(workdir: str, config, has_checkpoint: bool,
+                          log: Callable[[str], None] = logging.warning) -> None:
+  """Raises if the workdir's checkpoint came from another model, or (unless
+  config.allow_config_change) from a config that differs outside RESUMABLE_CHANGES; then
+  records this config."""
   path = epath.Path(workdir) / CONFIG_FILE
   if has_checkpoint and path.exists():
     stored = json.loads(path.read_text())
     old, new = model_identity(stored), model_identity(config)
     if old != new:
       diff = {k: (old[k], new[k]) for k in old if old[k] != new.get(k)}
-      raise ValueError(
+      raise exits.UserError(
           f"workdir {workdir} holds a checkpoint of another model: stored config {old} vs this "
           f"config {new} (differs in {diff}). Use a new --workdir, or rerun with the stored config.")
+    changes = config_changes(read_config(workdir), config)
+    if changes:
+      listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
+      if not config.allow_config_change:
+        raise exits.UserError(
+            f"workdir {workdir} was created with another config; resuming it would change "
+            f"{listed}. Rerun with the stored values (see {path}), use a new --workdir, or pass "
+            "--config.allow_config_change=True to continue with the new values.")
+      log(f"Config changed on resume (allow_config_change): {listed}.")
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
     tmp.replace(path)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flat(value, f"{prefix}{key}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: tree}
+
+
+def config_changes(stored, config) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (stored value, new value)} outside RESUMABLE_CHANGES (JSON-normalised)."""
+  as_json = lambda c: json.loads(json.dumps(c.to_dict() if hasattr(c, "to_dict") else c,
+                                            default=str))
+  a, b = _flat(as_json(stored)), _flat(as_json(config))
+  resumable = lambda k: any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)
+  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k) and not resumable(k)}
+
+
+def record_eval(workdir: str, step: int, values: dict[str, float]) -> None:
+  """Appends one evaluation to <workdir>/results.json (process 0, atomic replace)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / RESULTS_FILE
+  results = json.loads(path.read_text()) if path.exists() else {"evals": []}
+  results["evals"] = [e for e in results["evals"] if e["step"] != step]
+  results["evals"].append({"step": int(step), **{k: float(v) for k, v in values.items()}})
+  tmp = path.parent / (RESULTS_FILE + ".tmp")
+  tmp.write_text(json.dumps(results, indent=1))
+  tmp.replace(path)
+
+
+def last_eval(workdir: str, step: Optional[int] = None) -> Optional[dict]:
+  """The newest recorded evaluation (at `step` when given), or None."""
+  path = epath.Path(workdir) / RESULTS_FILE
+  if not path.exists():
+    return None
+  evals = [e for e in json.loads(path.read_text()).get("evals", [])
+           if step is None or e["step"] == step]
+  return max(evals, key=lambda e: e["step"]) if evals else None
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

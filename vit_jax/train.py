@@ -1,16 +1,19 @@
 """The training loop: `train_and_evaluate(config, workdir)` (the entry point main.py and tests call).
 
-Owns the order of things: mesh → dataset info → sharded state (workdir checkpoint >
-pretrained weights > scratch) → compiled step → loop (log / eval / checkpoint /
-preemption / NaN guard) → final checkpoint and evaluation. The pieces live in
-sharding.py, train_state.py, train_step.py, optim.py, run_state.py, metrics.py,
-device_prefetch.py and input_pipeline.py; this module only sequences them.
+Owns the order of things: mesh → dataset info → pre-flight checks → workdir lock → sharded
+state (workdir checkpoint > pretrained weights > scratch) → compiled step → loop (log / eval /
+checkpoint / preemption / NaN guard / hang watchdog) → final checkpoint and evaluation. The
+pieces live in sharding.py, train_state.py, train_step.py, optim.py, run_state.py,
+metrics.py, device_prefetch.py, input_pipeline.py, preflight.py, workdir_lock.py and
+watchdog.py; this module only sequences them. How a run ends is in its result
+('preempted': exit status 75 in main.py) or in the exception it raises (exits.py).
 
 Config keys read here (units in brackets; defaults in configs/common.defaults() only):
 total_steps [steps] or total_epochs [epochs over the train split], batch, accum_steps,
 log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
 keep_period [steps], seed, pretrained_path / model_or_filename, num_classes (None = from the
-dataset), progress (tqdm bar), input.device_prefetch [batches].
+dataset), progress (tqdm bar), input.device_prefetch [batches], workdir_lock_timeout [s],
+watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint, device_prefetch, input_pipeline, metrics, model_configs, optim
-from vit_jax import run_state, sharding, train_state, train_step
+from vit_jax import preflight, run_state, sharding, train_state, train_step, watchdog
+from vit_jax import workdir_lock
 from vit_jax.train_state import StateSetup, TrainState
 
 
@@ -77,10 +81,11 @@ def load_pretrained_params(config, setup: StateSetup) -> Optional[Any]:
 def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
                   log) -> tuple[TrainState, Optional[dict]]:
   """Resume precedence: workdir checkpoint > pretrained weights > scratch."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    log(f"Resuming from the workdir checkpoint at step {latest}.")
-    return ckpt.restore(latest, setup.abstract_state)
+  restored = ckpt.restore_latest(setup.abstract_state, warn=log)
+  if restored is not None:
+    step, state, data_state = restored
+    log(f"Resuming from the workdir checkpoint at step {step}.")
+    return state, data_state
   params = load_pretrained_params(config, setup)
   if params is not None:
     log(f"Fine-tuning from pretrained weights {config.pretrained_path or config.model_or_filename}.")
@@ -143,27 +148,43 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics."""
   mesh = sharding.mesh_for_config(config)
   info = input_pipeline.dataset_info_prepared_once(config)
+  preflight.check(config, info)
   num_classes = int(config.num_classes or info.num_classes)
   total = optim.total_steps(config, info.num_train_examples)
   setup = train_state.setup_from_config(config, mesh, num_classes, total)
-  ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
-                                keep_period=config.keep_period)
-  record = config.copy_and_resolve_references()
-  with record.unlocked():
-    record.num_classes = num_classes
-  run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
-  writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
+  lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout, warn=_warn)
   try:
-    return _run(config, workdir, setup, ckpt, writer, total, num_classes)
+    ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
+                                  keep_period=config.keep_period)
+    record = config.copy_and_resolve_references()
+    with record.unlocked():
+      record.num_classes = num_classes
+      record.class_names = tuple(info.class_names)
+    run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None, log=_warn)
+    writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
+    try:
+      return _run(config, workdir, setup, ckpt, writer, total, num_classes)
+    finally:
+      writer.close()
+      ckpt.close()
   finally:
-    writer.close()
-    ckpt.close()
+    if lock is not None:
+      lock.release()
+
+
+def _warn(message: str) -> None:
+  """A warning on the console (process 0) and in the run log."""
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.warning("%s", message)
 
 
 def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, Any]:
   """The loop proper (see train_and_evaluate)."""
-  del workdir
   state, data_state = initial_state(config, setup, ckpt, writer.text)
+  step = int(jax.device_get(state.step))
+  eval_step = train_step.make_eval_step(setup)
+  if step >= total:  # A finished run asked to run again: report, do not retrain.
+    return _finished(config, workdir, step, state, eval_step, writer)
   host_iter = input_pipeline.create_train_iterator(config)
   if data_state:
     host_iter.set_state(data_state)
@@ -171,28 +192,29 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
                                             config.input.device_prefetch, keys=("image", "label"))
   compiled = train_step.compile_train_step(setup, config, num_classes)
   peak, reason = metrics.peak_flops_per_device()
-  if reason:
-    writer.text(reason)
   meter = metrics.Throughput(config.batch, jax.device_count(), metrics.compiled_flops(compiled), peak)
-  eval_step = train_step.make_eval_step(setup)
   preempt = Preemption()
-  step = int(jax.device_get(state.step))
+  wd = watchdog.StepWatchdog(factor=config.watchdog.factor,
+                             min_seconds=config.watchdog.min_seconds,
+                             first_step_seconds=config.watchdog.first_step_seconds)
   pending, result = [], {"step": step}
+  loop = _Loop(config, workdir, total, feeder, pending, meter, ckpt, writer, eval_step, preempt, wd)
   try:
     while step < total:
       t0 = time.perf_counter()
       batch = next(feeder)
       meter.add_data_wait(time.perf_counter() - t0)
       state, step_metrics = compiled(state, batch)
+      wd.step_dispatched(step_metrics)
       step += 1
       meter.step_done()
       pending.append((step, step_metrics))
       writer.advance()
-      result = _after_step(config, step, total, state, feeder, pending, meter, ckpt, writer,
-                           eval_step, preempt, result)
+      result = _after_step(loop, step, state, result)
       if result.get("preempted"):
         break
   finally:
+    wd.close()
     preempt.close()
     if hasattr(host_iter, "close"):
       host_iter.close()
@@ -200,32 +222,67 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   if not result.get("preempted") and ckpt.latest_step() != step:
     save_checkpoint(ckpt, step, state, feeder, pending)
   ckpt.wait()
+  if reason:
+    result["note"] = reason
   result["state"] = state
   return result
 
 
-def _after_step(config, step, total, state, feeder, pending, meter, ckpt, writer, eval_step,
-                preempt, result) -> dict[str, Any]:
+def _finished(config, workdir, step, state, eval_step, writer) -> dict[str, Any]:
+  """The result of a run that already reached its last step: its recorded evaluation, or a
+  fresh one when none was recorded at that step."""
+  recorded = run_state.last_eval(workdir, step)
+  if recorded is not None:
+    values = {k: v for k, v in recorded.items() if k != "step"}
+    writer.text(f"The run in {workdir} already finished at step {step}; its evaluation at that "
+                "step follows (raise --config.total_steps to train further).")
+  else:
+    writer.text(f"The run in {workdir} already finished at step {step}; evaluating it.")
+    values = evaluate(eval_step, state.params, config)
+    run_state.record_eval(workdir, step, values)
+  writer.scalars(step, values, prefix="eval/")
+  return {"step": step, "eval": values, "state": state, "already_finished": True}
+
+
+class _Loop:
+  """What _after_step needs besides the step and state (one object instead of ten args)."""
+
+  def __init__(self, config, workdir, total, feeder, pending, meter, ckpt, writer, eval_step,
+               preempt, wd):
+    self.config, self.workdir, self.total, self.feeder = config, workdir, total, feeder
+    self.pending, self.meter, self.ckpt, self.writer = pending, meter, ckpt, writer
+    self.eval_step, self.preempt, self.watchdog = eval_step, preempt, wd
+
+
+def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict[str, Any]:
   """Logging, evaluation, checkpointing and preemption handling after `step`."""
+  config, total, pending, writer = loop.config, loop.total, loop.pending, loop.writer
   result = dict(result, step=step)
   if _every(step, int(config.log_every or 0), total):
     last = check_finite(pending)
     if last:
-      values = dict(last[1], **meter.summary())
+      values = dict(last[1], **loop.meter.summary())
       writer.scalars(step, values, prefix="train/")
       result["train"] = values
-  if preempt.requested(step):
+  if loop.preempt.requested(step):
     writer.text(f"SIGTERM: saving a checkpoint at step {step} and exiting.")
-    save_checkpoint(ckpt, step, state, feeder, pending)
+    check_finite(pending)  # Waits for the step itself outside the watchdog's pause.
+    with loop.watchdog.paused():
+      save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
     return dict(result, preempted=True)
   t0 = time.perf_counter()
   if _every(step, int(config.checkpoint_every or 0), total):
-    save_checkpoint(ckpt, step, state, feeder, pending)
+    check_finite(pending)
+    with loop.watchdog.paused():
+      save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
   elif len(pending) >= 1000:  # Nothing logged for long: still guard against NaN, free memory.
     check_finite(pending)
   if _every(step, int(config.eval_every or 0), total):
-    values = evaluate(eval_step, state.params, config)
+    check_finite(pending)
+    with loop.watchdog.paused():
+      values = evaluate(loop.eval_step, state.params, config)
+    run_state.record_eval(loop.workdir, step, values)
     writer.scalars(step, values, prefix="eval/")
     result["eval"] = values
-  meter.start += time.perf_counter() - t0  # Saving and evaluating is not training time.
+  loop.meter.start += time.perf_counter() - t0  # Saving and evaluating is not training time.
   return result

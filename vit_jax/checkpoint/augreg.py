@@ -201,8 +201,12 @@ def resolve(model_name_or_filename: str, *, index_path: str = INDEX_URI, dataset
   """
   if is_filename(model_name_or_filename):
     return parse_filename(model_name_or_filename)
-  rows = load_index(index_path, cache_dir=cache_dir)
   prefix = normalize_model_name(model_name_or_filename)
+  try:
+    rows = load_index(index_path, cache_dir=cache_dir)
+  except sources.FetchError as e:
+    return _without_index(model_name_or_filename, prefix, dataset, adapt_ds, resolution,
+                          index_path, e)
   mine = [r for r in rows if normalize_model_name(r["name"]) == prefix and r["ds"] == dataset]
   if not mine:
     names = sorted({r["name"] for r in rows if r["ds"] == dataset})
@@ -222,6 +226,38 @@ def resolve(model_name_or_filename: str, *, index_path: str = INDEX_URI, dataset
       filename=best["adapt_filename"], model_name=model_name, pretrain_ds=dataset,
       adapt_ds=adapt_ds, resolution=int(_float(best["adapt_resolution"])),
       accuracy=_float(best["adapt_final_val"]))
+
+
+def _without_index(name: str, prefix: str, dataset: str, adapt_ds: Optional[str],
+                   resolution: Optional[int], index_path: str, error: Exception) -> AugRegCheckpoint:
+  """The index cannot be read (offline, bucket closed): the checkpoint timm publishes for this
+  model (the paper's recommended run), with a printed note; else an error naming the hf://
+  copies that are known."""
+  import sys  # pylint: disable=g-import-not-at-top
+  matches = []
+  for template in _TIMM_COPIES:
+    filename = template.replace("{r}", str(resolution or 224))
+    try:
+      ckpt = parse_filename(filename)
+    except ValueError:
+      continue
+    if (normalize_model_name(ckpt.filename.split("-", 1)[0]) == prefix
+        and ckpt.pretrain_ds == dataset and ckpt.adapt_ds == adapt_ds
+        and (adapt_ds is None or resolution is None or ckpt.resolution == resolution)):
+      matches.append(ckpt)
+  if len(matches) == 1:
+    ckpt = matches[0]
+    print(f"note: the AugReg index {index_path} cannot be read ({str(error)[:160]}); {name!r} "
+          f"-> {ckpt.hf_uri}, the copy of the recommended checkpoint {ckpt.filename} that timm "
+          "publishes.", file=sys.stderr)
+    return ckpt
+  known = sorted({f"hf://timm/{repo.replace('{r}', '224')}" for key, repo in _TIMM_COPIES.items()
+                  if normalize_model_name(key.split("-", 1)[0]) == prefix})
+  what = f"{name!r} pre-trained on {dataset!r}" + (f", fine-tuned on {adapt_ds!r}" if adapt_ds else "")
+  alternatives = (f"Hugging Face copies of this model: {', '.join(known)}" if known else
+                  "no Hugging Face copy of this model is known; pass a local .npz or another URI")
+  raise sources.FetchError(f"the AugReg index {index_path} cannot be read ({str(error)[:160]}), "
+                           f"and without it {what} has no known copy. {alternatives}.")
 
 
 def _best_fine_tune(pool: list[dict], adapt_ds: str, resolution: Optional[int],

@@ -60,21 +60,32 @@ def read_flat(path: str) -> dict[str, np.ndarray]:
                             "gs://, https:// or hf:// URI).")
   with open(path, "rb") as f:
     head = f.read(8)
-  if path.endswith(_PICKLE_SUFFIXES):
+  if head[:2] == b"PK" and _is_torch_zip(path):
     raise CheckpointFormatError(
-        f"{path!r} looks like a PyTorch pickle; pickled checkpoints are never loaded (they can run "
-        "code). Use the model.safetensors file of the same weights, or an .npz.")
+        f"{path!r} is a PyTorch pickle (torch.save archive); pickled checkpoints are never loaded "
+        "(they can run code). Use the model.safetensors file of the same weights, or an .npz.")
   if head[:2] == b"PK":
     return _read_npz(path)
   if path.endswith(".safetensors") or _looks_like_safetensors(head):
     return _read_safetensors(path)
-  if head[:1] == b"\x80":
+  if head[:1] == b"\x80":  # Pickle protocol 2+ (also torch's legacy format), any extension.
     raise CheckpointFormatError(
         f"{path!r} is a Python pickle; pickled checkpoints are never loaded (they can run code). "
         "Re-export the weights as .npz (numpy arrays) or .safetensors.")
+  what = (f" (its {os.path.splitext(path)[1]} extension is usual for PyTorch pickles, but its "
+          "bytes are not one)" if path.endswith(_PICKLE_SUFFIXES) else "")
   raise CheckpointFormatError(
-      f"{path!r} is neither an .npz archive nor a .safetensors file; pass a ViT/Mixer checkpoint "
+      f"{path!r} is neither an .npz archive nor a .safetensors file{what}; pass a ViT/Mixer checkpoint "
       "(.npz as in gs://vit_models, or model.safetensors from the Hugging Face Hub).")
+
+
+def _is_torch_zip(path: str) -> bool:
+  """True for torch.save's zip format (a '<name>/data.pkl' member), judged from the bytes."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return any(n == "data.pkl" or n.endswith("/data.pkl") for n in archive.namelist())
+  except (zipfile.BadZipFile, OSError):
+    return False
 
 
 def _looks_like_safetensors(head: bytes) -> bool:

@@ -25,6 +25,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model_name = "ViT-B_16"        # Key of vit_jax.model_configs.MODEL_CONFIGS.
   c.model = model_overrides()      # Per-run changes to the named architecture (unset = keep).
   c.num_classes = config_dict.placeholder(int)  # None = from the dataset.
+  c.class_names = ()               # Written by the trainer into config.json (exports use it).
   # Where initial weights come from (workdir checkpoint > these > scratch):
   c.pretrained_path = config_dict.placeholder(str)    # Local / gs:// / https:// / hf:// file.
   c.model_or_filename = config_dict.placeholder(str)  # AugReg name, resolved via the index.
@@ -69,6 +70,15 @@ def defaults() -> ml_collections.ConfigDict:
   c.max_to_keep = 3                # Checkpoints kept (the newest).
   c.keep_period = 0                # [steps]; also keep every checkpoint at a multiple (0 = off).
   c.progress = True                # tqdm progress bar with ETA on process 0.
+  # Long-running jobs (docs/running.md).
+  c.workdir_lock_timeout = 600.0   # [s] a lock not refreshed this long (other host) is stale.
+  # Hang watchdog: exit 76 when no step finishes in max(min_seconds, factor x median step
+  # time); first_step_seconds bounds the first step (compile). factor 0 = off.
+  c.watchdog = ml_collections.ConfigDict(dict(factor=20.0, min_seconds=600.0,
+                                              first_step_seconds=7200.0))
+  # Resuming with a config that differs from the workdir's (other than RESUMABLE_CHANGES in
+  # run_state.py) is refused unless this is set; the differences are logged.
+  c.allow_config_change = False
   return c
 
 

@@ -61,3 +61,25 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     images, labels = digits_arrays()
     for i in indices:
       yield int(i), {"image": images[i], "label": int(labels[i])}
+
+
+def write_pngs(directory: str, split: str = "test", count: int = 3) -> list[str]:
+  """Writes the first `count` images of `split` as PNGs named '<split>_<index>_label<y>.png'."""
+  import os  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images, labels = digits_arrays()
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for i in split_indices()[split][:count]:
+    path = os.path.join(directory, f"{split}_{int(i):04d}_label{int(labels[i])}.png")
+    Image.fromarray(images[i]).save(path)
+    paths.append(path)
+  return paths
+
+
+if __name__ == "__main__":
+  # python -m vit_jax.datasets.digits OUT_DIR [COUNT]: digit images to try a model on.
+  import sys  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) not in (2, 3):
+    sys.exit("usage: python -m vit_jax.datasets.digits OUT_DIR [COUNT]")
+  print("\n".join(write_pngs(sys.argv[1], count=int(sys.argv[2]) if len(sys.argv) == 3 else 3)))

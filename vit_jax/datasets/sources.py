@@ -95,18 +95,17 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
                  manual_dir: Optional[str]) -> tuple[Any, SourceInfo]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from vit_jax.datasets import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  created = _new_dirs(data_dir, name)  # Before tfds.builder, which may create data_dir.
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.dataset={name!r} is neither an existing image folder nor a TFDS "
-                     "dataset name (see `tfds.list_builders()`, or 'digits' for the embedded "
-                     "offline dataset).") from e
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(unknown_dataset_message(name, tfds.list_builders())) from None
   info = _tfds_info(builder)
   decoders = {info.keys[0]: tfds.decode.SkipDecoding()}
   read = lambda: tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                   decoders=decoders)
   if not builder.is_prepared():
-    _prepare(builder, name, data_dir, manual_dir)
+    _prepare(builder, name, data_dir, manual_dir, created)
   try:
     return read(), info
   except (NotImplementedError, AssertionError, KeyError) as e:  # Prepared, not array_record.
@@ -120,7 +119,45 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
     raise
 
 
-def _prepare(builder, name: str, data_dir: Optional[str], manual_dir: Optional[str]) -> None:
+def unknown_dataset_message(name: str, catalogue) -> str:
+  """One line for a config.dataset that is neither a folder nor a TFDS name, with the closest
+  names of `catalogue` (TFDS builder names)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  base = name.split(":", 1)[0].split("/", 1)[0]
+  names = sorted(set(catalogue) | {"digits"})
+  close = difflib.get_close_matches(base.lower(), names, n=3, cutoff=0.6)
+  hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+  folder = (" (no such folder either: an image folder must exist on this machine)"
+            if "/" in name or name.startswith(".") else "")
+  return (f"config.dataset={name!r} is neither an existing image folder nor a TFDS dataset "
+          f"name{folder}.{hint} 'digits' is the embedded offline dataset; "
+          "`tfds.list_builders()` lists the others.")
+
+
+def _new_dirs(data_dir: Optional[str], name: str) -> list[str]:
+  """The folders a TFDS prepare of `name` would create in data_dir that do not exist yet."""
+  root = os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
+  candidates = [root, os.path.join(root, name.split(":", 1)[0].split("/", 1)[0]),
+                os.path.join(root, "downloads")]
+  return [d for d in candidates if not os.path.exists(d)]
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+  """Deletes each folder of `folders` (deepest first) that holds no file at any depth."""
+  for folder in sorted(folders, key=len, reverse=True):
+    if not os.path.isdir(folder):
+      continue
+    if any(files for _, _, files in os.walk(folder)):
+      continue
+    for sub, _, _ in sorted(os.walk(folder), key=lambda w: len(w[0]), reverse=True):
+      try:
+        os.rmdir(sub)
+      except OSError:
+        pass
+
+
+def _prepare(builder, name: str, data_dir: Optional[str], manual_dir: Optional[str],
+             created: list[str]) -> None:
   """download_and_prepare (array_record); on failure one error saying how to prepare it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
@@ -138,6 +175,7 @@ def _prepare(builder, name: str, data_dir: Optional[str], manual_dir: Optional[s
     fresh = tfds.builder(name, data_dir=data_dir)
     if fresh.is_prepared():  # Another process (same shared data_dir) finished it first.
       return
+    _remove_if_empty(created)  # A failed attempt leaves no empty folders behind.
     manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
     hint = (f" {name!r} needs a manual download: {' '.join(str(manual).split())} Put those "
             "files in a folder and pass --config.tfds_manual_dir=FOLDER "

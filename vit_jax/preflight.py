@@ -1,0 +1,70 @@
+"""Checks a run's data against its config before anything is compiled.
+
+Compiling a large model takes minutes; a wrong class count or an unreadable split found at
+step 1 wastes them and surfaces as an XLA shape error. `check(config, info)` runs after the
+splits were opened (input_pipeline.get_dataset_info: every split the run reads exists) and
+raises one exits.UserError that says what to change:
+  * the head's class count (config.num_classes) equals the dataset's;
+  * the first example of the train and of the eval split decodes with the run's
+    preprocessing (it reads two examples, not the data);
+  * image folders: an eval split missing some of the train split's classes is reported
+    (a warning: accuracy is still well defined).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+from vit_jax import exits, preprocess
+from vit_jax.datasets.sources import open_source
+
+
+def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
+  """Raises exits.UserError on the first problem (module docstring)."""
+  dataset = config.dataset
+  if config.num_classes is not None and int(config.num_classes) != info.num_classes:
+    raise exits.UserError(
+        f"config.num_classes={config.num_classes} but dataset {dataset!r} has "
+        f"{info.num_classes} classes; pass --config.num_classes={info.num_classes} (or leave "
+        "it unset to take the dataset's count).")
+  opts = preprocess.options_from_config(config.pp)
+  rng = np.random.default_rng(0)
+  for split, decode in ((config.train_split, lambda x: preprocess.train_image(x, opts, rng)),
+                        (config.eval_split, lambda x: preprocess.eval_image(x, opts))):
+    source, source_info = open_source(config, split)
+    if not len(source):
+      raise exits.UserError(f"split {split!r} of dataset {dataset!r} is empty; check "
+                            "config.train_split / config.eval_split.")
+    element = source[0]
+    image_key, label_key = source_info.keys
+    try:
+      image = decode(element[image_key])
+    except Exception as e:  # pylint: disable=broad-except
+      where = element.get("path", f"example 0 of {split!r}") if hasattr(element, "get") else split
+      raise exits.UserError(f"cannot decode {where} of dataset {dataset!r} with the run's "
+                            f"preprocessing (pp.train={config.pp.train!r}, pp.crop="
+                            f"{config.pp.crop}): {e}") from e
+    if image.shape != (opts.crop, opts.crop, 3):
+      raise exits.UserError(f"preprocessing gave images of shape {image.shape} for split "
+                            f"{split!r}, expected ({opts.crop}, {opts.crop}, 3); check config.pp.")
+    label = int(element[label_key])
+    if not 0 <= label < info.num_classes:
+      raise exits.UserError(f"split {split!r} has label {label}, outside [0, {info.num_classes}).")
+  _check_folder_classes(config, warn)
+
+
+def _check_folder_classes(config, warn) -> None:
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(str(config.dataset)):
+    return
+  train, _ = open_source(config, config.train_split)
+  evaluation, _ = open_source(config, config.eval_split)
+  train_labels = set(getattr(getattr(train, "source", train), "labels", []))
+  eval_labels = set(getattr(getattr(evaluation, "source", evaluation), "labels", []))
+  names = getattr(getattr(train, "source", train), "class_names", ())
+  missing = sorted(names[i] for i in train_labels - eval_labels if i < len(names))
+  if missing and eval_labels:
+    warn(f"eval split {config.eval_split!r} of {config.dataset} has no images of "
+         f"{len(missing)} train class(es): {missing[:10]}.")

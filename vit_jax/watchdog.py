@@ -1,0 +1,138 @@
+"""Hang watchdog: a run whose train steps stop finishing dumps every thread's stack and exits.
+
+A hung collective (a dead host, a stuck NCCL/ICI link, a blocked input worker) otherwise
+keeps a pod job alive and idle until its time limit. The train loop hands each step's
+metrics (device arrays) to `StepWatchdog.step_dispatched`; a daemon thread polls which of
+them are ready (`jax.Array.is_ready`, no blocking), so what is timed is the device finishing
+the step, not Python dispatching it. When no step finishes for
+`max(min_seconds, factor x median step time)` — `first_step_seconds` before the first step,
+which includes compiling — every thread's Python stack is written (faulthandler) to stderr and
+to the run's log file, and the process exits with exits.HUNG (76), so a launcher restarts
+it from the last checkpoint. Evaluation and checkpointing run inside `paused()` (they have
+no step rhythm); the clock restarts after them. factor=0 disables the watchdog.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import faulthandler
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from vit_jax import exits, run_log
+
+
+class StepWatchdog:
+  """See the module docstring. `on_hang` (tests) replaces the dump-and-exit."""
+
+  def __init__(self, *, factor: float, min_seconds: float, first_step_seconds: float,
+               poll_seconds: float = 0.5, on_hang: Optional[Callable[[str], None]] = None):
+    self.factor = float(factor)
+    self.min_seconds = float(min_seconds)
+    self.first_step_seconds = float(first_step_seconds)
+    self._poll = poll_seconds
+    self._on_hang = on_hang or _dump_and_exit
+    self._pending: collections.deque = collections.deque()
+    self._times: collections.deque = collections.deque(maxlen=100)
+    self._lock = threading.Lock()
+    self._last = time.monotonic()
+    self._finished = 0
+    self._paused = 0
+    self._stop = threading.Event()
+    self._thread = None
+    if self.factor > 0:
+      self._thread = threading.Thread(target=self._watch, name="vit_jax-watchdog", daemon=True)
+      self._thread.start()
+
+  @property
+  def steps_finished(self) -> int:
+    return self._finished
+
+  def limit(self) -> float:
+    """Seconds without a finished step after which the run counts as hung."""
+    if not self._times:
+      return self.first_step_seconds if self.first_step_seconds > 0 else float("inf")
+    return max(self.min_seconds, self.factor * statistics.median(self._times))
+
+  def step_dispatched(self, outputs: Any) -> None:
+    """Registers one step's outputs (any pytree of jax.Arrays); it counts when they are ready."""
+    if self._thread is None:
+      return
+    import jax  # pylint: disable=g-import-not-at-top
+    leaf = jax.tree.leaves(outputs)[0]
+    with self._lock:
+      self._pending.append(leaf)
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """No hang detection inside (evaluation, checkpoint saves); the clock restarts after."""
+    with self._lock:
+      self._paused += 1
+    try:
+      yield
+    finally:
+      with self._lock:
+        self._paused -= 1
+        self._last = time.monotonic()
+
+  def _collect(self, now: float) -> None:
+    done = 0
+    while self._pending and _ready(self._pending[0]):
+      self._pending.popleft()
+      done += 1
+    if done:
+      if self._finished and not self._paused:  # The first step's time includes compiling.
+        per_step = (now - self._last) / done
+        self._times.extend([per_step] * min(done, self._times.maxlen))
+      self._finished += done
+      self._last = now
+
+  def _watch(self) -> None:
+    while not self._stop.wait(self._poll):
+      now = time.monotonic()
+      with self._lock:
+        self._collect(now)
+        if self._paused:
+          continue
+        idle, limit = now - self._last, self.limit()
+      if idle > limit:
+        median = statistics.median(self._times) if self._times else float("nan")
+        self._on_hang(
+            f"hang watchdog: no train step finished for {idle:.0f} s (limit {limit:.0f} s = "
+            f"max(watchdog.min_seconds={self.min_seconds:g}, watchdog.factor={self.factor:g} x "
+            f"median step {median:.3g} s); {self._finished} steps finished in this process). "
+            "Python stacks of every thread follow; exiting so the launcher restarts from the "
+            "last checkpoint.")
+        return
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+
+
+def _ready(array) -> bool:
+  try:
+    return bool(array.is_ready())
+  except AttributeError:  # Not a jax.Array (numpy): ready.
+    return True
+  except Exception:  # pylint: disable=broad-except  # Deleted/failed buffers: not a hang.
+    return True
+
+
+def _dump_and_exit(message: str) -> None:
+  """Writes `message` and all stacks to stderr and the run log, then exits with HUNG."""
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+  log = run_log.active()
+  if log is not None:
+    log.write(message)
+    log.file.flush()
+    faulthandler.dump_traceback(file=log.file, all_threads=True)
+    log.file.flush()
+  os._exit(exits.HUNG)  # pylint: disable=protected-access  # Threads may be stuck in C++.
