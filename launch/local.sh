@@ -212,10 +212,12 @@ start_processes() {
   for ((i = 0; i < num_processes; i++)); do
     build_command "$i"
     log="$log_dir/process_$i.log"
+    # Gloo (CPU collectives) prints one "[Gloo] Rank r is connected to n peer ranks" line
+    # per rank and collective group from C++; drop them, keep everything else.
     if ((i == 0 && !quiet)); then
-      "${cmd[@]}" > >(tee "$log") 2>&1 &
+      "${cmd[@]}" > >(grep --line-buffered -v '^\[Gloo\] Rank [0-9]* is connected to' | tee "$log") 2>&1 &
     else
-      "${cmd[@]}" >"$log" 2>&1 &
+      "${cmd[@]}" > >(grep --line-buffered -v '^\[Gloo\] Rank [0-9]* is connected to' >"$log") 2>&1 &
     fi
     pids+=("$!")
   done
