@@ -357,3 +357,34 @@ def test_candidate_locations(tmp_path):
   name = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
   assert checkpoint.candidate_locations(name + ".npz") == (
       "hf://timm/vit_base_patch16_224.augreg_in21k", f"gs://vit_models/augreg/{name}.npz")
+
+
+def test_load_report_says_what_was_adapted(tmp_path):
+  # A 21-class file with pre_logits at 16 px (4x4 grid) into a 7-class model without
+  # pre_logits at 24 px (6x6 grid): head replaced, pre_logits dropped, posemb resized.
+  path = str(tmp_path / "official.npz")
+  ol.write_official_npz(path, classes=21, representation_size=ol.WIDTH)
+  _, init = _init(num_classes=7, size=24)
+  params, report = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
+                                              model_config=None, report=True)
+  assert isinstance(report, checkpoint.LoadReport)
+  assert report.head == "replaced" and report.head_classes == (21, 7)
+  assert report.pre_logits_dropped and report.posemb_grid == ((4, 4), (6, 6))
+  total = len(ol.official_vit_shapes())  # The model's arrays (no pre_logits).
+  assert report.arrays_loaded == total - 3  # All but head kernel/bias and the posemb.
+  text = "\n".join(report.lines())
+  assert "head: replaced (21 -> 7 classes)" in text and "pre_logits: dropped" in text
+  assert "resized from the 4x4 to the 6x6 patch grid" in text
+  assert set(params) == set(meta.unbox(init))
+
+  # The same grid and class count: everything kept; replace_head=True forces a new head.
+  same = str(tmp_path / "same.npz")
+  ol.write_official_npz(same)
+  _, init16 = _init()
+  _, kept = checkpoint.load_pretrained(pretrained_path=same, init_params=init16,
+                                       model_config=None, report=True)
+  assert (kept.head, kept.pre_logits_dropped, kept.posemb_grid) == ("kept", False, None)
+  assert kept.arrays_loaded == total and "position embeddings: kept" in "\n".join(kept.lines())
+  _, forced = checkpoint.load_pretrained(pretrained_path=same, init_params=init16,
+                                         model_config=None, replace_head=True, report=True)
+  assert forced.head == "replaced" and forced.head_classes == (ol.CLASSES, ol.CLASSES)

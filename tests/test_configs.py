@@ -3,6 +3,7 @@ import pytest
 
 from test_train import load_config_file  # pylint: disable=g-bad-import-order
 from vit_jax import main
+from test_train import REPO  # pylint: disable=g-bad-import-order
 
 VIT_PRESETS = ["b16,cifar10", "l16,imagenet2012", "ti16,digits", "b32,cifar100",
                "s16,oxford_iiit_pet", "r50b16,cifar10", "mixer-b16,cifar10", "h14,imagenet2012"]
@@ -122,3 +123,62 @@ def test_no_second_defaults_in_product_code():
       if pattern.search(line):
         offenders.append(f"{path.name}:{i}: {line.strip()}")
   assert not offenders, offenders
+
+
+# --- every preset's train view against its eval view -----------------------------------------
+
+NATIVE_SIDE = {"digits": 32, "cifar10": 32, "cifar100": 32}  # Stored image side [px], if fixed.
+
+
+def _every_preset():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("vit_presets", REPO / "configs" / "vit.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  presets = [("vit", f"{m},{d}") for m in module.MODELS for d in module.DATASETS]
+  presets += [("augreg", ""), ("augreg", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0,digits")]
+  presets += [(name, m) for name in ("pretrain_i1k", "pretrain_i21k") for m in ("ti16", "b16")]
+  presets += [("quickstart", ""), ("finetune_quickstart", "")]
+  return presets
+
+
+def view_problems(config) -> list[str]:
+  """What is wrong with a config's train view relative to its eval view (empty: fine).
+
+  * vit_finetune's random crop must cover >= 60% of the resized image's area;
+  * train and eval must see objects at the same scale (train resize / eval scale <= 8/7);
+  * an eval view that leaves a stored image unresampled (eval 'resize' to the stored side)
+    must not meet train views that are all resampled (another resize).
+  """
+  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  opts = preprocess.options_from_config(config.pp)
+  problems = []
+  eval_scale = opts.crop if opts.eval == "resize" else opts.resize
+  if opts.eval == "resize_crop" and (opts.crop / opts.resize) ** 2 < 0.6:
+    problems.append(f"eval central crop keeps {(opts.crop / opts.resize) ** 2:.0%} of the image")
+  if opts.train == "vit_finetune":
+    share = (opts.crop / opts.resize) ** 2
+    if share < 0.6:
+      problems.append(f"train crop {opts.crop} of {opts.resize} covers {share:.0%} of the image")
+    if not 1.0 <= opts.resize / eval_scale <= 8 / 7 + 0.01:  # + rounding of the side
+      problems.append(f"train scale {opts.resize} px vs eval {eval_scale} px")
+    native = NATIVE_SIDE.get(str(config.dataset))
+    if native == opts.crop and opts.eval == "resize" and opts.resize != native:
+      problems.append(f"eval leaves {native} px images untouched, train resamples to {opts.resize}")
+  return problems
+
+
+@pytest.mark.parametrize("name,arg", _every_preset())
+def test_every_preset_trains_on_views_like_its_eval(name, arg):
+  config = load_config_file(name, arg) if arg else load_config_file(name)
+  assert view_problems(config) == [], (name, arg)
+
+
+def test_view_check_catches_the_old_fixed_margin():
+  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  config = load_config_file("vit", "ti16,digits")
+  with config.unlocked():
+    config.pp.resize, config.pp.eval = config.pp.crop + 32, "resize"  # The old default.
+  assert len(view_problems(config)) == 3
+  assert preprocess.default_resize(32) == 37 and preprocess.default_resize(224) == 256
+  assert preprocess.default_resize(384) == 439

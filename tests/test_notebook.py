@@ -157,6 +157,9 @@ def test_notebook_runs_in_tiny_offline_mode(tmp_path, monkeypatch, kernel_dir):
   printed = float(re.search(r"fingerprint of the (\d+) pretrained tensors: ([\d.]+)", loaded)[2])
   assert printed == pytest.approx(_fingerprint(fixture), rel=1e-9)
   assert "new head (10, 10)" in loaded and "(1, 10, 10)" in loaded  # 3x3 grid + cls at 48px.
+  # The load report says what was adapted, as the trainer prints it.
+  assert "head: replaced (21 -> 10 classes)" in loaded
+  assert re.search(r"position embeddings: resized from the \d+x\d+ to the 3x3 patch grid", loaded)
   assert fixture["head/kernel"].shape == (10, 21)
 
   assert _has_png(_tagged(nb, "plot-training")), "loss/lr plot produced no image"

@@ -4,10 +4,13 @@ Owns the published recipes, each a pure function of its inputs and a `np.random.
 (so a worker computes the same result whatever the worker count):
 
 * train `vit_finetune` (Google's vit_jax fine-tune recipe): resize to `resize`×`resize`
-  (default crop+32), random `crop`×`crop` crop, random horizontal flip.
+  (default `default_resize(crop)` = crop × 8/7: 224 -> 256, 384 -> 439, 32 -> 37), random
+  `crop`×`crop` crop, random horizontal flip. The margin scales with the crop, so the
+  random crop always covers (7/8)² ≈ 77% of the image, as big_vision's transfer configs
+  (256 -> 224, 448 -> 384); a fixed +32 took a quarter of a 32 px image.
 * train `inception_crop`: random crop covering 5%-100% of the area with aspect ratio in
   [3/4, 4/3] (log-uniform; 10 tries, then the whole image), resized to `crop`, random flip.
-* eval `resize`: resize to `crop`; eval `resize_crop`: resize to `resize` (default crop+32),
+* eval `resize`: resize to `crop`; eval `resize_crop`: resize to `resize` (same default),
   central `crop` crop.
 * optional RandAugment (vit_jax.randaugment) on the uint8 crop.
 * batch level: values to float32 in [-1, 1], one-hot labels with label smoothing
@@ -29,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 TRAIN_MODES = ("vit_finetune", "inception_crop")
+RESIZE_RATIO = 8 / 7  # resize / crop when config.pp.resize is unset (0.875 crop ratio).
 EVAL_MODES = ("resize", "resize_crop")
 
 
@@ -46,10 +50,15 @@ class PreprocessOptions:
   label_smoothing: float = 0.0
 
 
+def default_resize(crop: int) -> int:
+  """The resize side for a crop when config.pp.resize is unset: round(crop × 8/7)."""
+  return int(round(crop * RESIZE_RATIO))
+
+
 def options_from_config(pp: Any) -> PreprocessOptions:
-  """Validates config.pp and returns PreprocessOptions (resize defaults to crop+32)."""
+  """Validates config.pp and returns PreprocessOptions (resize defaults to default_resize)."""
   crop = int(pp.crop)
-  resize = int(pp.resize) if pp.resize else crop + 32
+  resize = int(pp.resize) if pp.resize else default_resize(crop)
   opts = PreprocessOptions(
       crop=crop, resize=resize, train=str(pp.train), eval=str(pp.eval), flip=bool(pp.flip),
       randaugment_layers=int(pp.randaugment_layers or 0),
@@ -61,7 +70,7 @@ def options_from_config(pp: Any) -> PreprocessOptions:
     raise ValueError(f"config.pp.eval={opts.eval!r} is unknown; use one of {EVAL_MODES}.")
   if opts.train == "vit_finetune" and opts.resize < crop:
     raise ValueError(f"config.pp.resize={opts.resize} is smaller than config.pp.crop={crop}; "
-                     "set resize >= crop (or leave it unset for crop+32).")
+                     "set resize >= crop (or leave it unset for crop x 8/7).")
   if not 0.0 <= opts.label_smoothing < 1.0:
     raise ValueError(f"config.pp.label_smoothing={opts.label_smoothing} must be in [0, 1).")
   if opts.mixup_alpha < 0:

@@ -11,7 +11,7 @@ watchdog.py; this module only sequences them. How a run ends is in its result
 Config keys read here (units in brackets; defaults in configs/common.defaults() only):
 total_steps [steps] or total_epochs [epochs over the train split], batch, accum_steps,
 log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
-keep_period [steps], seed, pretrained_path / model_or_filename, num_classes (None = from the
+keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes (None = from the
 dataset), progress (tqdm bar), input.device_prefetch [batches], workdir_lock_timeout [s],
 watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change.
 """
@@ -58,11 +58,12 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def load_pretrained_params(config, setup: StateSetup) -> Optional[Any]:
+def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]:
   """Host params from config.pretrained_path / config.model_or_filename, or None if neither set.
 
   Where they are read from is checkpoint.candidate_locations (the rule the inference CLI
-  uses too): an AugReg name or file tries its Hugging Face copy first, then gs://.
+  uses too): an AugReg name or file tries its Hugging Face copy first, then gs://. `log`
+  gets the load report (head replaced or kept, pre_logits dropped, posemb grid resized).
   """
   location = config.pretrained_path or config.model_or_filename
   if not location:
@@ -71,10 +72,14 @@ def load_pretrained_params(config, setup: StateSetup) -> Optional[Any]:
   # as in the published fine-tuning recipe).
   init_params = setup.abstract_state.params
   model_config = model_configs.run_model_config(config)
-  _, params = checkpoint.load_first(
+  _, (params, report) = checkpoint.load_first(
       checkpoint.candidate_locations(str(location)),
       lambda uri: checkpoint.load_pretrained(pretrained_path=uri, init_params=init_params,
-                                             model_config=model_config))
+                                             model_config=model_config,
+                                             replace_head=config.replace_head, report=True))
+  if log is not None:
+    for line in report.lines():
+      log(line)
   return params
 
 
@@ -86,7 +91,7 @@ def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
     step, state, data_state = restored
     log(f"Resuming from the workdir checkpoint at step {step}.")
     return state, data_state
-  params = load_pretrained_params(config, setup)
+  params = load_pretrained_params(config, setup, log)
   if params is not None:
     log(f"Fine-tuning from pretrained weights {config.pretrained_path or config.model_or_filename}.")
     return train_state.state_from_params(setup, params, config.seed), None

@@ -30,12 +30,12 @@ import numpy as np
 from vit_jax import param_tree
 from vit_jax.checkpoint import files
 from vit_jax.checkpoint import layouts
-from vit_jax.checkpoint.adapt import adapt_to_model, stack_layers, unstack_layers
+from vit_jax.checkpoint.adapt import LoadReport, adapt_to_model, stack_layers, unstack_layers
 from vit_jax.checkpoint.posemb import interpolate_posemb
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
            "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
-           "to_host"]
+           "to_host", "LoadReport"]
 
 CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
@@ -118,9 +118,11 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
 
   Options: replace_head (None: when the class count differs; True/False to force),
   old_grid / new_grid ((gh, gw) when a position-embedding grid is not square),
-  num_heads, cache_dir, sha256. Raises ValueError naming the key and shapes on any mismatch.
+  num_heads, cache_dir, sha256, report (True: return (params, LoadReport) — what was changed:
+  head replaced or kept, pre_logits dropped, posemb grid resized, arrays loaded). Raises
+  ValueError naming the key and shapes on any mismatch.
   """
-  known = {"replace_head", "old_grid", "new_grid", "num_heads", "cache_dir", "sha256"}
+  known = {"replace_head", "old_grid", "new_grid", "num_heads", "cache_dir", "sha256", "report"}
   unknown = sorted(set(options) - known)
   if unknown:
     raise TypeError(f"load_pretrained got unknown options {unknown}; valid: {sorted(known)}.")
@@ -128,18 +130,18 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   heads = options.get("num_heads") or param_tree.num_heads(init_flat, model_config)
   restored = load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
                   sha256=options.get("sha256"))
-  adapted, head_replaced = adapt_to_model(
+  adapted, report = adapt_to_model(
       restored, layouts.unflatten(init_flat), source=str(pretrained_path),
       replace_head=options.get("replace_head"), old_grid=options.get("old_grid"),
       new_grid=options.get("new_grid"))
   head = adapted.get("head", {}).get("kernel") if isinstance(adapted.get("head"), dict) else None
-  if head is not None and head.size and not np.any(head) and not head_replaced:
+  if head is not None and head.size and not np.any(head) and report.head != "replaced":
     warnings.warn(
         f"the head of {pretrained_path!r} is all zeros (ImageNet-21k pre-training checkpoints "
         "ship zero heads): its logits are useless for inference until the model is fine-tuned.",
         stacklevel=2)
   logging.info("Loaded %s into the model.", pretrained_path)
-  return adapted
+  return (adapted, report) if options.get("report") else adapted
 
 
 T = TypeVar("T")

@@ -1,6 +1,7 @@
 """Fitting a canonical checkpoint tree to a model: scan layout, head, pre_logits, posemb, checks.
 
-Owns `adapt_to_model(restored, init)` used by checkpoint.load_pretrained, and the
+Owns `adapt_to_model(restored, init)` used by checkpoint.load_pretrained (with the
+`LoadReport` of what it changed, printed once at a fine-tune start), and the
 per-layer <-> scanned conversions `stack_layers` / `unstack_layers`
 (`Transformer/encoderblock_{i}/...` <-> `Transformer/encoderblock/...` with a
 leading layer axis). Every key and shape is validated against the model's
@@ -8,6 +9,7 @@ init tree; each mismatch raises one ValueError naming the key, both shapes and t
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Optional, Sequence
@@ -20,6 +22,39 @@ from vit_jax.checkpoint.posemb import interpolate_posemb, square_grid
 
 POSEMB = param_tree.POSEMB
 _BLOCK_RE = re.compile(r"^encoderblock_(\d+)$")
+
+
+@dataclasses.dataclass
+class LoadReport:
+  """What fitting a checkpoint to a model changed (checkpoint.load_pretrained(report=True))."""
+  source: str
+  arrays_loaded: int = 0              # checkpoint arrays used as they are
+  head: str = "none"                  # 'kept' | 'replaced' | 'none' (no head in model or file)
+  head_classes: tuple[int, int] = (0, 0)  # (checkpoint's, model's) class count
+  pre_logits_dropped: bool = False
+  posemb_grid: Optional[tuple[tuple[int, int], tuple[int, int]]] = None  # (old, new) if resized
+  layout: str = ""                    # scan conversion done, if any
+
+  def lines(self) -> list[str]:
+    """The report as text lines (the trainer prints them once)."""
+    out = [f"Loaded {self.source}: {self.arrays_loaded} arrays taken as they are."]
+    old, new = self.head_classes
+    if self.head == "replaced":
+      out.append(f"  head: replaced ({old} -> {new} classes); the new head starts at the "
+                 "model's initial value (zero: the published fine-tune recipe).")
+    elif self.head == "kept":
+      out.append(f"  head: kept ({old} classes).")
+    if self.pre_logits_dropped:
+      out.append("  pre_logits: dropped (the model has no representation layer).")
+    if self.posemb_grid:
+      (oh, ow), (nh, nw) = self.posemb_grid
+      out.append(f"  position embeddings: resized from the {oh}x{ow} to the {nh}x{nw} patch "
+                 "grid (bilinear).")
+    else:
+      out.append("  position embeddings: kept (same patch grid).")
+    if self.layout:
+      out.append(f"  layout: {self.layout}.")
+    return out
 
 
 def _stack(leaves):
@@ -65,18 +100,21 @@ def _match_scan(restored: dict, init: dict) -> dict:
   return stack_layers(restored) if scanned else unstack_layers(restored)
 
 
-def _fit_posemb(flat: dict, init: dict, source: str, old_grid, new_grid) -> None:
+def _fit_posemb(flat: dict, init: dict, source: str, old_grid, new_grid):
+  """Resizes flat's posemb to init's grid; returns (old grid, new grid) or None if kept."""
   if POSEMB not in flat or POSEMB not in init or flat[POSEMB].shape == init[POSEMB].shape:
-    return
+    return None
   old, new = flat[POSEMB].shape, init[POSEMB].shape
   if old[-1] != new[-1]:
-    return  # A width mismatch: reported by the shape check.
+    return None  # A width mismatch: reported by the shape check.
   prefix = 1 if "cls" in flat else 0
   grid = tuple(new_grid) if new_grid else square_grid(new[1] - prefix, "model's")
+  before = tuple(old_grid) if old_grid else square_grid(old[1] - prefix, "checkpoint's")
   logging.info("Resizing position embeddings of %s from %s to %s (grid %s).", source, old, new,
                grid)
   flat[POSEMB] = interpolate_posemb(flat[POSEMB], grid, num_prefix_tokens=prefix,
                                     old_grid=old_grid)
+  return before, grid
 
 
 def _check_mixer_resolution(flat: dict, init: dict) -> None:
@@ -133,16 +171,31 @@ def _validate(flat: dict, init: dict, source: str) -> None:
 
 def adapt_to_model(restored: dict, init: dict, *, source: str,
                    replace_head: Optional[bool] = None, old_grid=None, new_grid=None
-                   ) -> tuple[dict, bool]:
-  """(params shaped like `init`, whether the head was replaced) from a canonical tree."""
+                   ) -> tuple[dict, LoadReport]:
+  """(params shaped like `init`, LoadReport of what changed) from a canonical tree."""
+  report = LoadReport(source=source)
+  scanned_file = "encoderblock" in restored.get("Transformer", {})
+  scanned_model = "encoderblock" in init.get("Transformer", {})
+  if scanned_file != scanned_model:
+    report.layout = ("per-layer blocks stacked for the scanned model" if scanned_model
+                     else "scanned blocks unstacked to per-layer")
   restored = _match_scan(restored, init)
   flat, init_flat = param_tree.flat_view(restored), param_tree.flat_view(init)
   if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init_flat:
     logging.info("Dropping pre_logits of %s: the model has no representation layer.", source)
     flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}
+    report.pre_logits_dropped = True
   _check_mixer_resolution(flat, init_flat)
-  _fit_posemb(flat, init_flat, source, old_grid, new_grid)
+  report.posemb_grid = _fit_posemb(flat, init_flat, source, old_grid, new_grid)
+  if "head/kernel" in flat and "head/kernel" in init_flat:
+    report.head_classes = (int(flat["head/kernel"].shape[-1]), int(init_flat["head/kernel"].shape[-1]))
   replaced = _fit_head(flat, init_flat, replace_head, source)
+  if "head/kernel" in flat and "head/kernel" in init_flat:
+    report.head = "replaced" if replaced else "kept"
   _validate(flat, init_flat, source)
   out = {k: np.asarray(flat[k]).astype(init_flat[k].dtype, copy=False) for k in init_flat}
-  return layouts.unflatten(out), replaced
+  changed = {POSEMB} if report.posemb_grid else set()
+  if replaced:
+    changed |= {"head/kernel", "head/bias"}
+  report.arrays_loaded = len(set(out) - changed)
+  return layouts.unflatten(out), report

@@ -29,6 +29,7 @@ def defaults() -> ml_collections.ConfigDict:
   # Where initial weights come from (workdir checkpoint > these > scratch):
   c.pretrained_path = config_dict.placeholder(str)    # Local / gs:// / https:// / hf:// file.
   c.model_or_filename = config_dict.placeholder(str)  # AugReg name, resolved via the index.
+  c.replace_head = config_dict.placeholder(bool)  # None: new head when the class count differs.
 
   c.dataset = "cifar10"            # TFDS name, 'digits' (embedded, offline) or an image folder.
   c.tfds_data_dir = config_dict.placeholder(str)
