@@ -55,7 +55,7 @@ def test_augreg_and_quickstart():
   assert load_config_file("vit", "quickstart").to_dict() == q.to_dict()
 
 
-def test_configs_are_locked_and_unknown_overrides_list_valid_keys():
+def test_configs_are_locked_and_unknown_overrides_list_valid_keys(capsys):
   c = load_config_file("vit", "b16,cifar10")
   with pytest.raises(AttributeError):
     c.bogus_key = 1
@@ -63,11 +63,20 @@ def test_configs_are_locked_and_unknown_overrides_list_valid_keys():
                                "--config.model.transformer.dropout_rate=0.1"])
   with pytest.raises(SystemExit) as err:
     main.check_config_overrides(["--config=configs/vit.py:b16,cifar10", "--config.base_lrr=0.01"])
-  message = str(err.value)
+  assert err.value.code == 2
+  message = capsys.readouterr().err.strip()
   assert message.startswith("error: Unknown config key(s) ['base_lrr']") and "\n" not in message
   assert "Did you mean base_lr?" in message and "Valid keys" in message and " base_lr," in message
   with pytest.raises(ValueError, match="model"):
     load_config_file("vit", "b17,cifar10")
+  # A bad preset or a missing file: one line, status 2, no traceback.
+  for spec, want in (("configs/vit.py:b17,cifar10", "unknown model 'b17'"),
+                     ("configs/nope.py", "config file 'configs/nope.py'")):
+    with pytest.raises(SystemExit) as err:
+      main.check_config_overrides([f"--config={spec}"])
+    line = capsys.readouterr().err.strip()
+    assert err.value.code == 2 and line.startswith("error: ") and want in line, line
+    assert "\n" not in line
 
 
 def _keys_read_by_product_code():

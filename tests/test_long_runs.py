@@ -122,6 +122,20 @@ def test_unknown_dataset_suggests_the_closest_names(tmp_path, data_dir):
   assert "Did you mean 'cifar10'" in line and len(line) < 400
 
 
+def test_a_missing_image_folder_is_named_as_a_folder(tmp_path, data_dir):
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_dir, dataset=str(tmp_path / "no_such_folder"), num_classes=None)
+  with pytest.raises(ValueError, match="looks like a folder but does not exist"):
+    sources.open_source(config, "train")
+
+
+def test_bad_input_statuses():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  assert exits.status_for(ValueError("bad config")) == exits.BAD_INPUT
+  assert exits.status_for(FileNotFoundError("no checkpoint")) == exits.BAD_INPUT
+  assert exits.status_for(app.UsageError("--workdir is required")) == exits.BAD_INPUT
+
+
 def _folder(root, classes_by_split):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for split, classes in classes_by_split.items():

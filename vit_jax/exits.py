@@ -4,7 +4,7 @@ The statuses a scheduler or launcher acts on (docs/running.md, "Exit statuses"):
 
   0   FINISHED   the run reached its last step (or the command succeeded)
   1   ERROR      anything else went wrong; the message says what to do
-  2   BAD_INPUT  bad flags, config or data found before training started
+  2   BAD_INPUT  bad flags, config, data or checkpoint (ValueError, FileNotFoundError, ...)
   3   NAN_STOP   the loss or the parameters became non-finite; the last good checkpoint is kept
   75  PREEMPTED  SIGTERM: a checkpoint was saved at a step boundary — rerun to continue
   76  HUNG       the hang watchdog fired (no step finished in time); stacks are in the log —
@@ -49,7 +49,11 @@ def status_for(error: BaseException) -> int:
   """The exit status for an exception that ended a command."""
   if isinstance(error, FloatingPointError):
     return NAN_STOP
-  if isinstance(error, (UserError, FileExistsError)):
+  # Our checks raise ValueError / FileNotFoundError for bad flags, configs, data and
+  # checkpoints (absl's UsageError for missing flags): the input, not the program.
+  if isinstance(error, (ValueError, FileExistsError, FileNotFoundError, KeyError)):
+    return BAD_INPUT
+  if type(error).__name__ == "UsageError":
     return BAD_INPUT
   return ERROR
 

@@ -121,26 +121,38 @@ def _flatten_keys(config, prefix: str = "") -> list[str]:
 
 
 def check_config_overrides(argv: Sequence[str]) -> None:
-  """Exits with the list of valid keys when a --config.<key> override names no config field."""
+  """Exits with one line when --config cannot be loaded (missing file, bad preset) or when a
+  --config.<key> override names no config field (with the closest and the valid keys)."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if not spec or not overrides:
+  if not spec:
     return
   path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    _bad_input(f"error: config file {path!r} (from --config={spec}) does not exist; pass a "
+               "file such as configs/quickstart.py or configs/vit.py:b16,cifar10.")
   try:
     from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
     module = common.load_config_file(path)
     config = module.get_config(arg) if arg else module.get_config()
-  except Exception:  # pylint: disable=broad-except  # config_flags reports load errors itself.
-    return
+  except Exception as e:  # pylint: disable=broad-except
+    from vit_jax import exits  # pylint: disable=g-import-not-at-top
+    _bad_input(f"{exits.one_line(e)} (while loading --config={spec})")
   valid = _flatten_keys(config)
   unknown = [k for k in overrides if k not in valid]
   if unknown:
     import difflib  # pylint: disable=g-import-not-at-top
     close = sorted({m for k in unknown for m in difflib.get_close_matches(k, valid, n=3)})
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    sys.exit(f"error: Unknown config key(s) {unknown} for --config={spec}.{hint} Valid keys: "
-             + ", ".join(sorted(valid)))
+    _bad_input(f"error: Unknown config key(s) {unknown} for --config={spec}.{hint} Valid keys: "
+               + ", ".join(sorted(valid)))
+
+
+def _bad_input(line: str) -> None:
+  """Prints `line` on stderr and exits with the bad-input status (2)."""
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
+  sys.exit(2)
 
 
 def main(argv: Sequence[str]) -> None:

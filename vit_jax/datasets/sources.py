@@ -49,6 +49,10 @@ def open_source(config, split: str) -> tuple[Any, SourceInfo]:
   if key not in _CACHE:
     if os.path.isdir(dataset):
       _CACHE[key] = _folder_source(dataset, split)
+    elif dataset.startswith(("/", "./", "../", "~")) or os.sep + os.sep in dataset:
+      raise ValueError(f"config.dataset={dataset!r} looks like a folder but does not exist on "
+                       "this machine; pass an image folder laid out as <folder>/train/<class>/"
+                       "<image> (and <folder>/test/...), or a TFDS name such as 'cifar10'.")
     else:
       _CACHE[key] = _tfds_source(dataset, split, data_dir, manual_dir)
   return _CACHE[key]
