@@ -160,7 +160,8 @@ def test_main_topology_dry_run_and_its_errors(tmp_path):
   assert figures["collectives"]["all-reduce"]["count"] > 0  # data-parallel gradients
   bad = subprocess.run(base + ["--topology=v5p-7"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
-  assert bad.returncode == 1 and "count TensorCores" in bad.stderr, bad.stderr[-2000:]
+  # A bad slice name is bad input (2); 1 is kept for "compiles but does not fit".
+  assert bad.returncode == 2 and "count TensorCores" in bad.stderr, bad.stderr[-2000:]
   assert "Traceback" not in bad.stderr
 
 

@@ -264,6 +264,22 @@ def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
     wd.close()
 
 
+def test_watchdog_floor_applies_when_the_first_steps_finish_in_one_poll():
+  # Fast steps all seen finished in one poll leave no step time: the floor must still hold
+  # (in CI the first_step_seconds bound applied instead and a hung run waited 120 s).
+  fired = []
+  wd = watchdog.StepWatchdog(factor=3, min_seconds=0.3, first_step_seconds=60,
+                             poll_seconds=0.2, on_hang=fired.append)
+  try:
+    for _ in range(4):
+      wd.step_dispatched(_Step())  # Ready at once: all four are collected by one poll.
+    wd.step_dispatched(_Step(ready=False))
+    time.sleep(1.2)
+    assert wd.steps_finished == 4 and len(fired) == 1
+  finally:
+    wd.close()
+
+
 def test_watchdog_off_with_factor_zero():
   fired = []
   wd = watchdog.StepWatchdog(factor=0, min_seconds=0, first_step_seconds=0.01,

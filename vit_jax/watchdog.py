@@ -6,8 +6,9 @@ metrics (device arrays) to `StepWatchdog.step_dispatched`; a daemon thread polls
 them are ready (`jax.Array.is_ready`, no blocking), so what is timed is the device finishing
 the step, not Python dispatching it. When no step finishes for
 `max(min_seconds, factor x median step time)` — `first_step_seconds` before the first step,
-which includes compiling — every thread's Python stack is written (faulthandler) to stderr and
-to the run's log file, and the process exits with exits.HUNG (76), so a launcher restarts
+which includes compiling, and `min_seconds` until a step time is known — every thread's
+Python stack is written (faulthandler) to stderr and to the run's log file, and the process
+exits with exits.HUNG (76), so a launcher restarts
 it from the last checkpoint. Evaluation and checkpointing run inside `paused()` (they have
 no step rhythm); the clock restarts after them. factor=0 disables the watchdog.
 """
@@ -54,8 +55,10 @@ class StepWatchdog:
 
   def limit(self) -> float:
     """Seconds without a finished step after which the run counts as hung."""
-    if not self._times:
+    if not self._finished:  # The first step compiles: its own bound.
       return self.first_step_seconds if self.first_step_seconds > 0 else float("inf")
+    if not self._times:  # Steps finished, none timed yet (all seen in one poll): the floor.
+      return self.min_seconds
     return max(self.min_seconds, self.factor * statistics.median(self._times))
 
   def step_dispatched(self, outputs: Any) -> None:
