@@ -7,6 +7,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/setup_env.sh
 source "$ROOT/scripts/setup_env.sh" runtime
 cd "$ROOT"
+# libtpu (pulled in by the test requirements, for planning TPU jobs on a CPU host) probes for
+# TPU chips at start-up and prints warnings where there are none: pick the backend then.
+if [[ -z "${JAX_PLATFORMS:-}" ]] && ! compgen -G "/dev/accel*" >/dev/null \
+    && [[ ! -e /dev/vfio/0 ]] && python -c "import libtpu" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then export JAX_PLATFORMS=cuda,cpu; else export JAX_PLATFORMS=cpu; fi
+fi
 WORKDIR="${1:-workdirs/quickstart}"
 shift || true
 python -m vit_jax.main --config=configs/quickstart.py --workdir="$WORKDIR" "$@"

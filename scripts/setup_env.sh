@@ -21,6 +21,8 @@ stamp_file="$VENV/.vit_jax_setup_$KIND"
 stamp="$(cat "$ROOT"/requirements*.txt "$ROOT/setup.cfg" 2>/dev/null | sha256sum | cut -d' ' -f1) ${VIT_JAX_INTEROP_TESTS:-1}"
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]] && python -c "import vit_jax" 2>/dev/null; then
   echo "[setup] environment up to date: $VENV ($(python --version))"
+  # Sourced (the usual way): return to the caller; run directly: exit.
+  # shellcheck disable=SC2317
   return 0 2>/dev/null || exit 0
 fi
 rm -f "$stamp_file"
