@@ -6,6 +6,7 @@ The command-line cases run real `python -m vit_jax.main` processes on the tiny r
 test_resume.TINY_FLAGS (one layer, width 16, 8x8 digits); the watchdog case runs two
 processes through launch/local.sh with a hang injected into process 1's input pipeline.
 """
+import contextlib
 import errno
 import json
 import os
@@ -242,11 +243,19 @@ class _Step:
     return self.ready
 
 
-def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
+@contextlib.contextmanager
+def _watchdog(**options):
+  """(watchdog, list of the hang messages it would have exited with); closed afterwards."""
   fired = []
-  wd = watchdog.StepWatchdog(factor=3, min_seconds=0.3, first_step_seconds=5,
-                             poll_seconds=0.02, on_hang=fired.append)
+  wd = watchdog.StepWatchdog(on_hang=fired.append, **options)
   try:
+    yield wd, fired
+  finally:
+    wd.close()
+
+
+def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
+  with _watchdog(factor=3, min_seconds=0.3, first_step_seconds=5, poll_seconds=0.02) as (wd, fired):
     for _ in range(5):  # Steady steps of ~20 ms.
       wd.step_dispatched(_Step())
       time.sleep(0.02)
@@ -260,33 +269,23 @@ def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
     wd.step_dispatched(stuck)
     time.sleep(0.8)
     assert len(fired) == 1 and "no train step finished for" in fired[0]
-  finally:
-    wd.close()
 
 
 def test_watchdog_floor_applies_when_the_first_steps_finish_in_one_poll():
   # Fast steps all seen finished in one poll leave no step time: the floor must still hold
   # (in CI the first_step_seconds bound applied instead and a hung run waited 120 s).
-  fired = []
-  wd = watchdog.StepWatchdog(factor=3, min_seconds=0.3, first_step_seconds=60,
-                             poll_seconds=0.2, on_hang=fired.append)
-  try:
+  with _watchdog(factor=3, min_seconds=0.3, first_step_seconds=60, poll_seconds=0.2) as (wd, fired):
     for _ in range(4):
       wd.step_dispatched(_Step())  # Ready at once: all four are collected by one poll.
     wd.step_dispatched(_Step(ready=False))
     time.sleep(1.2)
     assert wd.steps_finished == 4 and len(fired) == 1
-  finally:
-    wd.close()
 
 
 def test_watchdog_off_with_factor_zero():
-  fired = []
-  wd = watchdog.StepWatchdog(factor=0, min_seconds=0, first_step_seconds=0.01,
-                             poll_seconds=0.01, on_hang=fired.append)
-  wd.step_dispatched(_Step(ready=False))
-  time.sleep(0.1)
-  wd.close()
+  with _watchdog(factor=0, min_seconds=0, first_step_seconds=0.01, poll_seconds=0.01) as (wd, fired):
+    wd.step_dispatched(_Step(ready=False))
+    time.sleep(0.1)
   assert not fired
 
 

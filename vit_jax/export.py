@@ -97,21 +97,6 @@ def model_from_architecture(arch: dict[str, Any]):
   return model_configs.model_from_fields(arch["model"], int(arch["num_classes"]))
 
 
-def _write_json_atomic(data: dict, path: str) -> None:
-  import tempfile  # pylint: disable=g-import-not-at-top
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(data, f, indent=1)
-    os.chmod(tmp, checkpoint.files.default_file_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def export(workdir: str, output: str, step: Optional[int] = None,
            overwrite: bool = False) -> str:
   """Writes the params of `workdir`'s checkpoint to `output` (.npz) and its architecture to
@@ -126,7 +111,8 @@ def export(workdir: str, output: str, step: Optional[int] = None,
   params, config, step = restore_params(workdir, step)
   if jax.process_index() == 0:
     checkpoint.save(params, output)
-    _write_json_atomic(architecture(config, step, workdir), sidecar_path(output))
+    text = json.dumps(architecture(config, step, workdir), indent=1)
+    checkpoint.files.write_atomic(sidecar_path(output), lambda f: f.write(text.encode()))
   return output
 
 

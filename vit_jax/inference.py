@@ -255,8 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     probs = predict(model, params, images, args.batch_size)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
     status = exits.report(e, verbose=args.verbose)
-    return exits.BAD_INPUT if status == exits.ERROR and isinstance(e, (ValueError, OSError,
-                                                                        KeyError)) else status
+    # A checkpoint that cannot be fetched (FetchError and other OSErrors) is bad input here.
+    return exits.BAD_INPUT if isinstance(e, OSError) and status == exits.ERROR else status
   for path, p in zip(args.images, probs):
     print(format_top_k(path, p, labels, min(args.top_k, num_classes)))
   return 0

@@ -22,10 +22,12 @@ committed checkpoint, which stays intact (Orbax commits a step only when it is c
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -77,24 +79,19 @@ class Checkpointer:
     with self._disk_full_said(f"the checkpoint of step {step}"):
       return self._manager.save(step, args=args, force=True)
 
-  def _disk_full_said(self, what: str):
-    """Context: an out-of-space error becomes one OSError(ENOSPC) naming the intact checkpoint."""
-    import contextlib  # pylint: disable=g-import-not-at-top
-    import errno  # pylint: disable=g-import-not-at-top
-
-    @contextlib.contextmanager
-    def guard():
-      try:
-        yield
-      except Exception as e:  # pylint: disable=broad-except
-        if not exits.is_disk_full(e):
-          raise
-        committed = [s for s in self._committed_steps()]
-        kept = (f"the last committed checkpoint (step {committed[-1]}) is intact"
-                if committed else "no earlier checkpoint exists")
-        raise OSError(errno.ENOSPC, f"disk full while writing {what} in {self.directory}; {kept}. "
-                      "Free space (or raise the quota) and rerun to continue.") from e
-    return guard()
+  @contextlib.contextmanager
+  def _disk_full_said(self, what: str) -> Iterator[None]:
+    """An out-of-space error inside becomes one OSError(ENOSPC) naming the intact checkpoint."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not exits.is_disk_full(e):
+        raise
+      committed = self._committed_steps()
+      kept = (f"the last committed checkpoint (step {committed[-1]}) is intact"
+              if committed else "no earlier checkpoint exists")
+      raise OSError(errno.ENOSPC, f"disk full while writing {what} in {self.directory}; {kept}. "
+                    "Free space (or raise the quota) and rerun to continue.") from e
 
   def _committed_steps(self) -> list[int]:
     """Steps whose folder is committed on disk (no temporary suffix), oldest first."""
@@ -195,9 +192,14 @@ def check_or_write_config(workdir: str, config, has_checkpoint: bool,
       log(f"Config changed on resume (allow_config_change): {listed}.")
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    _write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
+
+
+def _write_text_atomic(path: epath.Path, text: str) -> None:
+  """`text` into `path` through a temp file beside it and a rename (local or gs://)."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -227,9 +229,7 @@ def record_eval(workdir: str, step: int, values: dict[str, float]) -> None:
   results = json.loads(path.read_text()) if path.exists() else {"evals": []}
   results["evals"] = [e for e in results["evals"] if e["step"] != step]
   results["evals"].append({"step": int(step), **{k: float(v) for k, v in values.items()}})
-  tmp = path.parent / (RESULTS_FILE + ".tmp")
-  tmp.write_text(json.dumps(results, indent=1))
-  tmp.replace(path)
+  _write_text_atomic(path, json.dumps(results, indent=1))
 
 
 def last_eval(workdir: str, step: Optional[int] = None) -> Optional[dict]:

@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   num_classes = int(config.num_classes or info.num_classes)
   total = optim.total_steps(config, info.num_train_examples)
   setup = train_state.setup_from_config(config, mesh, num_classes, total)
-  lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout, warn=_warn)
+  lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout)
   try:
     ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
                                   keep_period=config.keep_period)
@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     with record.unlocked():
       record.num_classes = num_classes
       record.class_names = tuple(info.class_names)
-    run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None, log=_warn)
+    run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
     writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
     try:
       return _run(config, workdir, setup, ckpt, writer, total, num_classes)
@@ -175,12 +175,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   finally:
     if lock is not None:
       lock.release()
-
-
-def _warn(message: str) -> None:
-  """A warning on the console (process 0) and in the run log."""
-  import logging  # pylint: disable=g-import-not-at-top
-  logging.warning("%s", message)
 
 
 def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import jax
+
 from vit_jax import exits, run_log
 
 
@@ -65,7 +67,6 @@ class StepWatchdog:
     """Registers one step's outputs (any pytree of jax.Arrays); it counts when they are ready."""
     if self._thread is None:
       return
-    import jax  # pylint: disable=g-import-not-at-top
     leaf = jax.tree.leaves(outputs)[0]
     with self._lock:
       self._pending.append(leaf)

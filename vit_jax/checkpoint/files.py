@@ -1,11 +1,11 @@
-"""Checkpoint file formats: reading .npz / .safetensors / HF snapshot dirs, atomic .npz writes.
+"""Checkpoint file formats: reading .npz / .safetensors / HF snapshot dirs, atomic writes.
 
 Owns the byte level of vit_jax.checkpoint: `read_flat(path)` returns a flat
 {key: np.ndarray} dict from a local file (never unpickling anything: np.load with
 allow_pickle=False, safetensors parsed from its JSON header, no torch.load), and
-`write_npz_atomic(flat, path)` writes a temp file in the target directory and
-os.replace()s it, so a failure never leaves a partial file at `path` nor destroys
-a good one. Layout (key names) is not this module's business; see
+`write_atomic(path, write)` (`write_npz_atomic` for .npz; the export's architecture
+sidecar too) writes a temp file in the target directory and os.replace()s it, so a
+failure never leaves a partial file at `path` nor destroys a good one. Layout (key names) is not this module's business; see
 layouts.py.
 """
 from __future__ import annotations
@@ -16,9 +16,11 @@ import os
 import struct
 import tempfile
 import zipfile
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
+
+from vit_jax import exits
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
@@ -149,8 +151,10 @@ def default_file_mode() -> int:
   return 0o666 & ~umask
 
 
-def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
-  """Writes `flat` as an uncompressed .npz at `path` via a temp file + os.replace."""
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+  """Calls write(file) on a temp file in `path`'s directory, fsyncs it and renames it to
+  `path` (mode as open() would give); on any failure the temp file is removed and `path`
+  is untouched. Out of space is one OSError saying "disk full"."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
@@ -161,17 +165,22 @@ def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
   try:
     os.chmod(tmp, default_file_mode())
     with os.fdopen(fd, "wb") as f:
-      _write_npz(f, flat)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      raise OSError(e.errno, f"disk full while saving {path!r}; nothing was written there (any "
+    if isinstance(e, OSError) and exits.is_disk_full(e):
+      raise OSError(e.errno or errno.ENOSPC, f"disk full while saving {path!r}; nothing was written there (any "
                     "previous file is intact). Free space or save elsewhere.") from e
     raise
+
+
+def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
+  """Writes `flat` as an uncompressed .npz at `path` via write_atomic."""
+  write_atomic(path, lambda f: _write_npz(f, flat))
 
 
 def _write_npz(fileobj, flat: dict[str, np.ndarray]) -> None:
