@@ -9,7 +9,11 @@ decay, dropout 0.
   python -m vit_jax.main --workdir=/tmp/vit-$(date +%s) --config=configs/vit.py:b16,cifar10 \
       --config.pretrained_path=gs://vit_models/imagenet21k/ViT-B_16.npz
 
-Models: ti16 s16 s32 b8 b16 b32 l16 l32 h14 r50b16 (R50+ViT-B_16) mixer-b16 mixer-l16.
+Models: ti16 s16 s32 b8 b16 b32 l16 l32 h14 r50b16 (R50+ViT-B_16) mixer-b16 mixer-l16, and
+so400m14 (ViT-So400m_14 with its MAP head: the SigLIP image tower, e.g.
+--config.pretrained_path=gs://big_vision/siglip/webli_en_so400m_384_58765454.npz:img).
+Patch-14 models train at 378 px (27x27 patches: what a 384 px image gives a /14 patch
+embedding, the grid of the 384 px SigLIP and ViT-H/14 files).
 Datasets: cifar10 cifar100 imagenet2012 oxford_iiit_pet oxford_flowers102 digits, or any TFDS name
 or image folder (then set --config.num_classes and --config.total_steps yourself).
 `vit.py:quickstart` is configs/quickstart.py.
@@ -26,6 +30,7 @@ upstream, this recipe, dropout 0.0; top-1 test accuracy):
 """
 import os
 
+from vit_jax import model_configs
 from vit_jax.configs import common
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +39,7 @@ MODELS = {
     "ti16": "ViT-Ti_16", "s16": "ViT-S_16", "s32": "ViT-S_32", "b8": "ViT-B_8",
     "b16": "ViT-B_16", "b32": "ViT-B_32", "l16": "ViT-L_16", "l32": "ViT-L_32",
     "h14": "ViT-H_14", "r50b16": "R50+ViT-B_16", "mixer-b16": "Mixer-B_16",
-    "mixer-l16": "Mixer-L_16",
+    "mixer-l16": "Mixer-L_16", "so400m14": "ViT-So400m_14",
 }
 
 # dataset: (total_steps, base_lr, train_split, eval_split) as Google's fine-tune configs.
@@ -68,7 +73,8 @@ def get_config(arg: str = "b16,cifar10"):
   c.accum_steps = 8                      # 64 images per micro-batch (fits a 16 GB GPU at 384px).
   c.optimizer, c.momentum, c.optim_dtype = "sgd", 0.9, "bfloat16"
   c.decay_type, c.grad_norm_clip, c.weight_decay = "cosine", 1.0, 0.0
-  c.pp.crop = 384
+  patch = model_configs.get_model_config(c.model_name).patches.size[0]
+  c.pp.crop = 384 // patch * patch       # 384, or 378 for /14 (whole patches only).
   c.pp.train, c.pp.eval = "vit_finetune", "resize"
   if dataset == "digits":  # 8x8 images: a tiny input size is enough.
     c.pp.crop, c.batch, c.batch_eval, c.accum_steps = 32, 128, 128, 1

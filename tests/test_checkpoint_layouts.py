@@ -52,11 +52,20 @@ def _linen(key):
           .replace("LayerNorm_2", "LayerNorm_1").replace("MlpBlock_3", "MlpBlock_0"))
 
 
-def test_own_scanned_layout_is_kept_as_is(tmp_path):
-  model = models.VisionTransformer(num_classes=3, scan_layers=True, **ol.tiny_config())
-  flat = ol.flatten(_random_params(model))
-  np.savez(tmp_path / "scan.npz", **flat)
-  assert ol.flatten(checkpoint.load(str(tmp_path / "scan.npz"))).keys() == flat.keys()
+def test_scanned_files_load_as_the_canonical_per_layer_tree(tmp_path):
+  cfg = ol.tiny_config()
+  scanned = models.VisionTransformer(num_classes=3, scan_layers=True, **cfg)
+  params = _random_params(scanned)
+  np.savez(tmp_path / "scan.npz", **ol.flatten(params))
+  loaded = checkpoint.load(str(tmp_path / "scan.npz"))
+  assert "encoderblock" not in loaded["Transformer"]
+  stacked = params["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"]
+  for i in range(stacked.shape[0]):
+    np.testing.assert_array_equal(
+        loaded["Transformer"][f"encoderblock_{i}"]["LayerNorm_0"]["scale"], stacked[i])
+  per_layer = models.VisionTransformer(num_classes=3, **cfg)  # The default model applies it.
+  np.testing.assert_allclose(per_layer.apply({"params": loaded}, X, train=False),
+                             scanned.apply({"params": params}, X, train=False), atol=1e-5)
 
 
 def test_hybrid_legacy_group_norm_shapes_are_accepted(tmp_path):

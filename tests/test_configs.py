@@ -6,7 +6,8 @@ from vit_jax import main
 from test_train import REPO  # pylint: disable=g-bad-import-order
 
 VIT_PRESETS = ["b16,cifar10", "l16,imagenet2012", "ti16,digits", "b32,cifar100",
-               "s16,oxford_iiit_pet", "r50b16,cifar10", "mixer-b16,cifar10", "h14,imagenet2012"]
+               "s16,oxford_iiit_pet", "r50b16,cifar10", "mixer-b16,cifar10", "h14,imagenet2012",
+               "so400m14,cifar100"]
 
 
 @pytest.mark.parametrize("preset", VIT_PRESETS)
@@ -15,12 +16,22 @@ def test_vit_presets_published_finetune_recipe(preset):
   assert c.optimizer == "sgd" and c.momentum == 0.9
   assert c.decay_type == "cosine" and c.grad_norm_clip == 1.0 and c.weight_decay == 0.0
   assert c.base_lr in (0.001, 0.003, 0.01, 0.03)
-  if not preset.endswith("digits"):
-    assert c.batch == 512 and c.pp.crop == 384
+  if not preset.endswith("digits"):  # 384 px; /14 models 378 px (27x27 whole patches).
+    assert c.batch == 512 and c.pp.crop == (378 if preset.split(",")[0].endswith("14") else 384)
   if preset.endswith("imagenet2012"):
     assert c.total_steps == 20_000 and c.base_lr == 0.03 and c.num_classes == 1000
   if preset.endswith(("cifar10", "cifar100")):
     assert c.total_steps == 10_000 and c.warmup_steps == 500
+
+
+def test_so400m14_preset_is_the_siglip_image_tower_architecture():
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  c = load_config_file("vit", "so400m14,cifar100")
+  arch = model_configs.run_model_config(c)
+  assert (arch.hidden_size, arch.transformer.num_layers, arch.transformer.mlp_dim,
+          arch.transformer.num_heads, arch.classifier, tuple(arch.patches.size)) == (
+              1152, 27, 4304, 16, "map", (14, 14))
+  assert c.pp.crop % 14 == 0 and c.num_classes == 100
 
 
 def test_model_names_exist():

@@ -1,4 +1,5 @@
 """Tests for vit_jax.export: a trained run → official .npz → checkpoint.load round trip."""
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,27 @@ def test_export_cli_and_missing_workdir(tmp_path):
                         text=True, timeout=120)
   assert proc.returncode != 0 and "config.json not found" in proc.stderr
   assert not (tmp_path / "x.npz").exists()
+
+
+
+def test_export_of_a_scanned_model_is_read_back_by_inference(tmp_path):
+  """Exports are per-layer files; a run built with scan_layers=True gets its stacked layout
+  back when the inference loader rebuilds it from the sidecar."""
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, inference  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, **{"model.scan_layers": True, "model.transformer.num_layers": 2})
+  model = export.model_from_architecture(export.architecture(config))
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+  params = meta.unbox(model.init(jax.random.PRNGKey(1), images[:1], train=False)["params"])
+  rng = np.random.default_rng(2)  # Non-zero head and distinct layers.
+  params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.1, x.shape).astype(np.float32),
+                        params)
+  out = tmp_path / "model.npz"
+  checkpoint.save(params, str(out))
+  text = json.dumps(export.architecture(config))
+  (tmp_path / "model.json").write_text(text)
+  loaded_model, loaded, _, _ = inference.load_own(checkpoint_path=str(out))
+  assert loaded["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape == (2, 16)
+  np.testing.assert_allclose(loaded_model.apply({"params": loaded}, images, train=False),
+                             model.apply({"params": params}, images, train=False), atol=1e-5,
+                             rtol=1e-5)

@@ -31,7 +31,8 @@ def test_export_fine_tuned_at_twice_the_resolution(tmp_path):
            f"--workdir={tmp_path / 'ft'}", f"--config.tfds_data_dir={data_dir}",
            "--config.pp.crop=16", "--config.batch=32", "--config.batch_eval=64",
            "--config.total_steps=6", "--config.warmup_steps=2", "--config.eval_every=0",
-           "--config.progress=False", "--config.input.num_workers=0"]
+           "--config.progress=False", "--config.input.num_workers=0",
+           "--config.dont_load=('Transformer/encoder_norm/.*',)"]
   proc = subprocess.run([sys.executable, "-m", "vit_jax.main", *flags], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -42,3 +43,5 @@ def test_export_fine_tuned_at_twice_the_resolution(tmp_path):
   assert "position embeddings: resized from the 2x2 to the 4x4 patch grid" in out
   assert "Fine-tuning from pretrained weights" in out and "Done: step 6; eval accuracy" in out
   assert out.count("head: replaced") == 1  # Printed once.
+  assert ("not loaded (dont_load): 2 arrays at the model's initial value: "
+          "Transformer/encoder_norm/bias, Transformer/encoder_norm/scale.") in out

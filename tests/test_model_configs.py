@@ -42,6 +42,7 @@ PUBLISHED = [
     ("Mixer-L_16", 1000, 224, 208.2, "timm mixer_l16_224; Mixer paper 207M"),
     ("ViT-g_14", None, 224, 1011.0, "Scaling ViT paper, ViT-g/14"),
     ("ViT-G_14", None, 224, 1843.0, "Scaling ViT paper, ViT-G/14"),
+    ("ViT-So400m_14", None, 224, 428.0, "SigLIP So400m/14 image tower (MAP head, no head), 428M"),
 ]
 
 
@@ -85,13 +86,16 @@ def closed_form(config, num_classes, resolution):
     stride = 4 * 2 ** max(len(config.resnet.num_layers) - 1, 0)
   token = config.classifier == "token"
   tokens = (resolution // (p * stride)) ** 2 + token
-  total += p * p * cin * d + d + token * d + tokens * d
+  learned_posemb = config.get("posemb", "learn") == "learn"
+  total += p * p * cin * d + d + token * d + learned_posemb * tokens * d
   ln = 1 if config.get("use_bias", True) else 0  # LayerNorm bias vectors (ViT-22B: none)
   norms = 1 if config.get("parallel_block", False) else 2  # LayerNorms per block
   qkv_bias = 3 * d if config.get("use_bias", True) else 0
   qk_norm = 2 * (1 + ln) * (d // config.transformer.num_heads) if config.get("qk_norm") else 0
   block = norms * (1 + ln) * d + 4 * d * d + d + qkv_bias + qk_norm + 2 * d * m + m + d
   total += layers * block + (1 + ln) * d
+  if config.classifier == "map":  # probe, attention (q, k, v, out + biases), LayerNorm, MLP
+    total += d + 4 * d * d + 4 * d + 2 * d + 2 * d * m + m + d
   width = config.representation_size or d
   if config.representation_size:
     total += d * width + width

@@ -149,6 +149,8 @@ def load_own(*, checkpoint_path: Optional[str] = None, workdir: Optional[str] = 
     params = checkpoint.load(checkpoint_path,
                              num_heads=param_tree.num_heads(config=arch["model"]))
   model = export.model_from_architecture(arch)
+  if checkpoint_path is not None and getattr(model, "scan_layers", False):
+    params = checkpoint.stack_layers(params)  # Exports are per-layer; a scanned run stacks.
   expected = _init_shapes(model, int(arch["resolution"]))
   import jax  # pylint: disable=g-import-not-at-top
   if jax.tree.map(np.shape, expected) != jax.tree.map(np.shape, params):

@@ -7,6 +7,11 @@ Vision Transformers" (Zhai et al. 2021), and the AugReg short names used in
 gs://vit_models/augreg/index.csv ('B_16', 'R26_S_32', 'R_Ti_16', ...; the part of
 a checkpoint file name before the first '-'), which resolve to the same configs.
 
+big_vision's variants that Google does not name are registered the same way ('ViT-mu_16',
+'ViT-M_16', 'ViT-So400m_14', 'ViT-So400m_16', 'ViT-g-opt_16', 'ViT-G-opt_14'), and
+`from_big_vision(variant, pool_type=..., posemb=..., rep_size=...)` maps any big_vision
+`vit.Model` configuration to ours.
+
 `MODEL_CONFIGS[name]` accepts official and AugReg names; iterating it lists the
 official names only. Each config holds exactly the fields VisionTransformer /
 MlpMixer take, so `models.VisionTransformer(num_classes=10, **MODEL_CONFIGS[n])`
@@ -120,6 +125,15 @@ _register("ViT-e_14", vit(14, 1792, 15360, 16, 56))
 # attention + MLP blocks, LayerNorm on queries and keys, no QKV / LayerNorm biases.
 _register("ViT-22B_14", _with(vit(14, 6144, 24576, 48, 48), parallel_block=True, qk_norm=True,
                               use_bias=False))
+# big_vision's variants (big_vision/models/vit.py `decode_variant`) that Google's vit_jax does
+# not name. So400m/14 = SoViT-400m (Alabdulmohsin et al. 2023), the SigLIP image tower; the
+# registered So400m, g-opt and G-opt use its MAP-head pooling (SigLIP / SigLIP 2 towers).
+_register("ViT-mu_16", vit(16, 32, 128, 2, 1))
+_register("ViT-M_16", vit(16, 512, 2048, 8, 12))
+_register("ViT-So400m_14", vit(14, 1152, 4304, 16, 27, classifier="map"))
+_register("ViT-So400m_16", vit(16, 1152, 4304, 16, 27, classifier="map"))
+_register("ViT-g-opt_16", vit(16, 1536, 6144, 16, 40, classifier="map"))
+_register("ViT-G-opt_14", vit(14, 1536, 8192, 16, 48, classifier="map"))
 _register("ViT-S_16-gap-norep", vit(16, 384, 1536, 6, 12, classifier="gap"))
 _register("ViT-B_16-gap-norep", vit(16, 768, 3072, 12, 12, classifier="gap"))
 _register("ViT-S_32-gap-norep", vit(32, 384, 1536, 6, 12, classifier="gap"))
@@ -153,6 +167,43 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   """An unlocked copy of the config registered as `name` (official or AugReg name)."""
   config = MODEL_CONFIGS[canonical_name(name)]
   return ml_collections.ConfigDict(config.to_dict())
+
+
+# big_vision ViT widths by variant name: (width, depth, mlp_dim, heads) (decode_variant).
+BIG_VISION_VARIANTS = {
+    "mu": (32, 1, 128, 2), "Ti": (192, 12, 768, 3), "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8), "B": (768, 12, 3072, 12), "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16), "H": (1280, 32, 5120, 16), "g": (1408, 40, 6144, 16),
+    "g-opt": (1536, 40, 6144, 16), "G": (1664, 48, 8192, 16), "G-opt": (1536, 48, 8192, 16),
+    "e": (1792, 56, 15360, 16),
+}
+# big_vision pool_type -> our classifier ('tok' = class token; '0' = first patch token).
+BIG_VISION_POOL = {"tok": "token", "gap": "gap", "map": "map", "0": "first", "none": "unpooled"}
+
+
+def from_big_vision(variant: str, *, pool_type: str = "gap", posemb: str = "learn",
+                    rep_size: Any = False, head_zeroinit: bool = True
+                    ) -> ml_collections.ConfigDict:
+  """Our config for a big_vision `vit.Model(variant=..., pool_type=..., posemb=..., rep_size=...)`.
+
+  variant: 'So400m/14', 'B/16', ... (big_vision's names; the patch size is required).
+  The defaults are big_vision's (pool_type 'gap', learned posemb, no pre_logits); the
+  result feeds `model_from_fields` / `VisionTransformer(num_classes=..., **config)`.
+  """
+  name, _, patch = str(variant).partition("/")
+  if name not in BIG_VISION_VARIANTS or not patch.isdigit():
+    raise ValueError(f"big_vision variant {variant!r} is not known; use '<name>/<patch>' with "
+                     f"name in {sorted(BIG_VISION_VARIANTS)}, e.g. 'So400m/14'.")
+  if pool_type not in BIG_VISION_POOL:
+    raise ValueError(f"big_vision pool_type {pool_type!r} is not known; use one of "
+                     f"{sorted(BIG_VISION_POOL)}.")
+  width, depth, mlp, heads = BIG_VISION_VARIANTS[name]
+  c = vit(int(patch), width, mlp, heads, depth, classifier=BIG_VISION_POOL[pool_type])
+  c.representation_size = (width if rep_size is True else int(rep_size)) if rep_size else None
+  c.model_name = f"ViT-{name}_{patch}"
+  c.posemb = posemb
+  c.head_zeroinit = bool(head_zeroinit)
+  return c
 
 
 def is_mixer(config_or_name: Any) -> bool:

@@ -44,7 +44,8 @@ RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every", "eval_every", "
                      "checkpoint_every", "max_to_keep", "keep_period", "progress", "batch_eval",
                      "input", "tfds_data_dir", "tfds_manual_dir", "workdir_lock_timeout",
                      "watchdog", "allow_config_change", "pretrained_path", "model_or_filename",
-                     "replace_head", "class_names")  # class_names: recorded from the data.
+                     "replace_head", "dont_load", "resize_patch_embedding",
+                     "class_names")  # class_names: recorded from the data.
 # The config fields that decide the shapes of the checkpointed state.
 MODEL_IDENTITY_KEYS = ("model_name", "model", "num_classes", "pp.crop", "optimizer")
 

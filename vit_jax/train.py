@@ -71,12 +71,15 @@ def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]
   # Abstract params: load_pretrained needs only names and shapes (a new head starts at zero,
   # as in the published fine-tuning recipe).
   init_params = setup.abstract_state.params
+  if config.dont_load:  # Those parameters keep a real initial value (the scratch init's).
+    init_params = train_state.init_params(setup, config.seed)
   model_config = model_configs.run_model_config(config)
   _, (params, report) = checkpoint.load_first(
       checkpoint.candidate_locations(str(location)),
-      lambda uri: checkpoint.load_pretrained(pretrained_path=uri, init_params=init_params,
-                                             model_config=model_config,
-                                             replace_head=config.replace_head, report=True))
+      lambda uri: checkpoint.load_pretrained(
+          pretrained_path=uri, init_params=init_params, model_config=model_config,
+          replace_head=config.replace_head, dont_load=tuple(config.dont_load),
+          resize_patch_embedding=config.resize_patch_embedding, report=True))
   if log is not None:
     for line in report.lines():
       log(line)

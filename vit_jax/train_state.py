@@ -84,6 +84,14 @@ def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) ->
   return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config))
 
 
+def init_params(setup: StateSetup, seed: int) -> Any:
+  """The params create_train_state(setup, seed) starts from (sharded on setup.mesh)."""
+  def init(rng):
+    init_rng, _ = jax.random.split(rng)
+    return nn.meta.unbox(_init_params(setup.model, init_rng, setup.input_shape))
+  return jax.jit(init, out_shardings=setup.param_shardings)(jax.random.PRNGKey(seed))
+
+
 def create_train_state(setup: StateSetup, seed: int) -> TrainState:
   """A freshly initialised state, created already sharded on setup.mesh."""
   def init(rng):

@@ -1,11 +1,14 @@
 """Published-checkpoint I/O: load any ViT/Mixer layout, save the vit_models layout, fine-tune loads.
 
 Public API (mirrors Google's vit_jax.checkpoint where it overlaps):
-  load(path, *, num_heads=None) -> nested numpy params in our in-memory layout, from a local
-      .npz / .safetensors / Hugging Face snapshot directory or a gs:// https:// hf:// URI.
+  load(path, *, num_heads=None) -> the canonical tree: nested numpy params in our in-memory
+      per-layer layout (`Transformer/encoderblock_{i}`, also for scanned files), from a local
+      .npz / .safetensors / Hugging Face snapshot directory or a gs:// https:// hf:// URI;
+      'file.npz:img' reads one sub-tree (big_vision's syntax), two-tower files their image tower.
   save(params, path) -> vit_models flat .npz (pre-Linen block names, per-layer), atomically.
   load_pretrained(*, pretrained_path, init_params, model_config, **options) -> params ready for
-      `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched.
+      `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched
+      (the one place a scanned model gets its stacked layout; `stack_layers` for others).
   candidate_locations(location) / load_first(locations, loader) -> the one rule for where a
       checkpoint is read from (a path or URI as given; an AugReg name or file name -> its known
       copies, the Hugging Face one first) and the fallback between them; the trainer and
@@ -31,14 +34,16 @@ from vit_jax import param_tree
 from vit_jax.checkpoint import files
 from vit_jax.checkpoint import layouts
 from vit_jax.checkpoint.adapt import LoadReport, adapt_to_model, stack_layers, unstack_layers
+from vit_jax.checkpoint.patch_embed import resize_patch_kernel
 from vit_jax.checkpoint.posemb import interpolate_posemb
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
            "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
-           "to_host", "LoadReport"]
+           "to_host", "LoadReport", "resize_patch_kernel", "split_subtree"]
 
 CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
+_SUBTREE = re.compile(r"^(.+\.npz):(\w+(?:/\w+)*)$")
 
 
 def _is_uri(path: str) -> bool:
@@ -65,18 +70,44 @@ def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
   return path, config
 
 
+def split_subtree(path: str) -> tuple[str, Optional[str]]:
+  """('file.npz', 'img') for big_vision's 'file.npz:img' (one model of a multi-model file)."""
+  path = os.fspath(path)
+  m = _SUBTREE.match(path)
+  if m and not os.path.exists(path):
+    return m.group(1), m.group(2)
+  return path, None
+
+
 def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str] = None,
          sha256: Optional[str] = None) -> dict:
-  """Nested dict of np.ndarray in our in-memory layout, from any supported source and layout.
+  """The canonical tree: nested np.ndarray in our per-layer layout, from any source and layout.
 
+  Every supported layout gives the same tree: vit_models, big_vision (per-layer or scanned:
+  a stacked `Transformer/encoderblock` is unstacked to `encoderblock_{i}`), timm,
+  transformers, our own exports. A two-tower file (SigLIP, LiT) gives its image tower, and
+  'file.npz:<name>' its sub-tree <name>; what is ignored is logged once. A model built with
+  scan_layers=True takes the result through load_pretrained (or stack_layers).
   num_heads is only needed for timm/transformers files (fused or 2-D attention weights); when
   None it comes from the snapshot's config.json, else from the published widths table
   (192:3, 384:6, 768:12, 1024/1280/1408/1664:16), else hidden_size // 64.
   """
-  local, config = _resolve(path, cache_dir, sha256)
+  return _load(path, num_heads=num_heads, cache_dir=cache_dir, sha256=sha256)[0]
+
+
+def _load(path: str, *, num_heads: Optional[int], cache_dir: Optional[str],
+          sha256: Optional[str]) -> tuple[dict, list[str]]:
+  """(canonical tree, notes on what the file held beyond the model)."""
+  location, subtree = split_subtree(path)
+  local, config = _resolve(location, cache_dir, sha256)
   flat = files.read_flat(local)
-  return layouts.canonicalize(flat, num_heads=num_heads or param_tree.num_heads(config=config),
-                              source=f"checkpoint {os.fspath(path)!r}")
+  notes: list[str] = []
+  tree = layouts.canonicalize(flat, num_heads=num_heads or param_tree.num_heads(config=config),
+                              source=f"checkpoint {os.fspath(path)!r}", subtree=subtree,
+                              notes=notes)
+  for note in notes:
+    logging.warning("%s: %s", os.fspath(path), note)
+  return unstack_layers(tree), notes
 
 
 def to_host(params: Any) -> dict:
@@ -116,26 +147,32 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   be abstract (jax.eval_shape output), in which case a replaced head starts at zero, as in
   the published fine-tuning recipe.
 
-  Options: replace_head (None: when the class count differs; True/False to force),
-  old_grid / new_grid ((gh, gw) when a position-embedding grid is not square),
-  num_heads, cache_dir, sha256, report (True: return (params, LoadReport) — what was changed:
-  head replaced or kept, pre_logits dropped, posemb grid resized, arrays loaded). Raises
+  Options: replace_head (None: when the class count differs or the file has no head;
+  True/False to force), dont_load (regexes, full match on 'a/b/c' names in the model's
+  layout, as big_vision's: those parameters keep their `init_params` value — pass concrete
+  init params for anything but a zero-initialised head), resize_patch_embedding (True:
+  PI-resize a kernel of another patch size, FlexiViT), old_grid / new_grid ((gh, gw) when
+  a position-embedding grid is not square), num_heads, cache_dir, sha256, report (True:
+  return (params, LoadReport) — head replaced / kept / new, pre_logits dropped, posemb grid
+  and patch size resized, parameters not loaded, towers ignored, arrays loaded). Raises
   ValueError naming the key and shapes on any mismatch.
   """
-  known = {"replace_head", "old_grid", "new_grid", "num_heads", "cache_dir", "sha256", "report"}
+  known = {"replace_head", "old_grid", "new_grid", "num_heads", "cache_dir", "sha256", "report",
+           "dont_load", "resize_patch_embedding"}
   unknown = sorted(set(options) - known)
   if unknown:
     raise TypeError(f"load_pretrained got unknown options {unknown}; valid: {sorted(known)}.")
   init_flat = param_tree.flat_view(to_host(init_params))
   heads = options.get("num_heads") or param_tree.num_heads(init_flat, model_config)
-  restored = load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
-                  sha256=options.get("sha256"))
+  restored, notes = _load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
+                          sha256=options.get("sha256"))
   adapted, report = adapt_to_model(
       restored, layouts.unflatten(init_flat), source=str(pretrained_path),
       replace_head=options.get("replace_head"), old_grid=options.get("old_grid"),
-      new_grid=options.get("new_grid"))
+      new_grid=options.get("new_grid"), dont_load=tuple(options.get("dont_load") or ()),
+      resize_patch_embedding=bool(options.get("resize_patch_embedding")), notes=notes)
   head = adapted.get("head", {}).get("kernel") if isinstance(adapted.get("head"), dict) else None
-  if head is not None and head.size and not np.any(head) and report.head != "replaced":
+  if head is not None and head.size and not np.any(head) and report.head == "kept":
     warnings.warn(
         f"the head of {pretrained_path!r} is all zeros (ImageNet-21k pre-training checkpoints "
         "ship zero heads): its logits are useless for inference until the model is fine-tuned.",
@@ -157,7 +194,7 @@ def candidate_locations(location: str) -> tuple[str, ...]:
   """
   location = os.fspath(location)
   from vit_jax.checkpoint import augreg  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.expanduser(location)) or _is_uri(location):
+  if os.path.exists(os.path.expanduser(split_subtree(location)[0])) or _is_uri(location):
     return (location,)
   if augreg.is_filename(location):
     return augreg.parse_filename(location).uris

@@ -1,7 +1,11 @@
 """Fitting a canonical checkpoint tree to a model: scan layout, head, pre_logits, posemb, checks.
 
 Owns `adapt_to_model(restored, init)` used by checkpoint.load_pretrained (with the
-`LoadReport` of what it changed, printed once at a fine-tune start), and the
+`LoadReport` of what it changed, printed once at a fine-tune start): big_vision's
+`dont_load` regexes (full match on 'a/b/c' parameter names of the model's layout; those
+parameters keep the model's initial value), a new head when the class count differs or the
+file has none, pre_logits dropped, the position-embedding grid resized and, when asked, the
+patch-embedding kernel PI-resized to the model's patch size (patch_embed.py). Also the
 per-layer <-> scanned conversions `stack_layers` / `unstack_layers`
 (`Transformer/encoderblock_{i}/...` <-> `Transformer/encoderblock/...` with a
 leading layer axis). Every key and shape is validated against the model's
@@ -18,10 +22,12 @@ import numpy as np
 
 from vit_jax import param_tree
 from vit_jax.checkpoint import layouts
+from vit_jax.checkpoint.patch_embed import resize_patch_kernel
 from vit_jax.checkpoint.posemb import interpolate_posemb, square_grid
 
 POSEMB = param_tree.POSEMB
 _BLOCK_RE = re.compile(r"^encoderblock_(\d+)$")
+PATCH_KERNEL = "embedding/kernel"
 
 
 @dataclasses.dataclass
@@ -29,11 +35,15 @@ class LoadReport:
   """What fitting a checkpoint to a model changed (checkpoint.load_pretrained(report=True))."""
   source: str
   arrays_loaded: int = 0              # checkpoint arrays used as they are
-  head: str = "none"                  # 'kept' | 'replaced' | 'none' (no head in model or file)
+  head: str = "none"                  # 'kept' | 'replaced' | 'new' (file has none) | 'none'
+                                      # | 'dropped' (model has none) | 'not loaded' (dont_load)
   head_classes: tuple[int, int] = (0, 0)  # (checkpoint's, model's) class count
   pre_logits_dropped: bool = False
   posemb_grid: Optional[tuple[tuple[int, int], tuple[int, int]]] = None  # (old, new) if resized
   layout: str = ""                    # scan conversion done, if any
+  patch_size: Optional[tuple[tuple[int, int], tuple[int, int]]] = None  # (old, new) if resized
+  not_loaded: tuple[str, ...] = ()    # parameters left at the model's init value (dont_load)
+  notes: tuple[str, ...] = ()         # what the file held beyond the model (e.g. a text tower)
 
   def lines(self) -> list[str]:
     """The report as text lines (the trainer prints them once)."""
@@ -44,6 +54,13 @@ class LoadReport:
                  "model's initial value (zero: the published fine-tune recipe).")
     elif self.head == "kept":
       out.append(f"  head: kept ({old} classes).")
+    elif self.head == "new":
+      out.append(f"  head: new ({new} classes; the checkpoint has none), starting at the "
+                 "model's initial value.")
+    elif self.head == "dropped":
+      out.append(f"  head: dropped ({old} classes; the model has no head).")
+    elif self.head == "not loaded":
+      out.append(f"  head: not loaded (dont_load), {new} classes at the model's initial value.")
     if self.pre_logits_dropped:
       out.append("  pre_logits: dropped (the model has no representation layer).")
     if self.posemb_grid:
@@ -52,8 +69,17 @@ class LoadReport:
                  "grid (bilinear).")
     else:
       out.append("  position embeddings: kept (same patch grid).")
+    if self.patch_size:
+      (oh, ow), (nh, nw) = self.patch_size
+      out.append(f"  patch embedding: resized from {oh}x{ow} to {nh}x{nw} patches "
+                 "(FlexiViT pseudo-inverse).")
+    if self.not_loaded:
+      shown = ", ".join(self.not_loaded[:6]) + (" ..." if len(self.not_loaded) > 6 else "")
+      out.append(f"  not loaded (dont_load): {len(self.not_loaded)} arrays at the model's "
+                 f"initial value: {shown}.")
     if self.layout:
       out.append(f"  layout: {self.layout}.")
+    out.extend(f"  {note}" for note in self.notes)
     return out
 
 
@@ -128,10 +154,22 @@ def _check_mixer_resolution(flat: dict, init: dict) -> None:
         "cannot change; feed images of the checkpoint's resolution.")
 
 
-def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str) -> bool:
-  """Takes the model's own (init) head when asked or when the class count differs."""
-  if "head/kernel" not in init or "head/kernel" not in flat:
-    return False
+def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str) -> str:
+  """The head outcome for the report: the model's own (init) head is taken when asked, when
+  the class count differs, or when the file has none ('replaced' / 'new'), else 'kept'."""
+  if "head/kernel" not in init:
+    if "head/kernel" in flat:  # A feature extractor (num_classes None) from a classifier file.
+      for key in ("head/kernel", "head/bias"):
+        flat.pop(key, None)
+      return "dropped"
+    return "none"
+  if "head/kernel" not in flat:
+    if replace_head is False:
+      raise ValueError(f"checkpoint {source!r} has no classification head (e.g. an image tower "
+                       "or a feature extractor) but replace_head=False asks to keep it; let "
+                       "load_pretrained add a new head (replace_head=None or True).")
+    flat["head/kernel"], flat["head/bias"] = init["head/kernel"], init["head/bias"]
+    return "new"
   differs = flat["head/kernel"].shape != init["head/kernel"].shape
   if replace_head is None and flat["head/kernel"].shape[:-1] != init["head/kernel"].shape[:-1]:
     differs = True  # pre_logits dropped / width changed: the old head cannot be used either.
@@ -139,8 +177,8 @@ def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str)
     logging.info("Replacing the %s-class head of %s with the model's %s-class head.",
                  flat["head/kernel"].shape[-1], source, init["head/kernel"].shape[-1])
     flat["head/kernel"], flat["head/bias"] = init["head/kernel"], init["head/bias"]
-    return True
-  return False
+    return "replaced"
+  return "kept"
 
 
 def _mismatch_message(key: str, found: Sequence[int], want: Sequence[int]) -> str:
@@ -155,6 +193,16 @@ def _mismatch_message(key: str, found: Sequence[int], want: Sequence[int]) -> st
 def _validate(flat: dict, init: dict, source: str) -> None:
   missing = sorted(set(init) - set(flat))
   unexpected = sorted(set(flat) - set(init))
+  if missing == [POSEMB] and not unexpected:
+    raise ValueError(
+        f"checkpoint {source!r} has no position embedding ({POSEMB!r}; big_vision files call it "
+        "'pos_embedding'): it was trained with fixed sin-cos position embeddings. Build the "
+        "model with posemb='sincos2d' (--config.model.posemb=sincos2d).")
+  if unexpected == [POSEMB] and not missing:
+    raise ValueError(
+        f"checkpoint {source!r} has learned position embeddings ({POSEMB!r}) but the model uses "
+        "fixed ones (posemb='sincos2d'); build it with posemb='learn', or pass "
+        f"dont_load=[{POSEMB!r}] to drop them.")
   if missing or unexpected:
     raise ValueError(
         f"checkpoint {source!r} does not fit the model: "
@@ -169,11 +217,67 @@ def _validate(flat: dict, init: dict, source: str) -> None:
       raise ValueError(_mismatch_message(key, flat[key].shape, want.shape))
 
 
+def _classes(flat: dict) -> int:
+  return int(flat["head/kernel"].shape[-1]) if "head/kernel" in flat else 0
+
+
+def _apply_dont_load(flat: dict, init: dict, patterns: Sequence[str]) -> tuple[str, ...]:
+  """Drops checkpoint arrays whose name fully matches a pattern (the model's init value is used
+  for those the model has); returns the model parameters so left at init. A pattern that
+  matches nothing, or is not a valid regex, is an error (a typo would silently load all)."""
+  if not patterns:
+    return ()
+  if isinstance(patterns, str):
+    patterns = (patterns,)
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append((pattern, re.compile(pattern)))
+    except re.error as e:
+      raise ValueError(f"dont_load pattern {pattern!r} is not a valid regular expression: {e}."
+                       ) from e
+  names = sorted(set(flat) | set(init))
+  matched = set()
+  for pattern, regex in compiled:
+    hits = [n for n in names if regex.fullmatch(n)]
+    if not hits:
+      example = next((n for n in names if "encoderblock" in n), names[0] if names else "")
+      raise ValueError(f"dont_load pattern {pattern!r} matches no parameter name (it must match "
+                       f"a whole name, e.g. 'head/.*' or {example!r}).")
+    matched.update(hits)
+  for name in matched:
+    if name in init:
+      flat[name] = init[name]
+    else:
+      flat.pop(name, None)
+  return tuple(sorted(n for n in matched if n in init))
+
+
+def _fit_patch_size(flat: dict, init: dict, resize: bool, source: str):
+  """PI-resizes the patch-embedding kernel to the model's patch size when asked; returns
+  (old, new) patch size or None. A differing size without `resize` is one clear error."""
+  if PATCH_KERNEL not in flat or PATCH_KERNEL not in init:
+    return None
+  have, want = tuple(flat[PATCH_KERNEL].shape), tuple(init[PATCH_KERNEL].shape)
+  if have[:2] == want[:2] or have[2:] != want[2:]:
+    return None  # Same patch size, or a channel/width mismatch for the shape check.
+  if not resize:
+    raise ValueError(
+        f"checkpoint {source!r} has {have[0]}x{have[1]} patches and the model "
+        f"{want[0]}x{want[1]}: pass resize_patch_embedding=True "
+        "(--config.resize_patch_embedding=True) to resize the patch-embedding kernel "
+        "(FlexiViT's pseudo-inverse resize), or use the checkpoint's patch size.")
+  logging.info("Resizing the patch embedding of %s from %s to %s.", source, have, want)
+  flat[PATCH_KERNEL] = resize_patch_kernel(flat[PATCH_KERNEL], want[:2])
+  return tuple(have[:2]), tuple(want[:2])
+
+
 def adapt_to_model(restored: dict, init: dict, *, source: str,
-                   replace_head: Optional[bool] = None, old_grid=None, new_grid=None
-                   ) -> tuple[dict, LoadReport]:
+                   replace_head: Optional[bool] = None, old_grid=None, new_grid=None,
+                   dont_load: Sequence[str] = (), resize_patch_embedding: bool = False,
+                   notes: Sequence[str] = ()) -> tuple[dict, LoadReport]:
   """(params shaped like `init`, LoadReport of what changed) from a canonical tree."""
-  report = LoadReport(source=source)
+  report = LoadReport(source=source, notes=tuple(notes))
   scanned_file = "encoderblock" in restored.get("Transformer", {})
   scanned_model = "encoderblock" in init.get("Transformer", {})
   if scanned_file != scanned_model:
@@ -181,21 +285,24 @@ def adapt_to_model(restored: dict, init: dict, *, source: str,
                      else "scanned blocks unstacked to per-layer")
   restored = _match_scan(restored, init)
   flat, init_flat = param_tree.flat_view(restored), param_tree.flat_view(init)
+  report.not_loaded = _apply_dont_load(flat, init_flat, dont_load)
   if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init_flat:
     logging.info("Dropping pre_logits of %s: the model has no representation layer.", source)
     flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}
     report.pre_logits_dropped = True
   _check_mixer_resolution(flat, init_flat)
+  report.patch_size = _fit_patch_size(flat, init_flat, resize_patch_embedding, source)
   report.posemb_grid = _fit_posemb(flat, init_flat, source, old_grid, new_grid)
-  if "head/kernel" in flat and "head/kernel" in init_flat:
-    report.head_classes = (int(flat["head/kernel"].shape[-1]), int(init_flat["head/kernel"].shape[-1]))
-  replaced = _fit_head(flat, init_flat, replace_head, source)
-  if "head/kernel" in flat and "head/kernel" in init_flat:
-    report.head = "replaced" if replaced else "kept"
+  report.head_classes = (_classes(flat), _classes(init_flat))
+  report.head = _fit_head(flat, init_flat, replace_head, source)
+  if "head/kernel" in report.not_loaded:
+    report.head = "not loaded"
   _validate(flat, init_flat, source)
   out = {k: np.asarray(flat[k]).astype(init_flat[k].dtype, copy=False) for k in init_flat}
-  changed = {POSEMB} if report.posemb_grid else set()
-  if replaced:
+  changed = set(report.not_loaded) | ({POSEMB} if report.posemb_grid else set())
+  if report.head in ("replaced", "new"):
     changed |= {"head/kernel", "head/bias"}
+  if report.patch_size:
+    changed.add(PATCH_KERNEL)
   report.arrays_loaded = len(set(out) - changed)
   return layouts.unflatten(out), report

@@ -97,7 +97,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
 def _read_npz(path: str) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as archive:
-      return {k: np.asarray(archive[k]) for k in archive.files}
+      return {k: _recover_bfloat16(np.asarray(archive[k])) for k in archive.files}
   except ValueError as e:
     if "pickle" in str(e):
       raise CheckpointFormatError(
@@ -106,6 +106,13 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     raise _corrupt(path, e) from e
   except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
     raise _corrupt(path, e) from e
+
+
+def _recover_bfloat16(array: np.ndarray) -> np.ndarray:
+  """np.save writes bfloat16 arrays (big_vision checkpoints) as 2-byte void: back to float32."""
+  if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
+    return (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+  return array
 
 
 def _corrupt(path: str, cause: Exception) -> CheckpointFormatError:

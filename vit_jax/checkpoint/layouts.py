@@ -6,8 +6,11 @@ Owns `canonicalize(flat, num_heads=...)`, the ONE entry point that turns a flat
   * vit_models .npz (pre-Linen numbering inside ViT blocks: MultiHeadDotProductAttention_1,
     LayerNorm_0/LayerNorm_2, MlpBlock_3), Mixer and R+ViT files, legacy (1,1,1,C) GroupNorm;
   * big_vision .npz (Linen numbering, 'params/' or 'opt/target/' prefix, top-level
-    `pos_embedding` without a class slot, scanned `encoderblock`, MAPHead_0);
-  * our own tree (per-layer or scanned, kept as is);
+    `pos_embedding` without a class slot or none at all (posemb='sincos2d'), scanned
+    `encoderblock`, MAPHead_0); two-tower files (SigLIP, LiT: `img/` beside `txt/`, `t`,
+    `b`) give their image tower, or the sub-tree a `subtree` names (big_vision's
+    'file.npz:img');
+  * our own tree (per-layer or scanned);
   * timm and transformers state dicts (see torch_layouts.py).
 `to_vit_models(flat)` renames our Linen block names back to the vit_models ones.
 """
@@ -35,19 +38,51 @@ _KNOWN_ROOTS = ("embedding", "cls", "Transformer", "head", "pre_logits", "stem",
 
 
 def canonicalize(flat: dict[str, np.ndarray], *, num_heads: Optional[int] = None,
-                 source: str = "checkpoint") -> dict:
-  """Nested params in our layout from a flat dict of any supported layout."""
+                 source: str = "checkpoint", subtree: Optional[str] = None,
+                 notes: Optional[list] = None) -> dict:
+  """Nested params in our layout from a flat dict of any supported layout.
+
+  subtree: the part of a multi-model file to read ('img' of a SigLIP file); without it a
+  two-tower file gives its image tower. What is left out is appended to `notes`.
+  """
   if not flat:
     raise ValueError(f"{source} holds no arrays; it is not a ViT/Mixer checkpoint.")
-  if all("/" not in k for k in flat) and torch_layouts.detect(flat):
+  if subtree is None and all("/" not in k for k in flat) and torch_layouts.detect(flat):
     flat = torch_layouts.to_ours(flat, num_heads=num_heads, source=source)
   else:
-    flat = _from_flax_layout(flat, source)
+    flat = _from_flax_layout(flat, source, subtree, notes if notes is not None else [])
   return unflatten(flat)
 
 
-def _from_flax_layout(flat: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+def _select_tower(flat: dict[str, np.ndarray], source: str, subtree: Optional[str],
+                  notes: list) -> dict[str, np.ndarray]:
+  """The sub-tree `subtree` of a (prefix-stripped) flat dict, or the image tower of a
+  two-tower file; other flat dicts as they are."""
+  roots = {k.split("/")[0] for k in flat}
+  if subtree is None:
+    if not ("img" in roots and not roots & set(_KNOWN_ROOTS)):
+      return flat
+    subtree = "img"
+  prefix = subtree.strip("/") + "/"
+  picked = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  if not picked:
+    raise ValueError(f"{source} has no sub-tree {subtree!r}; its top-level keys are "
+                     f"{sorted(roots)[:8]}.")
+  left = sorted({k.split("/")[0] for k in flat if not k.startswith(prefix)})
+  if left:
+    counts = ", ".join(f"{r}/ ({sum(k.startswith(r + '/') for k in flat)} arrays)"
+                       if any(k.startswith(r + "/") for k in flat) else r for r in left)
+    what = "image tower" if subtree == "img" else f"sub-tree {subtree!r}"
+    notes.append(f"multi-model checkpoint: loaded its {what} ({prefix}, {len(picked)} arrays); "
+                 f"ignored {counts}.")
+  return picked
+
+
+def _from_flax_layout(flat: dict[str, np.ndarray], source: str, subtree: Optional[str],
+                      notes: list) -> dict[str, np.ndarray]:
   flat = {_strip_prefix(k): np.asarray(v) for k, v in flat.items()}
+  flat = _select_tower(flat, source, subtree, notes)
+  flat = {_strip_prefix(k): v for k, v in flat.items()}
   roots = {k.split("/")[0] for k in flat}
   if not roots & set(_KNOWN_ROOTS) or not any(k.endswith(("kernel", "scale")) for k in flat):
     raise ValueError(

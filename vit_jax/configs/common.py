@@ -30,6 +30,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.pretrained_path = config_dict.placeholder(str)    # Local / gs:// / https:// / hf:// file.
   c.model_or_filename = config_dict.placeholder(str)  # AugReg name, resolved via the index.
   c.replace_head = config_dict.placeholder(bool)  # None: new head when the class count differs.
+  # Parameter-name regexes (full match, e.g. 'MAPHead_0/.*') kept at their initial value, as
+  # big_vision's dont_load; and whether a checkpoint of another patch size is PI-resized.
+  c.dont_load = ()
+  c.resize_patch_embedding = False
 
   c.dataset = "cifar10"            # TFDS name, 'digits' (embedded, offline) or an image folder.
   c.tfds_data_dir = config_dict.placeholder(str)
@@ -97,6 +101,10 @@ def model_overrides() -> ml_collections.ConfigDict:
   m.parallel_block = config_dict.placeholder(bool)
   m.qk_norm = config_dict.placeholder(bool)
   m.use_bias = config_dict.placeholder(bool)
+  m.posemb = config_dict.placeholder(str)         # 'learn' | 'sincos2d' (fixed, ViT only).
+  # Patch size (ViT only), e.g. (8, 8); with resize_patch_embedding a checkpoint of another
+  # patch size loads (FlexiViT resize).
+  m.patches = ml_collections.ConfigDict(dict(size=config_dict.placeholder(tuple)))
   m.transformer = ml_collections.ConfigDict(dict(
       dropout_rate=config_dict.placeholder(float),
       attention_dropout_rate=config_dict.placeholder(float)))

@@ -5,6 +5,11 @@ Owns `Encoder` (module name `Transformer` inside VisionTransformer), its
 `AddPositionEmbs` and `MAPHead` (big_vision's multi-head attention pooling).
 Submodules carry explicit names equal to the checkpoint paths.
 
+Position embeddings (`posemb`): 'learn' (a (1, tokens, D) parameter, Google's vit_jax) or
+'sincos2d' (fixed 2-D sin-cos of the patch grid as MoCo v3 / big_vision define them, no
+parameter, computed for the actual grid so another resolution needs no interpolation;
+class-token rows get zeros: big_vision adds the embedding before the class token).
+
 Stochastic depth rule: layer i of L drops its residual branches (attention and
 MLP, per example) with rate `stochastic_depth * i / (L - 1)`, i.e. linear over
 depth from 0 at the first block to `stochastic_depth` at the last (DeiT/timm
@@ -145,13 +150,45 @@ class Encoder1DBlock(nn.Module):
     return (out, None) if self.scanned else out
 
 
+POSEMB_TYPES = ("learn", "sincos2d")
+
+
+def posemb_sincos2d(height: int, width: int, features: int,
+                    temperature: float = 10_000.0) -> np.ndarray:
+  """(1, height*width, features) fixed 2-D sin-cos position embedding (MoCo v3 / big_vision).
+
+  Row-major over the grid; per token [sin(x*w), cos(x*w), sin(y*w), cos(y*w)] with x the
+  column, y the row and w_k = temperature ** -(k / (features/4 - 1)), k < features/4.
+  """
+  if features % 4:
+    raise ValueError(f"posemb='sincos2d' needs a width divisible by 4, got {features}.")
+  quarter = features // 4
+  omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))
+  y, x = np.mgrid[:height, :width]
+  x = np.outer(x.reshape(-1), omega)
+  y = np.outer(y.reshape(-1), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return pe[None].astype(np.float32)
+
+
 class AddPositionEmbs(nn.Module):
-  """Adds a learned (1, tokens, D) `pos_embedding` sized from the input at init."""
+  """Adds the position embedding: a learned (1, tokens, D) `pos_embedding` sized from the
+  input at init, or the fixed sin-cos embedding of `grid` (no parameter)."""
   dtype: Any = jnp.float32
+  posemb: str = "learn"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, grid: Optional[tuple[int, int]] = None) -> jax.Array:
+    if self.posemb not in POSEMB_TYPES:
+      raise ValueError(f"posemb={self.posemb!r} is not supported; use one of {POSEMB_TYPES}.")
     expected = (1, x.shape[1], x.shape[2])
+    if self.posemb == "sincos2d":
+      if grid is None:
+        raise ValueError("posemb='sincos2d' needs the patch grid (Encoder(..., grid=(h, w))).")
+      prefix = x.shape[1] - grid[0] * grid[1]
+      pe = posemb_sincos2d(grid[0], grid[1], x.shape[2])
+      pe = np.concatenate([np.zeros((1, prefix, x.shape[2]), np.float32), pe], axis=1)
+      return x + jnp.asarray(pe, x.dtype)
     if self.has_variable("params", "pos_embedding"):
       found = tuple(nn.meta.unbox(self.get_variable("params", "pos_embedding")).shape)
       if found != expected:
@@ -181,10 +218,13 @@ class Encoder(nn.Module):
   parallel_block: bool = False
   qk_norm: bool = False
   use_bias: bool = True
+  posemb: str = "learn"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = AddPositionEmbs(dtype=self.dtype, name="posembed_input")(x)
+  def __call__(self, x: jax.Array, *, train: bool,
+               grid: Optional[tuple[int, int]] = None) -> jax.Array:
+    """grid: the (rows, cols) patch grid of x's patch tokens (needed by posemb='sincos2d')."""
+    x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, name="posembed_input")(x, grid)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     rates = stochastic_depth_rates(self.stochastic_depth, self.num_layers)
     block_kwargs = dict(

@@ -30,10 +30,14 @@ Per-platform execution (same parameters, same values up to float rounding):
     faster there than the strided convolution's) and as the convolution elsewhere.
 
 Classifiers: 'token' (class token), 'gap' (mean of the tokens), 'map' (MAPHead_0
-attention pooling), and the unpooled variants 'token_unpooled' (class token kept
+attention pooling), 'first' (the first patch token, no class token: big_vision's
+pool_type '0'), and the unpooled variants 'token_unpooled' (class token kept
 in the sequence) and 'unpooled' / 'gap_unpooled' (no class token) that return the
 whole sequence; as in Google's code, pre_logits/head (if any) then apply per token.
 With num_classes None (or 0) there is no head and the pooled pre-logits are returned.
+
+Position embeddings: posemb='learn' (default, the `pos_embedding` parameter) or 'sincos2d'
+(fixed, computed for the patch grid of the input; see transformer.py).
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from vit_jax.models.fields import check_image_size, config_get, patch_size, sequ
 from vit_jax.models.platform import check_attention_impl, on_cpu, resolve_batch_chunks
 from vit_jax.models.transformer import Encoder, MAPHead
 
-CLASSIFIERS = ("token", "gap", "map", "token_unpooled", "unpooled", "gap_unpooled")
+CLASSIFIERS = ("token", "gap", "map", "first", "token_unpooled", "unpooled", "gap_unpooled")
 _TRANSFORMER_KEYS = ("num_layers", "mlp_dim", "num_heads", "dropout_rate", "attention_dropout_rate")
 
 
@@ -114,6 +118,7 @@ class VisionTransformer(nn.Module):
   parallel_block: bool = False   # ViT-22B options, see transformer.Encoder1DBlock
   qk_norm: bool = False
   use_bias: bool = True
+  posemb: str = "learn"         # 'learn' | 'sincos2d' (fixed, big_vision / MoCo v3)
 
   def _check_fields(self) -> None:
     if self.classifier not in CLASSIFIERS:
@@ -137,7 +142,7 @@ class VisionTransformer(nn.Module):
         dtype=dtype, attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
         scan_layers=self.scan_layers, parallel_block=self.parallel_block,
-        qk_norm=self.qk_norm, use_bias=self.use_bias, name="Transformer")
+        qk_norm=self.qk_norm, use_bias=self.use_bias, posemb=self.posemb, name="Transformer")
 
   def _resnet_layers(self) -> tuple[int, ...]:
     return tuple(config_get(self.resnet, "num_layers", ()) or ())
@@ -169,7 +174,7 @@ class VisionTransformer(nn.Module):
 
   @staticmethod
   def _pool(x: jax.Array, classifier: str, map_head: Optional[nn.Module]) -> jax.Array:
-    if classifier == "token":
+    if classifier in ("token", "first"):
       return x[:, 0]
     if classifier == "gap":
       return jnp.mean(x, axis=1)
@@ -219,12 +224,14 @@ class VisionTransformer(nn.Module):
     map_head = self._pool_module(dtype)
     pre_logits, head = self._head_modules(dtype)
 
+    grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
+
     def forward(images: jax.Array) -> jax.Array:
       tokens = patch_embed(images, kernel.astype(dtype), bias.astype(dtype))
       if cls is not None:
         tokens = jnp.concatenate(
             [jnp.tile(cls.astype(dtype), (tokens.shape[0], 1, 1)), tokens], axis=1)
-      y = encoder(tokens, train=train)
+      y = encoder(tokens, train=train, grid=grid)
       return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
 
     layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))

@@ -1,0 +1,49 @@
+"""Patch-size change of a patch-embedding kernel: FlexiViT's pseudo-inverse (PI) resize.
+
+Owns `resize_patch_kernel(kernel, new_hw)`. A (ph, pw, C, D) kernel trained on ph x pw
+patches is mapped to new_hw patches so that, for a patch x and its bilinear resize
+B x to new_hw, <B x, new_kernel> = <x, kernel> (Beyer et al. 2023, "FlexiViT", Sec. 3.4):
+new_kernel = pinv(B^T) kernel. When new_hw is at least the old size in both axes B has
+full column rank and the equality is exact; when it is smaller the solution is the
+least-squares one. B is the image resize the input pipeline uses for "bilinear" (half-pixel
+centres, no antialiasing, edges clamped: tf.image.resize / big_vision), built here in NumPy.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) matrix of 1-D bilinear resizing with half-pixel centres, edges clamped."""
+  coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  floor = np.floor(coords)
+  frac = coords - floor
+  lo = np.clip(floor.astype(int), 0, n_in - 1)
+  hi = np.clip(floor.astype(int) + 1, 0, n_in - 1)
+  weights = np.zeros((n_out, n_in))
+  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(n_out), hi), frac)
+  return weights
+
+
+def resize_matrix(old_hw: Sequence[int], new_hw: Sequence[int]) -> np.ndarray:
+  """(new_h*new_w, old_h*old_w) matrix B with vec(resize(x)) = B vec(x), row-major pixels."""
+  return np.kron(bilinear_matrix(int(old_hw[0]), int(new_hw[0])),
+                 bilinear_matrix(int(old_hw[1]), int(new_hw[1])))
+
+
+def resize_patch_kernel(kernel: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
+  """(ph, pw, C, D) patch-embedding kernel -> (new_h, new_w, C, D) by the PI resize."""
+  kernel = np.asarray(kernel)
+  if kernel.ndim != 4:
+    raise ValueError(f"expected a (ph, pw, channels, width) patch-embedding kernel, got shape "
+                     f"{kernel.shape}.")
+  old_hw, new_hw = tuple(kernel.shape[:2]), tuple(int(s) for s in new_hw)
+  if old_hw == new_hw:
+    return kernel
+  b = resize_matrix(old_hw, new_hw)                       # (new, old)
+  flat = kernel.reshape(old_hw[0] * old_hw[1], -1).astype(np.float64)
+  resized = np.linalg.pinv(b.T) @ flat                    # (new, C*D)
+  return resized.reshape(new_hw + kernel.shape[2:]).astype(kernel.dtype)
