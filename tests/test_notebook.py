@@ -174,3 +174,7 @@ def test_notebook_runs_in_tiny_offline_mode(tmp_path, monkeypatch, kernel_dir):
   assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-4
   assert all(CIFAR10[int(i)] == name for _, name, i in lines), lines
   assert _has_png(_tagged(nb, "inference"))
+  # Looking inside: rollout, attention distance, position-embedding similarity, filters.
+  inspected = _tagged(nb, "inspect")
+  assert re.search(r"1 layers x 2 heads; mean attention distance [\d.]+ px", _text(inspected))
+  assert sum("image/png" in o.get("data", {}) for o in inspected.outputs) == 4

@@ -98,8 +98,10 @@ def checkpoint_resolution(model, raw: dict, reference: int = 224) -> int:
 
 
 def load_params(model_name: str, location: str, *, num_classes: Optional[int],
-                resolution: Optional[int]):
+                resolution: Optional[int], require_head: bool = True):
   """(model, params, resolution) for a checkpoint, its head kept; posemb resized if needed.
+
+  require_head=False (inspection) also takes feature extractors and zero (i21k) heads.
 
   `location` is anything checkpoint.candidate_locations takes (an AugReg name or file name
   tries its Hugging Face copy first, then gs://, as the trainer does).
@@ -113,7 +115,10 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
                                         lambda uri: checkpoint.load(uri, num_heads=heads))
   if location != given:
     print(f"AugReg checkpoint {given} -> {location}", file=sys.stderr)
-  found = _head_classes(raw)
+  if require_head:
+    found = _head_classes(raw)
+  else:
+    found = int(np.shape(raw["head"]["kernel"])[-1]) if "head" in raw else None
   if num_classes is not None and num_classes != found:
     raise ValueError(f"--num_classes {num_classes} but the checkpoint's head has {found} "
                      "classes; drop --num_classes or pass the matching checkpoint.")
@@ -228,12 +233,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return args
 
 
-def _load(args):
-  """(model, params, resolution, class names from the model or None) for the parsed flags."""
+def load_model(args, require_head: bool = True):
+  """(model, params, resolution, class names or None) for parsed --model/--checkpoint/--workdir/
+  --step/--num_classes/--resolution flags (also used by vit_jax.inspect)."""
   if args.workdir is not None or args.model is None:
     model, params, resolution, names = load_own(checkpoint_path=args.checkpoint,
                                                 workdir=args.workdir, step=args.step)
-    found = int(np.shape(params["head"]["kernel"])[-1])
+    found = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else None
     if args.num_classes is not None and args.num_classes != found:
       raise ValueError(f"--num_classes {args.num_classes} but the model has {found} classes.")
     if args.resolution and args.resolution != resolution:
@@ -241,7 +247,8 @@ def _load(args):
                        "models are not resized here).")
     return model, params, resolution, names or None
   model, params, resolution = load_params(args.model, args.checkpoint,
-                                          num_classes=args.num_classes, resolution=args.resolution)
+                                          num_classes=args.num_classes, resolution=args.resolution,
+                                          require_head=require_head)
   return model, params, resolution, None
 
 
@@ -250,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from vit_jax import exits  # pylint: disable=g-import-not-at-top
   args = parse_args(argv)
   try:
-    model, params, resolution, names = _load(args)
+    model, params, resolution, names = load_model(args)
     num_classes = int(np.shape(params["head"]["kernel"])[-1])
     labels = load_labels(num_classes, args.labels) if args.labels or not names else names
     images = np.stack([load_image(path, resolution) for path in args.images])

@@ -30,6 +30,11 @@ How it computes (the parameters stay the official separate ones):
                        when JAX can use it, else XLA). `resolve_attention_impl` says which.
 Attention dropout needs the attention weights, so when it is active (train and rate > 0)
 the 'einsum' formulation is used whatever implementation was asked for.
+
+Inspection: applied with the 'intermediates' collection mutable, the module computes the
+float32 probabilities explicitly (`attention_weights`), sows them as
+`attention_weights` (batch, heads, q_tokens, kv_tokens) and multiplies exactly those with
+the values, so what is returned is what the forward used (vit_jax/analysis.py reads them).
 """
 from __future__ import annotations
 
@@ -43,12 +48,17 @@ import numpy as np
 from vit_jax.models.axes import logical
 from vit_jax.models.platform import on_cpu, resolve_attention_impl
 
+def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+  """float32 softmax(q k^T / sqrt(d)): (batch, heads, q_tokens, kv_tokens) probabilities."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, dropout_rate: float = 0.0,
                      dropout_rng: Optional[jax.Array] = None) -> jax.Array:
   """softmax(q k^T / sqrt(d)) v on (batch, tokens, heads, head_dim) arrays, softmax in float32."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  weights = attention_weights(q, k).astype(v.dtype)
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, weights.dtype),
@@ -218,9 +228,14 @@ class MultiHeadDotProductAttention(nn.Module):
                             bias_init=logical(nn.initializers.zeros, "kv"), name=name)(x)
       q, k = norm(q, "query_norm"), norm(k, "key_norm")
     use_dropout = not self.deterministic and self.dropout_rate > 0.0
-    y = dot_product_attention(
-        q, k, v, implementation=self.attention_impl, dropout_rate=self.dropout_rate,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None)
+    if self.is_mutable_collection("intermediates") and not use_dropout:
+      weights = attention_weights(q, k)
+      self.sow("intermediates", "attention_weights", weights)
+      y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    else:
+      y = dot_product_attention(
+          q, k, v, implementation=self.attention_impl, dropout_rate=self.dropout_rate,
+          dropout_rng=self.make_rng("dropout") if use_dropout else None)
     out = jnp.einsum("nhk,hkd->nd", jnp.reshape(y, (batch * q_len, heads, head_dim)),
                      wo.astype(dtype))
     return jnp.reshape(out + bo.astype(dtype), (batch, q_len, width))

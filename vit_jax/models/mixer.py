@@ -68,7 +68,9 @@ class MixerBlock(nn.Module):
     y = layer_norm(self.dtype, "LayerNorm_1")(x)
     y = MixerMlp(self.channels_mlp_dim, ("embed", "mlp"), self.dtype, self.approximate_gelu,
                  name="channel_mixing")(y)
-    return self._residual(x, y)
+    out = self._residual(x, y)
+    self.sow("intermediates", "features", out)  # Kept only when inspecting (analysis.py).
+    return out
 
 
 class MlpMixer(nn.Module):

@@ -147,6 +147,7 @@ class Encoder1DBlock(nn.Module):
       x2d = x
     out = constrain(jnp.reshape(self._residual(x2d, y, drop_rate, batch), inputs.shape),
                     "batch", None, None)
+    self.sow("intermediates", "features", out)  # Kept only when inspecting (analysis.py).
     return (out, None) if self.scanned else out
 
 
@@ -237,7 +238,7 @@ class Encoder(nn.Module):
     if self.remat:
       block = nn.remat(block, prevent_cse=not self.scan_layers)
     if self.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0},
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=0,
                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(scanned=True, name="encoderblock", **block_kwargs)(x, jnp.asarray(rates))
