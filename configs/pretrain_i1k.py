@@ -5,7 +5,9 @@ Preset: `pretrain_i1k.py:<model>[,<aug>]`, model in ti16 s16 s32 b16 b32 l16 h14
 none light1 light2 medium1 medium2 strong1 strong2 (default medium1 = RandAugment 2x15 +
 mixup 0.2). Recipe: AdamW (b1 0.9, b2 0.999), lr 1e-3, decoupled weight decay 0.1 (paper
 convention: multiplied by the lr schedule), linear warmup 10k steps then cosine, 300 epochs,
-batch 4096, inception crop 224 + flip, dropout 0.1 and stochastic depth 0.1, grad clip 1.
+batch 4096, inception crop 224 + flip, dropout 0.1 and stochastic depth 0.1, grad clip 1;
+evaluation as big_vision's vit_i1k config: shorter side to 256, central 224 crop
+(`pp.eval='resize_small'`).
 
   python -m vit_jax.main --workdir=gs://bucket/i1k-s16 --config=configs/pretrain_i1k.py:s16
   python -m vit_jax.main --dry_run --config=configs/pretrain_i1k.py:l16 [--topology=v5p-64]
@@ -46,7 +48,8 @@ def pretrain_config(arg: str, dataset: str, weight_decay: float, regularization:
   c.optimizer, c.base_lr, c.b1, c.b2 = "adamw", 1e-3, 0.9, 0.999
   c.weight_decay, c.optim_dtype, c.grad_norm_clip = weight_decay, "bfloat16", 1.0
   c.decay_type = "cosine"
-  c.pp.crop, c.pp.train, c.pp.eval, c.pp.flip = 224, "inception_crop", "resize_crop", True
+  # Eval as big_vision's vit_i1k config (the AugReg numbers): shorter side 256, central 224.
+  c.pp.crop, c.pp.train, c.pp.eval, c.pp.flip = 224, "inception_crop", "resize_small", True
   layers, magnitude, mixup = AUGMENTATION[aug]
   c.pp.randaugment_layers, c.pp.randaugment_magnitude, c.pp.mixup_alpha = layers, magnitude, mixup
   c.model.transformer.dropout_rate = regularization

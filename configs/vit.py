@@ -4,7 +4,8 @@ The published fine-tune recipe (ViT paper, google-research/vision_transformer):
 SGD momentum 0.9, global batch 512, lr 0.03 (cifar, imagenet) / 0.01 (pets, flowers)
 from the sweep {0.001, 0.003, 0.01, 0.03}, linear warmup 500 steps then cosine decay,
 10k steps (imagenet2012: 20k; pets/flowers: 500), grad clip 1, 384px crop, no weight
-decay, dropout 0.
+decay, dropout 0. Evaluation as Google's code: the whole image resized to the crop
+(`pp.eval='resize'`; `resize_small` + `crop_pct` give timm/big_vision's central crops).
 
   python -m vit_jax.main --workdir=/tmp/vit-$(date +%s) --config=configs/vit.py:b16,cifar10 \
       --config.pretrained_path=gs://vit_models/imagenet21k/ViT-B_16.npz

@@ -174,7 +174,7 @@ def view_problems(config) -> list[str]:
   opts = preprocess.options_from_config(config.pp)
   problems = []
   eval_scale = opts.crop if opts.eval == "resize" else opts.resize
-  if opts.eval == "resize_crop" and (opts.crop / opts.resize) ** 2 < 0.6:
+  if opts.eval in ("resize_crop", "resize_small") and (opts.crop / opts.resize) ** 2 < 0.6:
     problems.append(f"eval central crop keeps {(opts.crop / opts.resize) ** 2:.0%} of the image")
   if opts.train == "vit_finetune":
     share = (opts.crop / opts.resize) ** 2

@@ -93,6 +93,38 @@ def test_eval_resize_crop_is_central():
   np.testing.assert_array_equal(out, arr[2:18, 2:18])
 
 
+def test_eval_resize_small_keeps_the_aspect_and_crops_the_centre():
+  wide = np.zeros((20, 60, 3), np.uint8)
+  wide[:, 20:40] = 255                      # the central square is white
+  small = preprocess.resize_small(_png(wide), 10)
+  assert small.size == (30, 10)             # shorter side 10, aspect 3:1 kept
+  assert preprocess.resize_small(_png(wide.transpose(1, 0, 2)), 10).size == (10, 30)
+  out = preprocess.eval_image(_png(wide), _opts(crop=10, resize=10, eval="resize_small"))
+  assert out.shape == (10, 10, 3) and out[:, 1:-1].min() >= 250  # the white square only
+  squashed = preprocess.eval_image(_png(wide), _opts(crop=10, resize=10, eval="resize_crop"))
+  assert squashed[:, 1].max() < 50 and squashed[:, 4:6].min() == 255  # square resize squashes
+
+
+@pytest.mark.parametrize("crop,crop_pct,resize", [(224, 0.875, 256), (224, 0.9, 248),
+                                                  (384, 1.0, 384), (32, 0.875, 36)])
+def test_crop_pct_sets_the_resize_as_timm(crop, crop_pct, resize):
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  c = common.defaults()
+  c.pp.crop, c.pp.crop_pct, c.pp.eval = crop, crop_pct, "resize_small"
+  assert preprocess.options_from_config(c.pp).resize == resize  # floor(crop / crop_pct)
+
+
+def test_crop_pct_errors():
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  c = common.defaults()
+  c.pp.crop_pct = 1.5
+  with pytest.raises(ValueError, match="crop_pct=1.5 must be in"):
+    preprocess.options_from_config(c.pp)
+  c.pp.crop_pct, c.pp.resize = 0.875, 256
+  with pytest.raises(ValueError, match="set one of them"):
+    preprocess.options_from_config(c.pp)
+
+
 def test_grey_and_array_inputs_become_rgb():
   grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
   out = preprocess.eval_image(_png(grey), _opts(crop=8))

@@ -43,7 +43,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.batch = 512                    # Global train batch [images per step].
   c.batch_eval = 512               # Global eval batch.
   c.pp = ml_collections.ConfigDict(dict(
-      crop=224, resize=config_dict.placeholder(int), train="vit_finetune", eval="resize",
+      crop=224, resize=config_dict.placeholder(int), crop_pct=config_dict.placeholder(float),
+      train="vit_finetune", eval="resize",
       flip=True, randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
       label_smoothing=0.0))
   # num_workers: data worker processes (0 = in this process); prefetch: batches buffered per
