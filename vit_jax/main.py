@@ -228,9 +228,13 @@ def summary_line(result: dict, workdir: str, seconds: float) -> str:
   """One line for the end of a run: steps, final eval accuracy, wall time, where things are."""
   parts = [f"Done: step {result.get('step')}"]
   ev = result.get("eval")
-  if ev:
+  if ev and "accuracy" in ev:
     parts.append(f"eval accuracy {ev['accuracy']:.2%} on {int(ev['examples'])} examples, "
                  f"eval loss {ev['loss']:.4f}")
+  elif ev:  # Named evaluators (config.evals): their headline figures.
+    shown = {k: v for k, v in ev.items() if not k.endswith("/examples") and "/class_" not in k}
+    parts.append("eval " + ", ".join(f"{k} {v:.2%}" if "loss" not in k else f"{k} {v:.4f}"
+                                     for k, v in shown.items()))
   if result.get("already_finished"):
     parts.append("recorded when the run finished (nothing trained now)")
   else:

@@ -17,7 +17,6 @@ watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change.
 """
 from __future__ import annotations
 
-import collections
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from vit_jax import checkpoint, device_prefetch, input_pipeline, metrics, model_configs, optim
 from vit_jax import preflight, run_state, sharding, train_state, train_step, watchdog
 from vit_jax import workdir_lock
+from vit_jax.evaluators import runner
 from vit_jax.train_state import StateSetup, TrainState
 
 
@@ -103,18 +103,12 @@ def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
 
 
 def evaluate(eval_step, params, config) -> dict[str, float]:
-  """One masked pass over config.eval_split: accuracy and mean loss over real examples."""
-  bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
-  totals = collections.Counter()
-  batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
-                                             config.input.device_prefetch,
-                                             keys=("image", "label", "mask"))
-  for batch in batches:
-    out = jax.device_get(eval_step(params, batch))
-    totals.update({k: float(v) for k, v in out.items()})
+  """One masked pass over config.eval_split: accuracy, top-5 accuracy and mean loss over real
+  examples (the default evaluator; config.evals adds named ones, evaluators/runner.py)."""
+  totals = runner.classification_pass(eval_step, params, config)
   count = max(totals["count"], 1.0)
   return {"accuracy": totals["correct"] / count, "loss": totals["loss_sum"] / count,
-          "examples": totals["count"]}
+          "top5_accuracy": totals["correct_topk"] / count, "examples": totals["count"]}
 
 
 def check_finite(pending: list[tuple[int, dict]]) -> Optional[tuple[int, dict]]:
@@ -184,9 +178,9 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   """The loop proper (see train_and_evaluate)."""
   state, data_state = initial_state(config, setup, ckpt, writer.text)
   step = int(jax.device_get(state.step))
-  eval_step = train_step.make_eval_step(setup)
+  evals = runner.Runner(setup, config)
   if step >= total:  # A finished run asked to run again: report, do not retrain.
-    return _finished(config, workdir, step, state, eval_step, writer)
+    return _finished(config, workdir, step, state, evals, writer)
   host_iter = input_pipeline.create_train_iterator(config)
   if data_state:
     host_iter.set_state(data_state)
@@ -200,7 +194,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
                              min_seconds=config.watchdog.min_seconds,
                              first_step_seconds=config.watchdog.first_step_seconds)
   pending, result = [], {"step": step}
-  loop = _Loop(config, workdir, total, feeder, pending, meter, ckpt, writer, eval_step, preempt, wd)
+  loop = _Loop(config, workdir, total, feeder, pending, meter, ckpt, writer, evals, preempt, wd)
   try:
     while step < total:
       t0 = time.perf_counter()
@@ -230,7 +224,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   return result
 
 
-def _finished(config, workdir, step, state, eval_step, writer) -> dict[str, Any]:
+def _finished(config, workdir, step, state, evals, writer) -> dict[str, Any]:
   """The result of a run that already reached its last step: its recorded evaluation, or a
   fresh one when none was recorded at that step."""
   recorded = run_state.last_eval(workdir, step)
@@ -240,7 +234,7 @@ def _finished(config, workdir, step, state, eval_step, writer) -> dict[str, Any]
                 "step follows (raise --config.total_steps to train further).")
   else:
     writer.text(f"The run in {workdir} already finished at step {step}; evaluating it.")
-    values = evaluate(eval_step, state.params, config)
+    values = evals.run(state.params, step, step)
     run_state.record_eval(workdir, step, values)
   writer.scalars(step, values, prefix="eval/")
   return {"step": step, "eval": values, "state": state, "already_finished": True}
@@ -249,11 +243,11 @@ def _finished(config, workdir, step, state, eval_step, writer) -> dict[str, Any]
 class _Loop:
   """What _after_step needs besides the step and state (one object instead of ten args)."""
 
-  def __init__(self, config, workdir, total, feeder, pending, meter, ckpt, writer, eval_step,
+  def __init__(self, config, workdir, total, feeder, pending, meter, ckpt, writer, evals,
                preempt, wd):
     self.config, self.workdir, self.total, self.feeder = config, workdir, total, feeder
     self.pending, self.meter, self.ckpt, self.writer = pending, meter, ckpt, writer
-    self.eval_step, self.preempt, self.watchdog = eval_step, preempt, wd
+    self.evals, self.preempt, self.watchdog = evals, preempt, wd
 
 
 def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict[str, Any]:
@@ -279,10 +273,10 @@ def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict
       save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
   elif len(pending) >= 1000:  # Nothing logged for long: still guard against NaN, free memory.
     check_finite(pending)
-  if _every(step, int(config.eval_every or 0), total):
+  if runner.due(loop.evals.specs, step, total):
     check_finite(pending)
     with loop.watchdog.paused():
-      values = evaluate(loop.eval_step, state.params, config)
+      values = loop.evals.run(state.params, step, total)
     run_state.record_eval(loop.workdir, step, values)
     writer.scalars(step, values, prefix="eval/")
     result["eval"] = values

@@ -87,8 +87,9 @@ def make_train_step(setup: StateSetup, accum_steps: int = 1) -> Callable:
                  out_shardings=(setup.state_shardings, repl), donate_argnums=(0,))
 
 
-def make_eval_step(setup: StateSetup) -> Callable:
-  """jit(eval_step)(params, batch) -> {'loss_sum', 'correct', 'count'} over unmasked examples."""
+def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) -> Callable:
+  """jit(eval_step)(params, batch) -> {'loss_sum', 'correct', 'correct_topk', 'count'} sums over
+  unmasked examples (with per_class: 'class_count' and 'class_correct', (classes,) each)."""
   model = setup.model
   constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
 
@@ -96,9 +97,18 @@ def make_eval_step(setup: StateSetup) -> Callable:
     with axes.activation_sharding(constrainer):
       logits = model.apply({"params": params}, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
-    correct = (jnp.argmax(logits, -1) == jnp.argmax(batch["label"], -1)).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-            "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+    label = jnp.argmax(batch["label"], -1)
+    correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+    k = min(int(topk), logits.shape[-1])
+    in_topk = jnp.any(jax.lax.top_k(logits, k)[1] == label[:, None], axis=-1)
+    out = {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+           "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
+           "correct_topk": jnp.sum(in_topk.astype(jnp.float32) * mask)}
+    if per_class:
+      onehot = jax.nn.one_hot(label, logits.shape[-1]) * mask[:, None]
+      out["class_count"] = jnp.sum(onehot, axis=0)
+      out["class_correct"] = jnp.sum(onehot * correct[:, None], axis=0)
+    return out
 
   batch_shard = sharding.batch_sharding(setup.mesh)
   return jax.jit(eval_step, in_shardings=(setup.param_shardings, batch_shard),

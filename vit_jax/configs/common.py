@@ -72,6 +72,9 @@ def defaults() -> ml_collections.ConfigDict:
 
   c.log_every = 50                 # [steps]
   c.eval_every = 1000              # [steps]; 0 = only at the end.
+  # Named evaluators (vit_jax/evaluators/runner.py): {name: {type, every, dataset, split, ...}};
+  # empty = one classification evaluator over eval_split every eval_every steps.
+  c.evals = ml_collections.ConfigDict()
   c.checkpoint_every = 1000        # [steps]; 0 = only at the end / on SIGTERM.
   c.max_to_keep = 3                # Checkpoints kept (the newest).
   c.keep_period = 0                # [steps]; also keep every checkpoint at a multiple (0 = off).

@@ -1,0 +1,166 @@
+"""Evaluator maths against independent computations: top-k and ReaL by hand, per-class accuracy
+by scikit-learn's confusion matrix, the few-shot ridge probe by scikit-learn's Ridge."""
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.metrics import confusion_matrix
+
+from vit_jax.evaluators import classification, fewshot
+
+
+def test_topk_hits_by_hand():
+  logits = np.array([[0.1, 0.5, 0.4, 0.0], [3.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+  labels = np.array([2, 1, 0])
+  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 1), [False, False, False])
+  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 2), [True, False, True])
+  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 3), [True, True, True])
+  assert classification.topk_hits(logits, labels, 10).all()  # k beyond the class count
+
+
+def test_real_hits_skip_empty_sets():
+  logits = np.eye(4)[[0, 1, 2, 3]] * 5
+  sets = [[0, 3], [2], [], [3]]
+  hits, counted = classification.real_hits(logits, sets)
+  np.testing.assert_array_equal(counted, [True, True, False, True])
+  np.testing.assert_array_equal(hits, [True, False, False, True])
+  assert hits.sum() / counted.sum() == pytest.approx(2 / 3)
+
+
+def test_per_class_accuracy_against_the_confusion_matrix():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 5, 200)
+  logits = rng.normal(size=(200, 6))
+  got = classification.per_class_accuracy(logits, labels, 6)
+  cm = confusion_matrix(labels, logits.argmax(-1), labels=range(6))
+  with np.errstate(invalid="ignore"):
+    np.testing.assert_allclose(got, cm.diagonal() / cm.sum(axis=1))
+  assert np.isnan(got[5])  # no example of class 5
+
+
+@pytest.mark.parametrize("n,d", [(12, 40), (80, 8)])  # dual and primal forms
+def test_ridge_equals_sklearn(n, d):
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(n, d)), rng.integers(0, 4, n)
+  y[:4] = np.arange(4)
+  w, b = fewshot.fit_ridge(x, y, 4, 0.7)
+  ref = Ridge(alpha=0.7, fit_intercept=True).fit(x, 2.0 * np.eye(4)[y] - 1.0)
+  np.testing.assert_allclose(w, ref.coef_.T, atol=1e-9)
+  np.testing.assert_allclose(b, ref.intercept_, atol=1e-9)
+
+
+def _clusters(rng, n_per_class, classes=6, dim=16, noise=1.0):
+  centres = rng.normal(0, 3, (classes, dim))
+  y = np.repeat(np.arange(classes), n_per_class)
+  return centres[y] + rng.normal(0, noise, (len(y), dim)), y
+
+
+def test_fewshot_matches_sklearn_on_its_own_picks_and_is_seeded():
+  rng = np.random.default_rng(2)
+  train_x, train_y = _clusters(rng, 40)
+  test_x, test_y = _clusters(np.random.default_rng(2), 20)
+  result = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(1, 5, 10), seed=3)
+  assert set(result.accuracy) == {1, 5, 10} and result.accuracy[10] > 0.9
+  assert all(l2 in fewshot.DEFAULT_L2_REGS for l2 in result.l2_reg.values())
+  again = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(1, 5, 10), seed=3)
+  assert again.accuracy == result.accuracy and again.l2_reg == result.l2_reg
+  # The same picks and strength through scikit-learn give the same test accuracy.
+  validation = fewshot.sample_per_class(train_y, 5, np.random.default_rng(3))
+  for k in (1, 5, 10):
+    picked = fewshot.sample_per_class(train_y, k, np.random.default_rng([3, k]),
+                                      exclude=validation)
+    assert len(picked) == 6 * k and not set(picked) & set(validation)
+    ref = Ridge(alpha=result.l2_reg[k]).fit(train_x[picked], 2.0 * np.eye(6)[train_y[picked]] - 1)
+    assert np.mean(ref.predict(test_x).argmax(-1) == test_y) == pytest.approx(result.accuracy[k])
+
+
+def test_fewshot_bad_input_is_one_clear_error():
+  x, y = np.zeros((10, 4)), np.zeros(10, int)
+  with pytest.raises(ValueError, match="differ in length"):
+    fewshot.evaluate(x, y[:9], x, y)
+  with pytest.raises(ValueError, match="differ in width"):
+    fewshot.evaluate(x, y, np.zeros((10, 5)), y)
+
+
+# --- config.evals in a run -------------------------------------------------------------------
+
+def _run_with_evals(tmp_path, evals, **overrides):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path.parent / "tfds_shared", total_steps=4, checkpoint_every=4,
+                       **overrides)
+  with config.unlocked():
+    config.evals = ml_collections.ConfigDict(evals)
+  return config, train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_named_evaluators_run_log_and_record(tmp_path):
+  from vit_jax import run_state  # pylint: disable=g-import-not-at-top
+  evals = {"val": dict(type="classification", split="test", every=2, per_class=True, topk=3),
+           "half": dict(type="classification", split="test[:50%]", every=0,
+                        pp=dict(eval="resize_crop", resize=10)),
+           "fs": dict(type="fewshot", every=0, shots=(1, 3),
+                      datasets={"digits": ("digits", "train", "test")})}
+  config, result = _run_with_evals(tmp_path, evals)
+  ev = result["eval"]
+  assert {"val/top1", "val/top3", "val/loss", "val/examples", "half/top1", "fs/digits_1shot",
+          "fs/digits_3shot"} <= set(ev)
+  assert ev["val/examples"] == 297 and ev["half/examples"] == 148  # TFDS rounds 50% down
+  assert ev["val/top1"] <= ev["val/top3"] <= 1.0
+  per_class = [ev[f"val/class_{i}"] for i in range(10) if f"val/class_{i}" in ev]
+  assert len(per_class) == 10 and all(0.0 <= a <= 1.0 for a in per_class)
+  assert 0.0 <= ev["fs/digits_3shot"] <= 1.0
+  # val ran at step 2 and 4; half and fs only at the end; all recorded in results.json.
+  steps = {e["step"]: e for e in __import__("json").loads(
+      (tmp_path / "run" / run_state.RESULTS_FILE).read_text())["evals"]}
+  assert set(steps) == {2, 4} and "half/top1" not in steps[2] and "val/top1" in steps[2]
+  # The named 'val' over the whole test split is the default evaluator's figure.
+  from vit_jax import train, train_step  # pylint: disable=g-import-not-at-top
+  default = train.evaluate(train_step.make_eval_step(_setup(config)), result["state"].params,
+                           config)
+  assert default["accuracy"] == pytest.approx(ev["val/top1"])
+
+
+def _setup(config):
+  from vit_jax import sharding, train_state  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(config.mesh)
+  return train_state.setup_from_config(config, mesh, 10, 4)
+
+
+def test_fewshot_features_are_the_headless_forward(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import input_pipeline, train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path.parent / "tfds_shared")
+  with config.unlocked():
+    config.eval_split = "test[:40]"
+  setup = _setup(config)
+  params = train_state.create_train_state(setup, 0).params
+  feats, labels = runner.extract_features(setup, params, config)
+  assert feats.shape == (40, 16) and labels.shape == (40,)
+  images, want_labels = [], []
+  for batch in input_pipeline.create_eval_iterator(config):
+    keep = batch["mask"] > 0
+    images.append(batch["image"][keep])
+    want_labels.append(batch["label"][keep].argmax(-1))
+  headless = setup.model.clone(num_classes=None)
+  host = jax.device_get(params)
+  want = headless.apply({"params": {k: v for k, v in host.items() if k != "head"}},
+                        np.concatenate(images), train=False)
+  np.testing.assert_allclose(feats, np.asarray(want), atol=1e-5)
+  np.testing.assert_array_equal(labels, np.concatenate(want_labels))
+
+
+def test_evaluator_config_errors(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path)
+  for entry, message in ((dict(type="fewshots"), "type='fewshots' is unknown"),
+                         (dict(type="classification", spilt="test"), "unknown keys \\['spilt'\\]"),
+                         (dict(type="classification", pp=dict(crop=8)), "may change only")):
+    with config.unlocked():
+      config.evals = ml_collections.ConfigDict({"x": entry})
+    with pytest.raises(ValueError, match=message):
+      runner.specs(config)
