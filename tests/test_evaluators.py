@@ -1,5 +1,7 @@
 """Evaluator maths against independent computations: top-k and ReaL by hand, per-class accuracy
 by scikit-learn's confusion matrix, the few-shot ridge probe by scikit-learn's Ridge."""
+import json
+
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
@@ -111,7 +113,7 @@ def test_named_evaluators_run_log_and_record(tmp_path):
   assert len(per_class) == 10 and all(0.0 <= a <= 1.0 for a in per_class)
   assert 0.0 <= ev["fs/digits_3shot"] <= 1.0
   # val ran at step 2 and 4; half and fs only at the end; all recorded in results.json.
-  steps = {e["step"]: e for e in __import__("json").loads(
+  steps = {e["step"]: e for e in json.loads(
       (tmp_path / "run" / run_state.RESULTS_FILE).read_text())["evals"]}
   assert set(steps) == {2, 4} and "half/top1" not in steps[2] and "val/top1" in steps[2]
   # The named 'val' over the whole test split is the default evaluator's figure.
@@ -121,10 +123,10 @@ def test_named_evaluators_run_log_and_record(tmp_path):
   assert default["accuracy"] == pytest.approx(ev["val/top1"])
 
 
-def _setup(config):
+def _setup(config, num_classes=10):
   from vit_jax import sharding, train_state  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
-  return train_state.setup_from_config(config, mesh, 10, 4)
+  return train_state.setup_from_config(config, mesh, num_classes, 4)
 
 
 def test_fewshot_features_are_the_headless_forward(tmp_path):
@@ -164,3 +166,40 @@ def test_evaluator_config_errors(tmp_path):
       config.evals = ml_collections.ConfigDict({"x": entry})
     with pytest.raises(ValueError, match=message):
       runner.specs(config)
+
+
+def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
+  """imagenet2012_real (mock data): label sets become a multi-hot 'real', and the step's ReaL
+  count equals classification.real_hits on the same logits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import input_pipeline, train_state, train_step  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path)
+  with config.unlocked():
+    config.dataset, config.eval_split, config.num_classes = "imagenet2012_real", "validation", 1000
+    config.batch_eval = 8
+  sources.clear_cache()
+  try:
+    with tfds.testing.mock_data(num_examples=11, policy=tfds.testing.MockPolicy.USE_CODE):
+      info = sources.open_source(config, "validation")[1]
+      assert info.keys == ("image", "original_label") and info.multilabel_key == "real_label"
+      source = sources.open_source(config, "validation")[0]
+      sets = [list(source[i]["real_label"]) for i in range(11)]
+      setup = _setup(config, 1000)
+      params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(0), p.shape),
+                            train_state.create_train_state(setup, 0).params)
+      totals = runner.classification_pass(train_step.make_eval_step(setup), params, config, 1000)
+      batches = list(input_pipeline.create_eval_iterator(config))
+  finally:
+    sources.clear_cache()
+  real = np.concatenate([b["real"] for b in batches])[:11]
+  for row, labels in zip(real, sets):
+    np.testing.assert_array_equal(np.flatnonzero(row), sorted(set(int(x) for x in labels)))
+  images = np.concatenate([b["image"] for b in batches])[:11]
+  logits = np.asarray(setup.model.apply({"params": jax.device_get(params)}, images, train=False))
+  hits, counted = classification.real_hits(logits, sets)
+  assert totals["real_count"] == counted.sum() and totals["real_correct"] == hits.sum()
+  assert totals["count"] == 11

@@ -273,18 +273,28 @@ class EvalElement:
   opts: preprocess.PreprocessOptions
   image_key: str = "image"
   label_key: str = "label"
+  multilabel_key: Optional[str] = None  # label sets -> 'real': multi-hot (num_classes,) uint8
+  num_classes: int = 0
 
   def __call__(self, i: int) -> dict:
     crop = self.opts.crop
+    extra = {}
     if self.lo + i >= self.hi:
+      if self.multilabel_key:
+        extra["real"] = np.zeros(self.num_classes, np.uint8)
       return {"image": np.zeros((crop, crop, 3), np.uint8), "label": np.int32(0),
-              "mask": np.float32(0.0)}
+              "mask": np.float32(0.0), **extra}
     element = self.source[self.lo + i]
     try:
       image = preprocess.eval_image(element[self.image_key], self.opts)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
-    return {"image": image, "label": np.int32(element[self.label_key]), "mask": np.float32(1.0)}
+    if self.multilabel_key:
+      real = np.zeros(self.num_classes, np.uint8)
+      real[np.asarray(element[self.multilabel_key], np.int64).reshape(-1)] = 1
+      extra["real"] = real
+    return {"image": image, "label": np.int32(element[self.label_key]), "mask": np.float32(1.0),
+            **extra}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,9 +302,12 @@ class EvalBatch:
   num_classes: int
 
   def __call__(self, batch: dict) -> dict:
-    return {"image": preprocess.to_float(batch["image"]),
-            "label": preprocess.one_hot(batch["label"], self.num_classes),
-            "mask": batch["mask"].astype(np.float32)}
+    out = {"image": preprocess.to_float(batch["image"]),
+           "label": preprocess.one_hot(batch["label"], self.num_classes),
+           "mask": batch["mask"].astype(np.float32)}
+    if "real" in batch:
+      out["real"] = batch["real"].astype(np.float32)
+    return out
 
 
 class EvalIterable:
@@ -330,6 +343,7 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   largest_shard = math.ceil(len(source) / process_count)
   num_batches = math.ceil(largest_shard / local_batch)
   ds = grain.MapDataset.range(num_batches * local_batch)
-  ds = ds.map(EvalElement(source, lo, hi, opts, *info.keys))
+  ds = ds.map(EvalElement(source, lo, hi, opts, *info.keys, info.multilabel_key,
+                          info.num_classes))
   ds = ds.batch(local_batch).map(EvalBatch(info.num_classes))
   return EvalIterable(ds, config, num_batches)

@@ -105,10 +105,7 @@ def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
 def evaluate(eval_step, params, config) -> dict[str, float]:
   """One masked pass over config.eval_split: accuracy, top-5 accuracy and mean loss over real
   examples (the default evaluator; config.evals adds named ones, evaluators/runner.py)."""
-  totals = runner.classification_pass(eval_step, params, config)
-  count = max(totals["count"], 1.0)
-  return {"accuracy": totals["correct"] / count, "loss": totals["loss_sum"] / count,
-          "top5_accuracy": totals["correct_topk"] / count, "examples": totals["count"]}
+  return runner.classification_values(runner.classification_pass(eval_step, params, config))
 
 
 def check_finite(pending: list[tuple[int, dict]]) -> Optional[tuple[int, dict]]:

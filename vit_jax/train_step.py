@@ -104,6 +104,11 @@ def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) ->
     out = {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
            "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
            "correct_topk": jnp.sum(in_topk.astype(jnp.float32) * mask)}
+    if "real" in batch:  # ReaL: right when the prediction is in the set; empty sets skipped
+      real = batch["real"]
+      hit = jnp.take_along_axis(real, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+      out["real_correct"] = jnp.sum(hit * mask)
+      out["real_count"] = jnp.sum((jnp.sum(real, -1) > 0).astype(jnp.float32) * mask)
     if per_class:
       onehot = jax.nn.one_hot(label, logits.shape[-1]) * mask[:, None]
       out["class_count"] = jnp.sum(onehot, axis=0)

@@ -24,6 +24,7 @@ class SourceInfo:
   num_classes: int
   class_names: tuple[str, ...]
   keys: tuple[str, str] = ("image", "label")
+  multilabel_key: Optional[str] = None  # a Sequence(ClassLabel) of label sets (ReaL)
 
 
 @dataclasses.dataclass
@@ -89,6 +90,15 @@ def _tfds_info(builder) -> SourceInfo:
   info = builder.info
   keys = tuple(info.supervised_keys[:2]) if info.supervised_keys else ("image", "label")
   feature = info.features[keys[1]]
+  if (isinstance(feature, tfds.features.Sequence)
+      and isinstance(feature.feature, tfds.features.ClassLabel)):  # label sets, e.g. ReaL
+    single = next((k for k, f in info.features.items()
+                   if isinstance(f, tfds.features.ClassLabel)), None)
+    if single is None:
+      raise ValueError(f"TFDS dataset {builder.name!r} has label sets ({keys[1]!r}) but no single "
+                       "ClassLabel; only image classification datasets are supported.")
+    names = tuple(feature.feature.names)
+    return SourceInfo(feature.feature.num_classes, names, (keys[0], single), keys[1])
   if not isinstance(feature, tfds.features.ClassLabel):
     raise ValueError(f"TFDS dataset {builder.name!r}: label feature {keys[1]!r} is not a "
                      "ClassLabel; only image classification datasets are supported.")

@@ -125,13 +125,13 @@ class Runner:
     classes = int(self.setup.abstract_state.params["head"]["kernel"].shape[-1])
     totals = classification_pass(self._eval_step(topk, per_class), params,
                                  data_config(self.config, spec), classes)
-    count = max(totals["count"], 1.0)
-    values = {"accuracy": totals["correct"] / count, "loss": totals["loss_sum"] / count,
-              f"top{topk}_accuracy": totals["correct_topk"] / count, "examples": totals["count"]}
+    values = classification_values(totals, topk)
     if not spec.name:
       return values
     named = {"top1": values["accuracy"], f"top{topk}": values[f"top{topk}_accuracy"],
              "loss": values["loss"], "examples": values["examples"]}
+    if "real_accuracy" in values:
+      named.update(real=values["real_accuracy"], real_examples=values["real_examples"])
     if per_class:
       with np.errstate(invalid="ignore", divide="ignore"):
         acc = totals["class_correct"] / totals["class_count"]
@@ -157,16 +157,30 @@ class Runner:
     return out
 
 
+def classification_values(totals: dict, topk: int = 5) -> dict[str, float]:
+  """accuracy, loss, top<k>_accuracy, examples (and real_accuracy, real_examples for label
+  sets) from the sums of classification_pass."""
+  count = max(totals["count"], 1.0)
+  values = {"accuracy": totals["correct"] / count, "loss": totals["loss_sum"] / count,
+            f"top{topk}_accuracy": totals["correct_topk"] / count, "examples": totals["count"]}
+  if "real_count" in totals:
+    values["real_accuracy"] = totals["real_correct"] / max(totals["real_count"], 1.0)
+    values["real_examples"] = totals["real_count"]
+  return values
+
+
 def classification_pass(eval_step, params, config, num_classes: Optional[int] = None
                         ) -> dict[str, Any]:
   """Sums of one masked pass over config.eval_split (scalars as floats, per-class as arrays)."""
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import device_prefetch, input_pipeline, sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
   bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
   totals: dict[str, Any] = collections.defaultdict(float)
+  multilabel = sources.open_source(config, config.eval_split)[1].multilabel_key
+  keys = ("image", "label", "mask") + (("real",) if multilabel else ())
   batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
-                                             config.input.device_prefetch,
-                                             keys=("image", "label", "mask"))
+                                             config.input.device_prefetch, keys=keys)
   for batch in batches:
     if num_classes is not None and batch["label"].shape[-1] != num_classes:
       raise ValueError(f"{config.dataset} ({config.eval_split}) has {batch['label'].shape[-1]} "
