@@ -203,3 +203,69 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
   hits, counted = classification.real_hits(logits, sets)
   assert totals["real_count"] == counted.sum() and totals["real_correct"] == hits.sum()
   assert totals["count"] == 11
+
+
+# --- python -m vit_jax.evaluate --------------------------------------------------------------
+
+def test_evaluate_cli_on_a_workdir_matches_the_run(tmp_path, capsys):
+  from vit_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config, result = _run_with_evals(tmp_path, {})
+  out = tmp_path / "eval.json"
+  assert evaluate.main(["--workdir", str(tmp_path / "run"), "--json", str(out), "--per_class",
+                        "--fewshot", "d=digits:train[:600]:test", "--shots", "1,2"]) == 0
+  printed = capsys.readouterr().out
+  assert "classification/top1" in printed and "fewshot/d_2shot" in printed
+  got = json.loads(out.read_text())
+  assert got["dataset"] == "digits" and got["split"] == "test" and got["resolution"] == 8
+  res = got["results"]
+  assert res["classification/top1"] == pytest.approx(result["eval"]["accuracy"])
+  assert res["classification/examples"] == 297 and "classification/class_3" in res
+  assert 0.0 <= res["fewshot/d_1shot"] <= 1.0
+
+
+def test_evaluate_cli_compares_an_augreg_file_with_its_published_figure(tmp_path, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, evaluate, model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  name = ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--cifar100-steps_10k-"
+          "lr_0.003-res_224")
+  model = model_configs.create_model("ViT-Ti_16", 100)
+  params = meta.unbox(jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)), train=False))["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), params)
+  path = tmp_path / f"{name}.npz"
+  checkpoint.save(params, str(path))
+  index = tmp_path / "index.csv"
+  header = ("name,ds,lr,aug,wd,do,sd,best_val,final_val,final_test,adapt_ds,adapt_lr,adapt_steps,"
+            "adapt_resolution,adapt_final_val,adapt_final_test,params,infer_samples_per_sec,"
+            "filename,adapt_filename")
+  pretrain = name.split("--")[0]
+  index.write_text(f"{header}\nTi/16,i21k,0.001,none,0.03,0.0,0.0,0.3,0.3,0.3,cifar100,0.003,"
+                   f"10000,224,0.885,0.8832,5717416,3000,{pretrain},{name}\n")
+  sources.clear_cache()
+  try:
+    with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+      status = evaluate.main(["--checkpoint", str(path), "--augreg_index", str(index),
+                              "--batch_size", "8", "--eval_pp", "resize_small"])
+  finally:
+    sources.clear_cache()
+  printed = capsys.readouterr().out
+  assert status == 0, printed
+  # dataset, split and resolution come from the file name; the published figure is quoted.
+  assert "published adapt_final_test 88.32%" in printed
+  top1 = float(printed.split("classification/top1")[1].split("%")[0]) / 100
+  assert f"difference {100 * (top1 - 0.8832):+.2f} points" in printed
+  assert "likely causes: preprocessing" in printed and "--eval_pp resize" in printed
+
+
+def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
+  from vit_jax import evaluate, exits  # pylint: disable=g-import-not-at-top
+  assert evaluate.main(["--workdir", str(tmp_path / "none")]) == exits.BAD_INPUT
+  assert len(capsys.readouterr().err.strip().splitlines()) == 1
+  with pytest.raises(SystemExit):
+    evaluate.main(["--workdir", str(tmp_path), "--no_classification"])
+  with pytest.raises(ValueError, match="not a known short name"):
+    evaluate.fewshot_datasets(["cifar1000"])

@@ -272,3 +272,26 @@ def _best_fine_tune(pool: list[dict], adapt_ds: str, resolution: Optional[int],
   hint = "; or pass from_best_pretrain=False to search all runs" if pretrain else ""
   raise ValueError(f"no fine-tune of {pretrain or 'this model'} on adapt_ds={adapt_ds!r}{at}; "
                    f"available (adapt_ds, resolution): {offered}{hint}")
+
+
+# The split AugReg's adapt_final_test was measured on, per fine-tuning dataset.
+PUBLISHED_TEST_SPLITS = {"imagenet2012": "validation", "cifar100": "test", "cifar10": "test",
+                         "oxford_iiit_pet": "test", "oxford_flowers102": "test",
+                         "resisc45": "train[90%:]", "kitti": "test", "sun397": "test"}
+
+
+def published_result(filename: str, *, index_path: str = INDEX_URI,
+                     cache_dir: Optional[str] = None) -> Optional[dict]:
+  """The index row of a fine-tuned AugReg file as {'adapt_ds', 'resolution', 'test', 'val'}
+  (accuracies as fractions), or None when `filename` is not a fine-tuned AugReg file.
+  Raises sources.FetchError when the index cannot be read."""
+  if not is_filename(filename):
+    return None
+  ckpt = parse_filename(filename)
+  if ckpt.adapt_ds is None:
+    return None
+  for row in load_index(index_path, cache_dir=cache_dir):
+    if _strip(row.get("adapt_filename") or "") == ckpt.filename:
+      return {"adapt_ds": row["adapt_ds"], "resolution": int(_float(row["adapt_resolution"])),
+              "test": _float(row.get("adapt_final_test")), "val": _float(row["adapt_final_val"])}
+  return None
