@@ -5,6 +5,7 @@ head is written by the test itself as a flat .npz in the vit_models layout (pre-
 numbering); the CLI's top-5 output is checked against the independent NumPy forward pass in
 tests/numpy_reference.py.
 """
+import json
 import os
 import re
 import subprocess
@@ -214,3 +215,41 @@ def test_inference_falls_back_between_copies_like_the_trainer(tiny, monkeypatch,
                                                 resolution=None)
   assert resolution == RES
   np.testing.assert_array_equal(loaded["head"]["kernel"], params["head"]["kernel"])
+
+
+def test_folder_prediction_recursive_batched_csv_and_json(tiny, tmp_path, capsys):
+  import csv  # pylint: disable=g-import-not-at-top
+  path, images = tiny[0], tiny[2]
+  folder = tmp_path / "imgs"
+  (folder / "sub").mkdir(parents=True)
+  for i, src in enumerate(images * 2):
+    suffix = os.path.splitext(src)[1]
+    (folder / ("sub" if i % 2 else "") / f"im{i}{suffix}").write_bytes(open(src, "rb").read())
+  (folder / "notes.txt").write_text("not an image")
+  assert inference.main(["--model", "testing", "--checkpoint", path, "--batch_size", "1",
+                         str(folder)]) == 0
+  printed = capsys.readouterr().out
+  found = sorted(str(p) for p in folder.rglob("im*"))
+  assert len(found) == 4
+  assert [line for line in printed.splitlines() if not line.startswith(" ")] == found
+  out_csv, out_json = tmp_path / "p.csv", tmp_path / "p.json"
+  assert inference.main(["--model", "testing", "--checkpoint", path, "--top_k", "2",
+                         "--output", str(out_csv), str(folder)]) == 0
+  assert f"to {out_csv}" in capsys.readouterr().out
+  rows = list(csv.DictReader(out_csv.open()))
+  assert [r["path"] for r in rows] == found and set(rows[0]) == {
+      "path", "label_1", "index_1", "probability_1", "label_2", "index_2", "probability_2"}
+  assert inference.main(["--model", "testing", "--checkpoint", path, "--top_k", "2",
+                         "--output", str(out_json), str(folder)]) == 0
+  data = json.loads(out_json.read_text())
+  assert [r["path"] for r in data] == found
+  for r, c in zip(data, rows):  # both files and the printed lines agree
+    assert r["top_k"][0]["index"] == int(c["index_1"])
+    assert r["top_k"][0]["probability"] == pytest.approx(float(c["probability_1"]), abs=1e-6)
+  # Existing output is never overwritten; an empty folder is one clear error.
+  assert inference.main(["--model", "testing", "--checkpoint", path, "--output", str(out_json),
+                         str(folder)]) == 2
+  (tmp_path / "empty").mkdir()
+  assert inference.main(["--model", "testing", "--checkpoint", path,
+                         str(tmp_path / "empty")]) == 2
+  assert "holds no image files" in capsys.readouterr().err

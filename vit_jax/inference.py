@@ -18,6 +18,10 @@ trained at (from its position-embedding grid). Class names: the ImageNet-1k list
 1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in vit_jax/labels/,
 or --labels FILE (one name per line, optionally 'wnid<TAB>name'); otherwise class indices.
 Output, per image: its path, then top_k lines '  <probability>  <label>  [<index>]'.
+A folder argument stands for every image under it (recursively, sorted); images are read and
+classified --batch_size at a time with a progress bar on stderr, and --output FILE.csv or
+FILE.json writes the top-k of every image there instead of printing it (CSV: one row per
+image, columns path, then label_i, index_i, probability_i for i = 1..k).
 """
 from __future__ import annotations
 
@@ -31,6 +35,52 @@ from typing import Optional, Sequence
 import numpy as np
 
 LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def expand_images(paths: Sequence[str]) -> list[str]:
+  """Image files of `paths`: files as given, folders walked recursively (sorted)."""
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                     for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+      if not found:
+        raise ValueError(f"folder {path!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+      out.extend(found)
+    else:
+      out.append(path)
+  return out
+
+
+def top_k_rows(paths: Sequence[str], probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
+  """[{'path', 'top_k': [{'label', 'index', 'probability'}, ...]}] most probable first."""
+  rows = []
+  for path, p in zip(paths, probs):
+    order = np.argsort(-p, kind="stable")[:k]
+    rows.append({"path": path, "top_k": [{"label": labels[i], "index": int(i),
+                                          "probability": float(p[i])} for i in order]})
+  return rows
+
+
+def write_predictions(path: str, rows: list[dict]) -> None:
+  """rows as .json (a list) or .csv (one row per image); other suffixes are an error."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  if path.endswith(".json"):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=1)
+    return
+  if not path.endswith(".csv"):
+    raise ValueError(f"--output {path!r}: use a .csv or .json file name.")
+  k = max((len(r["top_k"]) for r in rows), default=0)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path"] + [f"{c}_{i + 1}" for i in range(k)
+                                for c in ("label", "index", "probability")])
+    for r in rows:
+      writer.writerow([r["path"]] + [v for t in r["top_k"]
+                                     for v in (t["label"], t["index"], f"{t['probability']:.6f}")])
 
 
 def load_labels(num_classes: int, path: Optional[str] = None) -> list[str]:
@@ -199,11 +249,15 @@ def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarr
   return np.concatenate(out).astype(np.float64)
 
 
+def format_row(row: dict) -> str:
+  """'path' then one line '  0.81234  label  [index]' per top_k entry (see top_k_rows)."""
+  return row["path"] + "".join(f"\n  {t['probability']:.5f}  {t['label']}  [{t['index']}]"
+                               for t in row["top_k"])
+
+
 def format_top_k(path: str, probs: np.ndarray, labels: Sequence[str], k: int) -> str:
   """'path' then k lines '  0.81234  label  [index]', most probable first."""
-  order = np.argsort(-probs, kind="stable")[:k]
-  lines = [path] + [f"  {probs[i]:.5f}  {labels[i]}  [{i}]" for i in order]
-  return "\n".join(lines)
+  return format_row(top_k_rows([path], [probs], labels, k)[0])
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -224,7 +278,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--labels", default=None, help="class-name file (default: shipped ImageNet lists)")
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
-  p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+  p.add_argument("--output", default=None,
+                 help="write the top-k of every image to this .csv or .json instead of printing")
+  p.add_argument("images", nargs="+", help="image files (any format PIL reads) or folders")
   args = p.parse_args(argv)
   if (args.checkpoint is None) == (args.workdir is None):
     p.error("pass exactly one of --checkpoint (a file or URI) and --workdir (a run directory)")
@@ -260,14 +316,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, params, resolution, names = load_model(args)
     num_classes = int(np.shape(params["head"]["kernel"])[-1])
     labels = load_labels(num_classes, args.labels) if args.labels or not names else names
-    images = np.stack([load_image(path, resolution) for path in args.images])
-    probs = predict(model, params, images, args.batch_size)
+    if args.output and os.path.exists(args.output):
+      raise FileExistsError(f"--output {args.output!r} already exists; choose another file.")
+    paths = expand_images(args.images)
+    k = min(args.top_k, num_classes)
+    rows = []
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    size = max(1, args.batch_size)
+    chunks = range(0, len(paths), size)
+    for start in tqdm(chunks, desc="images", unit="batch", disable=len(chunks) <= 1,
+                      file=sys.stderr):
+      chunk = paths[start:start + size]
+      probs = predict(model, params, np.stack([load_image(p, resolution) for p in chunk]), size)
+      rows.extend(top_k_rows(chunk, probs, labels, k))
+    if args.output:
+      write_predictions(args.output, rows)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
     status = exits.report(e, verbose=args.verbose)
     # A checkpoint that cannot be fetched (FetchError and other OSErrors) is bad input here.
     return exits.BAD_INPUT if isinstance(e, OSError) and status == exits.ERROR else status
-  for path, p in zip(args.images, probs):
-    print(format_top_k(path, p, labels, min(args.top_k, num_classes)))
+  if args.output:
+    print(f"Wrote the top-{k} classes of {len(rows)} images to {args.output}.")
+  else:
+    for row in rows:
+      print(format_row(row))
   return 0
 
 
