@@ -89,8 +89,8 @@ def _run_with_evals(tmp_path, evals, **overrides):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  config = tiny_config(tmp_path.parent / "tfds_shared", total_steps=4, checkpoint_every=4,
-                       **overrides)
+  overrides = {"total_steps": 4, "checkpoint_every": 4, **overrides}
+  config = tiny_config(tmp_path.parent / "tfds_shared", **overrides)
   with config.unlocked():
     config.evals = ml_collections.ConfigDict(evals)
   return config, train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -269,3 +269,16 @@ def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
     evaluate.main(["--workdir", str(tmp_path), "--no_classification"])
   with pytest.raises(ValueError, match="not a known short name"):
     evaluate.fewshot_datasets(["cifar1000"])
+
+
+def test_evaluators_leave_training_bit_identical(tmp_path):
+  """Evaluating every 2 steps (classification and few-shot) draws no random numbers and
+  touches no state: the trained params equal those of a run with no evaluation until the end."""
+  import jax  # pylint: disable=g-import-not-at-top
+  evals = {"val": dict(type="classification", split="test[:64]", every=2),
+           "fs": dict(type="fewshot", every=2, shots=(1,),
+                      datasets={"d": ("digits", "train[:200]", "test[:50]")})}
+  _, with_evals = _run_with_evals(tmp_path / "a", evals, total_steps=6)
+  _, without = _run_with_evals(tmp_path / "b", {}, total_steps=6, eval_every=0)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(with_evals["state"].params),
+               jax.device_get(without["state"].params))

@@ -174,4 +174,9 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path, dataset):
   # Same batches, same RNG; only the order of floating-point sums may differ (gloo's
   # cross-process all-reduce vs one process's reduction over its 8 devices).
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
+  # The final evaluation covered the 32 test images exactly once on 2 processes as on 1.
+  ev_a, ev_b = run_state.last_eval(str(multi)), run_state.last_eval(str(single))
+  assert ev_a["step"] == ev_b["step"] == TOTAL and ev_a["examples"] == ev_b["examples"] == 32
+  assert ev_a["accuracy"] == pytest.approx(ev_b["accuracy"], abs=1e-6)
+  assert ev_a["top5_accuracy"] == pytest.approx(ev_b["top5_accuracy"], abs=1e-6)
   print(f"3 launches in {elapsed:.0f}s; resumed from step {stopped_at}")
