@@ -282,3 +282,29 @@ def test_evaluators_leave_training_bit_identical(tmp_path):
   _, without = _run_with_evals(tmp_path / "b", {}, total_steps=6, eval_every=0)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(with_evals["state"].params),
                jax.device_get(without["state"].params))
+
+
+def test_evaluate_cli_takes_evaluators_from_a_config_file_and_names_a_missing_split(
+    tmp_path, capsys):
+  from vit_jax import evaluate, exits  # pylint: disable=g-import-not-at-top
+  _run_with_evals(tmp_path, {})
+  cfg = tmp_path / "evals.py"
+  cfg.write_text("import ml_collections\nfrom vit_jax.configs import common\n\n"
+                 "def get_config(arg=None):\n  c = common.defaults()\n"
+                 "  c.evals = ml_collections.ConfigDict({'first': dict(type='classification', "
+                 "split='test[:40]', topk=2)})\n  return c\n")
+  assert evaluate.main(["--workdir", str(tmp_path / "run"), "--evals_config", str(cfg)]) == 0
+  printed = capsys.readouterr().out
+  assert "first/top1" in printed and "first/top2" in printed and "first/examples" in printed
+  assert "classification/" not in printed
+  assert evaluate.main(["--workdir", str(tmp_path / "run"), "--split", "validation"]) == \
+      exits.BAD_INPUT
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "validation" in err[0], err
+
+
+def test_default_fewshot_datasets_are_big_visions():
+  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  got = runner.default_fewshot_datasets("/nonexistent")
+  assert set(got) == {"caltech", "cars", "cifar100", "dtd", "pets", "uc_merced"}
+  assert got["uc_merced"] == ("uc_merced", "train[:1000]", "train[1000:]")

@@ -50,6 +50,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help="few-shot dataset: a short name (cifar100, pets, ...) or "
                       "NAME=DATASET:TRAIN_SPLIT:TEST_SPLIT; repeatable")
   p.add_argument("--shots", default="1,5,10,25", help="few-shot shot counts")
+  p.add_argument("--evals_config", default=None,
+                 help="take the evaluators from a config file's config.evals "
+                      "(FILE.py[:ARG], e.g. a run's experiment config) instead of the flags above")
   p.add_argument("--tfds_data_dir", default=None)
   p.add_argument("--augreg_index", default=None, help="AugReg index.csv (default: gs://...)")
   p.add_argument("--json", default=None, help="write the results here (default: stdout only)")
@@ -108,6 +111,15 @@ def run_config(args, resolution: int, dataset: str, split: str):
     evals["fewshot"] = dict(type="fewshot", every=0, datasets=fewshot_datasets(args.fewshot),
                             shots=tuple(int(s) for s in args.shots.split(",") if s))
   c.evals = ml_collections.ConfigDict(evals)
+  if args.evals_config:
+    path, _, arg = args.evals_config.partition(":")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--evals_config {path!r} does not exist.")
+    module = common.load_config_file(path)
+    source = module.get_config(arg) if arg else module.get_config()
+    if not source.evals:
+      raise ValueError(f"--evals_config {args.evals_config!r} defines no config.evals.")
+    c.evals = ml_collections.ConfigDict(source.evals.to_dict())
   return c
 
 

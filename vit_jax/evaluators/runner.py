@@ -140,7 +140,7 @@ class Runner:
 
   def _fewshot(self, spec: Spec, params) -> dict[str, float]:
     s = spec.settings
-    datasets = s.get("datasets") or {k: FEWSHOT_DATASETS[k] for k in ("cifar100", "pets")}
+    datasets = s.get("datasets") or default_fewshot_datasets(self.config.tfds_data_dir)
     shots = tuple(int(k) for k in (s.get("shots") or fewshot.DEFAULT_SHOTS))
     out = {}
     for short, (dataset, train_split, test_split) in sorted(dict(datasets).items()):
@@ -155,6 +155,19 @@ class Runner:
       for k in shots:
         out[f"{spec.name}/{short}_{k}shot"] = result.accuracy[k]
     return out
+
+
+def default_fewshot_datasets(data_dir: Optional[str]) -> dict[str, tuple[str, str, str]]:
+  """big_vision's few-shot set: caltech, cars, cifar100, dtd, pets, uc_merced, and imagenet
+  when imagenet2012 is prepared in `data_dir` (it needs a manual download)."""
+  out = {k: v for k, v in FEWSHOT_DATASETS.items() if k != "imagenet"}
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if tfds.builder("imagenet2012", data_dir=data_dir).is_prepared():
+      out["imagenet"] = FEWSHOT_DATASETS["imagenet"]
+  except Exception:  # pylint: disable=broad-except  # Not registered / not readable: leave out.
+    pass
+  return out
 
 
 def classification_values(totals: dict, topk: int = 5) -> dict[str, float]:
