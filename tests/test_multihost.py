@@ -39,10 +39,30 @@ pytestmark = pytest.mark.skipif(not _gloo_available(),
                                 reason="this jaxlib has no gloo CPU collectives")
 
 
+EVALS_CONFIG = """
+import ml_collections
+from vit_jax.configs import common
+
+def get_config(dataset):
+  c = common.load_config_file({quickstart!r}).get_config()
+  with c.unlocked():
+    c.evals = ml_collections.ConfigDict({{
+        "val": dict(type="classification", split="test", every=0, topk=3, per_class=True),
+        "fs": dict(type="fewshot", every=0, shots=(1, 2),
+                   datasets={{"f": (dataset, "train", "test")}})}})
+  return c
+"""
+
+
 def _flags(dataset, workdir):
-  """A tiny ViT, a few steps, with the augmentations that use the data RNGs (flip, mixup)."""
+  """A tiny ViT, a few steps, with the augmentations that use the data RNGs (flip, mixup), and
+  named evaluators (classification, few-shot) at the end (config file beside the data)."""
+  config_file = os.path.join(os.path.dirname(dataset), "evals_config.py")
+  if not os.path.exists(config_file):
+    with open(config_file, "w", encoding="utf-8") as f:
+      f.write(EVALS_CONFIG.format(quickstart=str(REPO / "configs" / "quickstart.py")))
   return [
-      "--config=configs/quickstart.py", f"--workdir={workdir}", f"--config.dataset={dataset}",
+      f"--config={config_file}:{dataset}", f"--workdir={workdir}", f"--config.dataset={dataset}",
       "--config.model.hidden_size=16", "--config.model.patches.size=(4,4)",
       "--config.model.transformer.mlp_dim=32", "--config.model.transformer.num_heads=2",
       "--config.model.transformer.num_layers=1", "--config.model.transformer.dropout_rate=0.1",
@@ -174,9 +194,11 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path, dataset):
   # Same batches, same RNG; only the order of floating-point sums may differ (gloo's
   # cross-process all-reduce vs one process's reduction over its 8 devices).
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
-  # The final evaluation covered the 32 test images exactly once on 2 processes as on 1.
+  # The named evaluators covered the 32 test images (and the few-shot train split) exactly
+  # once on 2 processes as on 1, with the same figures.
   ev_a, ev_b = run_state.last_eval(str(multi)), run_state.last_eval(str(single))
-  assert ev_a["step"] == ev_b["step"] == TOTAL and ev_a["examples"] == ev_b["examples"] == 32
-  assert ev_a["accuracy"] == pytest.approx(ev_b["accuracy"], abs=1e-6)
-  assert ev_a["top5_accuracy"] == pytest.approx(ev_b["top5_accuracy"], abs=1e-6)
+  assert ev_a["step"] == ev_b["step"] == TOTAL and ev_a["val/examples"] == ev_b["val/examples"] == 32
+  assert set(ev_a) == set(ev_b) and {"fs/f_1shot", "fs/f_2shot", "val/class_9"} <= set(ev_a)
+  for key in ev_a:
+    assert ev_a[key] == pytest.approx(ev_b[key], abs=1e-6), key
   print(f"3 launches in {elapsed:.0f}s; resumed from step {stopped_at}")

@@ -283,7 +283,7 @@ class EvalElement:
       if self.multilabel_key:
         extra["real"] = np.zeros(self.num_classes, np.uint8)
       return {"image": np.zeros((crop, crop, 3), np.uint8), "label": np.int32(0),
-              "mask": np.float32(0.0), **extra}
+              "mask": np.float32(0.0), "index": np.int32(-1), **extra}
     element = self.source[self.lo + i]
     try:
       image = preprocess.eval_image(element[self.image_key], self.opts)
@@ -294,7 +294,7 @@ class EvalElement:
       real[np.asarray(element[self.multilabel_key], np.int64).reshape(-1)] = 1
       extra["real"] = real
     return {"image": image, "label": np.int32(element[self.label_key]), "mask": np.float32(1.0),
-            **extra}
+            "index": np.int32(self.lo + i), **extra}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +304,7 @@ class EvalBatch:
   def __call__(self, batch: dict) -> dict:
     out = {"image": preprocess.to_float(batch["image"]),
            "label": preprocess.one_hot(batch["label"], self.num_classes),
-           "mask": batch["mask"].astype(np.float32)}
+           "mask": batch["mask"].astype(np.float32), "index": batch["index"]}
     if "real" in batch:
       out["real"] = batch["real"].astype(np.float32)
     return out

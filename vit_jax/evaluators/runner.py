@@ -206,8 +206,9 @@ def classification_pass(eval_step, params, config, num_classes: Optional[int] = 
 
 
 def extract_features(setup, params, config) -> tuple[np.ndarray, np.ndarray]:
-  """(features (N, D), labels (N,)) of config.eval_split: the model's pre-logits (the pooled
-  representation, after pre_logits when the model has one), padding removed."""
+  """(features (N, D), labels (N,)) of config.eval_split in the split's order: the model's
+  pre-logits (the pooled representation, after pre_logits when the model has one), padding
+  removed; the same arrays on any number of processes."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from vit_jax import device_prefetch, input_pipeline, sharding  # pylint: disable=g-import-not-at-top
@@ -215,21 +216,23 @@ def extract_features(setup, params, config) -> tuple[np.ndarray, np.ndarray]:
   body = {k: v for k, v in params.items() if k != "head"}
   apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
   bsh = sharding.batch_sharding(setup.mesh)
-  feats, labels = [], []
+  feats, labels, order = [], [], []
   batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
                                              config.input.device_prefetch,
-                                             keys=("image", "label", "mask"))
+                                             keys=("image", "label", "mask", "index"))
   for batch in batches:
     out = apply(body, batch["image"])
-    label, mask = jax.numpy.argmax(batch["label"], -1), batch["mask"]
+    label, mask, index = jax.numpy.argmax(batch["label"], -1), batch["mask"], batch["index"]
     if jax.process_count() > 1:
-      out, label, mask = (multihost_utils.process_allgather(x, tiled=True)
-                          for x in (out, label, mask))
-    out, label, mask = (np.asarray(jax.device_get(x)) for x in (out, label, mask))
+      out, label, mask, index = (multihost_utils.process_allgather(x, tiled=True)
+                                 for x in (out, label, mask, index))
+    out, label, mask, index = (np.asarray(jax.device_get(x)) for x in (out, label, mask, index))
     keep = mask > 0
+    order.append(index[keep])
     if out.ndim != 2:
       raise ValueError(f"few-shot needs one feature vector per image; this model's classifier "
                        f"gives {out.shape[1:]} per image (unpooled); use a pooled classifier.")
     feats.append(out[keep])
     labels.append(label[keep])
-  return np.concatenate(feats), np.concatenate(labels)
+  rank = np.argsort(np.concatenate(order), kind="stable")  # batches interleave processes
+  return np.concatenate(feats)[rank], np.concatenate(labels)[rank]
