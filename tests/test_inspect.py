@@ -82,7 +82,7 @@ def test_hybrid_attention_follows_from_the_previous_block_features():
   images = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   params = meta.unbox(model.init(jax.random.PRNGKey(0), images[:1], train=False)["params"])
   inter = analysis.intermediates(model, params, images)
-  assert inter.grid == (4, 4) and vit_inspect.patch_pixels(model) == 8  # 2x2 patches x stride 4
+  assert inter.grid == (4, 4) and analysis.patch_pixels(model) == (8, 8)  # 2x2 patches x stride 4
   b = ref.as_f64(params["Transformer"]["encoderblock_1"])
   y = ref.layer_norm(np.asarray(inter.features[0], np.float64), b["LayerNorm_0"])
   m = b["MultiHeadDotProductAttention_0"]

@@ -57,11 +57,18 @@ def _blocks(tree: dict, prefix: str, name: str) -> list[np.ndarray]:
   return out
 
 
+def patch_pixels(model: Any) -> tuple[int, int]:
+  """(rows, cols) in input pixels of one patch token: patch size x a hybrid root's stride."""
+  from vit_jax.models.fields import patch_size  # pylint: disable=g-import-not-at-top
+  stride = model._root_stride() if getattr(model, "resnet", None) is not None else 1  # pylint: disable=protected-access
+  ph, pw = patch_size(model.patches)
+  return ph * stride, pw * stride
+
+
 def intermediates(model: Any, params: Any, images: np.ndarray) -> Intermediates:
   """Logits, per-block attention probabilities and token features of `images` (B, H, W, 3)."""
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
-  from vit_jax.models.fields import patch_size  # pylint: disable=g-import-not-at-top
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"expected images of shape (batch, height, width, 3), got {images.shape}.")
@@ -69,11 +76,8 @@ def intermediates(model: Any, params: Any, images: np.ndarray) -> Intermediates:
   logits, state = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False,
                                                    mutable=["intermediates"]))(params, images)
   tree = jax.device_get(state).get("intermediates", {})
-  ph, pw = patch_size(model.patches)
-  stride = 1
-  if not mixer and getattr(model, "resnet", None) is not None:
-    stride = model._root_stride()  # pylint: disable=protected-access
-  grid = (images.shape[1] // (ph * stride), images.shape[2] // (pw * stride))
+  rows, cols = patch_pixels(model)
+  grid = (images.shape[1] // rows, images.shape[2] // cols)
   if mixer:
     return Intermediates(np.asarray(logits), [], _blocks(tree, "MixerBlock_", "features"), None,
                          0, grid)

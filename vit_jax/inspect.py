@@ -55,13 +55,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return args
 
 
-def patch_pixels(model) -> int:
-  """Side in input pixels of one patch token (patch size x the ResNet root's stride)."""
-  from vit_jax.models.fields import patch_size  # pylint: disable=g-import-not-at-top
-  stride = model._root_stride() if getattr(model, "resnet", None) is not None else 1  # pylint: disable=protected-access
-  return patch_size(model.patches)[0] * stride
-
-
 def _posemb(model, params, inter: analysis.Intermediates) -> np.ndarray:
   """(N, D) position embeddings of the patch tokens (learned or the fixed sin-cos ones)."""
   if getattr(model, "posemb", "learn") == "sincos2d":
@@ -210,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     model, params, resolution, _ = inference.load_model(args, require_head=False)
     images = np.stack([inference.load_image(p, resolution) for p in args.images])
-    patch_px = patch_pixels(model)
+    patch_px = analysis.patch_pixels(model)[0]
     figures = compute(model, params, images, patch_px)
     paths = write_outputs(args.out, figures, images[0], patch_px, len(images))
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
