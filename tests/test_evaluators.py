@@ -132,14 +132,14 @@ def _setup(config, num_classes=10):
 def test_fewshot_features_are_the_headless_forward(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline, train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax import input_pipeline, train_state, train_step  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path.parent / "tfds_shared")
   with config.unlocked():
     config.eval_split = "test[:40]"
   setup = _setup(config)
   params = train_state.create_train_state(setup, 0).params
-  feats, labels = runner.extract_features(setup, params, config)
+  feats, labels = runner.extract_features(train_step.make_feature_step(setup), params, config)
   assert feats.shape == (40, 16) and labels.shape == (40,)
   images, want_labels = [], []
   for batch in input_pipeline.create_eval_iterator(config):

@@ -194,8 +194,7 @@ def evaluate(args) -> tuple[dict, list[str]]:
   if args.workdir:
     stored = run_state.read_config(args.workdir)
     dataset, split = dataset or stored.dataset, split or stored.eval_split
-    config_dir = stored.tfds_data_dir
-    args.tfds_data_dir = args.tfds_data_dir or config_dir
+    args.tfds_data_dir = args.tfds_data_dir or stored.tfds_data_dir
   if not dataset:
     raise ValueError("pass --dataset (a TFDS name or an image folder) to evaluate on.")
   split = split or "test"

@@ -97,8 +97,8 @@ def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) ->
     with axes.activation_sharding(constrainer):
       logits = model.apply({"params": params}, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
-    label = jnp.argmax(batch["label"], -1)
-    correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+    label, pred = jnp.argmax(batch["label"], -1), jnp.argmax(logits, -1)
+    correct = (pred == label).astype(jnp.float32)
     k = min(int(topk), logits.shape[-1])
     in_topk = jnp.any(jax.lax.top_k(logits, k)[1] == label[:, None], axis=-1)
     out = {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -106,7 +106,7 @@ def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) ->
            "correct_topk": jnp.sum(in_topk.astype(jnp.float32) * mask)}
     if "real" in batch:  # ReaL: right when the prediction is in the set; empty sets skipped
       real = batch["real"]
-      hit = jnp.take_along_axis(real, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+      hit = jnp.take_along_axis(real, pred[:, None], axis=-1)[:, 0]
       out["real_correct"] = jnp.sum(hit * mask)
       out["real_count"] = jnp.sum((jnp.sum(real, -1) > 0).astype(jnp.float32) * mask)
     if per_class:
@@ -118,6 +118,21 @@ def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) ->
   batch_shard = sharding.batch_sharding(setup.mesh)
   return jax.jit(eval_step, in_shardings=(setup.param_shardings, batch_shard),
                  out_shardings=sharding.replicated(setup.mesh))
+
+
+def make_feature_step(setup: StateSetup) -> Callable:
+  """jit(feature_step)(params, images) -> the model's pre-logits (the pooled representation,
+  after pre_logits when there is one): the model without its head, on the run's sharding.
+  `params` may include the head; it is not used."""
+  model = setup.model.clone(num_classes=None)
+  constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
+
+  def feature_step(params: Any, images: jax.Array):
+    with axes.activation_sharding(constrainer):
+      return model.apply({"params": {k: v for k, v in params.items() if k != "head"}}, images,
+                         train=False)
+
+  return jax.jit(feature_step)
 
 
 def abstract_batch(config, num_classes: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:

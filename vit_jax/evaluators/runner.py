@@ -103,11 +103,12 @@ class Runner:
     self.setup, self.config, self.specs = setup, config, specs(config)
     self._steps: dict[Any, Any] = {}
 
-  def _eval_step(self, topk: int, per_class: bool):
+  def _step(self, *key):
+    """The compiled eval step ('cls', topk, per_class) or feature step ('features',), made once."""
     from vit_jax import train_step  # pylint: disable=g-import-not-at-top
-    key = ("cls", topk, per_class)
     if key not in self._steps:
-      self._steps[key] = train_step.make_eval_step(self.setup, topk, per_class)
+      self._steps[key] = (train_step.make_feature_step(self.setup) if key[0] == "features"
+                          else train_step.make_eval_step(self.setup, *key[1:]))
     return self._steps[key]
 
   def run(self, params, step: int, total: int) -> dict[str, float]:
@@ -123,7 +124,7 @@ class Runner:
       return self._fewshot(spec, params)
     topk, per_class = int(spec.settings.get("topk") or 5), bool(spec.settings.get("per_class"))
     classes = int(self.setup.abstract_state.params["head"]["kernel"].shape[-1])
-    totals = classification_pass(self._eval_step(topk, per_class), params,
+    totals = classification_pass(self._step("cls", topk, per_class), params,
                                  data_config(self.config, spec), classes)
     values = classification_values(totals, topk)
     if not spec.name:
@@ -146,7 +147,7 @@ class Runner:
     for short, (dataset, train_split, test_split) in sorted(dict(datasets).items()):
       feats = {}
       for which, split in (("train", train_split), ("test", test_split)):
-        feats[which] = extract_features(self.setup, params,
+        feats[which] = extract_features(self._step("features"), params,
                                         data_config(self.config, spec, dataset, split))
       result = fewshot.evaluate(*feats["train"], *feats["test"], shots=shots,
                                 l2_regs=tuple(s.get("l2_regs") or fewshot.DEFAULT_L2_REGS),
@@ -205,23 +206,20 @@ def classification_pass(eval_step, params, config, num_classes: Optional[int] = 
   return totals
 
 
-def extract_features(setup, params, config) -> tuple[np.ndarray, np.ndarray]:
-  """(features (N, D), labels (N,)) of config.eval_split in the split's order: the model's
-  pre-logits (the pooled representation, after pre_logits when the model has one), padding
-  removed; the same arrays on any number of processes."""
+def extract_features(feature_step, params, config) -> tuple[np.ndarray, np.ndarray]:
+  """(features (N, D), labels (N,)) of config.eval_split in the split's order, from
+  `feature_step` (train_step.make_feature_step), padding removed; the same arrays on any
+  number of processes."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from vit_jax import device_prefetch, input_pipeline, sharding  # pylint: disable=g-import-not-at-top
-  model = setup.model.clone(num_classes=None)
-  body = {k: v for k, v in params.items() if k != "head"}
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-  bsh = sharding.batch_sharding(setup.mesh)
+  bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
   feats, labels, order = [], [], []
   batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
                                              config.input.device_prefetch,
                                              keys=("image", "label", "mask", "index"))
   for batch in batches:
-    out = apply(body, batch["image"])
+    out = feature_step(params, batch["image"])
     label, mask, index = jax.numpy.argmax(batch["label"], -1), batch["mask"], batch["index"]
     if jax.process_count() > 1:
       out, label, mask, index = (multihost_utils.process_allgather(x, tiled=True)
