@@ -121,21 +121,24 @@ def sample_inception_box(width: int, height: int, rng: np.random.Generator,
   return 0, 0, width, height
 
 
-def _resize_box(data: Any, box_fn, out_size: int, rng=None) -> Image.Image:
-  """Decodes `data`, crops box_fn(w, h, rng) = (left, top, w, h) and resizes it to out_size².
+def _resize_box(data: Any, box_fn, out_size, rng=None) -> Image.Image:
+  """Decodes `data`, crops box_fn(w, h, rng) = (left, top, w, h) and resizes it to out_size²
+  (or to out_size(w, h) = (out_w, out_h) of the box, when out_size is a function).
 
-  A JPEG is decoded at a reduced DCT scale when the box still has >= out_size pixels there.
+  A JPEG is decoded at a reduced DCT scale when the box still has >= the output's shorter
+  side there.
   """
   img = open_image(data)
   width, height = img.size
   left, top, w, h = box_fn(width, height, rng)
-  scale = out_size / max(min(w, h), 1)
+  out = tuple(out_size(w, h)) if callable(out_size) else (out_size, out_size)
+  scale = min(out) / max(min(w, h), 1)
   if img.format == "JPEG" and scale < 0.5:
     img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
   sx, sy = img.size[0] / width, img.size[1] / height
   if img.mode != "RGB":
     img = img.convert("RGB")
-  return img.resize((out_size, out_size), Image.BILINEAR,
+  return img.resize(out, Image.BILINEAR,
                     box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
 
 
@@ -158,18 +161,12 @@ def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.
 
 def resize_small(data: Any, size: int) -> Image.Image:
   """Whole image with its shorter side resized to `size`, aspect ratio kept (long side rounded)."""
-  img = open_image(data)
-  width, height = img.size
-  ratio = size / max(min(width, height), 1)
-  if width <= height:
-    out = (size, max(size, int(round(height * ratio))))
-  else:
-    out = (max(size, int(round(width * ratio))), size)
-  if img.format == "JPEG" and ratio < 0.5:
-    img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
-  if img.mode != "RGB":
-    img = img.convert("RGB")
-  return img.resize(out, Image.BILINEAR)
+  def shape(width, height):
+    ratio = size / max(min(width, height), 1)
+    if width <= height:
+      return size, max(size, int(round(height * ratio)))
+    return max(size, int(round(width * ratio))), size
+  return _resize_box(data, lambda w, h, r: (0, 0, w, h), shape)
 
 
 def central_crop(img: Image.Image, size: int) -> Image.Image:
