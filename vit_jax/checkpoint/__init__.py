@@ -92,7 +92,14 @@ def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str]
   None it comes from the snapshot's config.json, else from the published widths table
   (192:3, 384:6, 768:12, 1024/1280/1408/1664:16), else hidden_size // 64.
   """
-  return _load(path, num_heads=num_heads, cache_dir=cache_dir, sha256=sha256)[0]
+  tree, notes = _load(path, num_heads=num_heads, cache_dir=cache_dir, sha256=sha256)
+  _log_notes(path, notes)
+  return tree
+
+
+def _log_notes(path: str, notes: list[str]) -> None:
+  for note in notes:
+    logging.warning("%s: %s", os.fspath(path), note)
 
 
 def _load(path: str, *, num_heads: Optional[int], cache_dir: Optional[str],
@@ -105,8 +112,6 @@ def _load(path: str, *, num_heads: Optional[int], cache_dir: Optional[str],
   tree = layouts.canonicalize(flat, num_heads=num_heads or param_tree.num_heads(config=config),
                               source=f"checkpoint {os.fspath(path)!r}", subtree=subtree,
                               notes=notes)
-  for note in notes:
-    logging.warning("%s: %s", os.fspath(path), note)
   return unstack_layers(tree), notes
 
 
@@ -166,6 +171,8 @@ def load_pretrained(*, pretrained_path: str, init_params: Any, model_config: Any
   heads = options.get("num_heads") or param_tree.num_heads(init_flat, model_config)
   restored, notes = _load(pretrained_path, num_heads=heads, cache_dir=options.get("cache_dir"),
                           sha256=options.get("sha256"))
+  if not options.get("report"):  # With report=True the notes are in the report's lines.
+    _log_notes(pretrained_path, notes)
   adapted, report = adapt_to_model(
       restored, layouts.unflatten(init_flat), source=str(pretrained_path),
       replace_head=options.get("replace_head"), old_grid=options.get("old_grid"),
