@@ -57,6 +57,36 @@ def test_pretrain_augreg_recipe(name, wd):
     load_config_file(name, "s16,extreme")
 
 
+def test_deit_preset_is_the_published_recipe():
+  c = load_config_file("deit", "s16")
+  assert c.model_name == "ViT-S_16" and c.dataset == "imagenet2012" and c.num_classes == 1000
+  assert (c.optimizer, c.b1, c.b2, c.weight_decay, c.grad_norm_clip) == ("adamw", 0.9, 0.999, 0.05, 0.0)
+  assert c.batch == 1024 and c.base_lr == pytest.approx(5e-4 * 1024 / 512)
+  assert c.total_epochs == 300 and c.warmup_steps == 5 * (1_281_167 // 1024)
+  assert (c.decay_type, c.end_lr) == ("cosine", 1e-5)
+  pp = c.pp
+  assert (pp.randaugment_layers, pp.randaugment_magnitude) == (2, 9)
+  assert (pp.mixup_alpha, pp.cutmix_alpha, pp.mixup_switch_prob, pp.mixup_prob) == (0.8, 1.0, 0.5, 1.0)
+  assert (pp.random_erase_prob, pp.label_smoothing, pp.train) == (0.25, 0.1, "inception_crop")
+  assert (pp.eval, pp.crop_pct, pp.crop) == ("resize_small", 0.875, 224)
+  assert c.input.repeated_aug == 3 and c.model.stochastic_depth == 0.1
+  assert (c.ema.decay, c.ema.every) == (0.99996, 1)
+  assert load_config_file("deit", "b16,cifar100").num_classes == 100
+  with pytest.raises(ValueError, match="unknown model"):
+    load_config_file("deit", "l16")
+
+
+@pytest.mark.parametrize("arg,decay,lr,epochs,drop_path", [
+    ("b16", 0.65, 2e-3, 100, 0.1), ("l16", 0.75, 4e-3, 50, 0.2), ("h14", 0.75, 4e-3, 50, 0.3)])
+def test_finetune_llrd_preset_is_maes_recipe(arg, decay, lr, epochs, drop_path):
+  c = load_config_file("finetune_llrd", arg)
+  assert c.layer_decay == decay and c.base_lr == pytest.approx(lr) and c.total_epochs == epochs
+  assert c.model.stochastic_depth == drop_path and c.batch == 1024
+  assert (c.optimizer, c.weight_decay, c.end_lr, c.grad_norm_clip) == ("adamw", 0.05, 1e-6, 0.0)
+  assert (c.pp.mixup_alpha, c.pp.cutmix_alpha, c.pp.label_smoothing) == (0.8, 1.0, 0.1)
+  assert c.pp.random_erase_prob == 0.25 and c.ema.decay == 0.0
+
+
 def test_augreg_and_quickstart():
   c = load_config_file("augreg", "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0,cifar100")
   assert c.model_name == "ViT-S_16" and c.dataset == "cifar100"
@@ -159,6 +189,8 @@ def _every_preset():
   presets += [("augreg", ""), ("augreg", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0,digits")]
   presets += [(name, m) for name in ("pretrain_i1k", "pretrain_i21k") for m in ("ti16", "b16")]
   presets += [("quickstart", ""), ("finetune_quickstart", "")]
+  presets += [("deit", m) for m in ("ti16", "s16", "b16,cifar100")]
+  presets += [("finetune_llrd", m) for m in ("b16", "l16", "h14,cifar10")]
   return presets
 
 

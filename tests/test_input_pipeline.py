@@ -117,6 +117,12 @@ def test_global_stream_epochs_are_reshuffled_permutations(id_folder):
 # per-batch RNG; label smoothing to check labels bit for bit too.
 _AUGMENTED = {"pp.randaugment_layers": 2, "pp.randaugment_magnitude": 9, "pp.flip": True,
               "pp.resize": 10, "pp.label_smoothing": 0.1}
+# The timm / DeiT recipe pieces on top: mixup or CutMix (switch), sometimes neither, random
+# erasing (per-element boxes and noise seeds applied in the batch transform), repeated aug.
+_TIMM = {"pp.mixup_alpha": 0.8, "pp.cutmix_alpha": 1.0, "pp.mixup_switch_prob": 0.5,
+         "pp.mixup_prob": 0.9, "pp.random_erase_prob": 0.5, "pp.random_erase_count": 2,
+         "input.repeated_aug": 3}
+_MIXES = {"no_mixup": {}, "mixup": {"pp.mixup_alpha": 0.5}, "timm": _TIMM}
 
 
 def _global_batches(c, steps, count, state=None):
@@ -134,17 +140,19 @@ def _global_batches(c, steps, count, state=None):
   return out
 
 
-@pytest.mark.parametrize("mixup", [0.0, 0.5], ids=["no_mixup", "mixup"])
+@pytest.mark.parametrize("mix", list(_MIXES))
 @pytest.mark.parametrize("count", [1, 2, 3])
-def test_local_batches_concatenate_to_the_one_process_batch(id_folder, count, mixup):
+def test_local_batches_concatenate_to_the_one_process_batch(id_folder, count, mix):
   # Global batch 12 over 50 examples: 10 steps cross two epoch boundaries (mid-batch).
-  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **{"pp.mixup_alpha": mixup}))
+  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **_MIXES[mix]))
   steps = 10
   reference = _global_batches(c, steps, 1)
   if count == 1:  # The reference itself: check it is a real, augmented, shuffled stream.
     assert len({tuple(b["label"].argmax(-1)) for b in reference}) > 1
-    if mixup:
+    if mix != "no_mixup":
       assert not np.allclose(reference[0]["label"].max(-1), 0.1 / 3 + 0.9)
+    if mix == "timm":  # 'pixel' erasing: N(0, 1) noise, a third of it outside [-1, 1].
+      assert np.mean([np.abs(b["image"]).max() > 1 for b in reference]) > 0.5
   for i, (got, want) in enumerate(zip(_global_batches(c, steps, count), reference)):
     for key in ("image", "label"):
       np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {i} {key}")
@@ -189,9 +197,11 @@ def test_processes_read_disjoint_rows_and_only_their_own(id_folder, count, monke
   assert set().union(*seen.values()) == set(reference.tolist())
 
 
+@pytest.mark.parametrize("mix", ["mixup", "timm"])
 @pytest.mark.parametrize("saved_count,restored_count", [(2, 3), (3, 1), (1, 2)])
-def test_restore_at_step_k_onto_another_process_count(id_folder, saved_count, restored_count):
-  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **{"pp.mixup_alpha": 0.5}))
+def test_restore_at_step_k_onto_another_process_count(id_folder, saved_count, restored_count,
+                                                      mix):
+  c = _config(id_folder, batch=12, **dict(_AUGMENTED, **_MIXES[mix]))
   k, steps = 5, 9
   reference = _global_batches(c, steps, 1)
   saver = input_pipeline.create_train_iterator(c, process_index=saved_count - 1,
@@ -290,11 +300,13 @@ def test_seeded_determinism(id_folder):
   assert not all(np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
 
 
-def test_batches_do_not_depend_on_worker_count(id_folder):
+@pytest.mark.parametrize("mix", ["mixup", "timm"])
+def test_batches_do_not_depend_on_worker_count(id_folder, mix):
+  mixes = dict(_MIXES[mix], **{"pp.mixup_alpha": 1.0})  # timm: workers unpickle RepeatedStream
   base = _take(input_pipeline.create_train_iterator(
-      _config(id_folder, **{"pp.mixup_alpha": 1.0}), process_index=0, process_count=1), 3)
+      _config(id_folder, **mixes), process_index=0, process_count=1), 3)
   it = input_pipeline.create_train_iterator(
-      _config(id_folder, **{"pp.mixup_alpha": 1.0, "input.num_workers": 2}),
+      _config(id_folder, **dict(mixes, **{"input.num_workers": 2})),
       process_index=0, process_count=1)
   try:
     for x, y in zip(base, _take(it, 3)):

@@ -34,11 +34,11 @@ def _overrides(total_steps, checkpoint_every, log_every):
   return dict(total_steps=total_steps, checkpoint_every=checkpoint_every, log_every=log_every)
 
 
-def _start(workdir, data_dir, total_steps, checkpoint_every, log_every=1000):
+def _start(workdir, data_dir, total_steps, checkpoint_every, log_every=1000, extra=()):
   flags = TINY_FLAGS + [f"--workdir={workdir}", f"--config.tfds_data_dir={data_dir}",
                         f"--config.total_steps={total_steps}",
                         f"--config.checkpoint_every={checkpoint_every}",
-                        f"--config.log_every={log_every}"]
+                        f"--config.log_every={log_every}"] + list(extra)
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.Popen([sys.executable, "-m", "vit_jax.main"] + flags, cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -87,6 +87,49 @@ def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
   b, _, step_b = export.restore_params(str(tmp_path / "unbroken"))
   assert step_a == step_b == total
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_identical(
+    tmp_path, data_dir):
+  """The recipes' extra state (EMA params, masked optimizer state of frozen parameters) and
+  inputs (a teacher reloaded on resume, CutMix's random boxes) resume bit for bit too."""
+  from vit_jax import checkpoint, train_state  # pylint: disable=g-import-not-at-top
+  teacher_cfg = tiny_config(data_dir)
+  setup = setup_for(teacher_cfg, sharding.make_mesh((("data", -1),)))
+  teacher = jax.device_get(train_state.init_params(setup, 11))
+  teacher["head"]["kernel"] = np.random.RandomState(0).normal(
+      size=teacher["head"]["kernel"].shape).astype(np.float32)
+  checkpoint.save(teacher, str(tmp_path / "teacher.npz"))
+  recipe = {"ema.decay": 0.9, "ema.warmup": True, "distill.path": str(tmp_path / "teacher.npz"),
+            "distill.temperature": 2.0, "pp.cutmix_alpha": 1.0, "pp.mixup_alpha": 0.2,
+            "layer_decay": 0.75, "param_groups": (("cls", "freeze"),), "optimizer": "adamw"}
+  extra = [f"--config.{k}={v}" for k, v in recipe.items()]
+  total = 16
+  killed = tmp_path / "killed"
+  proc = _start(killed, data_dir, total, checkpoint_every=4, extra=extra)
+  _wait_for(lambda: (killed / "checkpoints" / "4").exists(), proc)
+  time.sleep(random.uniform(0.0, 0.2))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  ckpt = run_state.Checkpointer(str(killed))
+  stopped_at = ckpt.latest_step()
+  ckpt.close()
+  assert stopped_at is not None and stopped_at < total, f"run was not interrupted ({stopped_at})"
+  resumed = _start(killed, data_dir, total, checkpoint_every=4, extra=extra)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out[-3000:]
+  assert f"Resuming from the workdir checkpoint at step {stopped_at}" in out
+  assert "Distillation: soft" in out and "Parameter groups" in out
+
+  config = tiny_config(data_dir, **_overrides(total, 4, 1000), **recipe)
+  with config.unlocked():
+    config.eval_every = 0
+  train.train_and_evaluate(config, str(tmp_path / "unbroken"))
+  for which in ("raw", "ema"):
+    a, _, step_a = export.restore_params(str(killed), which=which)
+    b, _, step_b = export.restore_params(str(tmp_path / "unbroken"), which=which)
+    assert step_a == step_b == total
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_sigterm_saves_at_step_boundary_and_exits_75(tmp_path, data_dir):

@@ -7,14 +7,23 @@ Train order (the same global batches whatever the number of processes P):
   * ONE global stream over the whole split: the examples shuffled afresh each epoch (grain
     `shuffle` seeded with derive_seed(seed, 1), epoch e with that seed + e; no process index)
     and repeated forever. Stream element k is augmented with an RNG that depends only on
-    (derive_seed(seed, 2), k), so its image is the same for every P.
+    (derive_seed(seed, 2), k), so its image is the same for every P (random-erasing boxes
+    and noise seed included: drawn there, applied to the float image in the batch transform).
+  * Repeated augmentation (config.input.repeated_aug = k > 1, DeiT's RASampler): each
+    shuffled image fills k consecutive slots of the stream, interleaved inside each global
+    batch so the copies sit ~B/k rows apart (RepeatedStream). The copies are distinct stream
+    positions, hence independently augmented. A shuffled pass over the N distinct images
+    then takes k·N stream elements; an "epoch" of config.total_epochs stays N stream
+    elements (N/k distinct images × k copies, the same compute as without it, as DeiT's
+    epoch), so a pass over every distinct image takes k such epochs.
   * Global batch i is stream elements [i·B, (i+1)·B), B = config.batch. Process p of P takes
     the contiguous rows [p·b, (p+1)·b) of it (b = B/P): its local batch i is chunk i·P + p of
     the stream cut into chunks of b, and only those b records are read and decoded.
-  * Batch level (per local batch, same result for every P): float images, smoothed one-hot
-    labels, and mixup with one λ ~ Beta(α, α) per *global* batch (RNG from
-    (derive_seed(seed, 3), i)) mixing row 2m with row 2m+1 of the global batch — pairs never
-    straddle processes, so mixup needs b even.
+  * Batch level (per local batch, same result for every P): float images, random erasing,
+    smoothed one-hot labels, and mixup / CutMix with one draw (applied or not, which of the
+    two, λ, the CutMix box) per *global* batch (RNG from (derive_seed(seed, 3), i)) mixing
+    row 2m with row 2m+1 of the global batch — pairs never straddle processes, so mixup and
+    CutMix need b even.
   Concatenating the P local batches i in process order gives the 1-process batch i bit for bit.
 Everything is a pure function of the global batch index, so the iterator state is
 `{'step': i, ...}` (global batches consumed) and restoring it starts the pipeline at batch i
@@ -25,12 +34,14 @@ Eval: process p of P owns the contiguous examples [p·N/P, (p+1)·N/P) (as `tfds
 padded to the same number of batches on every process; every example is seen exactly once.
 
 Batches (numpy, local to this process, b = global batch // process count):
-  train: {'image': float32 (b, crop, crop, 3) in [-1, 1], 'label': float32 (b, C) one-hot,
-          label-smoothed and mixed up as config.pp says (rows sum to 1)}
+  train: {'image': float32 (b, crop, crop, 3) in [-1, 1] (erased 'pixel' / 'rand' boxes hold
+          unclipped N(0, 1) noise), 'label': float32 (b, C) one-hot, label-smoothed and
+          mixed as config.pp says (rows sum to 1)}
   eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
           exactly one pass, the same number of batches on every process.
 Config keys read: dataset, tfds_data_dir, tfds_manual_dir, train_split, eval_split, batch,
-batch_eval, seed, pp.* (see preprocess.py), input.num_workers (worker processes, 0 = in this
+batch_eval, seed, pp.* (see preprocess.py), input.repeated_aug (copies of each image in the
+stream, 1 = off), input.num_workers (worker processes, 0 = in this
 process), input.prefetch (batches buffered per worker), input.num_threads (optional, threads
 per process; default 1 with workers, 2 without). Sources: vit_jax/datasets/sources.py.
 Workers hand batches over in shared memory: /dev/shm must hold about
@@ -41,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -119,25 +131,66 @@ class TrainElement:
       image = preprocess.train_image(element[self.image_key], self.opts, rng)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
-    return {"image": image, "label": np.int32(element[self.label_key])}
+    out = {"image": image, "label": np.int32(element[self.label_key])}
+    if self.opts.random_erase_prob > 0:  # Drawn here (position-keyed), applied on floats later.
+      out["erase"] = preprocess.sample_erase_boxes(image.shape[0], image.shape[1], self.opts, rng)
+      out["erase_seed"] = np.int64(rng.integers(0, 2**63 - 1))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
-  """Batch transform: float32 [-1, 1] images, smoothed one-hot labels, mixup.
+  """Batch transform: float32 [-1, 1] images, random erasing, smoothed one-hot labels, then
+  mixup / CutMix.
 
-  Applied to a local batch with the RNG of its *global* batch index, so λ is the same on
-  every process; mixup pairs rows 2m and 2m+1 (see preprocess.mixup).
+  Applied to a local batch with the RNG of its *global* batch index, so λ, the CutMix box and
+  the mixup/CutMix choice are the same on every process; pairs are rows 2m and 2m+1 (see
+  preprocess.mix_batch). Erasing uses each row's own boxes and noise seed (drawn by
+  TrainElement from the element's RNG), so it does not depend on the batch either.
   """
   opts: preprocess.PreprocessOptions
   num_classes: int
 
   def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
     images = preprocess.to_float(batch["image"])
+    if "erase" in batch:
+      images = np.stack([preprocess.random_erase(im, boxes, seed, self.opts.random_erase_mode)
+                         for im, boxes, seed in zip(images, batch["erase"], batch["erase_seed"])])
     labels = preprocess.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
-    if self.opts.mixup_alpha > 0:
-      images, labels, _ = preprocess.mixup(images, labels, self.opts.mixup_alpha, rng)
+    images, labels = preprocess.mix_batch(images, labels, self.opts, rng)
     return {"image": images, "label": labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatedStream:
+  """Repeated augmentation (DeiT's RASampler): stream position t → an element of `shuffled`.
+
+  The repeated sequence has slot q ↦ shuffled image q // k (k copies of each image, one after
+  the other). Global batch i (positions t = i·B + j) holds slots [i·B, (i+1)·B) interleaved:
+  row j gets slot i·B + offset(j) with the offsets ordered 0, k, 2k, ..., then 1, k+1, ...,
+  then 2, ... So the k copies of an image (consecutive slots) sit about B/k rows apart: on
+  different processes and devices once there are >= k of them (as DeiT spreads copies over
+  GPUs), and never in one mixup/CutMix pair (rows 2m, 2m+1 are >= k slots apart when B >= 3k;
+  consecutive copies would otherwise mix an image with itself). Each copy is its own stream
+  position, so it gets its own augmentation RNG.
+  """
+  shuffled: Any  # grain MapDataset: the shuffled split, repeated forever.
+  global_batch: int
+  repeats: int
+
+  def slot(self, t: int) -> int:
+    """Slot q of the repeated sequence that stream position t holds (its image is q // k)."""
+    window, j = divmod(int(t), self.global_batch)
+    k = self.repeats
+    for c in range(k):  # Group c holds the offsets c, c + k, c + 2k, ... < B.
+      size = (self.global_batch - c + k - 1) // k
+      if j < size:
+        return window * self.global_batch + c + j * k
+      j -= size
+    raise AssertionError("unreachable: the groups cover the batch")
+
+  def __call__(self, t: int) -> dict:
+    return self.shuffled[self.slot(t) // self.repeats]
 
 
 def _read_options(config, grain):
@@ -189,19 +242,22 @@ def release_shared_memory() -> None:
 class TrainIterator(Iterator[dict]):
   """Infinite iterator of local train batches whose position is a small, restorable state.
 
-  get_state() → {'step', 'epoch', 'position', 'seed', 'batch', 'num_examples'}: the number of
-  *global* batches consumed plus what identifies the run ('epoch' and 'position' of the next
-  example in the global stream are informational). set_state(state) makes the next batch the
+  get_state() → {'step', 'epoch', 'position', 'seed', 'batch', 'num_examples', 'repeated_aug'}:
+  the number of *global* batches consumed plus what identifies the run ('epoch' and 'position'
+  of the next distinct example in the shuffled passes over the split are informational; with
+  repeated_aug = k a pass takes k·N stream elements). set_state(state) makes the next batch the
   local part of global batch number state['step'] of the same run; it uses only 'step' (and
   checks the rest), so the state saved by process 0 restores every process, and a state saved
   by a run with another process count restores this one exactly (the order does not depend on
   the process count).
   """
 
-  def __init__(self, batches, config, *, seed: int, global_batch: int, num_examples: int):
+  def __init__(self, batches, config, *, seed: int, global_batch: int, num_examples: int,
+               repeated_aug: int = 1):
     import grain  # pylint: disable=g-import-not-at-top
     self._grain, self._batches, self._config = grain, batches, config
-    self._meta = {"seed": int(seed), "batch": int(global_batch), "num_examples": int(num_examples)}
+    self._meta = {"seed": int(seed), "batch": int(global_batch), "num_examples": int(num_examples),
+                  "repeated_aug": int(repeated_aug)}
     self._step, self._it = 0, None
 
   def __next__(self) -> dict:
@@ -212,7 +268,8 @@ class TrainIterator(Iterator[dict]):
     return batch
 
   def get_state(self) -> dict[str, int]:
-    epoch, position = divmod(self._step * self._meta["batch"], self._meta["num_examples"])
+    distinct = self._step * self._meta["batch"] // self._meta["repeated_aug"]
+    epoch, position = divmod(distinct, self._meta["num_examples"])
     return {"step": self._step, "epoch": epoch, "position": position, **self._meta}
 
   def set_state(self, state: dict[str, Any]) -> None:
@@ -220,7 +277,8 @@ class TrainIterator(Iterator[dict]):
       raise ValueError(f"the data state was saved with seed {state['seed']} but config.seed is "
                        f"{self._meta['seed']}; resume with the same --config.seed.")
     # 'process_count' (in states of older versions) is ignored: it no longer changes the order.
-    changed = {k: (state.get(k), v) for k, v in self._meta.items() if state.get(k, v) != v}
+    saved = {"repeated_aug": 1, **state}  # States of older versions had no repeated_aug.
+    changed = {k: (saved.get(k), v) for k, v in self._meta.items() if saved.get(k, v) != v}
     if changed:
       logging.warning("Resuming the input pipeline with changed %s (saved, now): the order of "
                       "examples differs from the original run from here on.", changed)
@@ -242,18 +300,23 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   global_batch = int(config.batch)
   local_batch = local_batch_size(global_batch, process_count, "batch")
   opts = preprocess.options_from_config(config.pp)
-  if opts.mixup_alpha > 0 and local_batch % 2:
+  if opts.pairs_rows and local_batch % 2:
     raise ValueError(
-        f"mixup (config.pp.mixup_alpha={opts.mixup_alpha}) pairs rows 2m and 2m+1 of the global "
+        f"mixup / CutMix (config.pp.mixup_alpha={opts.mixup_alpha}, config.pp.cutmix_alpha="
+        f"{opts.cutmix_alpha}) pair rows 2m and 2m+1 of the global "
         f"batch inside each process, so the per-process batch config.batch / processes = "
         f"{global_batch} / {process_count} = {local_batch} must be even; set --config.batch to "
         f"e.g. {(local_batch + 1) * process_count}.")
+  repeats = repeated_aug_from_config(config, opts)
   source, info = open_source(config, config.train_split)
   if not len(source):
     raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
   seed = int(config.seed)
   # The global stream: element k = (shuffled example, augmented with an RNG of (seed, k)).
   stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
+  if repeats > 1:  # Position t holds a copy of shuffled image ~t // k (RepeatedStream).
+    stream = grain.MapDataset.range(sys.maxsize).map(
+        RepeatedStream(stream, global_batch, repeats))
   stream = stream.random_map(TrainElement(opts, *info.keys), seed=derive_seed(seed, 2))
   # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
   # i·P + p only (lazy random access: the other processes' rows are never read).
@@ -261,7 +324,25 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   # Index i of `ds` is the global batch index, so the batch RNG (mixup λ) is P-independent.
   ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
   return TrainIterator(ds, config, seed=seed, global_batch=global_batch,
-                       num_examples=len(source))
+                       num_examples=len(source), repeated_aug=repeats)
+
+
+def repeated_aug_from_config(config, opts: preprocess.PreprocessOptions) -> int:
+  """Validated config.input.repeated_aug (copies of each image, 1 = off)."""
+  value = config.input.repeated_aug
+  try:
+    repeats = int(value)
+  except (TypeError, ValueError):
+    repeats = 0
+  if repeats < 1 or repeats != value:
+    raise ValueError(f"config.input.repeated_aug={value!r} must be an integer >= 1 (copies of "
+                     "each image in the stream, 1 = off; DeiT uses 3).")
+  batch = int(config.batch)
+  if repeats > 1 and opts.pairs_rows and batch < 3 * repeats:
+    raise ValueError(f"config.input.repeated_aug={repeats} with mixup / CutMix needs "
+                     f"config.batch >= {3 * repeats} (got {batch}), so that the rows paired "
+                     "for mixing are never two copies of one image.")
+  return repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,3 +428,4 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
                           info.num_classes))
   ds = ds.batch(local_batch).map(EvalBatch(info.num_classes))
   return EvalIterable(ds, config, num_batches)
+

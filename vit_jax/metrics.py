@@ -76,11 +76,12 @@ class Throughput:
   """Accumulates step and data-wait time between log points; returns rates at each log."""
 
   def __init__(self, global_batch: int, num_devices: int, flops_per_device_step: Optional[float],
-               peak_flops: Optional[float]):
+               peak_flops: Optional[float], fixed: Optional[dict[str, float]] = None):
     self.global_batch = global_batch
     self.num_devices = num_devices
     self.flops = flops_per_device_step
     self.peak = peak_flops
+    self.fixed = dict(fixed or {})  # Figures repeated in every summary (e.g. teacher_flops_share).
     self.reset()
 
   def reset(self) -> None:
@@ -95,7 +96,8 @@ class Throughput:
     self.steps += 1
 
   def summary(self) -> dict[str, float]:
-    """img/s, img/s/device, data-wait share, MFU (when known) since the last reset; then resets."""
+    """img/s, img/s/device, data-wait share, MFU (when known; a distillation teacher's forward
+    counts as work) and the fixed figures since the last reset; then resets."""
     elapsed = max(time.perf_counter() - self.start, 1e-9)
     out = {}
     if self.steps:
@@ -106,6 +108,7 @@ class Throughput:
       out["data_wait_share"] = self.data_wait / elapsed
       if self.flops and self.peak:
         out["mfu"] = self.flops / step_time / self.peak
+      out.update(self.fixed)
     self.reset()
     return out
 

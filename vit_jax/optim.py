@@ -12,16 +12,22 @@ Config keys read here (units in brackets; every default lives in configs/common.
     AugReg paper's "wd 0.1" (= big_vision's decoupled wd 1e-4). Only kernels decay:
     biases, norm scales, position embeddings and the class token do not.
   grad_norm_clip: global-norm clipping threshold (None or 0 = off).
+  param_groups, layer_decay: per-parameter lr / wd multipliers, freezing and layer-wise lr
+    decay (param_groups.py). Off (the defaults) the chain is exactly the one above, so old
+    checkpoints' optimizer states restore; on, it is param_groups.transform around the same
+    optimizer (AdamW's decoupled decay per parameter: weight_decay x wd_mult on kernels).
 Also `total_steps(config, num_train_examples)`: the run length in steps from total_steps or
 total_epochs (the schedule, the trainer and the dry run all take it from here).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from vit_jax import param_groups
 
 Schedule = Callable[[Any], Any]
 
@@ -63,21 +69,50 @@ def _dtype(name):
 
 
 def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
-  """Returns (clip → optimizer chain, lr schedule) for `config`."""
+  """Returns (clip → optimizer chain, lr schedule) for `config` (under its parameter groups)."""
   schedule = make_schedule(config, total_steps)
   name = config.optimizer
+  if name not in ("sgd", "adamw"):
+    raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
+  groups = param_groups.from_config(config)
+  if groups is None:
+    return _chain(config, schedule), schedule
+  if name == "sgd" and any(r.wd_mult != 1.0 for r in groups.rules):
+    raise ValueError("config.param_groups sets wd_mult, but optimizer='sgd' has no weight "
+                     "decay; use optimizer='adamw' or drop wd_mult.")
+  return param_groups.transform(groups, lambda wd_mult_of: _chain(config, schedule, wd_mult_of)), schedule
+
+
+def _chain(config, schedule: Schedule,
+           wd_mult_of: Optional[Callable[[str], float]] = None) -> optax.GradientTransformation:
+  """clip → SGD-momentum or AdamW. With `wd_mult_of` (parameter path → multiplier) AdamW's
+  decay is per parameter (the same maths as optax.adamw, whose state it keeps)."""
   acc_dtype = _dtype(config.optim_dtype)
-  if name == "sgd":
+  if config.optimizer == "sgd":
     opt = optax.sgd(schedule, momentum=config.momentum, accumulator_dtype=acc_dtype)
-  elif name == "adamw":
+  elif wd_mult_of is None:
     opt = optax.adamw(schedule, b1=config.b1, b2=config.b2,
                       mu_dtype=acc_dtype, weight_decay=config.weight_decay, mask=decay_mask)
   else:
-    raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
+    opt = optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2, mu_dtype=acc_dtype),
+                      _decayed_weights_by_path(float(config.weight_decay), wd_mult_of),
+                      optax.scale_by_learning_rate(schedule))
   clip = config.grad_norm_clip
   if clip:
     opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
-  return opt, schedule
+  return opt
+
+
+def _decayed_weights_by_path(weight_decay: float, wd_mult_of: Callable[[str], float]
+                             ) -> optax.GradientTransformation:
+  """u + weight_decay x wd_mult(path) x p on kernels (optim.decay_mask's leaves), u elsewhere."""
+  def update(updates, state, params):
+    def one(path, u, p):
+      name = param_groups.path_str(path)
+      coeff = weight_decay * wd_mult_of(name) if name.split("/")[-1] == "kernel" else 0.0
+      return u if coeff == 0.0 else u + coeff * p
+    return jax.tree_util.tree_map_with_path(one, updates, params), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def total_steps(config, num_train_examples: int) -> int:

@@ -13,7 +13,9 @@ total_steps [steps] or total_epochs [epochs over the train split], batch, accum_
 log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
 keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes (None = from the
 dataset), progress (tqdm bar), input.device_prefetch [batches], workdir_lock_timeout [s],
-watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change.
+watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change. The
+param-group table (param_groups.py) and the distillation teacher (distill.py, loaded here on
+every start) are logged before the first step.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, device_prefetch, input_pipeline, metrics, model_configs, optim
+from vit_jax import checkpoint, device_prefetch, distill, input_pipeline, metrics, model_configs
+from vit_jax import optim, param_groups
 from vit_jax import preflight, run_state, sharding, train_state, train_step, watchdog
 from vit_jax import workdir_lock
 from vit_jax.evaluators import runner
@@ -183,9 +186,18 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     host_iter.set_state(data_state)
   feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
                                             config.input.device_prefetch, keys=("image", "label"))
-  compiled = train_step.compile_train_step(setup, config, num_classes)
+  groups = param_groups.from_config(config)
+  if groups is not None:
+    for line in param_groups.table(groups, setup.abstract_state.params):
+      writer.text(line)
+  teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
+  compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
   peak, reason = metrics.peak_flops_per_device()
-  meter = metrics.Throughput(config.batch, jax.device_count(), metrics.compiled_flops(compiled), peak)
+  step_flops = metrics.compiled_flops(compiled)
+  fixed = {}
+  if teacher is not None:
+    fixed = _teacher_share(config, setup, num_classes, teacher, step_flops, writer.text)
+  meter = metrics.Throughput(config.batch, jax.device_count(), step_flops, peak, fixed)
   preempt = Preemption()
   wd = watchdog.StepWatchdog(factor=config.watchdog.factor,
                              min_seconds=config.watchdog.min_seconds,
@@ -197,7 +209,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       t0 = time.perf_counter()
       batch = next(feeder)
       meter.add_data_wait(time.perf_counter() - t0)
-      state, step_metrics = compiled(state, batch)
+      state, step_metrics = compiled(state, batch, *teacher_args)
       wd.step_dispatched(step_metrics)
       step += 1
       meter.step_done()
@@ -221,6 +233,29 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   return result
 
 
+def _teacher(config, setup: StateSetup, num_classes: int, log):
+  """(teacher, (its params,)) of config.distill, loaded once onto the mesh (it is not part of
+  the checkpoint: a resumed run reloads it), or (None, ()) without distillation."""
+  teacher = distill.from_config(config, setup.mesh, num_classes, setup.rules, setup.input_shape)
+  if teacher is None:
+    return None, ()
+  log(f"Distillation: {teacher.mode} (weight {teacher.weight:g}, temperature "
+      f"{teacher.temperature:g}) from the teacher {teacher.model_name} at {teacher.location}.")
+  return teacher, (distill.load_params(teacher, int(config.pp.crop), log),)
+
+
+def _teacher_share(config, setup, num_classes, teacher, step_flops, log) -> dict[str, float]:
+  """The teacher forward's share of the compiled step's FLOPs (logged once and with every
+  train summary as teacher_flops_share)."""
+  images = train_step.abstract_batch(config, num_classes, setup.mesh)["image"]
+  flops = distill.forward_flops(teacher, images)
+  if not flops or not step_flops:
+    return {}
+  log(f"Distillation teacher forward: {flops / 1e9:.4g} GFLOPs per device and step, "
+      f"{flops / step_flops:.1%} of the train step's {step_flops / 1e9:.4g} GFLOPs.")
+  return {"teacher_flops_share": flops / step_flops}
+
+
 def _finished(config, workdir, step, state, evals, writer) -> dict[str, Any]:
   """The result of a run that already reached its last step: its recorded evaluation, or a
   fresh one when none was recorded at that step."""
@@ -231,7 +266,7 @@ def _finished(config, workdir, step, state, evals, writer) -> dict[str, Any]:
                 "step follows (raise --config.total_steps to train further).")
   else:
     writer.text(f"The run in {workdir} already finished at step {step}; evaluating it.")
-    values = evals.run(state.params, step, step)
+    values = evals.run(state.params, step, step, ema_params=state.ema_params)
     run_state.record_eval(workdir, step, values)
   writer.scalars(step, values, prefix="eval/")
   return {"step": step, "eval": values, "state": state, "already_finished": True}
@@ -273,7 +308,7 @@ def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict
   if runner.due(loop.evals.specs, step, total):
     check_finite(pending)
     with loop.watchdog.paused():
-      values = loop.evals.run(state.params, step, total)
+      values = loop.evals.run(state.params, step, total, ema_params=state.ema_params)
     run_state.record_eval(loop.workdir, step, values)
     writer.scalars(step, values, prefix="eval/")
     result["eval"] = values

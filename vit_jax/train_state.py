@@ -1,15 +1,16 @@
-"""Train state (params, optimizer state, step, RNG) created directly with its sharding.
+"""Train state (params, optimizer state, step, RNG, EMA params) created directly with its sharding.
 
 Owns: the abstract (shape-only) state and its
 NamedShardings, sharded initialisation from scratch (jit with out_shardings, so
 nothing is ever materialised on one device) and from given params (fine-tuning).
+Optimizer-state leaves take the sharding of the parameter they mirror (matched by path),
+which holds for any optax chain, param groups' multi_transform included.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,16 +18,38 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vit_jax import model_configs, optim, sharding
+from vit_jax import ema, model_configs, optim, param_groups, sharding
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
-  """Everything a step reads and writes. `rng` is raw uint32 key data (checkpointable)."""
+  """Everything a step reads and writes. `rng` is raw uint32 key data (checkpointable).
+  `ema_params`: the params' moving average (ema.py), None when config.ema is off; then it is
+  no node of the pytree at all, so the checkpoint is the one older versions wrote (and read)."""
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = None
+
+  def replace(self, **changes) -> "TrainState":
+    return dataclasses.replace(self, **changes)
+
+
+_STATE_FIELDS = ("step", "params", "opt_state", "rng")
+
+
+def _state_children(state: TrainState):
+  names = _STATE_FIELDS + (("ema_params",) if state.ema_params is not None else ())
+  return names, state.ema_params is not None
+
+
+jax.tree_util.register_pytree_with_keys(
+    TrainState,
+    lambda s: ([(jax.tree_util.GetAttrKey(n), getattr(s, n)) for n in _state_children(s)[0]],
+               _state_children(s)[1]),
+    lambda has_ema, children: TrainState(*children) if has_ema else TrainState(*children, None),
+    flatten_func=lambda s: ([getattr(s, n) for n in _state_children(s)[0]], _state_children(s)[1]))
 
 
 @dataclasses.dataclass
@@ -40,6 +63,8 @@ class StateSetup:
   abstract_state: TrainState      # ShapeDtypeStructs carrying their shardings
   state_shardings: TrainState     # NamedShardings, same tree
   rules: Any = ()                 # logical -> mesh axis rules (params and activations)
+  ema: Optional[ema.EmaConfig] = None  # EMA of the params (None = off)
+  frozen: Any = None              # tree of bools, True = frozen (param_groups); None = none
 
   @property
   def param_shardings(self):
@@ -55,7 +80,8 @@ def _init_params(model: nn.Module, rng: jax.Array, input_shape) -> Any:
 
 
 def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mesh: Mesh,
-               input_shape: tuple[int, ...], rules) -> StateSetup:
+               input_shape: tuple[int, ...], rules, ema_config: Optional[ema.EmaConfig] = None,
+               groups: Optional[param_groups.Groups] = None) -> StateSetup:
   """Computes the abstract state and the shardings of every leaf (params by logical rules)."""
   rng0 = jax.ShapeDtypeStruct((2,), jnp.uint32)
   boxed = jax.eval_shape(lambda r: _init_params(model, r, input_shape), rng0)
@@ -63,25 +89,45 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
   params = nn.meta.unbox(boxed)
   opt_abstract = jax.eval_shape(tx.init, params)
   repl = sharding.replicated(mesh)
-  opt_shard = optax.tree_utils.tree_map_params(
-      tx, lambda _, s: s, opt_abstract, p_shard,
-      transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  shardings = TrainState(step=repl, params=p_shard, opt_state=opt_shard, rng=repl)
+  opt_shard = opt_state_shardings(opt_abstract, params, p_shard, repl)
+  ema_on = ema_config is not None
+  shardings = TrainState(step=repl, params=p_shard, opt_state=opt_shard, rng=repl,
+                         ema_params=p_shard if ema_on else None)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=opt_abstract, rng=rng0)
+                        opt_state=opt_abstract, rng=rng0, ema_params=params if ema_on else None)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, shardings)
   return StateSetup(model=model, tx=tx, schedule=schedule, mesh=mesh, input_shape=input_shape,
-                    abstract_state=abstract, state_shardings=shardings, rules=tuple(rules))
+                    abstract_state=abstract, state_shardings=shardings, rules=tuple(rules),
+                    ema=ema_config, frozen=param_groups.frozen_tree(groups, params))
+
+
+def opt_state_shardings(opt_abstract: Any, params: Any, param_shardings: Any, other: Any) -> Any:
+  """The sharding of every optimizer-state leaf: a leaf whose path ends in a parameter's path
+  (momentum, Adam moments, under any wrapper or masked partition) with that parameter's shape
+  takes its sharding; counts and other leaves get `other` (replicated)."""
+  by_path = {tuple(param_groups.path_str([k]) for k in p): (x.shape, s)
+             for (p, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                  jax.tree.leaves(param_shardings))}
+
+  def one(path, leaf):
+    keys = []
+    for entry in reversed(path):  # The trailing run of dict keys is the parameter's path.
+      if not isinstance(entry, jax.tree_util.DictKey):
+        break
+      keys.insert(0, str(entry.key))
+    match = by_path.get(tuple(keys))
+    return match[1] if match is not None and tuple(match[0]) == tuple(leaf.shape) else other
+  return jax.tree_util.tree_map_with_path(one, opt_abstract)
 
 
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:
-  """StateSetup for the model/optimizer/input size that `config` describes."""
+  """StateSetup for the model/optimizer/input size/EMA that `config` describes."""
   model = model_configs.model_from_run_config(config, num_classes)
   tx, schedule = optim.make_optimizer(config, total_steps)
   crop = int(config.pp.crop)
-  return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config))
+  return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config),
+                    ema.from_config(config), param_groups.from_config(config))
 
 
 def init_params(setup: StateSetup, seed: int) -> Any:
@@ -98,7 +144,8 @@ def create_train_state(setup: StateSetup, seed: int) -> TrainState:
     init_rng, train_rng = jax.random.split(rng)
     params = nn.meta.unbox(_init_params(setup.model, init_rng, setup.input_shape))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.tx.init(params), rng=train_rng)
+                      opt_state=setup.tx.init(params), rng=train_rng,
+                      ema_params=ema.init(params) if setup.ema else None)
   rng = jax.random.PRNGKey(seed)
   return jax.jit(init, out_shardings=setup.state_shardings)(rng)
 
@@ -128,5 +175,6 @@ def state_from_params(setup: StateSetup, params: Any, seed: int) -> TrainState:
   def init(params, rng):
     _, train_rng = jax.random.split(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.tx.init(params), rng=train_rng)
+                      opt_state=setup.tx.init(params), rng=train_rng,
+                      ema_params=ema.init(params) if setup.ema else None)
   return jax.jit(init, out_shardings=setup.state_shardings)(params, jax.random.PRNGKey(seed))

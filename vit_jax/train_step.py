@@ -1,29 +1,29 @@
 """The jitted train and eval steps (explicit in/out shardings, buffer donation).
 
-Train step: softmax cross-entropy on the (already smoothed / mixed) one-hot labels,
-gradients accumulated over `accum_steps` equal micro-batches with lax.scan (the mean
-equals the full-batch gradient), then the optax chain (global-norm clipping,
-SGD-momentum or AdamW). Dropout keys are derived from the state's RNG and the step
+Train step: softmax cross-entropy on the (already smoothed / mixed) one-hot labels (or
+config.loss; mixed with a teacher's distillation loss, distill.py), gradients accumulated
+over `accum_steps` equal micro-batches with lax.scan (the mean equals the full-batch
+gradient), then the optax chain (global-norm clipping, SGD-momentum or AdamW, under the
+param groups of param_groups.py) and the EMA of the params (ema.py). Dropout keys are derived from the state's RNG and the step
 number only, so a resumed run draws exactly the same random numbers.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vit_jax import sharding
+from vit_jax import distill, ema, losses, param_groups, sharding
 from vit_jax.models import axes
 from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
 from vit_jax.train_state import StateSetup, TrainState
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy against one-hot / soft labels (float32)."""
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
+# Per-example softmax cross-entropy on one-hot / soft labels: the eval loss (losses.py's home).
+cross_entropy = losses.softmax_xent
 
 
 def _split_micro(x: jax.Array, accum_steps: int, mesh) -> jax.Array:
@@ -34,56 +34,81 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
 
 
-def make_loss_and_grad(setup: StateSetup, accum_steps: int) -> Callable:
-  """Returns f(params, batch, rng) -> (loss, accuracy, grads) averaged over micro-batches."""
+def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax_xent",
+                       teacher: Optional[distill.Teacher] = None) -> Callable:
+  """Returns f(params, batch, rng[, teacher_params]) -> (loss, aux, grads) averaged over
+  micro-batches, aux = {'accuracy'} (+ 'task_loss', 'distill_loss' with a teacher); `loss`
+  names the per-example task loss (vit_jax/losses.py, config.loss). Frozen parameters
+  (param_groups) get no gradient."""
   model = setup.model
   constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
+  per_example_loss = losses.get(loss)
 
-  def loss_fn(params, images, labels, rng):
+  def loss_fn(params, images, labels, rng, teacher_params=None):
+    params = param_groups.stop_frozen(params, setup.frozen)
     with axes.activation_sharding(constrainer):
       logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-    loss = cross_entropy(logits, labels).mean()
-    acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
-    return loss, acc
+    loss = per_example_loss(logits, labels).mean()
+    aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))}
+    if teacher is not None:
+      with axes.activation_sharding(constrainer):
+        teacher_logits = distill.logits(teacher, teacher_params, images)
+      kd = distill.loss(logits, teacher_logits, teacher.mode, teacher.temperature).mean()
+      aux.update(task_loss=loss, distill_loss=kd)
+      loss = distill.combine(loss, kd, teacher.weight)
+    return loss, aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def loss_and_grad(params, batch, rng):
+  def loss_and_grad(params, batch, rng, teacher_params=None):
     if accum_steps == 1:
-      (loss, acc), grads = grad_fn(params, batch["image"], batch["label"], rng)
-      return loss, acc, grads
+      (loss, aux), grads = grad_fn(params, batch["image"], batch["label"], rng, teacher_params)
+      return loss, aux, grads
     images = _split_micro(batch["image"], accum_steps, setup.mesh)
     labels = _split_micro(batch["label"], accum_steps, setup.mesh)
 
     def body(carry, xs):
       i, img, lab = xs
-      (loss, acc), grads = grad_fn(params, img, lab, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+      (loss, aux), grads = grad_fn(params, img, lab, jax.random.fold_in(rng, i), teacher_params)
+      return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    aux_keys = ("accuracy",) + (("task_loss", "distill_loss") if teacher is not None else ())
+    zeros = (jnp.zeros(()), {k: jnp.zeros(()) for k in aux_keys},
+             jax.tree.map(jnp.zeros_like, params))
     total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), images, labels))
     return jax.tree.map(lambda t: t / accum_steps, total)
 
   return loss_and_grad
 
 
-def make_train_step(setup: StateSetup, accum_steps: int = 1) -> Callable:
-  """jit(train_step)(state, batch) -> (state, metrics); donates the state's buffers."""
-  loss_and_grad = make_loss_and_grad(setup, accum_steps)
+def make_train_step(setup: StateSetup, accum_steps: int = 1,
+                    loss: str = "softmax_xent", teacher: Optional[distill.Teacher] = None
+                    ) -> Callable:
+  """jit(train_step)(state, batch) -> (state, metrics); donates the state's buffers. With a
+  teacher: jit(train_step)(state, batch, teacher_params), the teacher's params not donated.
+  After the optimizer update frozen leaves keep their bits and the EMA (setup.ema) moves."""
+  loss_and_grad = make_loss_and_grad(setup, accum_steps, loss, teacher)
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params=None):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    loss, acc, grads = loss_and_grad(state.params, batch, step_rng)
+    loss, aux, grads = loss_and_grad(state.params, batch, step_rng, teacher_params)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
+    params = param_groups.keep_frozen(setup.frozen, state.params, params)
+    metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
                "lr": jnp.asarray(setup.schedule(state.step), jnp.float32)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if setup.ema is not None:
+      new_state = new_state.replace(
+          ema_params=ema.update(setup.ema, state.ema_params, params, state.step))
     return new_state, metrics
 
   batch_shard = sharding.batch_sharding(setup.mesh)
   repl = sharding.replicated(setup.mesh)
-  return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_shard),
+  in_shardings = (setup.state_shardings, batch_shard)
+  if teacher is not None:
+    in_shardings += (teacher.shardings,)
+  return jax.jit(train_step, in_shardings=in_shardings,
                  out_shardings=(setup.state_shardings, repl), donate_argnums=(0,))
 
 
@@ -143,11 +168,19 @@ def abstract_batch(config, num_classes: int, mesh) -> dict[str, jax.ShapeDtypeSt
   return {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh) for k, shape in shapes.items()}
 
 
-def compile_train_step(setup: StateSetup, config, num_classes: int) -> Any:
-  """The train step the trainer runs, lowered and compiled for the abstract state and batch.
+def compile_train_step(setup: StateSetup, config, num_classes: int,
+                       teacher: Optional[distill.Teacher] = None) -> Any:
+  """The train step the trainer runs, lowered and compiled for the abstract state and batch
+  (and, with config.distill.path, the teacher's abstract params: call it with them).
 
   The trainer, the dry run and the benchmarks all compile through here, so what the dry run
-  reports (memory, FLOPs) is what the run executes.
+  reports (memory, FLOPs) is what the run executes. `teacher` defaults to the config's
+  (distill.from_config, nothing loaded).
   """
-  step_fn = make_train_step(setup, int(config.accum_steps))
-  return step_fn.lower(setup.abstract_state, abstract_batch(config, num_classes, setup.mesh)).compile()
+  if teacher is None:
+    teacher = distill.from_config(config, setup.mesh, num_classes, setup.rules, setup.input_shape)
+  step_fn = make_train_step(setup, int(config.accum_steps), str(config.loss), teacher)
+  args = (setup.abstract_state, abstract_batch(config, num_classes, setup.mesh))
+  if teacher is not None:
+    args += (teacher.abstract_params,)
+  return step_fn.lower(*args).compile()

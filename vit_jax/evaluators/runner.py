@@ -15,7 +15,9 @@
 Results are named '<name>/<metric>' ('val/top1', 'fewshot/cifar100_10shot'). With no
 `config.evals` the run has one classification evaluator over config.eval_split every
 config.eval_every steps whose results keep their historical names ('accuracy', 'loss',
-'top5_accuracy', 'examples'), so old configs and workdirs read the same. Every evaluator
+'top5_accuracy', 'examples'), so old configs and workdirs read the same. With an EMA of the
+params (config.ema) every evaluator also runs on the EMA params: 'ema/accuracy',
+'val/ema/top1', 'fewshot/ema/cifar100_10shot'. Every evaluator
 runs sharded on the run's mesh, covers its split once on any number of processes (padding +
 mask, input_pipeline.create_eval_iterator) and draws no random numbers.
 """
@@ -76,6 +78,13 @@ def specs(config) -> list[Spec]:
   return out
 
 
+def ema_name(spec: Spec, key: str) -> str:
+  """The name of an EMA-params result: 'ema/accuracy' (default evaluator), 'val/ema/top1'."""
+  if not spec.name:
+    return f"ema/{key}"
+  return f"{spec.name}/ema/{key[len(spec.name) + 1:]}"
+
+
 def due(all_specs: list[Spec], step: int, total: int) -> list[Spec]:
   """The evaluators that run after `step` (each at its period, all at the last step)."""
   return [s for s in all_specs if step == total or (s.every > 0 and step % s.every == 0)]
@@ -111,11 +120,14 @@ class Runner:
                           else train_step.make_eval_step(self.setup, *key[1:]))
     return self._steps[key]
 
-  def run(self, params, step: int, total: int) -> dict[str, float]:
-    """Results of the evaluators due after `step`, by their names."""
+  def run(self, params, step: int, total: int, ema_params=None) -> dict[str, float]:
+    """Results of the evaluators due after `step`, by their names; with `ema_params` (the
+    run's EMA, config.ema) each evaluator also runs on them, named by ema_name."""
     out = {}
     for spec in due(self.specs, step, total):
       out.update(self.run_one(spec, params))
+      if ema_params is not None:
+        out.update({ema_name(spec, k): v for k, v in self.run_one(spec, ema_params).items()})
     return out
 
   def run_one(self, spec: Spec, params) -> dict[str, float]:

@@ -1,0 +1,156 @@
+"""Knowledge distillation from a fixed teacher (DeiT, Touvron et al. 2021): the teacher and the loss.
+
+Config keys (defaults in configs/common.defaults()):
+  distill.path         teacher weights: any location the checkpoint loader reads (a file, gs://,
+                       https://, hf://, an AugReg name; checkpoint.candidate_locations); None = off.
+  distill.model_name   the teacher's architecture (MODEL_CONFIGS name); None = the student's
+                       (model_name with its config.model overrides).
+  distill.model        overrides of the teacher's fields on top (as config.model for the student).
+  distill.mode         'soft': KL(softmax(t / T) || softmax(s / T)) x T^2 per example (Hinton
+                       et al. 2015; summed over classes, mean over the batch; DeiT's code divides
+                       the batch sum by batch x classes instead) | 'hard': cross-entropy to the
+                       teacher's argmax (DeiT's hard distillation).
+  distill.weight       alpha in [0, 1]: loss = (1 - alpha) x task loss + alpha x distillation loss.
+  distill.temperature  T > 0 (soft only).
+The student has no distillation token: both losses act on its one head (DeiT's "usual
+distillation" rows). The teacher sees the student's (augmented, mixed) batch at the student's
+resolution, which must be the one its checkpoint was made for (one clear error otherwise). Its
+params are loaded once onto the run's mesh with the same logical sharding rules, passed to
+the jitted step as an argument that is not donated, used forward only (train=False, under
+stop_gradient), never updated and never checkpointed (a resumed run reloads them).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from vit_jax import checkpoint, compiled_stats, model_configs, sharding
+
+MODES = ("soft", "hard")
+
+
+@dataclasses.dataclass
+class Teacher:
+  """The teacher of a run: module, abstract params with their shardings, and the loss settings."""
+  model: nn.Module
+  model_name: str
+  fields: dict           # the complete model fields (what the loader checks shapes against)
+  location: str
+  abstract_params: Any   # ShapeDtypeStructs carrying their NamedShardings
+  mode: str
+  weight: float
+  temperature: float
+
+  @property
+  def shardings(self) -> Any:
+    return jax.tree.map(lambda x: x.sharding, self.abstract_params)
+
+
+def _fields(config) -> tuple[str, dict]:
+  """(name, complete model fields) of the teacher: MODEL_CONFIGS[distill.model_name], or the
+  student's architecture (model_name + config.model) when it is None; distill.model on top."""
+  name = config.distill.model_name
+  if name is None:
+    name, base = config.model_name, model_configs.run_model_config(config).to_dict()
+  elif name in model_configs.MODEL_CONFIGS:
+    base = model_configs.MODEL_CONFIGS[name].to_dict()
+  else:
+    raise ValueError(f"config.distill.model_name={name!r} is unknown; valid names: "
+                     f"{sorted(model_configs.MODEL_CONFIGS)}.")
+  return name, model_configs.merge_fields(base, config.distill.model, skip_unset=True)
+
+
+def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, ...]
+                ) -> Optional[Teacher]:
+  """The run's Teacher (abstract: nothing loaded), or None when config.distill.path is unset."""
+  d = config.distill
+  if not d.path:
+    return None
+  if d.mode not in MODES:
+    raise ValueError(f"config.distill.mode={d.mode!r} is unknown; use one of {MODES}.")
+  if not 0.0 <= float(d.weight) <= 1.0:
+    raise ValueError(f"config.distill.weight={d.weight} must be in [0, 1] (loss = (1 - weight) "
+                     "x task + weight x distillation).")
+  if not float(d.temperature) > 0.0:
+    raise ValueError(f"config.distill.temperature={d.temperature} must be > 0.")
+  name, fields = _fields(config)
+  model = model_configs.model_from_fields(fields, num_classes)
+  init = lambda: model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros(input_shape, jnp.float32),
+                            train=False)["params"]
+  boxed = jax.eval_shape(init)
+  shardings = sharding.param_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return Teacher(model=model, model_name=name, fields=fields, location=str(d.path), abstract_params=abstract,
+                 mode=str(d.mode), weight=float(d.weight), temperature=float(d.temperature))
+
+
+def load_params(teacher: Teacher, resolution: int, log: Optional[Callable[[str], None]] = None
+                ) -> Any:
+  """The teacher's weights read once (checkpoint.candidate_locations / load_first) and placed
+  on its shardings; an error when they do not fit its architecture at `resolution`."""
+  what = f"distillation teacher {teacher.location!r} ({teacher.model_name})"
+  try:
+    _, (params, report) = checkpoint.load_first(
+        checkpoint.candidate_locations(teacher.location),
+        lambda uri: checkpoint.load_pretrained(
+            pretrained_path=uri, init_params=teacher.abstract_params, model_config=teacher.fields,
+            replace_head=False, report=True))
+  except ValueError as e:
+    raise ValueError(f"{what} does not fit its architecture at the student's {resolution}px "
+                     f"input: {e} Set config.distill.model_name / distill.model to the teacher's "
+                     "architecture (and classes).") from e
+  if report.posemb_grid or report.patch_size or report.pre_logits_dropped:
+    old = report.posemb_grid[0] if report.posemb_grid else None
+    raise ValueError(f"{what} was made for another input (patch grid {old}, patch size "
+                     f"{report.patch_size}, pre_logits dropped: {report.pre_logits_dropped}); the "
+                     f"teacher must run at the student's {resolution}px input as it was trained. "
+                     "Set --config.pp.crop to the teacher's resolution or use a teacher made for "
+                     f"{resolution}px.")
+  head = params.get("head", {}).get("kernel") if isinstance(params.get("head"), dict) else None
+  if head is not None and not np.any(head):
+    raise ValueError(f"{what} has an all-zero head (a pre-training checkpoint without a "
+                     "classifier): distil from a teacher fine-tuned on the student's classes.")
+  if log is not None:
+    for line in report.lines():
+      log(line)
+
+  def place(x, abstract):
+    x = np.asarray(x).astype(abstract.dtype)
+    return jax.make_array_from_callback(x.shape, abstract.sharding, lambda idx: x[idx])
+  return jax.tree.map(place, params, teacher.abstract_params)
+
+
+def logits(teacher: Teacher, params: Any, images: jax.Array) -> jax.Array:
+  """The teacher's logits (float32, no gradient): a deterministic forward (train=False)."""
+  out = teacher.model.apply({"params": jax.lax.stop_gradient(params)}, images, train=False)
+  return jax.lax.stop_gradient(out.astype(jnp.float32))
+
+
+def loss(student_logits: jax.Array, teacher_logits: jax.Array, mode: str,
+         temperature: float = 1.0) -> jax.Array:
+  """Per-example distillation loss (float32, (batch,)): 'soft' KL x T^2 or 'hard' CE to argmax."""
+  s = student_logits.astype(jnp.float32)
+  t = teacher_logits.astype(jnp.float32)
+  if mode == "hard":
+    return -jnp.take_along_axis(jax.nn.log_softmax(s, -1), jnp.argmax(t, -1)[:, None], -1)[:, 0]
+  log_ps = jax.nn.log_softmax(s / temperature, -1)
+  log_pt = jax.nn.log_softmax(t / temperature, -1)
+  return jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), -1) * temperature ** 2
+
+
+def combine(task: jax.Array, distill: jax.Array, weight: float) -> jax.Array:
+  """(1 - weight) x task + weight x distill."""
+  return (1.0 - weight) * task + weight * distill
+
+
+def forward_flops(teacher: Teacher, batch_images: jax.ShapeDtypeStruct) -> Optional[float]:
+  """FLOPs per device of the teacher's forward over one global batch (XLA cost analysis of its
+  own compiled program; part of the train step's FLOPs)."""
+  fn = jax.jit(lambda p, x: logits(teacher, p, x))
+  return compiled_stats.cost(fn.lower(teacher.abstract_params, batch_images).compile())["flops"]
