@@ -48,7 +48,7 @@ PUBLISHED = [
 
 def count_params(name, num_classes, resolution):
   """Parameter count from an abstract init (jax.eval_shape: no memory, nothing compiled)."""
-  config = models_config.MODEL_CONFIGS[name]
+  config = model_configs.MODEL_CONFIGS[name]
   extra = {} if model_configs.is_mixer(config) else {"scan_layers": True}  # fast trace
   model = model_configs.create_model(name, num_classes, **extra)
   tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
@@ -103,14 +103,14 @@ def closed_form(config, num_classes, resolution):
 
 
 def test_all_official_names_registered():
-  assert set(OFFICIAL) <= set(models_config.MODEL_CONFIGS)
-  for name, config in models_config.MODEL_CONFIGS.items():
+  assert set(OFFICIAL) <= set(model_configs.MODEL_CONFIGS)
+  for name, config in model_configs.MODEL_CONFIGS.items():
     assert config.model_name == name and config.is_locked
 
 
 @pytest.mark.parametrize("name", list(model_configs.MODEL_CONFIGS))
 def test_param_count_matches_closed_form(name):
-  config = models_config.MODEL_CONFIGS[name]
+  config = model_configs.MODEL_CONFIGS[name]
   assert count_params(name, 1000, 224) == closed_form(config, 1000, 224)
 
 
@@ -132,26 +132,26 @@ def test_augreg_short_names_resolve():
            "B_16": "ViT-B_16", "B_32": "ViT-B_32", "L_16": "ViT-L_16", "R_Ti_16": "R+ViT-Ti_16",
            "R26_S_32": "R26+ViT-S_32", "R50_L_32": "R50+ViT-L_32"}
   for short, official in table.items():
-    assert short in models_config.MODEL_CONFIGS
-    assert models_config.MODEL_CONFIGS[short].model_name == official
+    assert short in model_configs.MODEL_CONFIGS
+    assert model_configs.MODEL_CONFIGS[short].model_name == official
     assert models_config.AUGREG_CONFIGS[short].model_name == official
   name = "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
   assert model_configs.get_model_config(name).model_name == "ViT-S_16"
-  assert "Ti_16" not in list(models_config.MODEL_CONFIGS)  # iteration lists official names
+  assert "Ti_16" not in list(model_configs.MODEL_CONFIGS)  # iteration lists official names
 
 
 def test_unknown_name_lists_the_valid_ones():
   with pytest.raises(ValueError, match="valid names: .*ViT-B_16"):
     model_configs.get_model_config("ViT-X_99")
   with pytest.raises(KeyError, match="ViT-B_16"):
-    models_config.MODEL_CONFIGS["ViT-X_99"]  # pylint: disable=pointless-statement
-  assert models_config.MODEL_CONFIGS.get("ViT-X_99") is None
+    model_configs.MODEL_CONFIGS["ViT-X_99"]  # pylint: disable=pointless-statement
+  assert model_configs.MODEL_CONFIGS.get("ViT-X_99") is None
 
 
 def test_get_model_config_returns_an_independent_copy():
   config = model_configs.get_model_config("ViT-B_16")
   config.transformer.dropout_rate = 0.3
-  assert models_config.MODEL_CONFIGS["ViT-B_16"].transformer.dropout_rate == 0.0
+  assert model_configs.MODEL_CONFIGS["ViT-B_16"].transformer.dropout_rate == 0.0
 
 
 def test_create_model_picks_the_class_and_applies_overrides():
@@ -164,11 +164,11 @@ def test_create_model_picks_the_class_and_applies_overrides():
 
 def test_colab_api_runs_with_configdict_fields():
   x = jnp.zeros((1, 32, 32, 3))
-  cfg = models_config.MODEL_CONFIGS["testing"]
+  cfg = model_configs.MODEL_CONFIGS["testing"]
   model = models.VisionTransformer(num_classes=10, **cfg)
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   assert model.apply(variables, x, train=False).shape == (1, 10)
-  mixer = models.MlpMixer(num_classes=10, **models_config.MODEL_CONFIGS["Mixer-B_16"])
+  mixer = models.MlpMixer(num_classes=10, **model_configs.MODEL_CONFIGS["Mixer-B_16"])
   assert mixer.hidden_dim == 768
 
 

@@ -75,8 +75,15 @@ class DatasetInfo:
   class_names: tuple[str, ...]
 
 
-def get_dataset_info(config) -> DatasetInfo:
-  """Class count, class names and split sizes; prepares 'digits' if needed."""
+def get_dataset_info(config, split: Optional[str] = None):
+  """Class count, class names and split sizes (a DatasetInfo); prepares 'digits' if needed.
+
+  Google's form `get_dataset_info(dataset, split)` (a TFDS name or image folder and a split)
+  returns its dict {num_examples, num_classes, int2str, examples_glob} instead.
+  """
+  if split is not None or isinstance(config, str):
+    from vit_jax.google_compat import data as google_data  # pylint: disable=g-import-not-at-top
+    return google_data.get_dataset_info(config, split or "train")
   train, info = open_source(config, config.train_split)
   evaluation, _ = open_source(config, config.eval_split)
   return DatasetInfo(num_classes=info.num_classes, num_train_examples=len(train),
@@ -429,3 +436,8 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   ds = ds.batch(local_batch).map(EvalBatch(info.num_classes))
   return EvalIterable(ds, config, num_batches)
 
+
+# Google's vit_jax input-pipeline API (pmap-shaped batches; vit_jax/google_compat/data.py).
+from vit_jax.google_compat.data import (  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
+    get_data_from_directory, get_data_from_tfds, get_datasets, get_directory_info, get_tfds_info,
+    prefetch)

@@ -182,9 +182,14 @@ def _main(runtime_defaults, run_log) -> int:
   runtime_defaults.apply_host_defaults()
   if jax.process_index() != 0:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
+  config = _CONFIG.value
+  from vit_jax.google_compat import schema  # pylint: disable=g-import-not-at-top
+  google_layout = schema.is_google_config(config)
+  if google_layout:  # Google's config files (vit_jax/configs/vit.py, ...): translated once.
+    config = schema.to_run_config(config)
   if _DRY_RUN.value or _PLAN.value:
     from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
-    return dry_run.run(_CONFIG.value, topology_name=_TOPOLOGY.value,
+    return dry_run.run(config, topology_name=_TOPOLOGY.value,
                        num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (checkpoints and logs go there).")
@@ -195,13 +200,17 @@ def _main(runtime_defaults, run_log) -> int:
   run_log.write(f"--- {' '.join(sys.argv)}")
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   start = time.time()
-  result = train.train_and_evaluate(_CONFIG.value, workdir)
+  result = train.train_and_evaluate(config, workdir)
   if result.get("preempted"):
     message = (f"Preempted (SIGTERM) at step {result['step']}: checkpoint saved. Rerun the same "
                f"command to continue (exit status {exits.PREEMPTED}).")
     logging.warning("%s", message)
     run_log.write(message)
     return exits.PREEMPTED
+  if google_layout:  # Where Google's tooling looks for the result: <workdir>/checkpoint_<step>.
+    from vit_jax.google_compat import checkpoint as google_checkpoint  # pylint: disable=g-import-not-at-top
+    google_checkpoint.write(workdir, result["state"].params, result["state"].opt_state,
+                            result["step"])
   if jax.process_index() == 0:
     line = summary_line(result, workdir, time.time() - start)
     run_log.write(line)

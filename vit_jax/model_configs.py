@@ -108,6 +108,7 @@ def mixer(patch: int, hidden: int, blocks: int, tokens_mlp: int,
 # Widths/depths: ViT paper (Dosovitskiy et al. 2021) Table 1, DeiT (Ti/S), Scaling ViT (g/G),
 # Mixer paper Table 1. Dropout defaults as Google's vit_jax/configs/models.py.
 _register("testing", vit(16, 10, 10, 2, 1, dropout=0.1))
+_register("testing-unpooled", vit(16, 10, 10, 2, 1, dropout=0.1, classifier="unpooled"))
 _register("ViT-Ti_16", vit(16, 192, 768, 3, 12))
 _register("ViT-S_16", vit(16, 384, 1536, 6, 12))
 _register("ViT-S_32", vit(32, 384, 1536, 6, 12))
@@ -150,6 +151,10 @@ _register("Mixer-B_32", mixer(32, 768, 12, 384, 3072))
 _register("Mixer-L_16", mixer(16, 1024, 24, 512, 4096))
 
 AUGREG_CONFIGS = {short: MODEL_CONFIGS[name] for short, name in AUGREG_NAMES.items()}
+
+
+LIT_OUT_OF_SCOPE = ("LiT image-text models are out of scope for this package (image models "
+                    "only): use google-research/vision_transformer or big_vision for LiT.")
 
 
 def canonical_name(name: str) -> str:

@@ -33,6 +33,9 @@ from vit_jax import optim, param_groups
 from vit_jax import preflight, run_state, sharding, train_state, train_step, watchdog
 from vit_jax import workdir_lock
 from vit_jax.evaluators import runner
+from vit_jax.google_compat import checkpoint as google_checkpoint
+from vit_jax.google_compat import schema as google_schema
+from vit_jax.google_compat.update import make_update_fn  # noqa: F401  (Google's train API)
 from vit_jax.train_state import StateSetup, TrainState
 
 
@@ -146,8 +149,18 @@ def _every(step: int, period: int, total: int) -> bool:
   return step == total or (period > 0 and step % period == 0)
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics."""
+def train_and_evaluate(config, workdir: str) -> Any:
+  """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics.
+
+  A config in Google's layout (`configs.common.get_config()`, its README's config files) is
+  translated by google_compat.schema.to_run_config; then, as Google's trainer does, the final
+  params (host arrays) are returned and `<workdir>/checkpoint_<step>` is written.
+  """
+  if google_schema.is_google_config(config):
+    result = train_and_evaluate(google_schema.to_run_config(config), workdir)
+    state = result["state"]
+    google_checkpoint.write(workdir, state.params, state.opt_state, result["step"])
+    return checkpoint.to_host(state.params)
   mesh = sharding.mesh_for_config(config)
   info = input_pipeline.dataset_info_prepared_once(config)
   preflight.check(config, info)

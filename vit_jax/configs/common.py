@@ -172,3 +172,14 @@ def load_config_file(path: str):
   spec.loader.exec_module(module)
   return module
 
+
+# Google's vit_jax config API (its layout; vit_jax/google_compat/schema.py translates it),
+# imported on first use so this module stays at the bottom of the import graph.
+GOOGLE_NAMES = ("get_config", "with_dataset", "DATASET_PRESETS", "flatten")
+
+
+def __getattr__(name: str):
+  if name in GOOGLE_NAMES:
+    from vit_jax.google_compat import schema  # pylint: disable=g-import-not-at-top
+    return getattr(schema, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

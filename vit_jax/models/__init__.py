@@ -13,5 +13,18 @@ from vit_jax.models.mixer import MixerBlock, MlpMixer
 from vit_jax.models.transformer import AddPositionEmbs, Encoder, Encoder1DBlock, MAPHead, MlpBlock
 from vit_jax.models.vit import CLASSIFIERS, VisionTransformer
 
-__all__ = ["VisionTransformer", "MlpMixer", "AddPositionEmbs", "MlpBlock", "Encoder1DBlock",
+
+
+def get_model(name: str, **kwargs):
+  """The model registered as `name` (vit_jax.configs.models.MODEL_CONFIGS), Google's factory:
+  `get_model('ViT-B_16', num_classes=1000)`. LiT models are not provided here."""
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top  (it imports models)
+  if name.startswith("LiT-"):
+    raise ValueError(model_configs.LIT_OUT_OF_SCOPE)
+  config = model_configs.MODEL_CONFIGS[model_configs.canonical_name(name)]
+  cls = MlpMixer if model_configs.is_mixer(config) else VisionTransformer
+  return cls(**config, **kwargs)
+
+
+__all__ = ["get_model", "VisionTransformer", "MlpMixer", "AddPositionEmbs", "MlpBlock", "Encoder1DBlock",
            "Encoder", "MAPHead", "MixerBlock", "MultiHeadDotProductAttention", "CLASSIFIERS"]
