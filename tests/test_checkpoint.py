@@ -302,6 +302,38 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, mon
   assert not (tmp_path / "new.npz").exists()
 
 
+def test_directory_writes_are_atomic(tmp_path):
+  """write_dir_atomic (the export formats): all or nothing, an existing output kept unless
+  overwrite, then replaced whole; the usual directory permissions; no temp names left."""
+  target = tmp_path / "export"
+
+  def fill(files):
+    def write(directory):
+      for name, text in files.items():
+        (tmp_path / directory / name).write_text(text)
+    return write
+  old = os.umask(0o022)
+  try:
+    checkpoint_files.write_dir_atomic(str(target), fill({"a.json": "1", "b.bin": "2"}))
+  finally:
+    os.umask(old)
+  assert sorted(os.listdir(target)) == ["a.json", "b.bin"]
+  assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    checkpoint_files.write_dir_atomic(str(target), fill({"c": "3"}))
+
+  def fails(directory):
+    (tmp_path / directory / "half").write_text("x")
+    raise OSError(errno.ENOSPC, "No space left on device")
+  with pytest.raises(OSError, match="disk full"):
+    checkpoint_files.write_dir_atomic(str(target), fails, overwrite=True)
+  assert sorted(os.listdir(target)) == ["a.json", "b.bin"]  # The previous output, intact.
+  checkpoint_files.write_dir_atomic(str(target), fill({"c": "3"}), overwrite=True)
+  assert os.listdir(target) == ["c"] and os.listdir(tmp_path) == ["export"]
+  with pytest.raises(FileNotFoundError, match="create it first"):
+    checkpoint_files.write_dir_atomic(str(tmp_path / "missing" / "x"), fill({}))
+
+
 def test_colab_snippet_runs_on_a_tiny_fixture(tmp_path, monkeypatch):
   from vit_jax.configs import models as models_config  # The official import path.
   cfg = models_config.MODEL_CONFIGS["testing"]

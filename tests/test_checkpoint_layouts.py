@@ -5,7 +5,7 @@ import pytest
 from flax.linen import meta
 
 from tests import official_layout as ol
-from vit_jax import checkpoint, models
+from vit_jax import checkpoint, models, param_tree
 from vit_jax.checkpoint import torch_layouts
 
 X = np.random.default_rng(2).uniform(-1, 1, (2, ol.IMAGE, ol.IMAGE, 3)).astype(np.float32)
@@ -124,6 +124,51 @@ def test_timm_layout_is_canonicalised_exactly(tmp_path):
     np.testing.assert_allclose(loaded[k], flat[k], atol=1e-7, err_msg=k)
   with pytest.raises(ValueError, match="not divisible by num_heads=3"):
     checkpoint.load(str(tmp_path / "model.safetensors"), num_heads=3)
+
+
+def _random_flat(model, x=X[:1], seed=0):
+  """Random values for `model`'s flat tree (shapes from eval_shape: no init compile)."""
+  shapes = meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)))
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(0, 0.3, v.shape).astype(np.float32)
+          for k, v in param_tree.flat_view(shapes["params"]).items()}
+
+
+def test_from_ours_is_the_inverse_of_the_torch_layouts():
+  """torch_layouts.from_ours (the timm / transformers exports): the test-local timm mapping
+  above for a ViT, and to_ours(from_ours(tree)) == tree for every family and head."""
+  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  vit = _random_flat(models.VisionTransformer(num_classes=3, **ol.tiny_config()))
+  expected = _to_timm(vit, ol.LAYERS)
+  got = torch_layouts.from_ours(vit, "timm")
+  assert got.keys() == expected.keys()
+  for k in expected:
+    np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+  hybrid = dict(model_configs.get_model_config("R26+ViT-S_32").to_dict(), hidden_size=16,
+                transformer=dict(num_layers=1, num_heads=2, mlp_dim=32, dropout_rate=0.0,
+                                 attention_dropout_rate=0.0))
+  map_vit = _random_flat(models.VisionTransformer(num_classes=3,
+                                                  **ol.tiny_config(classifier="map")))
+  cases = [
+      (vit, ("timm", "transformers")), (map_vit, ("timm",)),
+      (_random_flat(models.VisionTransformer(num_classes=3, **ol.tiny_config(classifier="gap"))),
+       ("timm",)),
+      (_random_flat(models.MlpMixer(num_classes=3, patches={"size": (4, 4)}, num_blocks=2,
+                                    hidden_dim=8, tokens_mlp_dim=6, channels_mlp_dim=16)),
+       ("timm",)),
+      (_random_flat(models.VisionTransformer(num_classes=3, **hybrid),
+                    x=np.zeros((1, 64, 64, 3), np.float32)), ("timm",)),
+  ]
+  for flat, layouts in cases:
+    for layout in layouts:
+      state = torch_layouts.from_ours(flat, layout)
+      back = torch_layouts.to_ours(state, num_heads=None if "stem/kernel" in flat else 2,
+                                   source="test")
+      assert back.keys() == flat.keys(), (layout, set(back) ^ set(flat))
+      for k in flat:
+        np.testing.assert_array_equal(back[k], flat[k], err_msg=f"{layout} {k}")
+  with pytest.raises(ValueError, match="no transformers name for .*MAPHead_0"):
+    torch_layouts.from_ours(map_vit, "transformers")
 
 
 def test_timm_extra_modules_are_a_clear_error(tmp_path):

@@ -20,6 +20,7 @@ from flax.linen import meta
 
 from tests import official_layout as ol
 from vit_jax import checkpoint, models
+from vit_jax.checkpoint import torch_layouts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -85,44 +86,15 @@ def test_transformers_pooler_is_pre_logits(tmp_path):
                              _torch_logits(hf), atol=ATOL)
 
 
-def _official_to_transformers(npz: dict) -> dict:
-  """Test-local mapping: vit_models keys -> transformers ViTForImageClassification keys."""
-  d = ol.WIDTH
-  out = {"vit.embeddings.cls_token": npz["cls"],
-         "vit.embeddings.position_embeddings": npz["Transformer/posembed_input/pos_embedding"],
-         "vit.embeddings.patch_embeddings.projection.weight":
-             npz["embedding/kernel"].transpose(3, 2, 0, 1),
-         "vit.embeddings.patch_embeddings.projection.bias": npz["embedding/bias"],
-         "vit.layernorm.weight": npz["Transformer/encoder_norm/scale"],
-         "vit.layernorm.bias": npz["Transformer/encoder_norm/bias"],
-         "classifier.weight": npz["head/kernel"].T, "classifier.bias": npz["head/bias"]}
-  for i in range(ol.LAYERS):
-    src, dst = f"Transformer/encoderblock_{i}/", f"vit.encoder.layer.{i}."
-    att = src + "MultiHeadDotProductAttention_1/"
-    for name in ("query", "key", "value"):
-      out[dst + f"attention.attention.{name}.weight"] = npz[att + name + "/kernel"].reshape(d, d).T
-      out[dst + f"attention.attention.{name}.bias"] = npz[att + name + "/bias"].reshape(d)
-    out[dst + "attention.output.dense.weight"] = npz[att + "out/kernel"].reshape(d, d).T
-    out[dst + "attention.output.dense.bias"] = npz[att + "out/bias"]
-    for ln, hf_ln in (("LayerNorm_0", "layernorm_before"), ("LayerNorm_2", "layernorm_after")):
-      out[dst + hf_ln + ".weight"] = npz[src + ln + "/scale"]
-      out[dst + hf_ln + ".bias"] = npz[src + ln + "/bias"]
-    for dense, hf_dense in (("Dense_0", "intermediate.dense"), ("Dense_1", "output.dense")):
-      out[dst + hf_dense + ".weight"] = npz[src + "MlpBlock_3/" + dense + "/kernel"].T
-      out[dst + hf_dense + ".bias"] = npz[src + "MlpBlock_3/" + dense + "/bias"]
-  return out
-
-
 def test_our_export_loads_into_transformers(tmp_path):
   model, params = _ours()
   params = jax.tree.map(lambda p: p + np.random.default_rng(5).normal(0, 0.3, p.shape), params)
   checkpoint.save(params, str(tmp_path / "ours.npz"))
-  with np.load(tmp_path / "ours.npz", allow_pickle=False) as f:
-    npz = {k: f[k] for k in f.files}
   snapshot = tmp_path / "snapshot"  # A Hub-style snapshot, read by transformers itself.
   _hf_vit().config.save_pretrained(snapshot)
-  safetensors_numpy.save_file({k: np.ascontiguousarray(v, np.float32) for k, v in
-                               _official_to_transformers(npz).items()},
+  # The .npz read back, in transformers' names by the product mapping (--format=transformers).
+  flat = ol.flatten(checkpoint.load(str(tmp_path / "ours.npz")))
+  safetensors_numpy.save_file(torch_layouts.from_ours(flat, "transformers"),
                               str(snapshot / "model.safetensors"))
   hf, info = transformers.ViTForImageClassification.from_pretrained(snapshot,
                                                                     output_loading_info=True)

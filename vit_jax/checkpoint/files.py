@@ -5,14 +5,16 @@ Owns the byte level of vit_jax.checkpoint: `read_flat(path)` returns a flat
 allow_pickle=False, safetensors parsed from its JSON header, no torch.load), and
 `write_atomic(path, write)` (`write_npz_atomic` for .npz; the export's architecture
 sidecar too) writes a temp file in the target directory and os.replace()s it, so a
-failure never leaves a partial file at `path` nor destroys a good one. Layout (key names) is not this module's business; see
-layouts.py.
+failure never leaves a partial file at `path` nor destroys a good one;
+`write_dir_atomic(path, fill)` does the same for a whole directory (the export formats).
+Layout (key names) is not this module's business; see layouts.py.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -151,11 +153,15 @@ def _safetensor(data, info: dict, path: str, name: str) -> np.ndarray:
   return array.astype(np.float32) if array.dtype == np.float16 else array.copy()
 
 
-def default_file_mode() -> int:
-  """0o666 minus the process umask: what open() would give a new file (mkstemp gives 0o600)."""
+def _umask() -> int:
   umask = os.umask(0o022)
   os.umask(umask)
-  return 0o666 & ~umask
+  return umask
+
+
+def default_file_mode() -> int:
+  """0o666 minus the process umask: what open() would give a new file (mkstemp gives 0o600)."""
+  return 0o666 & ~_umask()
 
 
 def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -183,6 +189,44 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
       raise OSError(e.errno or errno.ENOSPC, f"disk full while saving {path!r}; nothing was written there (any "
                     "previous file is intact). Free space or save elsewhere.") from e
     raise
+
+
+def write_dir_atomic(path: str, fill: Callable[[str], None], *, overwrite: bool = False) -> None:
+  """Calls fill(tmp_dir) on a new directory beside `path`, then renames it to `path`.
+
+  An existing `path` (file or directory) is refused unless `overwrite`, and then replaced only
+  once the new directory is complete; on any failure the temp directory is removed and `path`
+  is untouched. Out of space is one OSError saying "disk full".
+  """
+  path = os.path.abspath(os.fspath(path))
+  parent, name = os.path.dirname(path), os.path.basename(path)
+  if os.path.lexists(path) and not overwrite:
+    raise FileExistsError(f"{path!r} already exists; choose another --output or pass "
+                          "--overwrite to replace it.")
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f"cannot write {path!r}: directory {parent!r} does not exist; "
+                            "create it first.")
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
+  old = None
+  try:
+    os.chmod(tmp, 0o777 & ~_umask())  # What mkdir would give (mkdtemp gives 0o700).
+    fill(tmp)
+    if os.path.lexists(path):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
+      os.rename(path, os.path.join(old, name))
+    os.rename(tmp, path)
+  except BaseException as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None and not os.path.lexists(path):  # Put the previous output back.
+      os.rename(os.path.join(old, name), path)
+      shutil.rmtree(old, ignore_errors=True)
+    if isinstance(e, OSError) and exits.is_disk_full(e):
+      raise OSError(e.errno or errno.ENOSPC, f"disk full while writing {path!r}; nothing was "
+                    "written there (any previous output is intact). Free space or write "
+                    "elsewhere.") from e
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:

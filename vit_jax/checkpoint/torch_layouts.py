@@ -8,9 +8,15 @@ norm, head, pre_logits.fc, attn_pool MAP head), timm R+ViT hybrids
 and transformers ViT ('vit.embeddings...', 'vit.encoder.layer.{i}.attention.attention.query',
 ..., 'classifier'). Splitting attention weights into heads needs `num_heads`; when
 not given it is guessed by `guess_num_heads` (published widths table, else head dim 64).
+
+`from_ours(flat, layout)` is the inverse of `to_ours` (our tree -> a timm or transformers
+state dict, for vit_jax.export_formats), computed from the same rule tables: each rule's
+torch regex read as a key template and its key template read as a regex, so a key name is
+written down once, here.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Callable, Optional
 
@@ -52,6 +58,10 @@ def _conv(w):
 
 def _same(w):
   return w
+
+
+def _conv_to_torch(w):
+  return np.transpose(w, (3, 2, 0, 1))  # HWIO -> OIHW, the inverse of _conv.
 
 
 # (regex on the torch key, our key template, converter). 'H' converters split heads later.
@@ -235,3 +245,131 @@ def _heads(value: np.ndarray, leaf: str, heads: int, d: int) -> np.ndarray:
   if leaf == "bias":
     return value.reshape(heads, d)
   return value.T.reshape(value.shape[1], heads, d)  # torch (out, in) -> (in, heads, d)
+
+
+# ------------------------------------------------------------------ ours -> torch ----------
+
+_INVERSE = {_dense: _dense, _conv: _conv_to_torch, _same: _same}
+_SLOT = re.compile(r"\{(\d)([mp]?)\}")
+
+
+def _torch_template(pattern: str) -> str:
+  """A torch-key regex of the tables as a template: 'blocks\\.(\\d+)\\.norm1' -> 'blocks.{0}.norm1'
+  (capturing groups numbered in order; an optional '(?:stem\\.)?' part kept)."""
+  text = re.sub(r"\(\?:([^()]*)\)\?", r"\1", pattern)
+  count = itertools.count()
+  text = re.sub(r"\([^()]*\)", lambda m: "{%d}" % next(count), text).replace("\\.", ".")
+  if re.search(r"[\\()|?*+\[\]]", text):
+    raise AssertionError(f"torch_layouts rule {pattern!r} cannot be read as a key template")
+  return text
+
+
+def _weight_leaf(key: str) -> str:
+  """'.../scale' and '.../kernel' -> '.../weight' (`_leaf_name` undone, both sides alike)."""
+  return re.sub(r"/(scale|kernel)$", "/weight", key)
+
+
+def _inverse_rules(rules, final_norm: str) -> list:
+  """(regex on our key, torch template, slots, forward regex, our template, converter) per rule."""
+  out = []
+  for pattern, template, fn in rules:
+    ours = _weight_leaf(template.replace("{final_norm}", final_norm))
+    regex, slots = "", []
+    for part in re.split(r"(\{\d[mp]?\})", ours):
+      m = _SLOT.fullmatch(part)
+      if m:
+        regex += r"([^/]+)"
+        slots.append((int(m.group(1)), m.group(2)))
+      else:
+        regex += re.escape(part)
+    out.append((re.compile(regex + "$"), _torch_template(pattern), slots,
+                re.compile(pattern + "$"), template, _INVERSE[fn]))
+  return out
+
+
+def _torch_key(key: str, inverse: list, final_norm: str):
+  """(torch key, converter) of our (attention-merged) key by the first rule that round-trips."""
+  norm_key = _weight_leaf(key)
+  for regex, torch_template, slots, forward, template, fn in inverse:
+    m = regex.match(norm_key)
+    if not m:
+      continue
+    values = {}
+    try:
+      for (index, suffix), value in zip(slots, m.groups()):
+        values[index] = (str(int(value) + 1) if suffix == "m" else
+                         str(int(value) - 1) if suffix == "p" else value)
+      candidate = torch_template.format(*[values[i] for i in range(len(values))])
+    except (ValueError, KeyError, IndexError):
+      continue
+    back = forward.match(candidate)
+    if back and _weight_leaf(_format(template, back.groups(), final_norm)) == norm_key:
+      return candidate, fn
+  return None, None
+
+
+def _torch_attention(value: np.ndarray, leaf: str) -> np.ndarray:
+  """(D, H, d) kernel / (H, d) bias -> torch (H*d, D) / (H*d,), the inverse of `_heads`."""
+  if leaf == "bias":
+    return value.reshape(-1)
+  return value.reshape(value.shape[0], -1).T
+
+
+def _merge_heads(flat: dict, layout: str) -> dict[str, np.ndarray]:
+  """Head-split attention tensors -> the torch-side 2-D ones under the names the rules use:
+  timm fuses q/k/v ('qkv'; MAP head: 'q' and 'kv'), transformers keeps them apart. The
+  inverse of `_split_heads`."""
+  out, groups = {}, {}
+  for key, value in flat.items():
+    path, _, leaf = key.rpartition("/")
+    parent, _, name = path.rpartition("/")
+    if parent.endswith("DotProductAttention_0") and name in ("query", "key", "value"):
+      groups.setdefault(parent, {})[(name, leaf)] = _torch_attention(np.asarray(value), leaf)
+    elif parent.endswith("DotProductAttention_0") and name == "out" and leaf == "kernel":
+      out[key] = np.asarray(value).reshape(-1, np.shape(value)[-1])
+    else:
+      out[key] = value
+  for parent, parts in groups.items():
+    if layout == "transformers":
+      fused = [(n, (n,)) for n in ("query", "key", "value")]
+    elif parent.startswith("MAPHead"):
+      fused = [("q", ("query",)), ("kv", ("key", "value"))]
+    else:
+      fused = [("qkv", ("query", "key", "value"))]
+    for name, members in fused:
+      for leaf in ("kernel", "bias"):
+        found = [parts[(m, leaf)] for m in members if (m, leaf) in parts]
+        if found:
+          out[f"{parent}/{name}/{leaf}"] = np.concatenate(found, axis=0)
+  return out
+
+
+def from_ours(flat: dict, layout: str, *, source: str = "params") -> dict[str, np.ndarray]:
+  """A timm or transformers ('layout') state dict from our flat per-layer tree; `to_ours` of
+  the result gives `flat` back. Keys the layout has no name for are one ValueError."""
+  if layout not in ("timm", "transformers"):
+    raise ValueError(f"unknown torch layout {layout!r}; use 'timm' or 'transformers'.")
+  mixer = "stem/kernel" in flat
+  final_norm = "pre_head_layer_norm" if mixer else "Transformer/encoder_norm"
+  if mixer:  # MixerBlock_i/LayerNorm_j is read as blocks.{i}.norm{j+1} (see to_ours).
+    flat = {re.sub(r"^MixerBlock_(\d+)/LayerNorm_", r"Transformer/encoderblock_\1/LayerNorm_", k): v
+            for k, v in flat.items()}
+  inverse = _inverse_rules(_TIMM_RULES if layout == "timm" else _HF_RULES, final_norm)
+  out, unknown = {}, []
+  for key, value in _merge_heads(flat, layout).items():
+    name, fn = _torch_key(key, inverse, final_norm)
+    if name is None:
+      unknown.append(key)
+    else:
+      out[name] = np.ascontiguousarray(fn(np.asarray(value)))
+  if unknown:
+    more = " ..." if len(unknown) > 8 else ""
+    raise ValueError(f"{source}: no {layout} name for {sorted(unknown)[:8]}{more}; this "
+                     f"architecture is not representable in a {layout} state dict.")
+  if layout == "transformers":
+    out = {(k if k.startswith("classifier.") else "vit." + k): v for k, v in out.items()}
+  elif not any(k.startswith("patch_embed.backbone.stages.") for k in out):
+    # A hybrid without ResNet stages: timm's backbone is the stem itself (no 'stem.').
+    out = {k.replace("patch_embed.backbone.stem.", "patch_embed.backbone."): v
+           for k, v in out.items()}
+  return out
