@@ -63,7 +63,10 @@ from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
            "create_train_iterator", "create_eval_iterator", "TrainIterator", "shard_range",
-           "local_batch_size", "release_shared_memory"]
+           "local_batch_size", "release_shared_memory",
+           # Google's names (vit_jax/google_compat/data.py):
+           "get_datasets", "get_data_from_tfds", "get_data_from_directory", "get_tfds_info",
+           "get_directory_info", "prefetch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,21 +206,21 @@ class RepeatedStream:
 def _read_options(config, grain):
   inp = config.input
   workers = int(inp.num_workers or 0)
-  prefetch = max(int(inp.prefetch or 1), 1)
+  buffered = max(int(inp.prefetch or 1), 1)
   threads = int(inp.num_threads or (1 if workers else 2))
-  return workers, grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch), prefetch
+  return workers, grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffered), buffered
 
 
 def _iterate(dataset, config, grain):
   """MapDataset of batches → iterator, through `num_workers` processes when > 0."""
-  workers, read_options, prefetch = _read_options(config, grain)
+  workers, read_options, buffered = _read_options(config, grain)
   it_ds = dataset.to_iter_dataset(read_options)
   if workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in mp_prefetch; outside
       flags.FLAGS.mark_as_parsed()   # an absl app (tests, notebooks) use their defaults.
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=prefetch))
+        num_workers=workers, per_worker_buffer_size=buffered))
   return iter(it_ds)
 
 

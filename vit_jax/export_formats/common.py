@@ -135,3 +135,24 @@ def refusal(fmt: str, reasons: Sequence[str], alternative: str) -> exits.UserErr
   """The one error for an architecture `fmt` cannot represent: what, why, what instead."""
   return exits.UserError(f"--format={fmt} cannot represent this model: {'; '.join(reasons)}. "
                          f"Use {alternative} instead; nothing was written.")
+
+
+def write_snapshot(output: str, state: Mapping[str, np.ndarray], jsons: Mapping[str, Any],
+                   card: str, overwrite: bool) -> tuple[str, ...]:
+  """Writes a PyTorch-library snapshot folder atomically: model.safetensors (`state`), each
+  `jsons` entry as <name> and the model card README.md; returns the file names written."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
+
+  def fill(directory: str) -> None:
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    safetensors_numpy.save_file(dict(state), os.path.join(directory, "model.safetensors"),
+                                metadata={"format": "pt"})
+    for name, content in jsons.items():
+      with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2)
+    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
+      f.write(card)
+  files.write_dir_atomic(output, fill, overwrite=overwrite)
+  return ("model.safetensors", *jsons, "README.md")

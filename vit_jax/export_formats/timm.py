@@ -222,7 +222,7 @@ def load_code(source: common.Source, location: str, *, hub: bool = False) -> str
 def write(source: common.Source, output: str, *, overwrite: bool = False,
           repo_id: Optional[str] = None) -> common.Written:
   """Writes the timm directory `output` atomically; `repo_id` only shapes the model card."""
-  from vit_jax.checkpoint import files, torch_layouts  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import torch_layouts  # pylint: disable=g-import-not-at-top
   from vit_jax.export_formats import model_card  # pylint: disable=g-import-not-at-top
   check(source)
   cfg, notes = config(source)
@@ -234,15 +234,6 @@ def write(source: common.Source, output: str, *, overwrite: bool = False,
                              f" with `model_args` {json.dumps(cfg['model_args'])}"
                              if cfg.get("model_args") else "")], notes=notes, repo_id=repo_id)
 
-  def fill(directory: str) -> None:
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    safetensors_numpy.save_file(state, os.path.join(directory, "model.safetensors"),
-                                metadata={"format": "pt"})
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(cfg, f, indent=2)
-    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-      f.write(card)
-  files.write_dir_atomic(output, fill, overwrite=overwrite)
+  written = common.write_snapshot(output, state, {"config.json": cfg}, card, overwrite)
   load = f"timm.create_model('local-dir:{os.path.abspath(output)}', pretrained=True)"
-  return common.Written(os.path.abspath(output), "timm",
-                        ("model.safetensors", "config.json", "README.md"), load, tuple(notes))
+  return common.Written(os.path.abspath(output), "timm", written, load, tuple(notes))

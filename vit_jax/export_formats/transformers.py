@@ -22,7 +22,6 @@ std = 0.5 after rescaling by 1/255, i.e. our [-1, 1].
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -127,7 +126,7 @@ def load_code(location: str) -> str:
 def write(source: common.Source, output: str, *, overwrite: bool = False,
           repo_id: Optional[str] = None) -> common.Written:
   """Writes the transformers snapshot `output` atomically; `repo_id` only shapes the card."""
-  from vit_jax.checkpoint import files, torch_layouts  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import torch_layouts  # pylint: disable=g-import-not-at-top
   from vit_jax.export_formats import model_card  # pylint: disable=g-import-not-at-top
   check(source)
   cfg, processor = config(source), preprocessor_config(source)
@@ -138,17 +137,7 @@ def write(source: common.Source, output: str, *, overwrite: bool = False,
                                              f" (hidden_act `{cfg['hidden_act']}`)"],
                          notes=[], repo_id=repo_id)
 
-  def fill(directory: str) -> None:
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    safetensors_numpy.save_file(state, os.path.join(directory, "model.safetensors"),
-                                metadata={"format": "pt"})
-    for name, content in (("config.json", cfg), ("preprocessor_config.json", processor)):
-      with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-      f.write(card)
-  files.write_dir_atomic(output, fill, overwrite=overwrite)
+  written = common.write_snapshot(
+      output, state, {"config.json": cfg, "preprocessor_config.json": processor}, card, overwrite)
   load = f"transformers.ViTForImageClassification.from_pretrained('{os.path.abspath(output)}')"
-  return common.Written(os.path.abspath(output), "transformers",
-                        ("model.safetensors", "config.json", "preprocessor_config.json",
-                         "README.md"), load)
+  return common.Written(os.path.abspath(output), "transformers", written, load)
