@@ -90,6 +90,7 @@ def test_google_config_layout_and_its_translation():
   assert ours.model_name == "ViT-B_16" and ours.model.transformer.dropout_rate == 0.05
   assert ours.pretrained_path == os.path.join(".", "ViT-B_16.npz")
   assert (ours.train_split, ours.eval_split, ours.pp.crop) == ("train[:98%]", "test", 384)
+  assert ours.num_classes == 10  # Known datasets need no data for a dry run.
   assert (ours.pp.train, ours.pp.eval, ours.optimizer, ours.momentum) == (
       "inception_crop", "resize", "sgd", 0.9)
   assert (ours.accum_steps, ours.optim_dtype, ours.end_lr, ours.total_steps) == (

@@ -98,11 +98,12 @@ def _get(config, key: str, default=None):
 
 def _data_fields(c: ml_collections.ConfigDict, g) -> None:
   """Dataset, splits, resolution and batch sizes of Google config `g` into our config `c`."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   if not _get(g, "dataset"):
     raise ValueError("config.dataset is empty; set it (a TFDS name such as 'cifar10' or an image "
                      "folder with train/ and test/ sub-folders), e.g. --config.dataset=cifar10.")
   pp = _get(g, "pp") or {}
-  c.dataset = str(g.dataset)
+  common.set_dataset(c, str(g.dataset))  # The class count too when known (dry runs need no data).
   c.tfds_data_dir = _get(g, "tfds_data_dir")
   c.tfds_manual_dir = _get(g, "tfds_manual_dir")
   c.train_split = str(_get(pp, "train", "train"))
