@@ -82,6 +82,14 @@ def test_ema_evaluated_beside_raw_checkpointed_and_exported(tmp_path, data_dir):
   out = export.export(str(workdir), str(tmp_path / "ema.npz"), params="ema")
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   np.testing.assert_array_equal(checkpoint.load(out)["head"]["kernel"], averaged["head"]["kernel"])
+  # The inference / evaluate / inspect loaders take the same choice (--params=ema).
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  args = inference.parse_args(["--workdir", str(workdir), "--params", "ema", "x.png"])
+  _, loaded, _, _ = inference.load_model(args)
+  jax.tree.map(np.testing.assert_array_equal, loaded, averaged)
+  args = inference.parse_args(["--checkpoint", out, "--params", "ema", "x.png"])
+  with pytest.raises(ValueError, match="pass --workdir"):
+    inference.load_model(args)
 
 
 def test_state_without_ema_is_the_old_pytree_and_old_checkpoints_restore(tmp_path):

@@ -35,6 +35,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--checkpoint", default=None, help="path, gs://, http(s)://, hf://, AugReg name")
   p.add_argument("--workdir", default=None, help="a vit_jax run directory")
   p.add_argument("--step", type=int, default=None, help="with --workdir: checkpoint step")
+  p.add_argument("--params", choices=("raw", "ema"), default="raw",
+                 help="with --workdir: the raw weights or their moving average (config.ema)")
   p.add_argument("--dataset", default=None, help="TFDS name or image folder (default: the run's)")
   p.add_argument("--split", default=None, help="split, TFDS slicing allowed (default: test, "
                                                "the published one for AugReg files)")

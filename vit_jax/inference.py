@@ -187,12 +187,12 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
 
 
 def load_own(*, checkpoint_path: Optional[str] = None, workdir: Optional[str] = None,
-             step: Optional[int] = None) -> tuple[object, dict, int, list[str]]:
+             step: Optional[int] = None, which: str = "raw") -> tuple[object, dict, int, list[str]]:
   """(model, params, resolution, class names) of a vit_jax export (with its sidecar) or of a
-  run's workdir checkpoint."""
+  run's workdir checkpoint (which='ema': its EMA params)."""
   from vit_jax import checkpoint, export  # pylint: disable=g-import-not-at-top
   if workdir is not None:
-    params, config, _ = export.restore_params(workdir, step)
+    params, config, _ = export.restore_params(workdir, step, which)
     arch = export.architecture(config)
   else:
     arch = export.read_architecture(checkpoint_path)
@@ -271,6 +271,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help="path, gs://, http(s)://, hf:// or an AugReg file name; or a vit_jax export")
   p.add_argument("--workdir", default=None, help="a vit_jax run directory (its checkpoint)")
   p.add_argument("--step", type=int, default=None, help="with --workdir: checkpoint step")
+  p.add_argument("--params", choices=("raw", "ema"), default="raw",
+                 help="with --workdir: the raw weights or their moving average (config.ema)")
   p.add_argument("--num_classes", type=int, default=None, help="check the head has this many")
   p.add_argument("--resolution", type=int, default=None,
                  help="input size (default: the checkpoint's training resolution)")
@@ -292,9 +294,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def load_model(args, require_head: bool = True):
   """(model, params, resolution, class names or None) for parsed --model/--checkpoint/--workdir/
   --step/--num_classes/--resolution flags (also used by vit_jax.inspect)."""
+  which = getattr(args, "params", "raw")
+  if which != "raw" and args.workdir is None:
+    raise ValueError("--params=ema reads a run's EMA weights: pass --workdir (an export holds "
+                     "the weights it was exported with).")
   if args.workdir is not None or args.model is None:
     model, params, resolution, names = load_own(checkpoint_path=args.checkpoint,
-                                                workdir=args.workdir, step=args.step)
+                                                workdir=args.workdir, step=args.step, which=which)
     found = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else None
     if args.num_classes is not None and args.num_classes != found:
       raise ValueError(f"--num_classes {args.num_classes} but the model has {found} classes.")

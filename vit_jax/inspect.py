@@ -43,6 +43,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help="path, gs://, http(s)://, hf:// or an AugReg file name; or a vit_jax export")
   p.add_argument("--workdir", default=None, help="a vit_jax run directory (its checkpoint)")
   p.add_argument("--step", type=int, default=None, help="with --workdir: checkpoint step")
+  p.add_argument("--params", choices=("raw", "ema"), default="raw",
+                 help="with --workdir: the raw weights or their moving average (config.ema)")
   p.add_argument("--resolution", type=int, default=None,
                  help="input size (default: the checkpoint's training resolution)")
   p.add_argument("--out", required=True, help="directory for the files (created if needed)")
