@@ -54,6 +54,7 @@ def get_config(arg: str = "b16"):
   c.end_lr, c.decay_type = 1e-6, "cosine"
   c.weight_decay, c.grad_norm_clip = 0.05, 0.0
   c.layer_decay = layer_decay
+  c.require_pretrained = True  # A fine-tune: refuse to start without --config.pretrained_path.
   c.pp.crop, c.pp.train, c.pp.flip = 224, "inception_crop", True
   c.pp.eval, c.pp.crop_pct = "resize_small", 0.875
   c.pp.randaugment_layers, c.pp.randaugment_magnitude = 2, 9

@@ -85,6 +85,10 @@ def test_finetune_llrd_preset_is_maes_recipe(arg, decay, lr, epochs, drop_path):
   assert (c.optimizer, c.weight_decay, c.end_lr, c.grad_norm_clip) == ("adamw", 0.05, 1e-6, 0.0)
   assert (c.pp.mixup_alpha, c.pp.cutmix_alpha, c.pp.label_smoothing) == (0.8, 1.0, 0.1)
   assert c.pp.random_erase_prob == 0.25 and c.ema.decay == 0.0
+  assert c.require_pretrained
+  from vit_jax import exits, preflight  # pylint: disable=g-import-not-at-top
+  with pytest.raises(exits.UserError, match="--config.pretrained_path"):
+    preflight.check(c, info=None)  # Refused before any data is read or anything compiled.
 
 
 def test_augreg_and_quickstart():

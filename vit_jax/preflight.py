@@ -4,6 +4,7 @@ Compiling a large model takes minutes; a wrong class count or an unreadable spli
 step 1 wastes them and surfaces as an XLA shape error. `check(config, info)` runs after the
 splits were opened (input_pipeline.get_dataset_info: every split the run reads exists) and
 raises one exits.UserError that says what to change:
+  * a config that fine-tunes (require_pretrained, e.g. configs/finetune_llrd.py) names weights;
   * the head's class count (config.num_classes) equals the dataset's;
   * the first example of the train and of the eval split decodes with the run's
     preprocessing (it reads two examples, not the data);
@@ -23,6 +24,11 @@ from vit_jax.datasets.sources import open_source
 
 def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
   """Raises exits.UserError on the first problem (module docstring)."""
+  if config.require_pretrained and not (config.pretrained_path or config.model_or_filename):
+    raise exits.UserError(
+        "this config fine-tunes pretrained weights (config.require_pretrained) but names none; "
+        "pass --config.pretrained_path=FILE_OR_URI (or --config.model_or_filename=NAME), or "
+        "--config.require_pretrained=False to train from scratch.")
   dataset = config.dataset
   if config.num_classes is not None and int(config.num_classes) != info.num_classes:
     raise exits.UserError(

@@ -34,6 +34,9 @@ def defaults() -> ml_collections.ConfigDict:
   # big_vision's dont_load; and whether a checkpoint of another patch size is PI-resized.
   c.dont_load = ()
   c.resize_patch_embedding = False
+  # Fine-tune presets set this: a run without pretrained_path / model_or_filename is refused
+  # before anything is compiled, instead of silently training from scratch.
+  c.require_pretrained = False
 
   c.dataset = "cifar10"            # TFDS name, 'digits' (embedded, offline) or an image folder.
   c.tfds_data_dir = config_dict.placeholder(str)
