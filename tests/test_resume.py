@@ -60,23 +60,29 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "tfds_shared"
 
 
-def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
-  total = 30
-  killed = tmp_path / "killed"
-  proc = _start(killed, data_dir, total, checkpoint_every=5)
-  _wait_for(lambda: (killed / "checkpoints" / "5").exists(), proc)
+def _kill9_and_resume(workdir, data_dir, total, every, extra=()) -> str:
+  """Starts the run, kills it with SIGKILL at an arbitrary step after its first checkpoint,
+  reruns the same command to the end; returns the resumed run's output."""
+  proc = _start(workdir, data_dir, total, checkpoint_every=every, extra=extra)
+  _wait_for(lambda: (workdir / "checkpoints" / str(every)).exists(), proc)
   time.sleep(random.uniform(0.0, 0.2))  # An arbitrary step (mid-step, mid-save, ...).
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  ckpt = run_state.Checkpointer(str(killed))
+  ckpt = run_state.Checkpointer(str(workdir))
   stopped_at = ckpt.latest_step()
   ckpt.close()
   assert stopped_at is not None and stopped_at < total, f"run was not interrupted ({stopped_at})"
-
-  resumed = _start(killed, data_dir, total, checkpoint_every=5)
+  resumed = _start(workdir, data_dir, total, checkpoint_every=every, extra=extra)
   out, _ = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, out[-3000:]
   assert f"Resuming from the workdir checkpoint at step {stopped_at}" in out
+  return out
+
+
+def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
+  total = 30
+  killed = tmp_path / "killed"
+  _kill9_and_resume(killed, data_dir, total, every=5)
 
   # The same run, never interrupted, in this process.
   config = tiny_config(data_dir, **_overrides(total, 5, 1000))
@@ -106,19 +112,7 @@ def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_i
   extra = [f"--config.{k}={v}" for k, v in recipe.items()]
   total = 16
   killed = tmp_path / "killed"
-  proc = _start(killed, data_dir, total, checkpoint_every=4, extra=extra)
-  _wait_for(lambda: (killed / "checkpoints" / "4").exists(), proc)
-  time.sleep(random.uniform(0.0, 0.2))
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  ckpt = run_state.Checkpointer(str(killed))
-  stopped_at = ckpt.latest_step()
-  ckpt.close()
-  assert stopped_at is not None and stopped_at < total, f"run was not interrupted ({stopped_at})"
-  resumed = _start(killed, data_dir, total, checkpoint_every=4, extra=extra)
-  out, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, out[-3000:]
-  assert f"Resuming from the workdir checkpoint at step {stopped_at}" in out
+  out = _kill9_and_resume(killed, data_dir, total, every=4, extra=extra)
   assert "Distillation: soft" in out and "Parameter groups" in out
 
   config = tiny_config(data_dir, **_overrides(total, 4, 1000), **recipe)
