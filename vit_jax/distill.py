@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vit_jax import checkpoint, compiled_stats, model_configs, sharding
+from vit_jax import checkpoint, compiled_stats, losses, model_configs, sharding, train_state
 
 MODES = ("soft", "hard")
 
@@ -119,11 +119,7 @@ def load_params(teacher: Teacher, resolution: int, log: Optional[Callable[[str],
   if log is not None:
     for line in report.lines():
       log(line)
-
-  def place(x, abstract):
-    x = np.asarray(x).astype(abstract.dtype)
-    return jax.make_array_from_callback(x.shape, abstract.sharding, lambda idx: x[idx])
-  return jax.tree.map(place, params, teacher.abstract_params)
+  return train_state.place_params(params, teacher.abstract_params)
 
 
 def logits(teacher: Teacher, params: Any, images: jax.Array) -> jax.Array:
@@ -138,7 +134,7 @@ def loss(student_logits: jax.Array, teacher_logits: jax.Array, mode: str,
   s = student_logits.astype(jnp.float32)
   t = teacher_logits.astype(jnp.float32)
   if mode == "hard":
-    return -jnp.take_along_axis(jax.nn.log_softmax(s, -1), jnp.argmax(t, -1)[:, None], -1)[:, 0]
+    return losses.softmax_xent(s, jax.nn.one_hot(jnp.argmax(t, -1), s.shape[-1]))
   log_ps = jax.nn.log_softmax(s / temperature, -1)
   log_pt = jax.nn.log_softmax(t / temperature, -1)
   return jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), -1) * temperature ** 2

@@ -152,7 +152,12 @@ def create_train_state(setup: StateSetup, seed: int) -> TrainState:
 
 def put_params(params: Any, setup: StateSetup) -> Any:
   """Places a host (numpy) param tree onto the param shardings, checking the tree matches."""
-  expected = setup.abstract_state.params
+  return place_params(params, setup.abstract_state.params)
+
+
+def place_params(params: Any, expected: Any) -> Any:
+  """Places a host (numpy) tree onto the shardings of `expected` (ShapeDtypeStructs carrying
+  NamedShardings: the run's params, a teacher's), checking keys and shapes match."""
   if jax.tree.structure(params) != jax.tree.structure(expected):
     missing = _paths(expected) ^ _paths(params)
     raise ValueError(f"params do not match the model: differing keys {sorted(missing)[:10]}.")
