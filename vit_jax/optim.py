@@ -57,11 +57,15 @@ def make_schedule(config, total_steps: int) -> Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), decay], [warmup])
 
 
+def decays(path: Any) -> bool:
+  """Whether the leaf at a jax key path gets weight decay: only 'kernel' leaves (not biases,
+  norms, posemb, cls)."""
+  return getattr(path[-1], "key", None) == "kernel"
+
+
 def decay_mask(params: Any) -> Any:
-  """True for leaves that get weight decay: only 'kernel' leaves (not biases, norms, posemb, cls)."""
-  def is_kernel(path, _):
-    return getattr(path[-1], "key", None) == "kernel"
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
+  """True for the leaves that get weight decay (`decays`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
 
 
 def _dtype(name):
@@ -105,11 +109,10 @@ def _chain(config, schedule: Schedule,
 
 def _decayed_weights_by_path(weight_decay: float, wd_mult_of: Callable[[str], float]
                              ) -> optax.GradientTransformation:
-  """u + weight_decay x wd_mult(path) x p on kernels (optim.decay_mask's leaves), u elsewhere."""
+  """u + weight_decay x wd_mult(path) x p on the leaves that decay (`decays`), u elsewhere."""
   def update(updates, state, params):
     def one(path, u, p):
-      name = param_groups.path_str(path)
-      coeff = weight_decay * wd_mult_of(name) if name.split("/")[-1] == "kernel" else 0.0
+      coeff = weight_decay * wd_mult_of(param_groups.path_str(path)) if decays(path) else 0.0
       return u if coeff == 0.0 else u + coeff * p
     return jax.tree_util.tree_map_with_path(one, updates, params), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -89,6 +89,14 @@ def default_resize(crop: int) -> int:
   return int(round(crop * RESIZE_RATIO))
 
 
+def resolve_resize(crop: int, resize: Any = None, crop_pct: Any = None) -> int:
+  """The resize side of the eval / finetune modes: floor(crop / crop_pct) when crop_pct is set
+  (timm's convention), else `resize`, else default_resize(crop)."""
+  if crop_pct:
+    return int(math.floor(int(crop) / float(crop_pct) + 1e-9))
+  return int(resize) if resize else default_resize(int(crop))
+
+
 def options_from_config(pp: Any) -> PreprocessOptions:
   """Validates config.pp and returns PreprocessOptions (resize defaults to default_resize)."""
   crop = int(pp.crop)
@@ -98,10 +106,7 @@ def options_from_config(pp: Any) -> PreprocessOptions:
   if crop_pct and pp.resize:
     raise ValueError(f"config.pp.resize={pp.resize} and config.pp.crop_pct={crop_pct} both set "
                      "the eval resize; set one of them.")
-  if crop_pct:
-    resize = int(math.floor(crop / crop_pct + 1e-9))
-  else:
-    resize = int(pp.resize) if pp.resize else default_resize(crop)
+  resize = resolve_resize(crop, pp.resize, crop_pct)
   opts = PreprocessOptions(crop_pct=crop_pct,
       crop=crop, resize=resize, train=str(pp.train), eval=str(pp.eval), flip=bool(pp.flip),
       randaugment_layers=int(pp.randaugment_layers or 0),

@@ -121,10 +121,10 @@ def preprocessing(arch: Mapping[str, Any]) -> Preprocessing:
   mode, crop, given_pct = str(record["eval"]), int(record["crop"]), float(record["crop_pct"] or 0)
   if mode == "resize":
     return Preprocessing(mode, crop, crop, 1.0)
-  if given_pct:
-    return Preprocessing(mode, crop, int(math.floor(crop / given_pct + 1e-9)), given_pct)
   from vit_jax import preprocess  # pylint: disable=g-import-not-at-top  (PIL, no TF)
-  resize = int(record["resize"] or preprocess.default_resize(crop))
+  resize = preprocess.resolve_resize(crop, record["resize"], given_pct)
+  if given_pct:
+    return Preprocessing(mode, crop, resize, given_pct)
   pct = round(crop / resize, 6)
   if math.floor(crop / pct) != resize:  # Rounding put it one pixel off: aim at the middle.
     pct = crop / (resize + 0.5)
