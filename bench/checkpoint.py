@@ -3,10 +3,10 @@ r"""Checkpoint benchmark: Orbax save (blocking and total) and restore time of a 
   python bench/checkpoint.py                       # ViT-B/16, 1000 classes, SGD momentum
   python bench/checkpoint.py --model ViT-Ti_16 --repeats 3 --dir /tmp/ckpt_bench
 
-The state is what the trainer checkpoints (vit_jax.run_state.Checkpointer, the same
+The state is what the trainer checkpoints (vit_jax.run.run_state.Checkpointer, the same
 code path as training): params + SGD-momentum optimizer state (float32 accumulator) + step
 + RNG + the input-pipeline position, created sharded over all local devices by
-vit_jax.train_state. Reported per repeat, median printed:
+vit_jax.training.train_state. Reported per repeat, median printed:
   * save_blocking_s — time `save()` holds the training loop (device→host copy; the write
     itself is asynchronous);
   * save_total_s — until the checkpoint is committed on disk (`wait()`);
@@ -44,8 +44,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _config(args: argparse.Namespace):
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.model_name = args.model
   c.optimizer, c.optim_dtype = "sgd", args.optim_dtype
   c.pp.crop = args.resolution
@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> dict:
   """Creates the state once, then saves and restores it `repeats` times."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax import run_state, sharding, train_state  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding
+  from vit_jax.run import run_state  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state
   config = _config(args)
   setup = train_state.setup_from_config(config, sharding.make_mesh(config.mesh),
                                         args.num_classes, total_steps=1000)

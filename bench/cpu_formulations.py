@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from vit_jax.models import cpu_ops  # pylint: disable=g-import-not-at-top
   runtime_defaults.apply_host_defaults()
   rng = np.random.default_rng(0)

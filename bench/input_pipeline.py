@@ -1,6 +1,6 @@
 r"""Input-pipeline throughput: images/s per CPU core for the train preprocessing at 224.
 
-Two workloads, both through the real pipeline (vit_jax.input_pipeline over an image folder:
+Two workloads, both through the real pipeline (vit_jax.datasets.pipeline over an image folder:
 file read → decode → crop/resize → flip → float32 [-1, 1] → batch):
   * imagenet: synthetic ~500x375 JPEGs (quality 90, smooth noise so they compress like
     photos, ~110 KB), `inception_crop` to 224.
@@ -9,7 +9,7 @@ file read → decode → crop/resize → flip → float32 [-1, 1] → batch):
 It reports images/s with 0 workers (all work in this process: the per-core figure) and with
 `--workers` processes, plus what a 12-core host would feed.
 
-  python bench/input_pipeline.py [--images 512] [--batch 64] [--workers 2] [--steps 12]
+  python bench/pipeline.py [--images 512] [--batch 64] [--workers 2] [--steps 12]
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def write_folder(root: str, n: int, size: tuple[int, int], fmt: str) -> None:
 
 
 def config_for(root: str, train: str, batch: int, workers: int, threads: int, augreg: bool):
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.dataset, c.batch, c.batch_eval = root, batch, batch
   c.train_split = c.eval_split = "train"
   c.pp.crop, c.pp.train = 224, train
@@ -58,8 +58,8 @@ def config_for(root: str, train: str, batch: int, workers: int, threads: int, au
 def measure(config, steps: int) -> tuple[float, float]:
   """(images/s wall, images per CPU-second of this process) over `steps` batches after 2 + 2
   warm-up batches per worker (start-up excluded; the CPU figure is meaningful with 0 workers)."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  it = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
+  it = pipeline.create_train_iterator(config, process_index=0, process_count=1)
   for _ in range(2 + 2 * int(config.input.num_workers)):  # Until every worker is running.
     next(it)
   t0, c0 = time.perf_counter(), time.process_time()

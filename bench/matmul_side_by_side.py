@@ -43,12 +43,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def shapes(model: str, batch: int, resolution: int, chunks: int) -> list[tuple[str, int, int, int]]:
   """(layer, M, K, N) of an encoder block's dense layers, per batch and per chunk."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  cfg = model_configs.get_model_config(model)
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  cfg = registry.get_model_config(model)
   if "transformer" not in cfg or cfg.get("resnet") is not None:
     raise SystemExit(f"--model {model}: only plain ViT configs have these shapes.")
-  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
-  tokens = metrics.tokens_per_image(cfg, resolution)
+  from vit_jax.planning import flops  # pylint: disable=g-import-not-at-top
+  tokens = flops.tokens_per_image(cfg, resolution)
   d, m = cfg.hidden_size, cfg.transformer.mlp_dim
   rows = [(batch * tokens, "")] + ([(batch // chunks * tokens, f" (1/{chunks} batch)")]
                                    if chunks > 1 else [])

@@ -2,7 +2,7 @@ r"""Regenerates docs/scaling.md's table: the real train step compiled for TPU sl
 
   python bench/scaling.py [--cases b16-v5e16,l16-v5p64 ...] [--json out.json] [--markdown]
 
-Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by vit_jax.dry_run
+Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by vit_jax.planning.dry_run
 over libtpu's abstract devices (pip install -r requirements-tpu.txt; no TPU needed). Prints
 one markdown row per case (model, slice, batch, mesh, remat, per-chip peak vs HBM, collective
 bytes, step-time bound, best MFU, compile time) and the command that reproduces it.
@@ -45,11 +45,11 @@ def command(preset: str, slice_name: str, overrides: dict[str, Any]) -> str:
 
 
 def run_case(name: str) -> dict[str, Any]:
-  from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  from vit_jax.planning import dry_run  # pylint: disable=g-import-not-at-top
   preset, slice_name, overrides = CASES[name]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = common.load_config_file(os.path.join(root, "configs", "pretrain_i1k.py")).get_config(preset)
+  config = base.load_config_file(os.path.join(root, "configs", "pretrain_i1k.py")).get_config(preset)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.update_from_flattened_dict(overrides)
@@ -59,7 +59,7 @@ def run_case(name: str) -> dict[str, Any]:
 
 
 def markdown_row(r: dict[str, Any]) -> str:
-  from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
+  from vit_jax.planning import dry_run  # pylint: disable=g-import-not-at-top
   mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
   if r.get("compiler_error") is not None:
     peak = f"needs {dry_run.size(r.get('need_bytes'))} (OOM)"

@@ -189,8 +189,8 @@ def block_timm(device: str, _x: Any = None) -> None:
 def run(args: argparse.Namespace) -> dict:
   """Builds both, times them interleaved, returns the result dict."""
   import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   import timm  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
   platform = jax.default_backend()
   gpu = platform == "gpu"
   args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           + "/".join(f"{w:.1f}" for w in res["img_per_s_windows"][name])
           + f"; per step: user {res['per_step_user_s'][name]:.2f} s, system "
           f"{res['per_step_system_s'][name]:.2f} s, {res['per_step_page_faults'][name]:.0f} page faults)"
-          + (f"; warm-up rounds, not counted: "
+          + ("; warm-up rounds, not counted: "
              + "/".join(f"{w:.1f}" for w in res["warmup_img_per_s"][name]) if args.warmup_rounds
              else ""))
   for mode, r in res["ratio_ours_over_timm"].items():

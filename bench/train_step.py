@@ -24,7 +24,7 @@ trainer applies them; --no_library_xla_flags measures without them.
 FLOPs per step come from the compiled executable's cost analysis (XLA) and, as a cross-check,
 from the standard formula (2 x multiply-adds of every matmul, x3 for forward + backward).
 MFU is model FLOPs / step time / peak: the peak is `--peak_flops` or the device's dense bf16
-datasheet figure (vit_jax.metrics; 989 TFLOP/s for H100/H200). CPUs have no datasheet figure
+datasheet figure (vit_jax.run.metrics; 989 TFLOP/s for H100/H200). CPUs have no datasheet figure
 here, so on CPU MFU is omitted and the step is instead compared with a measured matmul
 ceiling (`--matmul_ceiling`: the best FLOP/s of large square matmuls in the compute dtype,
 measured in the same process), which is reported on every backend.
@@ -97,20 +97,22 @@ def build(args: argparse.Namespace, abstract: bool):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
-  from vit_jax import model_configs, sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   overrides = {"dtype": jnp.dtype(args.dtype)}
-  if not model_configs.is_mixer(args.model):
+  if not registry.is_mixer(args.model):
     overrides.update(attention_impl=args.attention_impl, remat=args.remat,
                      scan_layers=args.scan_layers)
     if args.batch_chunks is not None:
       overrides["batch_chunks"] = args.batch_chunks
-  model = model_configs.create_model(args.model, args.num_classes, **overrides)
-  cfg = model_configs.get_model_config(args.model)
+  model = registry.create_model(args.model, args.num_classes, **overrides)
+  cfg = registry.get_model_config(args.model)
   devices = np.array(jax.local_devices())
   if args.batch % len(devices):
     raise SystemExit(f"--batch {args.batch} must be divisible by the {len(devices)} local devices.")
-  mesh = sharding.make_mesh(common.DEFAULT_MESH, list(devices))
+  mesh = sharding.make_mesh(base.DEFAULT_MESH, list(devices))
   batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   shape = (args.batch, args.resolution, args.resolution, 3)
   init = jax.jit(lambda x: meta.unbox(model.init(jax.random.PRNGKey(0), x, train=False)["params"]),
@@ -240,9 +242,10 @@ def summarise(kind: str, compiled: Any, lower_s: float, compile_s: float, timing
               args: argparse.Namespace, formula_flops: float, peak: Optional[float],
               ceiling: Optional[float]) -> dict:
   """The result dict of one benchmark (train or inference)."""
-  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  xla_flops = metrics.compiled_flops(compiled)  # per device, one call
+
+  from vit_jax.planning import compiled_stats  # pylint: disable=g-import-not-at-top
+  xla_flops = compiled_stats.compiled_flops(compiled)  # per device, one call
   n_dev = jax.local_device_count()
   r = {"kind": kind, "lower_s": lower_s, "compile_s": compile_s,
        "xla_flops_per_image": xla_flops * n_dev / args.batch if xla_flops else None,
@@ -266,14 +269,15 @@ def summarise(kind: str, compiled: Any, lower_s: float, compile_s: float, timing
 def run(args: argparse.Namespace) -> dict:
   """Builds, compiles and (unless --compile_only) times; returns the full result dict."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.planning import datasheets, flops  # pylint: disable=g-import-not-at-top
   model, cfg, params, images, labels = build(args, abstract=args.compile_only)
-  peak, why = (args.peak_flops, "") if args.peak_flops else metrics.peak_flops_per_device()
+  peak, why = (args.peak_flops, "") if args.peak_flops else datasheets.peak_flops_per_device()
   if args.dtype == "float32" and not args.peak_flops and peak:
     why = "MFU against the bf16 datasheet peak (fp32 compute)"
   ceiling = matmul_ceiling(args.dtype) if args.matmul_ceiling and not args.compile_only else None
-  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
-  formula = metrics.formula_flops_per_image(cfg, args.resolution, args.num_classes)
+  from vit_jax.planning import datasheets  # pylint: disable=g-import-not-at-top
+  formula = flops.formula_flops_per_image(cfg, args.resolution, args.num_classes)
   out = {"model": args.model, "batch": args.batch, "resolution": args.resolution,
          "dtype": args.dtype, "attention_impl": args.attention_impl, "remat": args.remat,
          "scan_layers": args.scan_layers, "backend": jax.default_backend(),

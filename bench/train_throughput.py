@@ -36,7 +36,10 @@ def main(_):
   runtime_defaults.apply_defaults()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax import metrics, sharding, train_state, train_step  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding
+  from vit_jax.planning import compiled_stats, datasheets, flops  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state, train_step
   runtime_defaults.apply_host_defaults()
   config = _CONFIG.value
   mesh = sharding.mesh_for_config(config)
@@ -62,8 +65,8 @@ def main(_):
     jax.block_until_ready((state, m))
     windows.append((time.perf_counter() - start) / _STEPS.value)
   step_time = statistics.median(windows)
-  flops = metrics.compiled_flops(compiled)
-  peak, reason = metrics.peak_flops_per_device()
+  flops = compiled_stats.compiled_flops(compiled)
+  peak, reason = datasheets.peak_flops_per_device()
   result = {"model": config.model_name, "batch": config.batch, "crop": config.pp.crop,
             "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
             "compile_s": compile_s, "step_time_s": step_time,

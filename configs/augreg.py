@@ -14,7 +14,7 @@ to imagenet2012 at 384px at about 85.5% top-1 and to cifar100 above 90%.
 """
 import os
 
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,9 +25,9 @@ def get_config(arg: str = DEFAULT):
   """`arg` = '<augreg name>[,<dataset>]' (dataset default cifar10)."""
   name, _, dataset = (arg or DEFAULT).partition(",")
   name, dataset = name.strip(), (dataset.strip() or "cifar10")
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  model_name = model_configs.canonical_name(name)  # Raises listing the known names.
-  vit = common.load_config_file(os.path.join(_HERE, "vit.py"))
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  model_name = registry.canonical_name(name)  # Raises listing the known names.
+  vit = base.load_config_file(os.path.join(_HERE, "vit.py"))
   c = vit.get_config(f"b16,{dataset}")
   with c.unlocked():
     c.model_name = model_name

@@ -27,7 +27,7 @@ DeiT's hard distillation through the class token.
 Expected result (published: DeiT paper, ImageNet-1k top-1 at 224 px, no distillation,
 300 epochs): DeiT-Ti 72.2%, DeiT-S 79.8%, DeiT-B 81.8%.
 """
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 MODELS = {"ti16": "ViT-Ti_16", "s16": "ViT-S_16", "b16": "ViT-B_16"}
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -40,9 +40,9 @@ def get_config(arg: str = "s16"):
   model, dataset = model.strip(), (dataset.strip() or "imagenet2012")
   if model not in MODELS:
     raise ValueError(f"deit.py: unknown model {model!r}; choose from {sorted(MODELS)}.")
-  c = common.defaults()
+  c = base.defaults()
   c.model_name = MODELS[model]
-  common.set_dataset(c, dataset)
+  base.set_dataset(c, dataset)
   c.train_split = "train"
   c.eval_split = "validation" if dataset == "imagenet2012" else "test"
   c.batch, c.batch_eval, c.accum_steps = BATCH, 1024, 1

@@ -22,7 +22,7 @@ Expected result (published: MAE paper, He et al. 2022, "Masked Autoencoders Are 
 Vision Learners", ImageNet-1k fine-tuning top-1 at 224 px from MAE pre-training): ViT-B 83.6%,
 ViT-L 85.9%, ViT-H 86.9% (FINETUNE.md's reference checkpoints: 83.664 / 85.952 / 86.928).
 """
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 # model: (name, blr, layer_decay, epochs, stochastic depth)
 MODELS = {
@@ -41,9 +41,9 @@ def get_config(arg: str = "b16"):
   if model not in MODELS:
     raise ValueError(f"finetune_llrd.py: unknown model {model!r}; choose from {sorted(MODELS)}.")
   name, blr, layer_decay, epochs, drop_path = MODELS[model]
-  c = common.defaults()
+  c = base.defaults()
   c.model_name = name
-  common.set_dataset(c, dataset)
+  base.set_dataset(c, dataset)
   c.train_split = "train"
   c.eval_split = "validation" if dataset == "imagenet2012" else "test"
   c.batch, c.batch_eval, c.accum_steps = BATCH, 1024, 1

@@ -17,7 +17,7 @@ Preset argument: another exported file, `finetune_quickstart.py:/path/model.npz`
 """
 import os
 
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_EXPORT = "workdirs/quickstart/model.npz"
@@ -25,7 +25,7 @@ DEFAULT_EXPORT = "workdirs/quickstart/model.npz"
 
 def get_config(arg: str = ""):
   """Fine-tunes `arg` (default workdirs/quickstart/model.npz) at 32 px with a new head."""
-  c = common.load_config_file(os.path.join(_HERE, "quickstart.py")).get_config()
+  c = base.load_config_file(os.path.join(_HERE, "quickstart.py")).get_config()
   with c.unlocked():
     c.pretrained_path = arg or DEFAULT_EXPORT
     c.replace_head = True

@@ -16,7 +16,7 @@ Expected result: the AugReg paper's ImageNet-1k-only, 300-epoch models reach rou
 ImageNet top-1 for B/16 at 224px with medium augmentation and 0.1 regularisation (S/16: ~78%).
 Takes on the order of a day on a TPU v3-32 / 8xA100 for B/16.
 """
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 # level: (randaugment_layers, randaugment_magnitude, mixup_alpha)
 AUGMENTATION = {
@@ -38,9 +38,9 @@ def pretrain_config(arg: str, dataset: str, weight_decay: float, regularization:
     raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}.")
   if aug not in AUGMENTATION:
     raise ValueError(f"unknown augmentation {aug!r}; choose from {sorted(AUGMENTATION)}.")
-  c = common.defaults()
+  c = base.defaults()
   c.model_name = MODELS[model]
-  common.set_dataset(c, dataset)
+  base.set_dataset(c, dataset)
   c.train_split = "train[:99%]" if dataset == "imagenet2012" else "full[102400:]"
   c.eval_split = "train[99%:]" if dataset == "imagenet2012" else "full[:102400]"
   c.batch, c.batch_eval, c.accum_steps = 4096, 4096, 1

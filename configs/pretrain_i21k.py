@@ -14,13 +14,13 @@ at 384px reaches about 85.5% top-1 (fine-tune with configs/vit.py:b16,imagenet20
 """
 import os
 
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg: str = "b16"):
   """`arg` = '<model>[,<aug>]'."""
-  i1k = common.load_config_file(os.path.join(_HERE, "pretrain_i1k.py"))
+  i1k = base.load_config_file(os.path.join(_HERE, "pretrain_i1k.py"))
   return i1k.pretrain_config(arg, "imagenet21k", weight_decay=0.03, regularization=0.0,
                              default_aug="light1")

@@ -12,13 +12,13 @@ the whole command including preparing the dataset and compiling; train loss belo
 """
 import ml_collections
 
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 
 def get_config(arg: str = ""):
   """The quickstart config (`arg` is ignored)."""
   del arg
-  c = common.defaults()
+  c = base.defaults()
   c.model_name = "ViT-Ti_16"
   c.model.hidden_size = 64
   c.model.patches = ml_collections.ConfigDict({"size": (4, 4)})
@@ -27,7 +27,7 @@ def get_config(arg: str = ""):
   c.model.transformer.num_layers = 4
   c.model.transformer.dropout_rate = 0.0
   c.model.transformer.attention_dropout_rate = 0.0
-  common.set_dataset(c, "digits")
+  base.set_dataset(c, "digits")
   c.train_split, c.eval_split = "train", "test"
   c.batch, c.batch_eval, c.accum_steps = 128, 128, 1
   c.pp.crop, c.pp.resize, c.pp.flip = 16, 16, False

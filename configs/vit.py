@@ -31,8 +31,8 @@ upstream, this recipe, dropout 0.0; top-1 test accuracy):
 """
 import os
 
-from vit_jax import model_configs
-from vit_jax.configs import common
+from vit_jax.configs import base
+from vit_jax.models import registry
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,16 +57,16 @@ DATASETS = {
 def get_config(arg: str = "b16,cifar10"):
   """`arg` = '<model>,<dataset>' (see the module docstring) or 'quickstart'."""
   if arg == "quickstart":
-    return common.load_config_file(os.path.join(_HERE, "quickstart.py")).get_config()
+    return base.load_config_file(os.path.join(_HERE, "quickstart.py")).get_config()
   parts = [p.strip() for p in (arg or "b16,cifar10").split(",")]
   if len(parts) != 2:
     raise ValueError(f"vit.py preset {arg!r}: use '<model>,<dataset>', e.g. 'b16,cifar10'.")
   model, dataset = parts
   if model not in MODELS:
     raise ValueError(f"vit.py: unknown model {model!r}; choose from {sorted(MODELS)}.")
-  c = common.defaults()
+  c = base.defaults()
   c.model_name = MODELS[model]
-  common.set_dataset(c, dataset)
+  base.set_dataset(c, dataset)
   steps, lr, train_split, eval_split = DATASETS.get(dataset, (10_000, 0.03, "train", "test"))
   c.total_steps, c.base_lr, c.train_split, c.eval_split = steps, lr, train_split, eval_split
   c.warmup_steps = min(500, steps // 10) if steps < 5000 else 500
@@ -74,7 +74,7 @@ def get_config(arg: str = "b16,cifar10"):
   c.accum_steps = 8                      # 64 images per micro-batch (fits a 16 GB GPU at 384px).
   c.optimizer, c.momentum, c.optim_dtype = "sgd", 0.9, "bfloat16"
   c.decay_type, c.grad_norm_clip, c.weight_decay = "cosine", 1.0, 0.0
-  patch = model_configs.get_model_config(c.model_name).patches.size[0]
+  patch = registry.get_model_config(c.model_name).patches.size[0]
   c.pp.crop = 384 // patch * patch       # 384, or 378 for /14 (whole patches only).
   c.pp.train, c.pp.eval = "vit_finetune", "resize"
   if dataset == "digits":  # 8x8 images: a tiny input size is enough.

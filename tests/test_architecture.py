@@ -21,8 +21,8 @@ def _all_imports(module: str) -> set[str]:
 
 
 def test_graph_sees_every_module_and_known_edges():
-  assert "vit_jax.train" in GRAPH and "vit_jax.checkpoint.adapt" in GRAPH
-  assert "vit_jax.run_state" in GRAPH["vit_jax.train"][0]
+  assert "vit_jax.run.loop" in GRAPH and "vit_jax.checkpoint.adapt" in GRAPH
+  assert "vit_jax.run.run_state" in GRAPH["vit_jax.run.loop"][0]
   assert "vit_jax.checkpoint.sources" in GRAPH["vit_jax.checkpoint"][1]  # lazy
 
 
@@ -32,8 +32,8 @@ def test_models_import_only_models_and_the_bottom_layer():
     if module.startswith("vit_jax.models"):
       bad = {m for m in _all_imports(module) if not m.startswith("vit_jax.models") and m not in allowed}
       if module == "vit_jax.models":  # Google's models.get_model(name) reads the registry, lazily.
-        assert GRAPH[module][0].isdisjoint({"vit_jax.model_configs"})
-        bad -= {"vit_jax.model_configs"}
+        assert GRAPH[module][0].isdisjoint({"vit_jax.models.registry"})
+        bad -= {"vit_jax.models.registry"}
       assert not bad, f"{module} imports {bad}"
 
 
@@ -45,8 +45,8 @@ def test_platform_policy_has_one_home():
 
 
 def test_checkpoint_package_knows_nothing_of_training():
-  forbidden = ("vit_jax.train", "vit_jax.run_state", "vit_jax.input_pipeline", "vit_jax.sharding",
-               "vit_jax.models", "vit_jax.optim")
+  forbidden = ("vit_jax.run.loop", "vit_jax.run.run_state", "vit_jax.datasets.pipeline", "vit_jax.sharding",
+               "vit_jax.models", "vit_jax.training.optim")
   for module in GRAPH:
     if module.startswith("vit_jax.checkpoint"):
       bad = {m for m in _all_imports(module) if m.startswith(forbidden)}
@@ -58,8 +58,8 @@ def test_nothing_imports_the_loop_or_the_cli():
     imports = _all_imports(module)
     assert "vit_jax.main" not in imports, module
     if module != "vit_jax.main":
-      assert "vit_jax.train" not in imports, f"{module} reaches up into the train loop"
-  assert "vit_jax.input_pipeline" not in _all_imports("vit_jax.main")
+      assert "vit_jax.run.loop" not in imports, f"{module} reaches up into the train loop"
+  assert "vit_jax.datasets.pipeline" not in _all_imports("vit_jax.main")
 
 
 def test_bottom_layer_imports_no_vit_jax_module():
@@ -84,12 +84,12 @@ def test_bench_uses_public_names_and_not_the_loop():
   for path in sorted((REPO / "bench").glob("*.py")):
     assert not _bench_private_uses(path), _bench_private_uses(path)
     assert "from vit_jax import train," not in path.read_text() and \
-        "vit_jax.train " not in path.read_text(), path
+        "vit_jax.run.loop " not in path.read_text(), path
 
 
 @pytest.mark.parametrize("modules", [
-    "vit_jax.input_pipeline, vit_jax.datasets, vit_jax.datasets.sources, vit_jax.preprocess",
-    "vit_jax.train, vit_jax.dry_run, vit_jax.export, vit_jax.inference, vit_jax.checkpoint",
+    "vit_jax.datasets.pipeline, vit_jax.datasets, vit_jax.datasets.sources, vit_jax.datasets.preprocess",
+    "vit_jax.run.loop, vit_jax.planning.dry_run, vit_jax.export, vit_jax.inference, vit_jax.checkpoint",
 ])
 def test_importing_the_data_layer_does_not_import_tensorflow(modules):
   code = (f"import sys, {modules}; from vit_jax.datasets import ImageFolderSource; "

@@ -1,6 +1,6 @@
 """Tests of the timm / DeiT / big_vision recipe pieces: CutMix, the mixup/CutMix switch, random
-erasing, repeated augmentation (vit_jax.preprocess, vit_jax.input_pipeline) and the losses
-(vit_jax.losses, train_step's loss selection), against numpy references.
+erasing, repeated augmentation (vit_jax.datasets.preprocess, vit_jax.datasets.pipeline) and the losses
+(vit_jax.training.losses, train_step's loss selection), against numpy references.
 
 Process-count independence and resume with all of them on are in test_input_pipeline.py.
 """
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import input_pipeline, losses, preprocess
-from vit_jax.configs import common
-from vit_jax.datasets import sources
+from vit_jax.configs import base
+from vit_jax.datasets import pipeline, preprocess, sources
+from vit_jax.training import losses
 
 
 def _opts(**kw) -> preprocess.PreprocessOptions:
@@ -176,7 +176,7 @@ def test_random_erase_changes_the_box_only(mode):
 
 @pytest.mark.parametrize("batch,k", [(12, 3), (10, 3), (16, 2), (9, 4), (24, 4)])
 def test_repeated_stream_slots_copies_and_pairs(batch, k):
-  ra = input_pipeline.RepeatedStream(list(range(10**4)), batch, k)
+  ra = pipeline.RepeatedStream(list(range(10**4)), batch, k)
   windows = 7
   slots = np.array([ra.slot(t) for t in range(windows * batch)]).reshape(windows, batch)
   for i, window in enumerate(slots):  # Each window is a permutation of its slots.
@@ -210,7 +210,7 @@ def id_folder(tmp_path_factory):
 
 
 def _config(dataset, **kw):
-  c = common.defaults()
+  c = base.defaults()
   c.update_from_flattened_dict(dict(
       dataset=dataset, batch=12, **{"pp.crop": 8, "pp.resize": 8, "pp.flip": False,
                                     "input.num_workers": 0}))
@@ -223,7 +223,7 @@ def test_repeated_aug_pipeline_copies_are_independently_augmented(id_folder):
   # copy's id is read from its unerased pixels and copies differ by their boxes.
   c = _config(id_folder, **{"input.repeated_aug": 3, "pp.random_erase_prob": 1.0,
                             "pp.random_erase_mode": "const"})
-  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(c, process_index=0, process_count=1)
   ids, differ = [], 0
   for _ in range(15):  # 180 stream elements = 2 shuffled passes over 30 images, 3 copies each.
     images = next(it)["image"]
@@ -247,14 +247,14 @@ def test_repeated_aug_pipeline_copies_are_independently_augmented(id_folder):
 def test_repeated_aug_and_pairing_validation(id_folder):
   for bad in (0, -2):
     with pytest.raises(ValueError, match="repeated_aug=.* must be an integer >= 1"):
-      input_pipeline.create_train_iterator(_config(id_folder, **{"input.repeated_aug": bad}),
+      pipeline.create_train_iterator(_config(id_folder, **{"input.repeated_aug": bad}),
                                            process_index=0, process_count=1)
   with pytest.raises(ValueError, match="needs config.batch >= 12"):
-    input_pipeline.create_train_iterator(
+    pipeline.create_train_iterator(
         _config(id_folder, batch=8, **{"input.repeated_aug": 4, "pp.cutmix_alpha": 1.0}),
         process_index=0, process_count=1)
   with pytest.raises(ValueError, match="must be even"):
-    input_pipeline.create_train_iterator(_config(id_folder, batch=9, **{"pp.cutmix_alpha": 1.0}),
+    pipeline.create_train_iterator(_config(id_folder, batch=9, **{"pp.cutmix_alpha": 1.0}),
                                          process_index=0, process_count=3)
 
 
@@ -271,14 +271,14 @@ def test_repeated_aug_and_pairing_validation(id_folder):
     ("random_erase_count", 0, "random_erase_count=0 must be an integer >= 1"),
 ])
 def test_options_validation(key, value, match):
-  pp = common.defaults().pp
+  pp = base.defaults().pp
   pp[key] = value
   with pytest.raises(ValueError, match=match):
     preprocess.options_from_config(pp)
 
 
 def test_defaults_are_off_and_timm_values():
-  c = common.defaults()
+  c = base.defaults()
   opts = preprocess.options_from_config(c.pp)
   assert not opts.pairs_rows and opts.random_erase_prob == 0 and c.input.repeated_aug == 1
   assert (opts.mixup_prob, opts.mixup_switch_prob, opts.random_erase_mode) == (1.0, 0.5, "pixel")
@@ -311,7 +311,7 @@ def test_sigmoid_xent_against_numpy_and_big_vision_and_timm_scale():
 
 
 def test_softmax_xent_on_mixed_soft_targets_against_numpy():
-  from vit_jax import train_step  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(8, 6)).astype(np.float32)
   y = preprocess.one_hot(rng.integers(0, 6, 8), 6, 0.1)
@@ -335,9 +335,10 @@ def test_unknown_loss_is_one_clear_error():
 
 def test_train_step_uses_config_loss(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from test_train import (  # pylint: disable=g-import-not-at-top
-      setup_for, synthetic_batches, tiny_config)
-  from vit_jax import sharding, train_state, train_step  # pylint: disable=g-import-not-at-top
+  from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state, train_step
   config = tiny_config(tmp_path, **{"model.transformer.dropout_rate": 0.0})
   setup = setup_for(config, sharding.make_mesh((("data", -1),)))
   state = train_state.create_train_state(setup, 0)

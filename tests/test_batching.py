@@ -2,11 +2,11 @@
 import pytest
 
 from vit_jax import batching
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 
 def _config(**kw):
-  c = common.defaults()
+  c = base.defaults()
   c.update(kw)
   return c
 
@@ -39,8 +39,10 @@ def test_check_batches_names_the_key_to_change():
 
 
 def test_sharding_and_input_pipeline_use_this_check():
-  from vit_jax import input_pipeline, sharding, train_step  # pylint: disable=g-import-not-at-top
-  assert input_pipeline.local_batch_size is batching.local_batch_size
+  from vit_jax import sharding
+  from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step
+  assert pipeline.local_batch_size is batching.local_batch_size
   assert train_step.check_accum_steps is batching.check_accum_steps
   with pytest.raises(ValueError, match="batch_eval=12 must be divisible by the 8 batch shards"):
     sharding.mesh_for_config(_config(batch=64, batch_eval=12))

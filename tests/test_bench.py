@@ -11,7 +11,6 @@ import re
 import sys
 
 import pytest
-
 from test_train import REPO  # pylint: disable=g-bad-import-order
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -17,9 +17,9 @@ import tensorflow as tf
 from flax.linen import meta
 
 from tests import numpy_reference as ref
-from vit_jax import checkpoint, model_configs
+from vit_jax import checkpoint
 from vit_jax.checkpoint import patch_embed
-from vit_jax.models import transformer
+from vit_jax.models import registry, transformer
 
 WIDTH, DEPTH, HEADS, MLP, PATCH, IMAGE, CLASSES = 16, 2, 2, 32, 4, 16, 5
 RNG = np.random.default_rng(0)
@@ -147,11 +147,11 @@ def write_npz(path, params, prefix="params/", extra=None):
 
 
 def our_model(pool_type, posemb="learn", rep_size=0, num_classes=CLASSES, patch=PATCH, **kw):
-  config = model_configs.from_big_vision(f"mu/{patch}", pool_type=pool_type, posemb=posemb,
+  config = registry.from_big_vision(f"mu/{patch}", pool_type=pool_type, posemb=posemb,
                                          rep_size=rep_size)
   config.hidden_size = WIDTH
   config.transformer.update(dict(num_layers=DEPTH, num_heads=HEADS, mlp_dim=MLP))
-  return model_configs.model_from_fields({**config.to_dict(), **kw}, num_classes)
+  return registry.model_from_fields({**config.to_dict(), **kw}, num_classes)
 
 
 def _init(model, image=IMAGE):
@@ -340,18 +340,18 @@ def test_dont_load_keeps_init_values_and_is_reported(tmp_path):
 
 
 def test_from_big_vision_maps_variants_and_pool_types():
-  c = model_configs.from_big_vision("So400m/14", pool_type="map")
+  c = registry.from_big_vision("So400m/14", pool_type="map")
   assert (c.hidden_size, c.transformer.num_layers, c.transformer.mlp_dim,
           c.transformer.num_heads, c.patches.size, c.classifier) == (
               1152, 27, 4304, 16, (14, 14), "map")
-  registered = model_configs.MODEL_CONFIGS["ViT-So400m_14"]
+  registered = registry.MODEL_CONFIGS["ViT-So400m_14"]
   plain = lambda v: v.to_dict() if hasattr(v, "to_dict") else v
   for key in ("hidden_size", "patches", "transformer", "classifier", "representation_size"):
     assert plain(registered[key]) == plain(c[key]), key
-  assert model_configs.from_big_vision("B/16", pool_type="tok").classifier == "token"
-  assert model_configs.from_big_vision("B/16", pool_type="0").classifier == "first"
-  assert model_configs.from_big_vision("L/16", rep_size=True).representation_size == 1024
+  assert registry.from_big_vision("B/16", pool_type="tok").classifier == "token"
+  assert registry.from_big_vision("B/16", pool_type="0").classifier == "first"
+  assert registry.from_big_vision("L/16", rep_size=True).representation_size == 1024
   with pytest.raises(ValueError, match="'<name>/<patch>'"):
-    model_configs.from_big_vision("So400m")
+    registry.from_big_vision("So400m")
   with pytest.raises(ValueError, match="pool_type 'cls'"):
-    model_configs.from_big_vision("B/16", pool_type="cls")
+    registry.from_big_vision("B/16", pool_type="cls")

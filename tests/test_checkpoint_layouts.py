@@ -137,14 +137,14 @@ def _random_flat(model, x=X[:1], seed=0):
 def test_from_ours_is_the_inverse_of_the_torch_layouts():
   """torch_layouts.from_ours (the timm / transformers exports): the test-local timm mapping
   above for a ViT, and to_ours(from_ours(tree)) == tree for every family and head."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   vit = _random_flat(models.VisionTransformer(num_classes=3, **ol.tiny_config()))
   expected = _to_timm(vit, ol.LAYERS)
   got = torch_layouts.from_ours(vit, "timm")
   assert got.keys() == expected.keys()
   for k in expected:
     np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
-  hybrid = dict(model_configs.get_model_config("R26+ViT-S_32").to_dict(), hidden_size=16,
+  hybrid = dict(registry.get_model_config("R26+ViT-S_32").to_dict(), hidden_size=16,
                 transformer=dict(num_layers=1, num_heads=2, mlp_dim=32, dropout_rate=0.0,
                                  attention_dropout_rate=0.0))
   map_vit = _random_flat(models.VisionTransformer(num_classes=3,
@@ -209,6 +209,7 @@ def test_num_heads_heuristic_refuses_odd_widths():
 
 def test_remote_uris_go_through_checkpoint_sources(tmp_path, monkeypatch):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
   flat = ol.flatten(_random_params(models.VisionTransformer(num_classes=3, **ol.tiny_config())))
   local = tmp_path / "blob"

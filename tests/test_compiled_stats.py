@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from vit_jax import compiled_stats
+from vit_jax.planning import compiled_stats
 
 HLO = """
   %all-gather.26 = f32[1,5,10]{1,0,2:T(1,128)S(1)} all-gather(%copy.174), channel_id=74, dimensions={2}

@@ -1,9 +1,11 @@
 """Tests for configs/: every preset loads, is locked, carries its published recipe."""
 import pytest
+from test_train import (
+  REPO,  # pylint: disable=g-bad-import-order
+  load_config_file,  # pylint: disable=g-bad-import-order
+)
 
-from test_train import load_config_file  # pylint: disable=g-bad-import-order
 from vit_jax import main
-from test_train import REPO  # pylint: disable=g-bad-import-order
 
 VIT_PRESETS = ["b16,cifar10", "l16,imagenet2012", "ti16,digits", "b32,cifar100",
                "s16,oxford_iiit_pet", "r50b16,cifar10", "mixer-b16,cifar10", "h14,imagenet2012",
@@ -25,9 +27,9 @@ def test_vit_presets_published_finetune_recipe(preset):
 
 
 def test_so400m14_preset_is_the_siglip_image_tower_architecture():
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   c = load_config_file("vit", "so400m14,cifar100")
-  arch = model_configs.run_model_config(c)
+  arch = registry.run_model_config(c)
   assert (arch.hidden_size, arch.transformer.num_layers, arch.transformer.mlp_dim,
           arch.transformer.num_heads, arch.classifier, tuple(arch.patches.size)) == (
               1152, 27, 4304, 16, "map", (14, 14))
@@ -35,9 +37,9 @@ def test_so400m14_preset_is_the_siglip_image_tower_architecture():
 
 
 def test_model_names_exist():
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   vit = load_config_file("vit", "b16,cifar10")
-  names = set(model_configs.MODEL_CONFIGS)
+  names = set(registry.MODEL_CONFIGS)
   for preset in VIT_PRESETS:
     assert load_config_file("vit", preset).model_name in names, preset
   for arg in ["ti16", "s16", "b16", "l16"]:
@@ -86,7 +88,8 @@ def test_finetune_llrd_preset_is_maes_recipe(arg, decay, lr, epochs, drop_path):
   assert (c.pp.mixup_alpha, c.pp.cutmix_alpha, c.pp.label_smoothing) == (0.8, 1.0, 0.1)
   assert c.pp.random_erase_prob == 0.25 and c.ema.decay == 0.0
   assert c.require_pretrained
-  from vit_jax import exits, preflight  # pylint: disable=g-import-not-at-top
+  from vit_jax import exits  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import preflight
   with pytest.raises(exits.UserError, match="--config.pretrained_path"):
     preflight.check(c, info=None)  # Refused before any data is read or anything compiled.
 
@@ -137,7 +140,7 @@ def _keys_read_by_product_code():
   found = []
   for path in sorted((pathlib.Path(__file__).parent.parent / "vit_jax").rglob("*.py")):
     if "/models/" in str(path) or "/checkpoint/" in str(path) or path.name in (
-        "model_configs.py", "param_tree.py"):
+        "registry.py", "param_tree.py"):
       continue  # Those read model configs and Hugging Face configs, other dicts.
     if "/google_compat/" in str(path) or path.name in GOOGLE_LAYOUT_FILES:
       continue  # Google's config layout (google_compat/schema.py translates it into ours).
@@ -154,8 +157,8 @@ def _keys_read_by_product_code():
 
 
 def test_every_key_the_code_reads_has_its_default_in_defaults():
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  defaults = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  defaults = base.defaults()
   reads = _keys_read_by_product_code()
   assert len(reads) > 40  # The scan sees the trainer, optimizer, pipeline and dry run.
   missing = []
@@ -166,7 +169,7 @@ def test_every_key_the_code_reads_has_its_default_in_defaults():
         missing.append((where, key))
         break
       node = node[part]
-  assert not missing, f"keys read without a default in configs/common.defaults(): {missing}"
+  assert not missing, f"keys read without a default in configs/base.defaults(): {missing}"
 
 
 def test_no_second_defaults_in_product_code():
@@ -177,7 +180,7 @@ def test_no_second_defaults_in_product_code():
   offenders = []
   for path in sorted((pathlib.Path(__file__).parent.parent / "vit_jax").rglob("*.py")):
     if "/models/" in str(path) or "/checkpoint/" in str(path) or path.name in (
-        "model_configs.py", "param_tree.py"):  # Those read model / Hugging Face configs.
+        "registry.py", "param_tree.py"):  # Those read model / Hugging Face configs.
       continue
     for i, line in enumerate(path.read_text().splitlines(), 1):
       if pattern.search(line):
@@ -212,7 +215,7 @@ def view_problems(config) -> list[str]:
   * an eval view that leaves a stored image unresampled (eval 'resize' to the stored side)
     must not meet train views that are all resampled (another resize).
   """
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
   opts = preprocess.options_from_config(config.pp)
   problems = []
   eval_scale = opts.crop if opts.eval == "resize" else opts.resize
@@ -237,7 +240,7 @@ def test_every_preset_trains_on_views_like_its_eval(name, arg):
 
 
 def test_view_check_catches_the_old_fixed_margin():
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
   config = load_config_file("vit", "ti16,digits")
   with config.unlocked():
     config.pp.resize, config.pp.eval = config.pp.crop + 32, "resize"  # The old default.

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.device_prefetch on 8 fake CPU devices (in a subprocess, so XLA_FLAGS is
+"""Tests of vit_jax.datasets.device_prefetch on 8 fake CPU devices (in a subprocess, so XLA_FLAGS is
 set before JAX starts whatever the test session did), plus an in-process smoke test."""
 import os
 import subprocess
@@ -8,12 +8,12 @@ import textwrap
 import jax
 import numpy as np
 
-from vit_jax import device_prefetch
+from vit_jax.datasets import device_prefetch
 
 _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from vit_jax import device_prefetch
+    from vit_jax.datasets import device_prefetch
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
     sharding = NamedSharding(mesh, P("data"))
@@ -64,15 +64,15 @@ _MULTI = textwrap.dedent("""
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from vit_jax import device_prefetch, input_pipeline
-    from vit_jax.configs import common
-    c = common.defaults()
+    from vit_jax.datasets import device_prefetch, pipeline
+    from vit_jax.configs import base
+    c = base.defaults()
     c.update_from_flattened_dict({"seed": 0, "dataset": root, "train_split": "train",
                                   "eval_split": "train", "batch": 8, "batch_eval": 8,
                                   "input.num_workers": 0, "input.prefetch": 2, "pp.crop": 4,
                                   "pp.resize": 4, "pp.flip": False})
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
-    it = input_pipeline.create_train_iterator(c)  # process index/count from jax.
+    it = pipeline.create_train_iterator(c)  # process index/count from jax.
     ids = []
     for batch in device_prefetch.prefetch_to_device((next(it) for _ in range(2)), 2, sharding):
       assert batch["image"].shape == (8, 4, 4, 3), batch["image"].shape
@@ -86,6 +86,7 @@ _MULTI = textwrap.dedent("""
 def test_two_processes_on_localhost_build_global_batches(tmp_path):
   """2 jax processes × 2 CPU devices: each reads its own shard; the global batch is their union."""
   import socket
+
   from PIL import Image
   for k in range(16):
     folder = tmp_path / "train" / f"c{k % 2}"

@@ -1,12 +1,14 @@
-"""Tests for vit_jax.distill: the soft / hard losses against NumPy, a distilled train step (teacher
+"""Tests for vit_jax.training.distill: the soft / hard losses against NumPy, a distilled train step (teacher
 bit-unchanged, loss = the published mixture, student learns), loading the teacher onto the
 mesh, the resolution / class / value errors, and the teacher's FLOPs in the train log."""
 import jax
 import numpy as np
 import pytest
-
 from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
-from vit_jax import checkpoint, distill, sharding, train, train_state, train_step
+
+from vit_jax import checkpoint, sharding
+from vit_jax.run import loop
+from vit_jax.training import distill, train_state, train_step
 
 
 def _log_softmax(z):
@@ -130,7 +132,7 @@ def test_train_loop_distills_and_logs_the_teachers_flops_share(tmp_path, data_di
   with config.unlocked():
     config.distill.path = str(path)
     config.total_steps, config.log_every, config.checkpoint_every = 4, 4, 0
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
   share = result["train"]["teacher_flops_share"]
   assert 0.05 < share < 0.5, share  # A 2-layer forward inside a 1-layer forward + backward step.
   assert np.isfinite(result["train"]["distill_loss"]) and "task_loss" in result["train"]

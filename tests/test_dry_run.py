@@ -1,4 +1,4 @@
-"""Tests for --dry_run (vit_jax.dry_run): memory per device, FLOPs, through main.py too."""
+"""Tests for --dry_run (vit_jax.planning.dry_run): memory per device, FLOPs, through main.py too."""
 import math
 import os
 import subprocess
@@ -6,10 +6,10 @@ import sys
 
 import jax
 import pytest
-
-from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
 from test_resume import TINY_FLAGS  # pylint: disable=g-bad-import-order
-from vit_jax import dry_run
+from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+
+from vit_jax.planning import dry_run, report
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -20,9 +20,10 @@ def test_dry_run_reports_memory_and_flops(tmp_path):
     config.mesh = (("fsdp", 4), ("model", 2))
   sharded = dry_run.analyse(config)
   # Independent count: the model's parameters, float32, all on one device when replicated.
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = model_configs.model_from_run_config(config, 10)
+
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  model = registry.model_from_run_config(config, 10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
                                              train=False))
   total = sum(math.prod(x.shape) * 4 for x in jax.tree.leaves(shapes["params"]))
@@ -60,8 +61,8 @@ needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="pip install -r require
 
 def tpu_config(**overrides):
   """A small ViT (every width divisible by 4) pretraining-style config; no dataset is opened."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.model_name = "ViT-Ti_16"
   with c.unlocked():
     c.model.hidden_size = 64
@@ -78,9 +79,10 @@ def tpu_config(**overrides):
 
 
 def _param_bytes(config):
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = model_configs.model_from_run_config(config, 10)
+
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  model = registry.model_from_run_config(config, 10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
                                              train=False))["params"]
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
@@ -123,7 +125,7 @@ def test_tpu_slice_report_matches_the_formula(mesh, shards):
 @needs_libtpu
 def test_oversized_batch_is_one_clear_message_and_exit_1(capsys):
   config = tpu_config(batch=1 << 14, batch_eval=16, **{"pp.crop": 224})  # 785 tokens per image
-  assert dry_run.run(config, topology_name="v5e:2x2") == 1
+  assert report.run(config, topology_name="v5e:2x2") == 1
   out = capsys.readouterr().out
   assert "Does not fit: ViT-Ti_16 at batch 16384 on 4 x TPU v5 lite" in out
   assert "--config.model.remat=True" in out and "--config.accum_steps=2" in out
@@ -132,14 +134,14 @@ def test_oversized_batch_is_one_clear_message_and_exit_1(capsys):
 
 @needs_libtpu
 def test_plan_on_a_tiny_grid(capsys):
-  from vit_jax import dry_run_plan  # pylint: disable=g-import-not-at-top
+  from vit_jax.planning import plan  # pylint: disable=g-import-not-at-top
   devices = dry_run.target_devices("v5e:2x2")
-  result = dry_run_plan.plan(tpu_config(), devices)
-  meshes = dry_run_plan.candidate_meshes(4)
+  result = plan.plan(tpu_config(), devices)
+  meshes = plan.candidate_meshes(4)
   assert len(meshes) == 5 and result["compiles"] == len(meshes)  # each fits at once
   bounds = [r["step_time_bound_s"] for r in result["fitting"]]
   assert bounds == sorted(bounds)
-  table = dry_run_plan.format_plan(result)
+  table = plan.format_plan(result)
   assert "--config.mesh='((\"fsdp\", 4),)' --config.model.remat=False --config.accum_steps=1" in table
   assert "Plan: 5 meshes" in capsys.readouterr().out
 

@@ -1,12 +1,14 @@
-"""Tests for vit_jax.ema: the EMA of the params against a NumPy loop over the real trajectory,
+"""Tests for vit_jax.training.ema: the EMA of the params against a NumPy loop over the real trajectory,
 its sharding, its checkpoint round trip, the evaluators' 'ema/' results and export --params."""
 import jax
 import numpy as np
 import pytest
-
 from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
-from vit_jax import ema, exits, export, run_state, sharding, train, train_state, train_step
+
+from vit_jax import exits, export, sharding
 from vit_jax.evaluators import runner
+from vit_jax.run import loop, run_state
+from vit_jax.training import ema, train_state, train_step
 
 
 def _numpy_decay(decay, warmup, t):
@@ -64,7 +66,7 @@ def test_ema_evaluated_beside_raw_checkpointed_and_exported(tmp_path, data_dir):
   with config.unlocked():
     config.ema.decay = 0.5
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, str(workdir))
+  result = loop.train_and_evaluate(config, str(workdir))
   values = result["eval"]
   for key in ("accuracy", "loss", "top5_accuracy"):
     assert f"ema/{key}" in values and key in values

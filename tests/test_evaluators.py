@@ -88,16 +88,17 @@ def test_fewshot_bad_input_is_one_clear_error():
 def _run_with_evals(tmp_path, evals, **overrides):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
   overrides = {"total_steps": 4, "checkpoint_every": 4, **overrides}
   config = tiny_config(tmp_path.parent / "tfds_shared", **overrides)
   with config.unlocked():
     config.evals = ml_collections.ConfigDict(evals)
-  return config, train.train_and_evaluate(config, str(tmp_path / "run"))
+  return config, loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_named_evaluators_run_log_and_record(tmp_path):
-  from vit_jax import run_state  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import run_state  # pylint: disable=g-import-not-at-top
   evals = {"val": dict(type="classification", split="test", every=2, per_class=True, topk=3),
            "half": dict(type="classification", split="test[:50%]", every=0,
                         pp=dict(eval="resize_crop", resize=10)),
@@ -117,14 +118,16 @@ def test_named_evaluators_run_log_and_record(tmp_path):
       (tmp_path / "run" / run_state.RESULTS_FILE).read_text())["evals"]}
   assert set(steps) == {2, 4} and "half/top1" not in steps[2] and "val/top1" in steps[2]
   # The named 'val' over the whole test split is the default evaluator's figure.
-  from vit_jax import train, train_step  # pylint: disable=g-import-not-at-top
-  default = train.evaluate(train_step.make_eval_step(_setup(config)), result["state"].params,
+  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step
+  default = loop.evaluate(train_step.make_eval_step(_setup(config)), result["state"].params,
                            config)
   assert default["accuracy"] == pytest.approx(ev["val/top1"])
 
 
 def _setup(config, num_classes=10):
-  from vit_jax import sharding, train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state
   mesh = sharding.make_mesh(config.mesh)
   return train_state.setup_from_config(config, mesh, num_classes, 4)
 
@@ -132,8 +135,10 @@ def _setup(config, num_classes=10):
 def test_fewshot_features_are_the_headless_forward(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline, train_state, train_step  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state, train_step
   config = tiny_config(tmp_path.parent / "tfds_shared")
   with config.unlocked():
     config.eval_split = "test[:40]"
@@ -142,7 +147,7 @@ def test_fewshot_features_are_the_headless_forward(tmp_path):
   feats, labels = runner.extract_features(train_step.make_feature_step(setup), params, config)
   assert feats.shape == (40, 16) and labels.shape == (40,)
   images, want_labels = [], []
-  for batch in input_pipeline.create_eval_iterator(config):
+  for batch in pipeline.create_eval_iterator(config):
     keep = batch["mask"] > 0
     images.append(batch["image"][keep])
     want_labels.append(batch["label"][keep].argmax(-1))
@@ -157,6 +162,7 @@ def test_fewshot_features_are_the_headless_forward(tmp_path):
 def test_evaluator_config_errors(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+
   from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path)
   for entry, message in ((dict(type="fewshots"), "type='fewshots' is unknown"),
@@ -174,9 +180,13 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline, train_state, train_step  # pylint: disable=g-import-not-at-top
-  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.datasets import (
+    pipeline,  # pylint: disable=g-import-not-at-top
+    sources,  # pylint: disable=g-import-not-at-top
+  )
   from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state, train_step
   config = tiny_config(tmp_path)
   with config.unlocked():
     config.dataset, config.eval_split, config.num_classes = "imagenet2012_real", "validation", 1000
@@ -192,7 +202,7 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
       params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(0), p.shape),
                             train_state.create_train_state(setup, 0).params)
       totals = runner.classification_pass(train_step.make_eval_step(setup), params, config, 1000)
-      batches = list(input_pipeline.create_eval_iterator(config))
+      batches = list(pipeline.create_eval_iterator(config))
   finally:
     sources.clear_cache()
   real = np.concatenate([b["real"] for b in batches])[:11]
@@ -227,11 +237,13 @@ def test_evaluate_cli_compares_an_augreg_file_with_its_published_figure(tmp_path
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint, evaluate, model_configs  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import checkpoint, evaluate  # pylint: disable=g-import-not-at-top
   from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry
   name = ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--cifar100-steps_10k-"
           "lr_0.003-res_224")
-  model = model_configs.create_model("ViT-Ti_16", 100)
+  model = registry.create_model("ViT-Ti_16", 100)
   params = meta.unbox(jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)), train=False))["params"])
   rng = np.random.default_rng(0)
@@ -289,8 +301,8 @@ def test_evaluate_cli_takes_evaluators_from_a_config_file_and_names_a_missing_sp
   from vit_jax import evaluate, exits  # pylint: disable=g-import-not-at-top
   _run_with_evals(tmp_path, {})
   cfg = tmp_path / "evals.py"
-  cfg.write_text("import ml_collections\nfrom vit_jax.configs import common\n\n"
-                 "def get_config(arg=None):\n  c = common.defaults()\n"
+  cfg.write_text("import ml_collections\nfrom vit_jax.configs import base\n\n"
+                 "def get_config(arg=None):\n  c = base.defaults()\n"
                  "  c.evals = ml_collections.ConfigDict({'first': dict(type='classification', "
                  "split='test[:40]', topk=2)})\n  return c\n")
   assert evaluate.main(["--workdir", str(tmp_path / "run"), "--evals_config", str(cfg)]) == 0

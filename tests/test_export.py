@@ -7,10 +7,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+
 from tests import official_layout as ol
-from vit_jax import export, train
+from vit_jax import export
+from vit_jax.run import loop
 
 
 def test_export_round_trip(tmp_path, tmp_path_factory):
@@ -18,7 +19,7 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
   config = tiny_config(tmp_path_factory.getbasetemp() / "tfds_shared", total_steps=3,
                        checkpoint_every=3)
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, str(workdir))
+  result = loop.train_and_evaluate(config, str(workdir))
   trained = ol.flatten(jax.device_get(result["state"].params))
 
   out = export.export(str(workdir), str(tmp_path / "model.npz"))
@@ -54,6 +55,7 @@ def test_export_of_a_scanned_model_is_read_back_by_inference(tmp_path):
   """Exports are per-layer files; a run built with scan_layers=True gets its stacked layout
   back when the inference loader rebuilds it from the sidecar."""
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
+
   from vit_jax import checkpoint, inference  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path, **{"model.scan_layers": True, "model.transformer.num_layers": 2})
   model = export.model_from_architecture(export.architecture(config))

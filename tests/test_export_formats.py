@@ -20,10 +20,16 @@ import pytest
 from flax.linen import meta
 
 from tests import official_layout as ol
-from vit_jax import exits, export, model_configs, param_tree
-from vit_jax.export_formats import common, hub, model_card, serving
-from vit_jax.export_formats import timm as timm_format
-from vit_jax.export_formats import transformers as hf_format
+from vit_jax import exits, export, param_tree
+from vit_jax.export_formats import (
+  common,
+  hub,
+  model_card,
+  serving,
+  timm as timm_format,
+  transformers as hf_format,
+)
+from vit_jax.models import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
@@ -65,7 +71,7 @@ def _tiny(**overrides):
 
 def _hybrid():
   """R+ViT-Ti/16's root (no ResNet stages, 8x8 patches) under a width-16, 1-layer encoder."""
-  c = model_configs.get_model_config("R+ViT-Ti_16").to_dict()
+  c = registry.get_model_config("R+ViT-Ti_16").to_dict()
   c.update(hidden_size=16, transformer=dict(c["transformer"], num_layers=1, num_heads=2,
                                             mlp_dim=32))
   return c
@@ -73,7 +79,7 @@ def _hybrid():
 
 def _mixer_s32(approximate_gelu=False):
   """timm's mixer_s32_224 structure (width 512, 8 blocks), used at 64 px: 4 tokens."""
-  c = model_configs.mixer(32, 512, 8, 256, 2048).to_dict()
+  c = registry.mixer(32, 512, 8, 256, 2048).to_dict()
   c.update(model_name="Mixer-S_32", approximate_gelu=approximate_gelu)
   return c
 
@@ -142,6 +148,7 @@ def test_timm_loads_the_export_with_our_logits(timm, tmp_path, kind):
 
 def test_timm_names_are_registered_and_exact_architectures_get_them(timm):
   import torch  # pylint: disable=g-import-not-at-top
+
   from vit_jax.checkpoint import torch_layouts  # pylint: disable=g-import-not-at-top
   for name in timm_format.registered_names():
     assert timm.is_model(name), name
@@ -152,14 +159,14 @@ def test_timm_names_are_registered_and_exact_architectures_get_them(timm):
               ("R+ViT-Ti_16", 224): "vit_tiny_r_s16_p8_224", ("Mixer-B_16", 224): "mixer_b16_224",
               ("ViT-Ti_16", 224): "vit_tiny_patch16_224"}
   for (name, res), timm_name in expected.items():
-    arch = _arch(model_configs.get_model_config(name).to_dict(), resolution=res)
+    arch = _arch(registry.get_model_config(name).to_dict(), resolution=res)
     got, args, notes = timm_format.architecture(common.Source({}, arch))
     assert got == timm_name, (name, got)
     assert set(args) <= {"act_layer"} and all("no registered" not in n for n in notes), args
   # Exact names hold our full-size trees: same keys and shapes as timm's own module.
   for name, timm_name in (("ViT-Ti_16", "vit_tiny_patch16_224"),
                           ("R+ViT-Ti_16", "vit_tiny_r_s16_p8_224")):
-    model = model_configs.create_model(name, 10)
+    model = registry.create_model(name, 10)
     shapes = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0),
                                                    np.zeros((1, 224, 224, 3), np.float32),
                                                    train=False))["params"]
@@ -186,9 +193,11 @@ def test_transformers_loads_the_export_with_our_logits(tmp_path):
   np.testing.assert_allclose(_torch_logits(hf, x), _logits(model, source, x), atol=ATOL)
   # The image processor does our eval preprocessing (pp.eval='resize': bilinear squash).
   import io  # pylint: disable=g-import-not-at-top
+
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common as config_common  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.configs import base as config_common  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
   image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8))
   png = io.BytesIO()
   image.save(png, format="PNG")
@@ -211,7 +220,7 @@ def test_transformers_loads_the_export_with_our_logits(tmp_path):
     (_tiny(representation_size=8), "transformers", "--format=stablehlo"),
     (_tiny(representation_size=8), "timm", "pre_logits"),
     (_tiny(classifier="unpooled"), "timm", "classifier 'unpooled'"),
-    (model_configs.mixer(4, 8, 2, 6, 16).to_dict(), "timm", "mixer_{s,b,l}{16,32}_224"),
+    (registry.mixer(4, 8, 2, 6, 16).to_dict(), "timm", "mixer_{s,b,l}{16,32}_224"),
 ])
 def test_a_format_refuses_what_it_cannot_represent(tmp_path, fields, fmt, says):
   source = common.Source({}, _arch(fields))
@@ -251,7 +260,7 @@ def _front_matter(text):
 
 
 def test_model_card_front_matter_with_the_runs_results(tmp_path):
-  from vit_jax.configs import common as config_common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base as config_common  # pylint: disable=g-import-not-at-top
   (tmp_path / "results.json").write_text(json.dumps({"evals": [
       {"step": 2, "accuracy": 0.1},
       {"step": 7, "accuracy": 0.5, "top5_accuracy": 0.9, "loss": 1.25, "examples": 10,
@@ -360,7 +369,7 @@ def test_stablehlo_runs_for_any_batch_without_vit_jax(tmp_path):
 @pytest.mark.parametrize("input_kind", ["float", "uint8"])
 def test_savedmodel_serving_default_gives_our_logits(tmp_path, input_kind):
   tf = pytest.importorskip("tensorflow")
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
   source, model, _ = _source(_hybrid(), resolution=32)
   rng = np.random.default_rng(4)
   images = rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
@@ -383,11 +392,12 @@ def test_savedmodel_serving_default_gives_our_logits(tmp_path, input_kind):
 @pytest.fixture(scope="module")
 def run_workdir(tmp_path_factory):
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top,g-bad-import-order
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path_factory.getbasetemp() / "tfds_shared", total_steps=3,
                        checkpoint_every=3)
   workdir = tmp_path_factory.mktemp("formats") / "run"
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return workdir
 
 

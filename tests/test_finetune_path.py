@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 from test_train import REPO, load_config_file, tiny_config  # pylint: disable=g-bad-import-order
-from vit_jax import export, train
+
+from vit_jax import export
+from vit_jax.run import loop
 
 TINY_MODEL = ["--config.model.hidden_size=16", "--config.model.transformer.mlp_dim=32",
               "--config.model.transformer.num_heads=2", "--config.model.transformer.num_layers=1"]
@@ -24,7 +26,7 @@ def test_preset_is_the_quickstart_model_at_32_px_with_a_new_head():
 def test_export_fine_tuned_at_twice_the_resolution(tmp_path):
   data_dir = tmp_path.parent / "tfds_shared"
   source = tmp_path / "source"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=10, checkpoint_every=10),
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=10, checkpoint_every=10),
                            str(source))
   exported = export.export(str(source), str(tmp_path / "model.npz"))
   flags = ["--config=configs/finetune_quickstart.py:" + exported, *TINY_MODEL,

@@ -18,8 +18,7 @@ import pytest
 from PIL import Image
 
 from vit_jax import checkpoint, input_pipeline, models, train, utils
-from vit_jax.configs import common as common_config
-from vit_jax.configs import models as models_config
+from vit_jax.configs import common as common_config, models as models_config
 from vit_jax.datasets import sources
 from vit_jax.google_compat import schema
 

@@ -13,12 +13,13 @@ import sys
 
 import jax
 import numpy as np
+import numpy_reference as ref
 import pytest
 from flax.linen import meta
 from PIL import Image
 
-import numpy_reference as ref
-from vit_jax import inference, model_configs
+from vit_jax import inference
+from vit_jax.models import registry
 
 RES = 32  # 2x2 patches of 16
 LINE = re.compile(r"^  (\d\.\d{5})  (.+)  \[(\d+)\]$")
@@ -43,7 +44,7 @@ def _flatten_vit_models(tree, prefix=""):
 def tiny(tmp_path_factory):
   """(checkpoint path, in-memory params, image paths) for a 1000-class 'testing' ViT."""
   root = tmp_path_factory.mktemp("inference")
-  model = model_configs.create_model("testing", 1000)
+  model = registry.create_model("testing", 1000)
   params = meta.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, RES, RES, 3), np.float32),
                                  train=False)["params"])
   params = jax.tree.map(np.asarray, params)
@@ -135,7 +136,7 @@ def test_cli_errors(tiny, tmp_path, capsys):
 
 def test_checkpoint_resolution_from_posemb_grid(tiny):
   _, params, _ = tiny
-  model = model_configs.create_model("testing", 1000)
+  model = registry.create_model("testing", 1000)
   assert inference.checkpoint_resolution(model, params) == RES
   bigger = dict(params, Transformer=dict(params["Transformer"], posembed_input={
       "pos_embedding": np.zeros((1, 1 + 24 * 24, 10), np.float32)}))
@@ -190,7 +191,7 @@ def test_augreg_file_names_become_hub_uris(tmp_path):
 
 def test_predict_pads_last_batch_and_compiles_once(tiny):
   _, params, _ = tiny
-  model = model_configs.create_model("testing", 1000)
+  model = registry.create_model("testing", 1000)
   rng = np.random.default_rng(2)
   images = rng.uniform(-1, 1, (5, RES, RES, 3)).astype(np.float32)
   probs = inference.predict(model, params, images, batch_size=2)  # batches 2, 2, 1 (+1 pad)
@@ -207,6 +208,7 @@ def test_predict_pads_last_batch_and_compiles_once(tiny):
 
 def test_inference_falls_back_between_copies_like_the_trainer(tiny, monkeypatch, tmp_path):
   from test_train import _refused_url  # pylint: disable=g-import-not-at-top
+
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   path, params, _ = tiny
   monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(), path))

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.input_pipeline: shapes, one global order whatever the process count,
+"""Tests of vit_jax.datasets.pipeline: shapes, one global order whatever the process count,
 masked eval, exact O(1) resume (also onto another process count).
 
 Coverage tests use a generated PNG folder whose image k is the constant grey level k, so the
@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import input_pipeline, preprocess
-from vit_jax.configs import common
-from vit_jax.datasets import sources
+from vit_jax.configs import base
+from vit_jax.datasets import pipeline, preprocess, sources
 
 N_TRAIN, N_TEST = 50, 23
 
 
 def _config(dataset, **kw):
-  """configs/common.defaults() (where every key has its one default) shrunk for tests."""
-  c = common.defaults()
+  """configs/base.defaults() (where every key has its one default) shrunk for tests."""
+  c = base.defaults()
   c.update_from_flattened_dict(dict(
       seed=0, dataset=dataset, train_split="train", eval_split="test", batch=12, batch_eval=12,
       **{"pp.crop": 8, "pp.resize": 8, "pp.flip": False, "input.num_workers": 0,
@@ -74,9 +73,9 @@ def test_cifar10_mock_shapes_ranges_dtypes():
   c = _config("cifar10", **{"pp.crop": 16, "pp.resize": 20, "pp.train": "inception_crop",
                             "pp.flip": True, "batch": 8, "batch_eval": 8})
   with tfds.testing.mock_data(num_examples=20):
-    info = input_pipeline.get_dataset_info(c)
-    batch = next(input_pipeline.create_train_iterator(c, process_index=0, process_count=1))
-    evals = list(input_pipeline.create_eval_iterator(c, process_index=0, process_count=1))
+    info = pipeline.get_dataset_info(c)
+    batch = next(pipeline.create_train_iterator(c, process_index=0, process_count=1))
+    evals = list(pipeline.create_eval_iterator(c, process_index=0, process_count=1))
   sources.clear_cache()
   assert info.num_classes == 10 and len(info.class_names) == 10
   assert info.num_train_examples == 20
@@ -92,19 +91,19 @@ def test_cifar10_mock_shapes_ranges_dtypes():
 def test_jpeg_folder_train_and_eval(jpeg_folder):
   c = _config(jpeg_folder, **{"pp.crop": 16, "pp.resize": 24, "batch": 4, "batch_eval": 4,
                               "pp.label_smoothing": 0.2})
-  info = input_pipeline.get_dataset_info(c)
+  info = pipeline.get_dataset_info(c)
   assert info.class_names == ("cat", "dog") and info.num_train_examples == 10
-  batch = next(input_pipeline.create_train_iterator(c, process_index=0, process_count=1))
+  batch = next(pipeline.create_train_iterator(c, process_index=0, process_count=1))
   assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
   np.testing.assert_allclose(np.sort(batch["label"], -1), [[0.1, 0.9]] * 4, atol=1e-6)
-  masks = [e["mask"] for e in input_pipeline.create_eval_iterator(c, process_index=0,
+  masks = [e["mask"] for e in pipeline.create_eval_iterator(c, process_index=0,
                                                                     process_count=1)]
   assert sum(m.sum() for m in masks) == 10 and len(masks) == 3
 
 
 def test_global_stream_epochs_are_reshuffled_permutations(id_folder):
   c = _config(id_folder, batch=10)  # 50 examples: 5 batches an epoch.
-  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(c, process_index=0, process_count=1)
   stream = np.concatenate([_ids(b["image"]) for b in _take(it, 15)])
   epochs = stream.reshape(3, N_TRAIN)
   for epoch in epochs:
@@ -127,7 +126,7 @@ _MIXES = {"no_mixup": {}, "mixup": {"pp.mixup_alpha": 0.5}, "timm": _TIMM}
 
 def _global_batches(c, steps, count, state=None):
   """The `steps` global batches of `count` processes: their local batches concatenated."""
-  its = [input_pipeline.create_train_iterator(c, process_index=p, process_count=count)
+  its = [pipeline.create_train_iterator(c, process_index=p, process_count=count)
          for p in range(count)]
   out = []
   for it in its:
@@ -165,7 +164,7 @@ def test_processes_read_disjoint_rows_and_only_their_own(id_folder, count, monke
   c = _config(id_folder, batch=12)
   b = 12 // count
   reads = collections.defaultdict(list)
-  real_open = input_pipeline.open_source
+  real_open = pipeline.open_source
 
   class Recording:
     def __init__(self, source, p):
@@ -181,10 +180,10 @@ def test_processes_read_disjoint_rows_and_only_their_own(id_folder, count, monke
 
   seen = {}
   for p in range(count):
-    monkeypatch.setattr(input_pipeline, "open_source",
+    monkeypatch.setattr(pipeline, "open_source",
                         lambda config, split, p=p: (lambda s, i: (Recording(s, p), i))(
                             *real_open(config, split)))
-    it = input_pipeline.create_train_iterator(c, process_index=p, process_count=count)
+    it = pipeline.create_train_iterator(c, process_index=p, process_count=count)
     # Random access to the first 4 local batches (4 × 12 = 48 < 50: all in epoch 0), without
     # the iterator's read-ahead, so the records read are exactly those of these batches.
     local = [it._batches[i] for i in range(4)]  # pylint: disable=protected-access
@@ -204,7 +203,7 @@ def test_restore_at_step_k_onto_another_process_count(id_folder, saved_count, re
   c = _config(id_folder, batch=12, **dict(_AUGMENTED, **_MIXES[mix]))
   k, steps = 5, 9
   reference = _global_batches(c, steps, 1)
-  saver = input_pipeline.create_train_iterator(c, process_index=saved_count - 1,
+  saver = pipeline.create_train_iterator(c, process_index=saved_count - 1,
                                                process_count=saved_count)
   _take(saver, k)
   state = json.loads(json.dumps(saver.get_state()))  # As a checkpoint stores it.
@@ -228,9 +227,9 @@ def test_mixup_pairs_rows_2m_and_2m_plus_1():
 def test_mixup_needs_an_even_per_process_batch(id_folder):
   c = _config(id_folder, batch=9, **{"pp.mixup_alpha": 0.2})
   with pytest.raises(ValueError, match="must be even"):
-    input_pipeline.create_train_iterator(c, process_index=0, process_count=3)
+    pipeline.create_train_iterator(c, process_index=0, process_count=3)
   # Without mixup an odd per-process batch is fine.
-  batch = next(input_pipeline.create_train_iterator(_config(id_folder, batch=9),
+  batch = next(pipeline.create_train_iterator(_config(id_folder, batch=9),
                                                     process_index=0, process_count=3))
   assert batch["image"].shape[0] == 3
 
@@ -240,7 +239,7 @@ def test_eval_counts_every_example_exactly_once(id_folder, count):
   c = _config(id_folder, batch_eval=4 * count)
   seen, lengths = collections.Counter(), set()
   for p in range(count):
-    batches = list(input_pipeline.create_eval_iterator(c, process_index=p, process_count=count))
+    batches = list(pipeline.create_eval_iterator(c, process_index=p, process_count=count))
     lengths.add(len(batches))
     for b in batches:
       assert b["image"].shape[0] == 4 and b["mask"].dtype == np.float32
@@ -255,7 +254,7 @@ def test_resume_at_step_k_is_bit_identical(id_folder):
   c = _config(id_folder, **{"pp.randaugment_layers": 2, "pp.randaugment_magnitude": 9,
                             "pp.mixup_alpha": 0.5, "pp.label_smoothing": 0.1, "pp.flip": True,
                             "pp.resize": 10, "batch": 8})
-  it = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  it = pipeline.create_train_iterator(c, process_index=1, process_count=2)
   batches, states = [], []
   for _ in range(12):  # 12 global batches of 8 over 50 examples: crosses epochs.
     batches.append(next(it))
@@ -264,7 +263,7 @@ def test_resume_at_step_k_is_bit_identical(id_folder):
   state = json.loads(json.dumps(states[k - 1]))  # Small and JSON-serialisable.
   assert len(json.dumps(state)) < 300 and state["step"] == k
   assert (state["epoch"], state["position"]) == divmod(k * 8, N_TRAIN)  # In the global stream.
-  resumed = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  resumed = pipeline.create_train_iterator(c, process_index=1, process_count=2)
   resumed.set_state(state)
   for i in range(k, 12):
     b = next(resumed)
@@ -272,16 +271,16 @@ def test_resume_at_step_k_is_bit_identical(id_folder):
       np.testing.assert_array_equal(b[key], batches[i][key])
   np.testing.assert_allclose(batches[3]["label"].sum(-1), 1.0, atol=1e-6)
   # Multi-host checkpoints keep process 0's state; it must restore process 1 exactly too.
-  it0 = input_pipeline.create_train_iterator(c, process_index=0, process_count=2)
+  it0 = pipeline.create_train_iterator(c, process_index=0, process_count=2)
   _take(it0, k)
-  other = input_pipeline.create_train_iterator(c, process_index=1, process_count=2)
+  other = pipeline.create_train_iterator(c, process_index=1, process_count=2)
   other.set_state(it0.get_state())
   np.testing.assert_array_equal(next(other)["image"], batches[k]["image"])
 
 
 def test_resume_is_o1(id_folder):
   c = _config(id_folder)
-  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(c, process_index=0, process_count=1)
   state = dict(it.get_state(), step=10**9)
   it.set_state(state)
   t0 = time.perf_counter()
@@ -291,7 +290,7 @@ def test_resume_is_o1(id_folder):
 
 
 def test_seeded_determinism(id_folder):
-  make = lambda seed: input_pipeline.create_train_iterator(
+  make = lambda seed: pipeline.create_train_iterator(
       _config(id_folder, seed=seed, **{"pp.mixup_alpha": 1.0}), process_index=0,
       process_count=1)
   a, b, c = _take(make(0), 3), _take(make(0), 3), _take(make(1), 3)
@@ -303,9 +302,9 @@ def test_seeded_determinism(id_folder):
 @pytest.mark.parametrize("mix", ["mixup", "timm"])
 def test_batches_do_not_depend_on_worker_count(id_folder, mix):
   mixes = dict(_MIXES[mix], **{"pp.mixup_alpha": 1.0})  # timm: workers unpickle RepeatedStream
-  base = _take(input_pipeline.create_train_iterator(
+  base = _take(pipeline.create_train_iterator(
       _config(id_folder, **mixes), process_index=0, process_count=1), 3)
-  it = input_pipeline.create_train_iterator(
+  it = pipeline.create_train_iterator(
       _config(id_folder, **dict(mixes, **{"input.num_workers": 2})),
       process_index=0, process_count=1)
   try:
@@ -318,12 +317,12 @@ def test_batches_do_not_depend_on_worker_count(id_folder, mix):
 
 def test_batch_must_divide_over_processes(id_folder):
   with pytest.raises(ValueError, match="multiple of the 3 processes"):
-    input_pipeline.create_train_iterator(_config(id_folder, batch=10), process_index=0,
+    pipeline.create_train_iterator(_config(id_folder, batch=10), process_index=0,
                                          process_count=3)
 
 
 def test_set_state_rejects_another_seed(id_folder):
-  it = input_pipeline.create_train_iterator(_config(id_folder), process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(_config(id_folder), process_index=0, process_count=1)
   with pytest.raises(ValueError, match="same --config.seed"):
     it.set_state(dict(it.get_state(), seed=7))
 
@@ -334,15 +333,15 @@ def test_digits_labels_match_images(tmp_path_factory):
   sources.clear_cache()
   c = _config("digits", tfds_data_dir=str(tmp_path_factory.mktemp("tfds")), batch=100,
               batch_eval=100, **{"pp.crop": 16, "pp.resize": 16})
-  info = input_pipeline.get_dataset_info(c)
+  info = pipeline.get_dataset_info(c)
   assert (info.num_train_examples, info.num_eval_examples, info.num_classes) == (1500, 297, 10)
-  it = input_pipeline.create_train_iterator(c, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(c, process_index=0, process_count=1)
   train = _take(it, 15)
   x = np.concatenate([b["image"][..., 0].reshape(100, -1) for b in train])
   y = np.concatenate([b["label"].argmax(-1) for b in train])
   clf = LogisticRegression(max_iter=300).fit(x, y)
   correct = total = 0
-  for b in input_pipeline.create_eval_iterator(c, process_index=0, process_count=1):
+  for b in pipeline.create_eval_iterator(c, process_index=0, process_count=1):
     pred = clf.predict(b["image"][..., 0].reshape(100, -1))
     correct += ((pred == b["label"].argmax(-1)) * b["mask"]).sum()
     total += b["mask"].sum()
@@ -352,13 +351,13 @@ def test_digits_labels_match_images(tmp_path_factory):
 _RELEASE_SCRIPT = """
 import sys
 from configs import quickstart
-from vit_jax import input_pipeline
+from vit_jax.datasets import pipeline
 if __name__ == "__main__":  # grain's workers are spawned: they re-import this file
-  it = input_pipeline.create_train_iterator(quickstart.get_config())  # 1 worker process
+  it = pipeline.create_train_iterator(quickstart.get_config())  # 1 worker process
   batches = [next(it) for _ in range(3)]
   it.close()
   del batches
-  input_pipeline.release_shared_memory()
+  pipeline.release_shared_memory()
   print("released")
 """
 
@@ -368,6 +367,7 @@ def test_release_shared_memory_leaves_nothing_for_the_resource_tracker(tmp_path)
   # warns about "leaked shared_memory objects" (seen at the end of every quickstart run).
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from test_train import REPO  # pylint: disable=g-import-not-at-top
   script = tmp_path / "release.py"
   script.write_text(_RELEASE_SCRIPT)

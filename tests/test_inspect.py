@@ -1,6 +1,6 @@
 """Inspection: attention probabilities and block features against a NumPy forward, rollout,
 mean attention distance, position-embedding similarity and filter PCA against independent
-formulations, and `python -m vit_jax.inspect` end to end on a tiny export."""
+formulations, and `python -m vit_jax.visualize` end to end on a tiny export."""
 import json
 import math
 
@@ -13,8 +13,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
 from tests import numpy_reference as ref
-from vit_jax import analysis, checkpoint, exits, export, model_configs
-from vit_jax import inspect as vit_inspect
+from vit_jax import analysis, checkpoint, exits, export, visualize as vit_inspect
+from vit_jax.models import registry
 
 X = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
 TINY = dict(hidden_size=16, patches={"size": (4, 4)},
@@ -23,7 +23,7 @@ TINY = dict(hidden_size=16, patches={"size": (4, 4)},
 
 
 def _model(**kw):
-  return model_configs.create_model("testing", 5, **{**TINY, **kw})
+  return registry.create_model("testing", 5, **{**TINY, **kw})
 
 
 def _params(model, seed=0):
@@ -78,7 +78,7 @@ def test_attention_probabilities_and_features_equal_a_numpy_forward(classifier, 
 
 
 def test_hybrid_attention_follows_from_the_previous_block_features():
-  model = model_configs.create_model("R+ViT-Ti_16", 5, **{**TINY, "patches": {"size": (2, 2)}})
+  model = registry.create_model("R+ViT-Ti_16", 5, **{**TINY, "patches": {"size": (2, 2)}})
   images = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   params = meta.unbox(model.init(jax.random.PRNGKey(0), images[:1], train=False)["params"])
   inter = analysis.intermediates(model, params, images)
@@ -102,7 +102,7 @@ def test_compute_in_batches_averages_over_every_image():
 
 
 def test_mixer_gives_features_and_no_attention():
-  model = model_configs.create_model("Mixer-B_16", 5, patches={"size": (4, 4)}, hidden_dim=8,
+  model = registry.create_model("Mixer-B_16", 5, patches={"size": (4, 4)}, hidden_dim=8,
                                      num_blocks=2, tokens_mlp_dim=8, channels_mlp_dim=8)
   params = _params(model)
   inter = analysis.intermediates(model, params, X)

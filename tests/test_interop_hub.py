@@ -221,7 +221,7 @@ def test_timm_mixer_state_dict_gives_same_logits(timm, tmp_path):
     # A wrong mapping moves them by O(1).
     ("vit_small_r26_s32_224", "R26+ViT-S_32", 2e-3)])
 def test_timm_hybrid_state_dict_gives_same_logits(timm, tmp_path, timm_name, config_name, atol):
-  from vit_jax.model_configs import MODEL_CONFIGS  # pylint: disable=g-import-not-at-top
+  from vit_jax.models.registry import MODEL_CONFIGS  # pylint: disable=g-import-not-at-top
   reference = timm.create_model(timm_name, pretrained=False, act_layer="gelu_tanh", img_size=64,
                                 depth=1, num_classes=3)
   with torch.no_grad():  # Small weights keep the deep random ResNet in a sane range.

@@ -18,10 +18,11 @@ import time
 
 import numpy as np
 import pytest
-
 from test_resume import TINY_FLAGS  # pylint: disable=g-bad-import-order
 from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
-from vit_jax import exits, run_state, train, watchdog, workdir_lock
+
+from vit_jax import exits
+from vit_jax.run import loop, run_state, watchdog, workdir_lock
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   done = _main(workdir, data_dir, "--config.total_steps=4", "--config.checkpoint_every=4")
   assert done.returncode == exits.FINISHED, done.stderr[-3000:]
   assert "Done: step 4; eval accuracy" in done.stdout
-  log = (workdir / "train.log").read_text()
+  log = (workdir / "loop.log").read_text()
   assert "Training from scratch." in log and "Done: step 4" in log and "\r" not in log
   recorded = json.loads((workdir / "results.json").read_text())["evals"]
   assert [e["step"] for e in recorded] == [4]
@@ -72,7 +73,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   line = _one_line_error(changed)
   assert "base_lr: 0.003 -> 0.5" in line and "allow_config_change" in line
   assert (workdir / "config.json").read_text() == stored
-  assert "Traceback" in (workdir / "train.log").read_text()  # The trace went to the log.
+  assert "Traceback" in (workdir / "loop.log").read_text()  # The trace went to the log.
 
   # Allowed: it continues (total_steps may change anyway) and the log records the change.
   allowed = _main(workdir, data_dir, "--config.total_steps=6", "--config.base_lr=0.5",
@@ -80,7 +81,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   assert "Done: step 6" in allowed.stdout
   assert "Config changed on resume (allow_config_change): base_lr: 0.003 -> 0.5" in (
-      workdir / "train.log").read_text()
+      workdir / "loop.log").read_text()
 
 
 def test_nan_stop_exits_3(tmp_path, data_dir):
@@ -150,17 +151,17 @@ def _folder(root, classes_by_split):
 def test_preflight_on_image_folders(tmp_path, data_dir):
   extra = _folder(tmp_path / "extra", {"train": ["a", "b"], "test": ["a", "b", "c"]})
   with pytest.raises(ValueError, match=r"classes \['c'\] that are not in"):
-    train.train_and_evaluate(tiny_config(data_dir, dataset=extra, num_classes=None),
+    loop.train_and_evaluate(tiny_config(data_dir, dataset=extra, num_classes=None),
                              str(tmp_path / "w1"))
   fewer = _folder(tmp_path / "fewer", {"train": ["a", "b", "c"], "test": ["a", "b", "c"]})
   with pytest.raises(exits.UserError, match="has 3 classes"):
-    train.train_and_evaluate(tiny_config(data_dir, dataset=fewer, num_classes=10),
+    loop.train_and_evaluate(tiny_config(data_dir, dataset=fewer, num_classes=10),
                              str(tmp_path / "w2"))
   broken = _folder(tmp_path / "broken", {"train": ["a"], "test": ["a"]})
   for png in (tmp_path / "broken" / "test" / "a").glob("*.png"):
     png.write_bytes(png.read_bytes()[:40])  # Header intact enough to list, data cut.
   with pytest.raises(ValueError, match="unreadable|cannot decode"):
-    train.train_and_evaluate(tiny_config(data_dir, dataset=broken, num_classes=None),
+    loop.train_and_evaluate(tiny_config(data_dir, dataset=broken, num_classes=None),
                              str(tmp_path / "w3"))
   assert not (tmp_path / "w3" / "checkpoints").exists()
 
@@ -291,10 +292,11 @@ def test_watchdog_off_with_factor_zero():
 
 HANG_MAIN = """
 import os, sys, time
-from vit_jax import input_pipeline, main
+from vit_jax.datasets import pipeline
+from vit_jax import main
 
 HANG_AT = 6
-original = input_pipeline.create_train_iterator
+original = pipeline.create_train_iterator
 
 
 class Hangs:
@@ -321,7 +323,7 @@ def create(config, **kw):
     return Hangs(it) if jax.process_index() == 1 else it
 
 
-input_pipeline.create_train_iterator = create
+pipeline.create_train_iterator = create
 main.run()
 """
 
@@ -355,7 +357,7 @@ def test_watchdog_ends_a_hung_two_process_run_with_76(tmp_path, data_dir):
   assert "injected hang" in hung and "hang watchdog: no train step finished" in hung
   assert "most recent call first" in hung  # faulthandler's stacks of every thread
   assert "time.sleep(600)" in hung or "__next__" in hung
-  assert "most recent call first" in (workdir / "train.process1.log").read_text()
+  assert "most recent call first" in (workdir / "loop.process1.log").read_text()
   print(f"hung 2-process run ended by the watchdog after {elapsed:.0f} s")
 
 
@@ -363,7 +365,7 @@ def test_watchdog_ends_a_hung_two_process_run_with_76(tmp_path, data_dir):
 
 def test_broken_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir):
   workdir = tmp_path / "broken"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=8, checkpoint_every=4),
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=8, checkpoint_every=4),
                            str(workdir))
   ckpt_dir = workdir / "checkpoints" / "8"
   victims = [p for p in (ckpt_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 0]
@@ -373,7 +375,7 @@ def test_broken_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir)
   config = tiny_config(data_dir, total_steps=10, checkpoint_every=4)
   ckpt = run_state.Checkpointer(str(workdir))
   try:
-    setup = train.train_state.setup_from_config(config, train.sharding.mesh_for_config(config),
+    setup = loop.train_state.setup_from_config(config, loop.sharding.mesh_for_config(config),
                                                 10, 10)
     step, _, _ = ckpt.restore_latest(setup.abstract_state, warn=warnings.append)
   finally:
@@ -381,13 +383,13 @@ def test_broken_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir)
   assert step == 4
   assert "step 8 could not be restored" in warnings[0]
   assert (workdir / "checkpoints_broken" / "8").is_dir()  # Kept, not deleted.
-  result = train.train_and_evaluate(config, str(workdir))
+  result = loop.train_and_evaluate(config, str(workdir))
   assert result["step"] == 10
 
 
 def test_disk_full_during_a_checkpoint_save_keeps_the_previous(tmp_path, data_dir, monkeypatch):
   workdir = tmp_path / "full"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=4, checkpoint_every=4), str(workdir))
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=4, checkpoint_every=4), str(workdir))
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   def no_space(self, step, *args, **kwargs):
@@ -395,7 +397,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous(tmp_path, data_di
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
   with pytest.raises(OSError) as info:
-    train.train_and_evaluate(tiny_config(data_dir, total_steps=8, checkpoint_every=8),
+    loop.train_and_evaluate(tiny_config(data_dir, total_steps=8, checkpoint_every=8),
                              str(workdir))
   assert info.value.errno == errno.ENOSPC
   message = exits.one_line(info.value)
@@ -412,7 +414,7 @@ def test_disk_full_during_export_keeps_the_previous_file(tmp_path, data_dir, mon
   from vit_jax import export  # pylint: disable=g-import-not-at-top
   from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "exp"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), str(workdir))
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), str(workdir))
   out = tmp_path / "model.npz"
   export.export(str(workdir), str(out))
   before = out.read_bytes()
@@ -433,7 +435,7 @@ def test_modified_architecture_through_export_and_inference(tmp_path, data_dir):
   from vit_jax import export, inference  # pylint: disable=g-import-not-at-top
   from vit_jax.datasets import digits  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "qs"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=30, checkpoint_every=30,
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=30, checkpoint_every=30,
                                        base_lr=0.01), str(workdir))
   out = tmp_path / "model.npz"
   export.export(str(workdir), str(out))
@@ -466,14 +468,14 @@ def test_modified_architecture_through_export_and_inference(tmp_path, data_dir):
 def test_export_lists_the_steps_that_exist(tmp_path, data_dir):
   from vit_jax import export  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "steps"
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=4, checkpoint_every=2), str(workdir))
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=4, checkpoint_every=2), str(workdir))
   with pytest.raises(exits.UserError, match=r"no checkpoint at step 3 .* \[2, 4\]"):
     export.export(str(workdir), str(tmp_path / "m.npz"), step=3)
 
 
 def test_sigterm_handler_is_not_left_installed(tmp_path, data_dir):
   before = signal.getsignal(signal.SIGTERM)
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2),
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2),
                            str(tmp_path / "sig"))
   assert signal.getsignal(signal.SIGTERM) == before
   assert not (tmp_path / "sig" / "lock.json").exists()  # Released at the end.
@@ -497,9 +499,9 @@ def _clean_sources():
 
 
 def test_log_file_location_for_remote_workdirs():
-  from vit_jax import run_log  # pylint: disable=g-import-not-at-top
-  assert run_log.log_path("/w/run", 0) == "/w/run/train.log"
-  assert run_log.log_path("/w/run", 3) == "/w/run/train.process3.log"
+  from vit_jax.run import run_log  # pylint: disable=g-import-not-at-top
+  assert run_log.log_path("/w/run", 0) == "/w/run/loop.log"
+  assert run_log.log_path("/w/run", 3) == "/w/run/loop.process3.log"
   remote = run_log.log_path("gs://bucket/runs/b16", 0)
-  assert remote.endswith(os.path.join("vit_jax_logs", "b16", "train.log")) and "://" not in remote
+  assert remote.endswith(os.path.join("vit_jax_logs", "b16", "loop.log")) and "://" not in remote
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from test_train import REPO  # pylint: disable=g-bad-import-order
+
 from vit_jax import main
 
 

@@ -1,4 +1,4 @@
-"""Tests for vit_jax.model_configs (re-exported as vit_jax.configs.models): the registry of named
+"""Tests for vit_jax.models.registry (re-exported as vit_jax.configs.models): the registry of named
 architectures, parameter counts (closed form + published figures), names and the factory."""
 import subprocess
 import sys
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from vit_jax import model_configs, models
+from vit_jax import models
 from vit_jax.configs import models as models_config
+from vit_jax.models import registry
 
 OFFICIAL = ["testing", "ViT-Ti_16", "ViT-S_16", "ViT-S_32", "ViT-B_8", "ViT-B_16", "ViT-B_32",
             "ViT-L_16", "ViT-L_32", "ViT-H_14", "R50+ViT-B_16", "R26+ViT-S_32", "R50+ViT-L_32",
@@ -48,9 +49,9 @@ PUBLISHED = [
 
 def count_params(name, num_classes, resolution):
   """Parameter count from an abstract init (jax.eval_shape: no memory, nothing compiled)."""
-  config = model_configs.MODEL_CONFIGS[name]
-  extra = {} if model_configs.is_mixer(config) else {"scan_layers": True}  # fast trace
-  model = model_configs.create_model(name, num_classes, **extra)
+  config = registry.MODEL_CONFIGS[name]
+  extra = {} if registry.is_mixer(config) else {"scan_layers": True}  # fast trace
+  model = registry.create_model(name, num_classes, **extra)
   tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                            jnp.zeros((1, resolution, resolution, 3)), train=False))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(tree)))
@@ -103,14 +104,14 @@ def closed_form(config, num_classes, resolution):
 
 
 def test_all_official_names_registered():
-  assert set(OFFICIAL) <= set(model_configs.MODEL_CONFIGS)
-  for name, config in model_configs.MODEL_CONFIGS.items():
+  assert set(OFFICIAL) <= set(registry.MODEL_CONFIGS)
+  for name, config in registry.MODEL_CONFIGS.items():
     assert config.model_name == name and config.is_locked
 
 
-@pytest.mark.parametrize("name", list(model_configs.MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(registry.MODEL_CONFIGS))
 def test_param_count_matches_closed_form(name):
-  config = model_configs.MODEL_CONFIGS[name]
+  config = registry.MODEL_CONFIGS[name]
   assert count_params(name, 1000, 224) == closed_form(config, 1000, 224)
 
 
@@ -132,48 +133,48 @@ def test_augreg_short_names_resolve():
            "B_16": "ViT-B_16", "B_32": "ViT-B_32", "L_16": "ViT-L_16", "R_Ti_16": "R+ViT-Ti_16",
            "R26_S_32": "R26+ViT-S_32", "R50_L_32": "R50+ViT-L_32"}
   for short, official in table.items():
-    assert short in model_configs.MODEL_CONFIGS
-    assert model_configs.MODEL_CONFIGS[short].model_name == official
+    assert short in registry.MODEL_CONFIGS
+    assert registry.MODEL_CONFIGS[short].model_name == official
     assert models_config.AUGREG_CONFIGS[short].model_name == official
   name = "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
-  assert model_configs.get_model_config(name).model_name == "ViT-S_16"
-  assert "Ti_16" not in list(model_configs.MODEL_CONFIGS)  # iteration lists official names
+  assert registry.get_model_config(name).model_name == "ViT-S_16"
+  assert "Ti_16" not in list(registry.MODEL_CONFIGS)  # iteration lists official names
 
 
 def test_unknown_name_lists_the_valid_ones():
   with pytest.raises(ValueError, match="valid names: .*ViT-B_16"):
-    model_configs.get_model_config("ViT-X_99")
+    registry.get_model_config("ViT-X_99")
   with pytest.raises(KeyError, match="ViT-B_16"):
-    model_configs.MODEL_CONFIGS["ViT-X_99"]  # pylint: disable=pointless-statement
-  assert model_configs.MODEL_CONFIGS.get("ViT-X_99") is None
+    registry.MODEL_CONFIGS["ViT-X_99"]  # pylint: disable=pointless-statement
+  assert registry.MODEL_CONFIGS.get("ViT-X_99") is None
 
 
 def test_get_model_config_returns_an_independent_copy():
-  config = model_configs.get_model_config("ViT-B_16")
+  config = registry.get_model_config("ViT-B_16")
   config.transformer.dropout_rate = 0.3
-  assert model_configs.MODEL_CONFIGS["ViT-B_16"].transformer.dropout_rate == 0.0
+  assert registry.MODEL_CONFIGS["ViT-B_16"].transformer.dropout_rate == 0.0
 
 
 def test_create_model_picks_the_class_and_applies_overrides():
-  mixer = model_configs.create_model("Mixer-B_16", 10)
+  mixer = registry.create_model("Mixer-B_16", 10)
   assert isinstance(mixer, models.MlpMixer) and mixer.num_classes == 10
-  vit = model_configs.create_model("B_16", 3, classifier="gap", transformer={"dropout_rate": 0.2})
+  vit = registry.create_model("B_16", 3, classifier="gap", transformer={"dropout_rate": 0.2})
   assert isinstance(vit, models.VisionTransformer) and vit.classifier == "gap"
   assert vit.transformer["dropout_rate"] == 0.2 and vit.transformer["num_layers"] == 12
 
 
 def test_colab_api_runs_with_configdict_fields():
   x = jnp.zeros((1, 32, 32, 3))
-  cfg = model_configs.MODEL_CONFIGS["testing"]
+  cfg = registry.MODEL_CONFIGS["testing"]
   model = models.VisionTransformer(num_classes=10, **cfg)
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   assert model.apply(variables, x, train=False).shape == (1, 10)
-  mixer = models.MlpMixer(num_classes=10, **model_configs.MODEL_CONFIGS["Mixer-B_16"])
+  mixer = models.MlpMixer(num_classes=10, **registry.MODEL_CONFIGS["Mixer-B_16"])
   assert mixer.hidden_dim == 768
 
 
 def test_no_tensorflow_at_import():
-  code = ("import sys, vit_jax.models, vit_jax.model_configs, vit_jax.configs.models; "
+  code = ("import sys, vit_jax.models, vit_jax.models.registry, vit_jax.configs.models; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')];"
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
@@ -181,11 +182,11 @@ def test_no_tensorflow_at_import():
 
 @pytest.mark.parametrize("name", ["testing", "Mixer-B_16"])
 def test_run_config_stochastic_depth_reaches_both_families(name):
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  config = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  config = base.defaults()
   config.model_name = name
   config.model.stochastic_depth = 0.2
-  model = model_configs.model_from_run_config(config, 10)
+  model = registry.model_from_run_config(config, 10)
   assert model.stochastic_depth == 0.2
 
 
@@ -193,7 +194,7 @@ def test_mixer_stochastic_depth_drops_residual_branches():
   """The field the config sets really acts in a Mixer: train-mode outputs differ per key."""
   fields = dict(model_name="tiny-mixer", patches={"size": (4, 4)}, hidden_dim=8, num_blocks=2,
                 tokens_mlp_dim=4, channels_mlp_dim=8, stochastic_depth=0.9)
-  model = model_configs.model_from_fields(fields, None)
+  model = registry.model_from_fields(fields, None)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
   params = model.init(jax.random.PRNGKey(1), x, train=False)
   a, b = (model.apply(params, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)})
@@ -203,21 +204,21 @@ def test_mixer_stochastic_depth_drops_residual_branches():
 
 
 def test_a_field_the_family_does_not_take_is_one_clear_error():
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  config = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  config = base.defaults()
   config.model_name = "Mixer-B_16"
   config.model.scan_layers = True
   with pytest.raises(ValueError, match=r"MlpMixer \(Mixer-B_16\) has no field\(s\) \['scan_layers'\]"):
-    model_configs.model_from_run_config(config, 10)
+    registry.model_from_run_config(config, 10)
 
 
 def test_run_config_overrides_skip_unset_fields_and_create_model_sets_none():
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  config = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  config = base.defaults()
   config.model_name = "ViT-B_16"
   config.model.transformer.dropout_rate = 0.3
-  merged = model_configs.run_model_config(config)
+  merged = registry.run_model_config(config)
   assert merged.transformer.dropout_rate == 0.3 and merged.transformer.num_layers == 12
   assert "scan_layers" not in merged and merged.classifier == "token"  # unset placeholders
   # Explicit overrides (create_model) may set a field to None, e.g. to drop pre_logits.
-  assert model_configs.create_model("ViT-B_16", 3, representation_size=None).representation_size is None
+  assert registry.create_model("ViT-B_16", 3, representation_size=None).representation_size is None

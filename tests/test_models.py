@@ -3,14 +3,13 @@ variants, dtypes, dropout / stochastic depth, errors and logical partitioning.""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from flax import linen as nn
-from flax import traverse_util
-
 import numpy_reference as ref
-from vit_jax import model_configs, models
+import pytest
+from flax import linen as nn, traverse_util
+
+from vit_jax import models
 from vit_jax.configs import models as models_config
-from vit_jax.models import transformer as transformer_lib
+from vit_jax.models import registry, transformer as transformer_lib
 
 TINY = dict(patches={"size": (4, 4)}, hidden_size=32,
             transformer=dict(num_layers=2, mlp_dim=64, num_heads=4, dropout_rate=0.0,
@@ -525,7 +524,7 @@ def test_cross_attention_projection_and_width_check():
                                        ("ViT-22B_14", 21.7e9)])
 def test_large_configs_parameter_counts(name, want):
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
-  cfg = model_configs.MODEL_CONFIGS[name]
+  cfg = registry.MODEL_CONFIGS[name]
   model = models.VisionTransformer(num_classes=1000, scan_layers=True, **cfg)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)),
                                              train=False))["params"]

@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_train import REPO  # pylint: disable=g-bad-import-order
-from vit_jax import run_state, export
+
+from vit_jax import export
+from vit_jax.run import run_state
 
 TOTAL, EVERY = 16, 4  # Steps; checkpoint period.
 LAUNCH_TIMEOUT = 240  # Seconds, for local.sh (it stops every process and exits 124).
@@ -41,10 +42,10 @@ pytestmark = pytest.mark.skipif(not _gloo_available(),
 
 EVALS_CONFIG = """
 import ml_collections
-from vit_jax.configs import common
+from vit_jax.configs import base
 
 def get_config(dataset):
-  c = common.load_config_file({quickstart!r}).get_config()
+  c = base.load_config_file({quickstart!r}).get_config()
   with c.unlocked():
     c.evals = ml_collections.ConfigDict({{
         "val": dict(type="classification", split="test", every=0, topk=3, per_class=True),

@@ -1,4 +1,4 @@
-"""Tests for vit_jax.optim: schedules against closed-form numpy, decay mask, optimizers."""
+"""Tests for vit_jax.training.optim: schedules against closed-form numpy, decay mask, optimizers."""
 import math
 
 import jax
@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import optim
-from vit_jax.configs import common
+from vit_jax.configs import base
+from vit_jax.training import optim
 
 
 def _config(**kw):
-  c = common.defaults()
+  c = base.defaults()
   c.update(dict(base_lr=0.1, warmup_steps=10, decay_type="cosine", end_lr=0.0, optimizer="sgd",
                 momentum=0.9, grad_norm_clip=0.0, b1=0.9, b2=0.999, weight_decay=0.0))
   with c.ignore_type():

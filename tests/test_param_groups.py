@@ -1,4 +1,4 @@
-"""Tests for vit_jax.param_groups (and its use in optim / train_state / train_step).
+"""Tests for vit_jax.training.param_groups (and its use in optim / train_state / train_step).
 
 Per-leaf updates against -lr x mult x grad (SGD without momentum), frozen leaves bit-unchanged
 and absent from the optimizer state, AdamW's per-leaf decay, the layer-decay multipliers of
@@ -13,16 +13,18 @@ import numpy as np
 import optax
 import pytest
 from flax import linen as nn
-
 from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
-from vit_jax import model_configs, optim, param_groups, sharding, train_state, train_step
-from vit_jax.configs import common
+
+from vit_jax import sharding
+from vit_jax.configs import base
+from vit_jax.models import registry
+from vit_jax.training import optim, param_groups, train_state, train_step
 
 LR = 0.1
 
 
 def _config(**kw):
-  c = common.defaults()
+  c = base.defaults()
   c.update(dict(base_lr=LR, warmup_steps=0, decay_type="constant", optimizer="sgd", momentum=0.0,
                 grad_norm_clip=0.0, weight_decay=0.0))
   with c.ignore_type():
@@ -33,7 +35,7 @@ def _config(**kw):
 
 def _abstract(name, **overrides):
   """The abstract (shape-only) param tree of a registered model at 224 px."""
-  model = model_configs.create_model(name, 10, **overrides)
+  model = registry.create_model(name, 10, **overrides)
   boxed = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
                                             jnp.zeros((1, 224, 224, 3)), train=False)["params"])
   return nn.meta.unbox(boxed)
@@ -41,7 +43,7 @@ def _abstract(name, **overrides):
 
 def _tiny_params(scan=False, seed=0):
   """A 2-layer width-8 ViT's params (concrete, host)."""
-  model = model_configs.create_model(
+  model = registry.create_model(
       "ViT-Ti_16", 3, hidden_size=8, patches={"size": (4, 4)}, scan_layers=scan,
       transformer={"num_layers": 2, "mlp_dim": 16, "num_heads": 2})
   return jax.device_get(nn.meta.unbox(model.init({"params": jax.random.PRNGKey(seed)},
@@ -244,7 +246,7 @@ def test_rules_from_a_flag_string_and_from_config_json():
   from_json = param_groups.parse_rules([["head/.*", {"lr_mult": 10.0}], ["embedding/.*", "freeze"]])
   assert from_flag == from_json == (param_groups.Rule("head/.*", lr_mult=10.0),
                                     param_groups.Rule("embedding/.*", freeze=True))
-  assert param_groups.from_config(common.defaults()) is None
+  assert param_groups.from_config(base.defaults()) is None
 
 
 @pytest.mark.parametrize("rules,layer_decay,match", [

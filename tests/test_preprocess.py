@@ -1,4 +1,4 @@
-"""Tests of vit_jax.preprocess and vit_jax.randaugment against independent numpy references."""
+"""Tests of vit_jax.datasets.preprocess and vit_jax.datasets.randaugment against independent numpy references."""
 import io
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import preprocess, randaugment
+from vit_jax.datasets import preprocess, randaugment
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -108,15 +108,15 @@ def test_eval_resize_small_keeps_the_aspect_and_crops_the_centre():
 @pytest.mark.parametrize("crop,crop_pct,resize", [(224, 0.875, 256), (224, 0.9, 248),
                                                   (384, 1.0, 384), (32, 0.875, 36)])
 def test_crop_pct_sets_the_resize_as_timm(crop, crop_pct, resize):
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.pp.crop, c.pp.crop_pct, c.pp.eval = crop, crop_pct, "resize_small"
   assert preprocess.options_from_config(c.pp).resize == resize  # floor(crop / crop_pct)
 
 
 def test_crop_pct_errors():
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.pp.crop_pct = 1.5
   with pytest.raises(ValueError, match="crop_pct=1.5 must be in"):
     preprocess.options_from_config(c.pp)
@@ -186,8 +186,8 @@ def test_randaugment_ops_and_statistics():
 
 
 def test_options_validation():
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  pp = common.defaults().pp
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  pp = base.defaults().pp
   assert preprocess.options_from_config(pp).resize == 256
   pp.train = "nope"
   with pytest.raises(ValueError, match="vit_finetune"):

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train import REPO, setup_for, tiny_config  # pylint: disable=g-bad-import-order
 
-from test_train import REPO, tiny_config, setup_for  # pylint: disable=g-bad-import-order
-from vit_jax import exits, run_state, export, sharding, train
+from vit_jax import exits, export, sharding
+from vit_jax.run import loop, run_state
 
 # The tiny run of test_train.tiny_config as main.py flags.
 TINY_FLAGS = [
@@ -88,7 +89,7 @@ def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
   config = tiny_config(data_dir, **_overrides(total, 5, 1000))
   with config.unlocked():
     config.eval_every = 0
-  train.train_and_evaluate(config, str(tmp_path / "unbroken"))
+  loop.train_and_evaluate(config, str(tmp_path / "unbroken"))
   a, _, step_a = export.restore_params(str(killed))
   b, _, step_b = export.restore_params(str(tmp_path / "unbroken"))
   assert step_a == step_b == total
@@ -99,7 +100,8 @@ def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_i
     tmp_path, data_dir):
   """The recipes' extra state (EMA params, masked optimizer state of frozen parameters) and
   inputs (a teacher reloaded on resume, CutMix's random boxes) resume bit for bit too."""
-  from vit_jax import checkpoint, train_state  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_state
   teacher_cfg = tiny_config(data_dir)
   setup = setup_for(teacher_cfg, sharding.make_mesh((("data", -1),)))
   teacher = jax.device_get(train_state.init_params(setup, 11))
@@ -118,7 +120,7 @@ def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_i
   config = tiny_config(data_dir, **_overrides(total, 4, 1000), **recipe)
   with config.unlocked():
     config.eval_every = 0
-  train.train_and_evaluate(config, str(tmp_path / "unbroken"))
+  loop.train_and_evaluate(config, str(tmp_path / "unbroken"))
   for which in ("raw", "ema"):
     a, _, step_a = export.restore_params(str(killed), which=which)
     b, _, step_b = export.restore_params(str(tmp_path / "unbroken"), which=which)
@@ -152,7 +154,7 @@ def test_sigterm_saves_at_step_boundary_and_exits_75(tmp_path, data_dir):
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_restore_onto_a_different_mesh(tmp_path, data_dir):
   config = tiny_config(data_dir, total_steps=4, checkpoint_every=4)
-  result = train.train_and_evaluate(config, str(tmp_path / "m"))
+  result = loop.train_and_evaluate(config, str(tmp_path / "m"))
   saved = jax.device_get(result["state"].params)
   mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("model", 2)))
   setup = setup_for(config, mesh)
@@ -173,8 +175,9 @@ def test_restore_onto_a_different_mesh(tmp_path, data_dir):
       d.id for d in jax.devices()[:4]}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state4.params), saved)
   # The restored state trains on the new mesh.
-  from vit_jax import train_step  # pylint: disable=g-import-not-at-top
   from test_train import synthetic_batches  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh))
            for k, v in next(synthetic_batches(1, 32, 8)).items()}
   state, metrics = train_step.make_train_step(setup)(state, batch)

@@ -4,12 +4,12 @@ import json
 import ml_collections
 import pytest
 
-from vit_jax import run_state
-from vit_jax.configs import common
+from vit_jax.configs import base
+from vit_jax.run import run_state
 
 
 def _config(**kw):
-  c = common.defaults()
+  c = base.defaults()
   c.update(kw)
   return c
 
@@ -28,8 +28,8 @@ def test_config_round_trip_and_old_workdirs_get_new_defaults(tmp_path):
   del stored["grad_norm_clip"], stored["input"]["device_prefetch"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
   old = run_state.read_config(str(tmp_path))
-  assert old.grad_norm_clip == common.defaults().grad_norm_clip
-  assert old.input.device_prefetch == common.defaults().input.device_prefetch
+  assert old.grad_norm_clip == base.defaults().grad_norm_clip
+  assert old.input.device_prefetch == base.defaults().input.device_prefetch
   assert old.base_lr == 0.123
 
 

@@ -56,7 +56,7 @@ def test_the_opt_outs_still_work():
 
 def test_importing_after_jax_started_says_once_how_to():
   code = ("import jax; jax.numpy.zeros(1).block_until_ready()\n"
-          "import vit_jax.models, vit_jax.sharding, vit_jax.train_state")
+          "import vit_jax.models, vit_jax.sharding, vit_jax.training.train_state")
   out = _python(code)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stderr.count("JAX started its CPU backend before") == 1, out.stderr
@@ -67,5 +67,5 @@ def test_importing_after_jax_started_says_once_how_to():
 
 def test_the_input_pipeline_does_not_import_jax_for_it():
   """grain's worker processes import the pipeline: they must not pay for JAX."""
-  out = _python("import sys, vit_jax, vit_jax.input_pipeline; print('jax' in sys.modules)")
+  out = _python("import sys, vit_jax, vit_jax.datasets.pipeline; print('jax' in sys.modules)")
   assert out.returncode == 0 and out.stdout.strip() == "False", (out.stdout, out.stderr[-2000:])

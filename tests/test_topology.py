@@ -1,7 +1,7 @@
 """topology: slice names of every generation, bad names, the datasheet table, abstract devices."""
 import pytest
 
-from vit_jax import topology
+from vit_jax.planning import datasheets, topology
 
 try:
   import libtpu  # noqa: F401  pylint: disable=unused-import
@@ -44,8 +44,13 @@ def test_datasheet_table():
   for gen in topology.GENERATIONS.values():
     assert gen.peak_bf16_flops > 1e14 and gen.hbm_bytes >= 16 * topology.GIB
     assert gen.source.startswith("cloud.google.com/tpu/docs/")
-  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
-  assert metrics.PEAK_FLOPS_BY_DEVICE_KIND["TPU v5"] == topology.GENERATIONS["v5p"].peak_bf16_flops
+  assert datasheets.for_kind("TPU v5").peak_bf16_flops == topology.GENERATIONS["v5p"].peak_bf16_flops
+  assert datasheets.for_kind("TPU v5 lite").kind == "TPU v5 lite"  # longest prefix wins
+  assert datasheets.for_kind("NVIDIA H100 80GB HBM3") is datasheets.GPU["H100"]
+  assert datasheets.for_kind("cpu") is None
+  for sheet in datasheets.BY_DEVICE_KIND.values():  # every row is complete and sourced
+    assert sheet.peak_bf16_flops > 1e13 and sheet.hbm_bytes >= 16e9 and sheet.hbm_bytes_per_s > 1e11
+    assert sheet.source
 
 
 @needs_libtpu

@@ -1,7 +1,7 @@
-"""Tests for the train step and loop (vit_jax.train, train_step, train_state).
+"""Tests for the train step and loop (vit_jax.run.loop, train_step, train_state).
 
 Mesh equivalence, real param sharding, gradient accumulation, the loss and eval
-metrics against numpy, and end-to-end runs of `train.train_and_evaluate` on the
+metrics against numpy, and end-to-end runs of `loop.train_and_evaluate` on the
 embedded 'digits' dataset (learning, fine-tuning from a fixture checkpoint, NaN guard,
 wrong-model workdir). Also the shared helpers the other trainer tests import.
 """
@@ -15,7 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax import run_state, sharding, train, train_state, train_step
+from vit_jax import sharding
+from vit_jax.run import loop, run_state
+from vit_jax.training import train_state, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -167,7 +169,7 @@ def test_accum_steps_validation():
 def test_train_and_evaluate_learns_on_digits(tmp_path, data_dir):
   config = tiny_config(data_dir, total_steps=40, base_lr=3e-3, eval_every=40, checkpoint_every=0)
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, str(workdir))
+  result = loop.train_and_evaluate(config, str(workdir))
   assert result["step"] == 40
   assert result["eval"]["examples"] > 0 and result["eval"]["accuracy"] > 0.3, result["eval"]
   assert result["train"]["loss"] < np.log(10), result["train"]
@@ -189,22 +191,22 @@ def test_finetune_from_fixture_checkpoint(tmp_path, data_dir):
 
   config = tiny_config(data_dir, total_steps=16, pretrained_path=str(fixture), log_every=1)
   target = setup_for(config, sharding.make_mesh((("data", -1),)))
-  loaded = train.load_pretrained_params(config, target)
+  loaded = loop.load_pretrained_params(config, target)
   np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
   assert np.asarray(loaded["head"]["kernel"]).shape[-1] == 10
 
   first = {}
-  original = train.check_finite
+  original = loop.check_finite
   def spy(pending):
     out = original(pending)
     if out:
       first.setdefault("loss", out[1]["loss"])
     return out
-  train.check_finite = spy
+  loop.check_finite = spy
   try:
-    result = train.train_and_evaluate(config, str(tmp_path / "ft"))
+    result = loop.train_and_evaluate(config, str(tmp_path / "ft"))
   finally:
-    train.check_finite = original
+    loop.check_finite = original
   assert result["train"]["loss"] < first["loss"], (first, result["train"])
 
 
@@ -232,12 +234,12 @@ def test_pretrained_weights_fall_back_to_the_next_copy(tmp_path, data_dir, monke
   monkeypatch.setattr(checkpoint, "candidate_locations", locations)
   monkeypatch.setenv("VIT_JAX_CACHE", str(tmp_path / "cache"))
   with pytest.warns(UserWarning, match="all zeros"):  # the fixture's fresh head is zero-init
-    loaded = train.load_pretrained_params(config, setup)
+    loaded = loop.load_pretrained_params(config, setup)
   assert asked == ["B/16"]
   np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
   monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(),) * 2)
   with pytest.raises(FileNotFoundError, match="could not fetch the checkpoint from any"):
-    train.load_pretrained_params(config, setup)
+    loop.load_pretrained_params(config, setup)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
@@ -245,7 +247,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
                        checkpoint_every=1, log_every=1, optimizer="sgd")
   workdir = tmp_path / "nan"
   with pytest.raises(FloatingPointError, match=r"at step \d+") as err:
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   bad_step = int(str(err.value).split("at step ")[1].split()[0].rstrip(";"))
   assert "last good checkpoint is kept" in str(err.value)
   ckpt = run_state.Checkpointer(str(workdir))
@@ -259,20 +261,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
 
 def test_workdir_with_other_model_fails_naming_both(tmp_path, data_dir):
   workdir = str(tmp_path / "wd")
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), workdir)
+  loop.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), workdir)
   other = tiny_config(data_dir, total_steps=2)
   with other.unlocked():
     other.model.hidden_size = 24
   with pytest.raises(ValueError, match="another model") as err:
-    train.train_and_evaluate(other, workdir)
+    loop.train_and_evaluate(other, workdir)
   assert "16" in str(err.value) and "24" in str(err.value)
 
 
 def test_trainer_modules_do_not_import_tensorflow():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = ("import sys, vit_jax.train, vit_jax.sharding, vit_jax.train_step, vit_jax.run_state, "
-          "vit_jax.metrics, vit_jax.dry_run, vit_jax.export; "
+  code = ("import sys, vit_jax.run.loop, vit_jax.sharding, vit_jax.training.train_step, vit_jax.run.run_state, "
+          "vit_jax.run.metrics, vit_jax.planning.dry_run, vit_jax.export; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -280,7 +282,7 @@ def test_trainer_modules_do_not_import_tensorflow():
 
 
 def test_total_steps_from_epochs():
-  from vit_jax import optim  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(dict(total_steps=0, total_epochs=2.5, batch=100))
   assert optim.total_steps(c, 1000) == 25
   c.total_steps = 7

@@ -2,7 +2,7 @@
 mean attention distance, position-embedding similarity and patch-embedding components.
 
 Owns the numbers behind the ViT paper's analysis (Dosovitskiy et al. 2021, Figs. 6-7) and
-`python -m vit_jax.inspect` (which only does I/O and plots):
+`python -m vit_jax.visualize` (which only does I/O and plots):
   * `intermediates(model, params, images)`: logits plus, per block, the attention
     probabilities (batch, heads, T, T) the forward multiplied with the values and the block's
     output tokens (Mixer: features only); from the modules' Flax `sow` into 'intermediates'
@@ -68,6 +68,7 @@ def patch_pixels(model: Any) -> tuple[int, int]:
 def intermediates(model: Any, params: Any, images: np.ndarray) -> Intermediates:
   """Logits, per-block attention probabilities and token features of `images` (B, H, W, 3)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from vit_jax import models  # pylint: disable=g-import-not-at-top
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:

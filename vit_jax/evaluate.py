@@ -98,8 +98,9 @@ def fewshot_datasets(values: Sequence[str]) -> dict[str, tuple[str, str, str]]:
 def run_config(args, resolution: int, dataset: str, split: str):
   """A run config for the evaluation: defaults with the data, preprocessing and evaluators."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  c = common.defaults()
+
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+  c = base.defaults()
   c.dataset, c.eval_split, c.batch_eval = dataset, split, int(args.batch_size)
   c.tfds_data_dir = args.tfds_data_dir
   c.pp.crop, c.pp.eval, c.pp.resize, c.pp.crop_pct = resolution, args.eval_pp, args.resize, \
@@ -117,7 +118,7 @@ def run_config(args, resolution: int, dataset: str, split: str):
     path, _, arg = args.evals_config.partition(":")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--evals_config {path!r} does not exist.")
-    module = common.load_config_file(path)
+    module = base.load_config_file(path)
     source = module.get_config(arg) if arg else module.get_config()
     if not source.evals:
       raise ValueError(f"--evals_config {args.evals_config!r} defines no config.evals.")
@@ -177,10 +178,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def evaluate(args) -> tuple[dict, list[str]]:
   """(results dict, printed lines) for parsed flags."""
   import optax  # pylint: disable=g-import-not-at-top
-  from vit_jax import inference, run_state, sharding, train_state  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import inference, sharding  # pylint: disable=g-import-not-at-top
   from vit_jax.checkpoint import augreg  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import run_state
+  from vit_jax.training import train_state
   dataset, split = args.dataset, args.split
   name = os.path.basename(str(args.checkpoint or "").rstrip("/"))
   flags = argparse.Namespace(**vars(args))
@@ -201,7 +205,7 @@ def evaluate(args) -> tuple[dict, list[str]]:
     raise ValueError("pass --dataset (a TFDS name or an image folder) to evaluate on.")
   split = split or "test"
   config = run_config(args, resolution, dataset, split)
-  mesh = sharding.make_mesh(common.DEFAULT_MESH)
+  mesh = sharding.make_mesh(base.DEFAULT_MESH)
   setup = train_state.make_setup(model, optax.identity(), None, mesh, (1, resolution, resolution, 3),
                                  sharding.logical_axis_rules(config))
   placed = train_state.put_params(params, setup)

@@ -31,7 +31,9 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 
-from vit_jax import checkpoint, exits, run_state, sharding, train_state
+from vit_jax import checkpoint, exits, sharding
+from vit_jax.run import run_state
+from vit_jax.training import train_state
 
 ARCHITECTURE_FORMAT = "vit_jax.export/architecture-1"
 FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel")
@@ -39,11 +41,11 @@ FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel")
 
 def _mesh_for(config):
   """The run's mesh if it fits these devices, else the default (pure data parallel)."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
   try:
     return sharding.make_mesh(config.mesh)
   except ValueError:
-    return sharding.make_mesh(common.DEFAULT_MESH)
+    return sharding.make_mesh(base.DEFAULT_MESH)
 
 
 def restore_params(workdir: str, step: Optional[int] = None,
@@ -81,11 +83,11 @@ def sidecar_path(output: str) -> str:
 
 def architecture(config, step: Optional[int] = None, workdir: Optional[str] = None) -> dict[str, Any]:
   """What a loader needs to rebuild and feed the model of a run config (the sidecar's content)."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   return json.loads(json.dumps({
       "format": ARCHITECTURE_FORMAT,
       "model_name": config.model_name,
-      "model": model_configs.run_model_config(config).to_dict(),
+      "model": registry.run_model_config(config).to_dict(),
       "num_classes": int(config.num_classes),
       "class_names": list(config.class_names or ()),
       "resolution": int(config.pp.crop),
@@ -113,8 +115,8 @@ def read_architecture(path: str) -> Optional[dict[str, Any]]:
 
 def model_from_architecture(arch: dict[str, Any]):
   """The Flax module an architecture record describes."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  return model_configs.model_from_fields(arch["model"], int(arch["num_classes"]))
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return registry.model_from_fields(arch["model"], int(arch["num_classes"]))
 
 
 def _check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[str],
@@ -203,8 +205,10 @@ def export(workdir: str, output: str, step: Optional[int] = None, overwrite: boo
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import (
+    flags,  # pylint: disable=g-import-not-at-top
+    logging as absl_logging,  # pylint: disable=g-import-not-at-top
+  )
   del argv
   f = flags.FLAGS
   if not f["verbosity"].present:
@@ -231,6 +235,7 @@ def main(argv) -> None:
 def run() -> None:
   """Console entry point: `python -m vit_jax.export --workdir W --output model.npz`."""
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   from vit_jax.export_formats import serving  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/ and config.json).", required=True)
   flags.DEFINE_string("output", None, "Output .npz path (--format=npz) or directory (the "

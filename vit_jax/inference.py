@@ -157,8 +157,10 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
   tries its Hugging Face copy first, then gs://, as the trainer does).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint, model_configs, param_tree  # pylint: disable=g-import-not-at-top
-  config = model_configs.get_model_config(model_name)
+
+  from vit_jax import checkpoint, param_tree  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry
+  config = registry.get_model_config(model_name)
   heads = param_tree.num_heads(config=config)
   given = os.fspath(location)
   location, raw = checkpoint.load_first(checkpoint.candidate_locations(given),
@@ -172,7 +174,7 @@ def load_params(model_name: str, location: str, *, num_classes: Optional[int],
   if num_classes is not None and num_classes != found:
     raise ValueError(f"--num_classes {num_classes} but the checkpoint's head has {found} "
                      "classes; drop --num_classes or pass the matching checkpoint.")
-  model = model_configs.create_model(model_name, found)
+  model = registry.create_model(model_name, found)
   resolution = resolution or checkpoint_resolution(model, raw)
   expected = _init_shapes(model, resolution)
   same = jax.tree.map(np.shape, expected) == jax.tree.map(np.shape, raw)
@@ -293,7 +295,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def load_model(args, require_head: bool = True):
   """(model, params, resolution, class names or None) for parsed --model/--checkpoint/--workdir/
-  --step/--num_classes/--resolution flags (also used by vit_jax.inspect)."""
+  --step/--num_classes/--resolution flags (also used by vit_jax.visualize)."""
   which = getattr(args, "params", "raw")
   if which != "raw" and args.workdir is None:
     raise ValueError("--params=ema reads a run's EMA weights: pass --workdir (an export holds "

@@ -1,4 +1,4 @@
-r"""Command line: flags → (multi-host start-up) → train.train_and_evaluate or the dry run.
+r"""Command line: flags → (multi-host start-up) → loop.train_and_evaluate or the dry run.
 
   python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=/tmp/run \
       [--config.base_lr=0.01 ...] [--dry_run [--topology=v5p-256 [--num_slices=2]] [--plan]
@@ -15,7 +15,7 @@ disables it. A process that cannot reach the coordinator fails after
 Errors end the program with one line `error: <what happened and what to do>` on stderr and
 the exit statuses of vit_jax/exits.py (0 finished, 2 bad input, 3 NaN stop, 75 preempted
 with a checkpoint saved, 76 hang watchdog); the traceback goes to the run's log file
-(<workdir>/train.log) and, with --verbosity=1 or more, to the console too.
+(<workdir>/loop.log) and, with --verbosity=1 or more, to the console too.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ import threading
 import time
 from typing import Optional, Sequence
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -132,8 +131,8 @@ def check_config_overrides(argv: Sequence[str]) -> None:
     _bad_input(f"error: config file {path!r} (from --config={spec}) does not exist; pass a "
                "file such as configs/quickstart.py or configs/vit.py:b16,cifar10.")
   try:
-    from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-    module = common.load_config_file(path)
+    from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
+    module = base.load_config_file(path)
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
     from vit_jax import exits  # pylint: disable=g-import-not-at-top
@@ -162,7 +161,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
   if not flags.FLAGS["verbosity"].present:  # Keep library INFO chatter (Orbax, grain) out of
     absl_logging.set_verbosity(absl_logging.WARNING)  # the progress bar; --verbosity=0 shows it.
-  from vit_jax import exits, run_log, runtime_defaults  # pylint: disable=g-import-not-at-top
+  from vit_jax import exits, runtime_defaults  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import run_log
   verbose = flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
   try:
     status = _main(runtime_defaults, run_log)
@@ -188,8 +188,8 @@ def _main(runtime_defaults, run_log) -> int:
   if google_layout:  # Google's config files (vit_jax/configs/vit.py, ...): translated once.
     config = schema.to_run_config(config)
   if _DRY_RUN.value or _PLAN.value:
-    from vit_jax import dry_run  # pylint: disable=g-import-not-at-top
-    return dry_run.run(config, topology_name=_TOPOLOGY.value,
+    from vit_jax.planning import report  # pylint: disable=g-import-not-at-top
+    return report.run(config, topology_name=_TOPOLOGY.value,
                        num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (checkpoints and logs go there).")
@@ -198,9 +198,9 @@ def _main(runtime_defaults, run_log) -> int:
   if log is not None and "://" in workdir and jax.process_index() == 0:
     print(f"Log file of this run: {log.path}", flush=True)
   run_log.write(f"--- {' '.join(sys.argv)}")
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
   start = time.time()
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   if result.get("preempted"):
     message = (f"Preempted (SIGTERM) at step {result['step']}: checkpoint saved. Rerun the same "
                f"command to continue (exit status {exits.PREEMPTED}).")
@@ -221,7 +221,8 @@ def _main(runtime_defaults, run_log) -> int:
 def open_workdir_log(workdir: str, process_index: int):
   """Creates the workdir if needed and opens its log file; an unwritable workdir is one
   UserError saying so."""
-  from vit_jax import exits, run_log  # pylint: disable=g-import-not-at-top
+  from vit_jax import exits  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import run_log
   try:
     if "://" not in workdir:
       os.makedirs(workdir, exist_ok=True)

@@ -31,8 +31,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 import numpy as np
 
 from vit_jax import param_tree
-from vit_jax.checkpoint import files
-from vit_jax.checkpoint import layouts
+from vit_jax.checkpoint import files, layouts
 from vit_jax.checkpoint.adapt import LoadReport, adapt_to_model, stack_layers, unstack_layers
 from vit_jax.checkpoint.patch_embed import resize_patch_kernel
 from vit_jax.checkpoint.posemb import interpolate_posemb

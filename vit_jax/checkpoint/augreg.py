@@ -125,13 +125,13 @@ def normalize_model_name(name: str) -> str:
 
 def looks_like_model_name(value: str) -> bool:
   """True for an AugReg model name in any spelling ('B/16', 'ViT-B_16', 'R26+S/32')."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  return isinstance(value, str) and normalize_model_name(value) in model_configs.AUGREG_NAMES
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return isinstance(value, str) and normalize_model_name(value) in registry.AUGREG_NAMES
 
 
 def _registry_name(prefix: str) -> Optional[str]:
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  return model_configs.AUGREG_NAMES.get(prefix)
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return registry.AUGREG_NAMES.get(prefix)
 
 
 def _strip(filename: str) -> str:

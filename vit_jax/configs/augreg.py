@@ -9,8 +9,7 @@ Our own AugReg presets are configs/augreg.py at the repository root.
 """
 import ml_collections
 
-from vit_jax.configs import common
-from vit_jax.configs import models
+from vit_jax.configs import common, models
 
 
 def get_config(model_or_filename: str) -> ml_collections.ConfigDict:

@@ -6,8 +6,7 @@ r"""Google's Mixer-B/16 on cifar10 config in Google's layout, for its README com
 """
 import ml_collections
 
-from vit_jax.configs import common
-from vit_jax.configs import models
+from vit_jax.configs import common, models
 
 
 def get_config() -> ml_collections.ConfigDict:

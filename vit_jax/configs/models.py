@@ -1,5 +1,5 @@
 """Google's `vit_jax.configs.models`: MODEL_CONFIGS (Google's names) / AUGREG_CONFIGS and a
-`get_<name>_config()` per registered model (our registry, vit_jax/model_configs.py, is the one
+`get_<name>_config()` per registered model (our registry, vit_jax/models/registry.py, is the one
 home of the numbers and holds every name).
 
 Names follow Google's rule: 'ViT-B_16' -> get_b16_config, 'R50+ViT-B_16' -> get_r50_b16_config,
@@ -13,13 +13,20 @@ from typing import Callable
 
 import ml_collections
 
-from vit_jax.model_configs import *  # noqa: F401,F403  pylint: disable=wildcard-import
-from vit_jax.model_configs import (AUGREG_CONFIGS, AUGREG_NAMES, MODEL_CONFIGS,  # noqa: F401
-                                   canonical_name, create_model, get_model_config, is_mixer)
+from vit_jax.models.registry import *  # noqa: F401,F403  pylint: disable=wildcard-import
+from vit_jax.models.registry import (  # noqa: F401
+  AUGREG_CONFIGS,
+  AUGREG_NAMES,
+  MODEL_CONFIGS,
+  canonical_name,
+  create_model,
+  get_model_config,
+  is_mixer,
+)
 
 # The names Google's vit_jax registers (image models): this module's MODEL_CONFIGS holds
 # exactly these, as Google's does (its models_test checks that); every name of ours,
-# big_vision's variants included, is in vit_jax.model_configs.MODEL_CONFIGS and has a
+# big_vision's variants included, is in vit_jax.models.registry.MODEL_CONFIGS and has a
 # get_<name>_config() below, and models.get_model() takes it.
 GOOGLE_NAMES = (
     "testing", "testing-unpooled", "ViT-Ti_16", "ViT-S_16", "ViT-B_16", "ViT-L_16", "ViT-H_14",
@@ -59,7 +66,7 @@ def _getter(name: str) -> Callable[[], ml_collections.ConfigDict]:
 
 def _lit_getter(name: str) -> Callable[[], ml_collections.ConfigDict]:
   def get_config() -> ml_collections.ConfigDict:
-    from vit_jax.model_configs import LIT_OUT_OF_SCOPE  # pylint: disable=g-import-not-at-top
+    from vit_jax.models.registry import LIT_OUT_OF_SCOPE  # pylint: disable=g-import-not-at-top
     raise ValueError(f"{name}: {LIT_OUT_OF_SCOPE}")
   return get_config
 

@@ -9,8 +9,7 @@ Our own presets (our layout, more options) are configs/vit.py at the repository 
 """
 import ml_collections
 
-from vit_jax.configs import common
-from vit_jax.configs import models
+from vit_jax.configs import common, models
 
 
 def get_config(model_dataset: str) -> ml_collections.ConfigDict:

@@ -66,6 +66,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 def write_pngs(directory: str, split: str = "test", count: int = 3) -> list[str]:
   """Writes the first `count` images of `split` as PNGs named '<split>_<index>_label<y>.png'."""
   import os  # pylint: disable=g-import-not-at-top
+
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images, labels = digits_arrays()
   os.makedirs(directory, exist_ok=True)

@@ -108,6 +108,7 @@ def _tfds_info(builder) -> SourceInfo:
 def _tfds_source(name: str, split: str, data_dir: Optional[str],
                  manual_dir: Optional[str]) -> tuple[Any, SourceInfo]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from vit_jax.datasets import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   created = _new_dirs(data_dir, name)  # Before tfds.builder, which may create data_dir.
   try:

@@ -19,7 +19,7 @@ config.eval_every steps whose results keep their historical names ('accuracy', '
 params (config.ema) every evaluator also runs on the EMA params: 'ema/accuracy',
 'val/ema/top1', 'fewshot/ema/cifar100_10shot'. Every evaluator
 runs sharded on the run's mesh, covers its split once on any number of processes (padding +
-mask, input_pipeline.create_eval_iterator) and draws no random numbers.
+mask, pipeline.create_eval_iterator) and draws no random numbers.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class Runner:
 
   def _step(self, *key):
     """The compiled eval step ('cls', topk, per_class) or feature step ('features',), made once."""
-    from vit_jax import train_step  # pylint: disable=g-import-not-at-top
+    from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
     if key not in self._steps:
       self._steps[key] = (train_step.make_feature_step(self.setup) if key[0] == "features"
                           else train_step.make_eval_step(self.setup, *key[1:]))
@@ -199,13 +199,18 @@ def classification_pass(eval_step, params, config, num_classes: Optional[int] = 
                         ) -> dict[str, Any]:
   """Sums of one masked pass over config.eval_split (scalars as floats, per-class as arrays)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import device_prefetch, input_pipeline, sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding
+  from vit_jax.datasets import (  # pylint: disable=g-import-not-at-top
+    device_prefetch,
+    pipeline,
+    sources,  # pylint: disable=g-import-not-at-top
+  )
   bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
   totals: dict[str, Any] = collections.defaultdict(float)
   multilabel = sources.open_source(config, config.eval_split)[1].multilabel_key
   keys = ("image", "label", "mask") + (("real",) if multilabel else ())
-  batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
+  batches = device_prefetch.DevicePrefetcher(pipeline.create_eval_iterator(config), bsh,
                                              config.input.device_prefetch, keys=keys)
   for batch in batches:
     if num_classes is not None and batch["label"].shape[-1] != num_classes:
@@ -224,10 +229,12 @@ def extract_features(feature_step, params, config) -> tuple[np.ndarray, np.ndarr
   number of processes."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from vit_jax import device_prefetch, input_pipeline, sharding  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding
+  from vit_jax.datasets import device_prefetch, pipeline  # pylint: disable=g-import-not-at-top
   bsh = sharding.batch_sharding(jax.tree.leaves(params)[0].sharding.mesh)
   feats, labels, order = [], [], []
-  batches = device_prefetch.DevicePrefetcher(input_pipeline.create_eval_iterator(config), bsh,
+  batches = device_prefetch.DevicePrefetcher(pipeline.create_eval_iterator(config), bsh,
                                              config.input.device_prefetch,
                                              keys=("image", "label", "mask", "index"))
   for batch in batches:

@@ -80,7 +80,7 @@ def patch_size(fields: Mapping[str, Any]) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-  """The run's eval preprocessing (vit_jax.preprocess.eval_image), in other libraries' terms.
+  """The run's eval preprocessing (vit_jax.datasets.preprocess.eval_image), in other libraries' terms.
 
   mode 'resize': squash to crop x crop; 'resize_crop': squash to resize x resize, central
   crop; 'resize_small': shorter side to resize, central crop. crop_pct = crop / resize,
@@ -121,7 +121,7 @@ def preprocessing(arch: Mapping[str, Any]) -> Preprocessing:
   mode, crop, given_pct = str(record["eval"]), int(record["crop"]), float(record["crop_pct"] or 0)
   if mode == "resize":
     return Preprocessing(mode, crop, crop, 1.0)
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top  (PIL, no TF)
+  from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top  (PIL, no TF)
   resize = preprocess.resolve_resize(crop, record["resize"], given_pct)
   if given_pct:
     return Preprocessing(mode, crop, resize, given_pct)
@@ -143,6 +143,7 @@ def write_snapshot(output: str, state: Mapping[str, np.ndarray], jsons: Mapping[
   `jsons` entry as <name> and the model card README.md; returns the file names written."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+
   from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
 
   def fill(directory: str) -> None:

@@ -27,7 +27,7 @@ def _evaluation(source: common.Source) -> Optional[dict[str, Any]]:
   """The run's recorded evaluation of the exported params at the exported step, or None."""
   if not source.workdir or source.step is None:
     return None
-  from vit_jax import run_state  # pylint: disable=g-import-not-at-top
+  from vit_jax.run import run_state  # pylint: disable=g-import-not-at-top
   try:
     recorded = run_state.last_eval(source.workdir, source.step)
   except (OSError, ValueError):  # An unreadable results.json: a card without results.

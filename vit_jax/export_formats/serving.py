@@ -49,11 +49,11 @@ def check_input(kind: str) -> str:
 
 def _model(source: common.Source):
   """The Flax module, unchunked (batch_chunks splits a concrete batch; ours is symbolic)."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   fields = source.fields
   if not source.is_mixer:
     fields["batch_chunks"] = 1
-  return model_configs.model_from_fields(fields, source.num_classes or None)
+  return registry.model_from_fields(fields, source.num_classes or None)
 
 
 def predict_fn(source: common.Source, input_kind: str = "float") -> Callable[[Any, Any], Any]:
@@ -63,7 +63,7 @@ def predict_fn(source: common.Source, input_kind: str = "float") -> Callable[[An
 
   def fn(params, images):
     if input_kind == "uint8":
-      from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+      from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
       images = preprocess.to_float(images)
     return model.apply({"params": params}, images.astype(jnp.float32), train=False)
   return fn
@@ -102,6 +102,7 @@ def write_stablehlo(source: common.Source, output: str, *, overwrite: bool = Fal
   """DIR/model.stablehlo + DIR/signature.json, written atomically."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
   platforms = check_platforms(platforms)
   fn, params = predict_fn(source), source.params
@@ -132,6 +133,7 @@ def write_savedmodel(source: common.Source, output: str, *, overwrite: bool = Fa
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+
   from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
   platforms, input_kind = check_platforms(platforms), check_input(input_kind)
   fn, r = predict_fn(source, input_kind), source.resolution

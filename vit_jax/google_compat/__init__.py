@@ -3,6 +3,6 @@
 `schema` (Google's config layout and its one translation into a run config), `data`
 (`get_data_from_tfds` & co.: pmap-shaped batches from our input pipeline), `update`
 (`make_update_fn`, `create_learning_rate_schedule`, `accumulate_gradient`). The public
-modules re-export them under Google's module paths (vit_jax.input_pipeline, vit_jax.utils,
-vit_jax.train, vit_jax.models, vit_jax.configs.common / .models); ours stays the documented way.
+modules re-export them under Google's module paths (vit_jax.datasets.pipeline, vit_jax.utils,
+vit_jax.run.loop, vit_jax.models, vit_jax.configs.common / .models); ours stays the documented way.
 """

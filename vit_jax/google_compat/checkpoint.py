@@ -18,6 +18,7 @@ def write(workdir: str, params: Any, opt_state: Any, step: int) -> str:
   """Writes (params, opt_state, step) as host arrays, atomically; returns the file's path."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
+
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   host = (checkpoint.to_host(params), checkpoint.to_host(opt_state), int(step))
   data = serialization.to_bytes(host)

@@ -2,7 +2,7 @@
 
 The batches are Google's shape — `{'image': float32 [local_devices, b/local_devices, crop,
 crop, 3] in [-1, 1], 'label': float32 one-hot [local_devices, b/local_devices, classes]}`
-— ready for `jax.pmap`; the examples come from vit_jax.input_pipeline (grain, the same
+— ready for `jax.pmap`; the examples come from vit_jax.datasets.pipeline (grain, the same
 decoding and augmentation as the trainer: Google's inception crop + flip for 'train', resize
 to the crop for 'test'). 'train' repeats forever; 'test' is one pass of full batches (the
 last partial batch is dropped, as Google's `drop_remainder=True`; our trainer's own
@@ -16,6 +16,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from vit_jax import batching
+from vit_jax.datasets import pipeline
+from vit_jax.datasets.sources import open_source
 from vit_jax.google_compat import schema
 
 MODES = ("train", "test")
@@ -35,20 +38,24 @@ def _info(source, info, examples_glob: Optional[str]) -> dict[str, Any]:
 
 def get_tfds_info(dataset: str, split: str, data_dir: Optional[str] = None) -> dict[str, Any]:
   """Google's dataset info for a TFDS dataset (see get_dataset_info)."""
-  from vit_jax.datasets.sources import open_source  # pylint: disable=g-import-not-at-top
   return _info(*open_source(_source_config(dataset, data_dir), split), None)
 
 
 def get_directory_info(directory: str) -> dict[str, Any]:
   """Google's dataset info for one split folder `<root>/<split>` of class sub-folders."""
-  from vit_jax.datasets.sources import open_source  # pylint: disable=g-import-not-at-top
   directory = os.path.normpath(directory)
   root, split = os.path.dirname(directory), os.path.basename(directory)
   return _info(*open_source(_source_config(root), split), f"{directory}/*/*")
 
 
-def get_dataset_info(dataset: str, split: str) -> dict[str, Any]:
-  """{num_examples, num_classes, int2str, examples_glob} of `split` of a TFDS name or folder."""
+def get_dataset_info(dataset, split: Optional[str] = None):
+  """{num_examples, num_classes, int2str, examples_glob} of `split` of a TFDS name or folder.
+
+  Called with one run config (the form of our pipeline), returns its DatasetInfo instead.
+  """
+  if split is None and not isinstance(dataset, str):
+    return pipeline.get_dataset_info(dataset)
+  split = split or "train"
   directory = os.path.join(str(dataset), str(split))
   if os.path.isdir(directory):
     return get_directory_info(directory)
@@ -64,16 +71,15 @@ class PmapDataset:
     self.config, self.mode = schema.data_config(config), mode
 
   def _batches(self) -> Iterator[dict]:
-    from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     if self.mode == "train":
-      it = input_pipeline.create_train_iterator(self.config)
+      it = pipeline.create_train_iterator(self.config)
       try:
         while True:
           yield next(it)
       finally:
         it.close()
     else:
-      for batch in input_pipeline.create_eval_iterator(self.config):
+      for batch in pipeline.create_eval_iterator(self.config):
         if batch["mask"].all():
           yield {"image": batch["image"], "label": batch["label"]}
 
@@ -95,10 +101,9 @@ class PmapDataset:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if self.mode == "train":
       return tf.constant(-1, tf.int64)
-    from vit_jax import batching, input_pipeline  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     info = get_dataset_info(self.config.dataset, self.config.eval_split)
-    lo, hi = input_pipeline.shard_range(info["num_examples"], jax.process_index(),
+    lo, hi = pipeline.shard_range(info["num_examples"], jax.process_index(),
                                         jax.process_count())
     local = batching.local_batch_size(int(self.config.batch_eval), jax.process_count(), "batch_eval")
     return tf.constant((hi - lo) // local, tf.int64)

@@ -17,7 +17,10 @@ from typing import Any, Dict, Iterable, Tuple, Union
 import ml_collections
 from ml_collections import config_dict
 
-from vit_jax.model_configs import LIT_OUT_OF_SCOPE  # noqa: F401  (one wording of it)
+from vit_jax.checkpoint import augreg
+from vit_jax.configs import base
+from vit_jax.models import registry
+from vit_jax.models.registry import LIT_OUT_OF_SCOPE  # noqa: F401  (one wording of it)
 
 AUGREG_BUCKET = "gs://vit_models/augreg"
 LINEAR_END = 1e-5  # Google's linear decay ends here (utils.create_learning_rate_schedule).
@@ -98,12 +101,11 @@ def _get(config, key: str, default=None):
 
 def _data_fields(c: ml_collections.ConfigDict, g) -> None:
   """Dataset, splits, resolution and batch sizes of Google config `g` into our config `c`."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   if not _get(g, "dataset"):
     raise ValueError("config.dataset is empty; set it (a TFDS name such as 'cifar10' or an image "
                      "folder with train/ and test/ sub-folders), e.g. --config.dataset=cifar10.")
   pp = _get(g, "pp") or {}
-  common.set_dataset(c, str(g.dataset))  # The class count too when known (dry runs need no data).
+  base.set_dataset(c, str(g.dataset))  # The class count too when known (dry runs need no data).
   c.tfds_data_dir = _get(g, "tfds_data_dir")
   c.tfds_manual_dir = _get(g, "tfds_manual_dir")
   c.train_split = str(_get(pp, "train", "train"))
@@ -118,8 +120,7 @@ def _data_fields(c: ml_collections.ConfigDict, g) -> None:
 
 def data_config(g) -> ml_collections.ConfigDict:
   """Our input-pipeline config for Google config `g` (model fields may be unset)."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top  (common re-exports us)
-  c = common.defaults()
+  c = base.defaults()
   _data_fields(c, g)
   c.input.num_workers = 0  # Threads in this process, as Google's tf.data pipeline.
   return c.lock()
@@ -127,16 +128,15 @@ def data_config(g) -> ml_collections.ConfigDict:
 
 def _model_fields(c: ml_collections.ConfigDict, model) -> None:
   """config.model_name and the overrides that turn the registered config into `model`."""
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
   if model is None:
     raise ValueError("config.model is not set; set it to an architecture, e.g. "
                      "config.model = vit_jax.configs.models.get_b16_config().")
   name = str(model["model_name"])
   if name.startswith("LiT-"):
     raise ValueError(LIT_OUT_OF_SCOPE)
-  registered = model_configs.get_model_config(name).to_dict()
+  registered = registry.get_model_config(name).to_dict()
   given = model.to_dict() if hasattr(model, "to_dict") else dict(model)
-  c.model_name = model_configs.canonical_name(name)
+  c.model_name = registry.canonical_name(name)
   _apply_overrides(c.model, registered, given, "config.model")
 
 
@@ -168,7 +168,6 @@ def _pretrained(c: ml_collections.ConfigDict, g) -> None:
   if directory.rstrip("/") == AUGREG_BUCKET:  # Ours resolves it (Hugging Face copy first).
     c.model_or_filename = str(name)
     return
-  from vit_jax.checkpoint import augreg  # pylint: disable=g-import-not-at-top
   filename = augreg.resolve(str(name), index_path=os.path.join(directory, "index.csv")).filename
   c.pretrained_path = os.path.join(directory, filename[:-4] if filename.endswith(".npz")
                                    else filename) + ".npz"
@@ -188,15 +187,13 @@ def to_run_config(g) -> ml_collections.ConfigDict:
   by Google's pipeline too). Refused: trainer other than 'train', a non-Mixer model with
   model_type='Mixer' (and the reverse), LiT models.
   """
-  from vit_jax import model_configs  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   if _get(g, "trainer", "train") != "train":
     raise ValueError(f"config.trainer={g.trainer!r} is not available here (only 'train'); for "
                      "inference timing use python -m vit_jax.main --dry_run or bench/.")
-  c = common.defaults()
+  c = base.defaults()
   _model_fields(c, _get(g, "model"))
   model_type = _get(g, "model_type", "ViT")
-  if model_type not in ("ViT", "Mixer") or (model_type == "Mixer") != model_configs.is_mixer(c.model_name):
+  if model_type not in ("ViT", "Mixer") or (model_type == "Mixer") != registry.is_mixer(c.model_name):
     raise ValueError(f"config.model_type={model_type!r} does not match config.model "
                      f"({c.model_name}); use 'Mixer' for Mixer-* models and 'ViT' otherwise.")
   _data_fields(c, g)

@@ -22,7 +22,7 @@ def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str
                                   ) -> Callable[[Any], jax.Array]:
   """step -> float32 lr: linear warmup to `base`, then 'cosine' (to 0) or 'linear' (to
   `linear_end`) decay over the remaining steps; constant past total_steps."""
-  from vit_jax import optim  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
   if decay_type not in ("cosine", "linear"):
     raise ValueError(f"decay_type={decay_type!r}: use 'cosine' or 'linear'.")
   config = ml_collections.ConfigDict(dict(
@@ -58,7 +58,7 @@ def make_update_fn(*, apply_fn: Callable, accum_steps: int,
   """pmap(update)(params, opt_state, batch, rng) -> (params, opt_state, loss, rng), over axis
   'batch': softmax cross-entropy on one-hot labels, gradients accumulated over accum_steps
   and averaged over devices, then `tx`. Dropout gets a key per device and step."""
-  from vit_jax import train_step  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
 
   def update(params, opt_state, batch, rng):
     rng, next_rng = jax.random.split(rng)

@@ -48,6 +48,7 @@ import numpy as np
 from vit_jax.models.axes import logical
 from vit_jax.models.platform import on_cpu, resolve_attention_impl
 
+
 def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
   """float32 softmax(q k^T / sqrt(d)): (batch, heads, q_tokens, kv_tokens) probabilities."""
   scale = q.shape[-1] ** -0.5

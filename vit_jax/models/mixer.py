@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from vit_jax import param_tree
 from vit_jax.models.axes import constrain, logical
-from vit_jax.models.transformer import drop_path, layer_norm, stochastic_depth_rates
 from vit_jax.models.fields import check_image_size, patch_size
+from vit_jax.models.transformer import drop_path, layer_norm, stochastic_depth_rates
 
 
 class MixerMlp(nn.Module):

@@ -11,15 +11,15 @@ the program does not fit).
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Optional, Sequence
 
 import jax
 
-from vit_jax import compiled_stats, metrics, model_configs, sharding, topology, train_state
-from vit_jax import train_step
-from vit_jax.models import platform
+from vit_jax import sharding
+from vit_jax.models import platform, registry
+from vit_jax.planning import compiled_stats, datasheets, flops, topology
+from vit_jax.training import train_state, train_step
 
 
 def size(num_bytes: Optional[float]) -> str:
@@ -35,11 +35,11 @@ def size(num_bytes: Optional[float]) -> str:
 
 def num_classes_of(config) -> int:
   """config.num_classes, else the known-datasets table; the dry run opens no dataset."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
   if config.num_classes:
     return int(config.num_classes)
-  if str(config.dataset) in common.NUM_CLASSES:
-    return common.NUM_CLASSES[str(config.dataset)]
+  if str(config.dataset) in base.NUM_CLASSES:
+    return base.NUM_CLASSES[str(config.dataset)]
   raise ValueError(f"the dry run needs the class count of dataset {config.dataset!r}: set "
                    "--config.num_classes (it opens no dataset).")
 
@@ -59,14 +59,14 @@ def _device_figures(device: Any) -> dict[str, Any]:
   if gen is not None:
     return {"peak_flops": gen.peak_bf16_flops, "capacity_bytes": gen.hbm_bytes,
             "bandwidth_bytes_per_s": gen.hbm_bytes_per_s, "figures_source": gen.source}
-  peak, _ = metrics.peak_flops_per_device(device)
+  peak, _ = datasheets.peak_flops_per_device(device)
   capacity = None
   try:
     capacity = (device.memory_stats() or {}).get("bytes_limit")
   except Exception:  # pylint: disable=broad-except  (CPU devices report no memory stats)
     capacity = None
   return {"peak_flops": peak, "capacity_bytes": capacity, "bandwidth_bytes_per_s": None,
-          "figures_source": "metrics.PEAK_FLOPS_BY_DEVICE_KIND" if peak else None}
+          "figures_source": "planning/datasheets.py" if peak else None}
 
 
 def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   # The schedule's length does not change the program: no training-length keys needed.
   steps = max(int(config.total_steps or 0), int(config.warmup_steps or 0) + 1, 1)
   mesh = sharding.mesh_for_config(config, devices)
-  fields = model_configs.run_model_config(config)
+  fields = registry.run_model_config(config)
   out: dict[str, Any] = {
       "model": config.model_name, "batch": int(config.batch), "crop": int(config.pp.crop),
       "accum_steps": int(config.accum_steps), "devices": len(devices),
@@ -112,7 +112,7 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   cost = compiled_stats.cost(compiled)
   out["flops_per_device"] = cost["flops"]
   out["bytes_accessed_per_device"] = cost["bytes_accessed"]
-  formula = metrics.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
+  formula = flops.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
   out["formula_flops_per_device"] = (3 * formula * config.batch / len(devices)) or None
   out["collectives"] = compiled_stats.collectives(compiled.as_text())
   out["collective_bytes"] = sum(c["bytes"] for c in out["collectives"].values())
@@ -226,26 +226,3 @@ def format_report(r: dict[str, Any]) -> str:
   elif r.get("fits"):
     lines.append("  fits: yes")
   return "\n".join(lines)
-
-
-def _jsonable(r: dict[str, Any]) -> dict[str, Any]:
-  return json.loads(json.dumps(r, default=str))
-
-
-def run(config, *, topology_name: Optional[str] = None, num_slices: int = 1,
-        plan: bool = False, json_path: Optional[str] = None) -> int:
-  """Analyses (or plans) and prints on process 0; returns the exit status (1: does not fit)."""
-  devices = target_devices(topology_name, num_slices)
-  if plan:
-    from vit_jax import dry_run_plan  # pylint: disable=g-import-not-at-top
-    result = dry_run_plan.plan(config, devices)
-    text, status = dry_run_plan.format_plan(result), 0 if result["fitting"] else 1
-  else:
-    result = analyse(config, devices)
-    text, status = format_report(result), 1 if result.get("fits") is False else 0
-  if jax.process_index() == 0:
-    print(text, flush=True)
-    if json_path:
-      with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(result), f, indent=1)
-  return status

@@ -1,4 +1,5 @@
-"""Training metrics: FLOPs/MFU from the compiled step, throughput, data wait, and the writers.
+"""Training metrics: throughput, MFU (peak FLOP/s from planning/datasheets.py), data wait, and
+the writers.
 
 Process 0 writes scalars to TensorBoard (clu.metric_writers, imported lazily because it
 pulls in TensorFlow) and to the console (a tqdm progress bar with ETA plus one log line
@@ -7,69 +8,11 @@ per `log_every` steps); other processes write nothing.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 
-from vit_jax import compiled_stats, run_log, topology
-
-# Dense bf16 peak FLOP/s per chip (vendor datasheets). MFU uses these; unknown kinds → no MFU.
-# TPU v4 and later come from topology.GENERATIONS (the one table of TPU figures).
-PEAK_FLOPS_BY_DEVICE_KIND = {
-    "TPU v2": 45e12,
-    "TPU v3": 123e12,
-    **{kind: topology.GENERATIONS[gen].peak_bf16_flops
-       for kind, gen in topology.DEVICE_KINDS.items()},
-    "NVIDIA H200": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA GH200": 989e12,
-    "NVIDIA B200": 2250e12,
-    "NVIDIA A100": 312e12,
-    "NVIDIA L4": 121e12,
-    "NVIDIA A10G": 125e12,
-    "Tesla V100": 125e12,
-}
-
-
-def peak_flops_per_device(device: Optional[jax.Device] = None) -> tuple[Optional[float], str]:
-  """(peak bf16 FLOP/s of one device, or None, and a reason when None)."""
-  device = device or jax.devices()[0]
-  kind = device.device_kind
-  # Longest matching prefix wins ("TPU v5 lite" before "TPU v5", "NVIDIA H100 80GB HBM3" → H100).
-  for name in sorted(PEAK_FLOPS_BY_DEVICE_KIND, key=len, reverse=True):
-    if kind.startswith(name):
-      return PEAK_FLOPS_BY_DEVICE_KIND[name], ""
-  return None, (f"MFU omitted: no peak FLOP/s known for device kind {kind!r} "
-                f"(platform {device.platform}); add it to metrics.PEAK_FLOPS_BY_DEVICE_KIND.")
-
-
-def compiled_flops(compiled: Any) -> Optional[float]:
-  """FLOPs of one execution of a compiled jit function on one device (XLA cost analysis)."""
-  return compiled_stats.cost(compiled)["flops"]
-
-
-def tokens_per_image(cfg: Any, resolution: int) -> int:
-  """Encoder sequence length of a plain ViT at `resolution`: patches plus the class token."""
-  from vit_jax.models import fields  # pylint: disable=g-import-not-at-top  (flax)
-  return fields.sequence_length(cfg["patches"], cfg.get("classifier", "token"), resolution,
-                                resolution)
-
-
-def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
-  """Forward FLOPs of one image by the standard formula (2 x matmul multiply-adds).
-
-  Patch embedding, per layer the four attention projections, the two MLP matmuls and the
-  two (tokens x tokens) attention matmuls, and the head. Plain ViT only (0 for hybrids and
-  Mixers); a training step is 3x this (forward + backward).
-  """
-  if "transformer" not in cfg or cfg.get("resnet") is not None:
-    return 0.0
-  ph, pw = tuple(cfg["patches"]["size"])
-  d, t = cfg["hidden_size"], cfg["transformer"]
-  tokens = tokens_per_image(cfg, resolution)
-  per_layer = 2 * tokens * (4 * d * d + 2 * d * t["mlp_dim"]) + 2 * 2 * tokens * tokens * d
-  embed = 2 * (resolution // ph) * (resolution // pw) * ph * pw * 3 * d
-  return float(embed + t["num_layers"] * per_layer + 2 * d * num_classes)
+from vit_jax.run import run_log
 
 
 class Throughput:

@@ -18,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from vit_jax import exits, preprocess
+from vit_jax import exits
+from vit_jax.datasets import preprocess
 from vit_jax.datasets.sources import open_source
 
 

@@ -22,7 +22,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
+import jax.numpy as jnp
 import ml_collections
+
+from vit_jax.models.mixer import MlpMixer
+from vit_jax.models.vit import VisionTransformer
 
 # AugReg short name -> official name (gs://vit_models/augreg/index.csv 'name' prefixes).
 AUGREG_NAMES = {
@@ -253,12 +257,10 @@ def model_from_fields(fields: Mapping[str, Any], num_classes: Optional[int]):
   A dtype given by name ('bfloat16') becomes a NumPy dtype; a field the family does not
   take (e.g. scan_layers for a Mixer) is one clear error naming the valid fields.
   """
-  from vit_jax import models  # pylint: disable=g-import-not-at-top  (models imports are heavy)
   fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
   if isinstance(fields.get("dtype"), str):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     fields["dtype"] = jnp.dtype(fields["dtype"])
-  cls = models.MlpMixer if is_mixer(fields) else models.VisionTransformer
+  cls = MlpMixer if is_mixer(fields) else VisionTransformer
   valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
   unknown = sorted(set(fields) - valid)
   if unknown:
@@ -279,3 +281,13 @@ def create_model(name: str, num_classes: Optional[int], **overrides: Any):
 def model_from_run_config(config, num_classes: int):
   """The Flax module a run config describes (config.model_name + config.model overrides)."""
   return model_from_fields(run_model_config(config), num_classes)
+
+
+def get_model(name: str, **kwargs: Any):
+  """Google's factory by registered name: `get_model('ViT-B_16', num_classes=1000)` is the
+  VisionTransformer (or MlpMixer) of MODEL_CONFIGS[name] with `kwargs` as module fields."""
+  if name.startswith("LiT-"):
+    raise ValueError(LIT_OUT_OF_SCOPE)
+  config = MODEL_CONFIGS[canonical_name(name)]
+  cls = MlpMixer if is_mixer(config) else VisionTransformer
+  return cls(**config, **kwargs)

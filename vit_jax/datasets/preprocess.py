@@ -17,7 +17,7 @@ Owns the published recipes, each a pure function of its inputs and a `np.random.
   crop. `crop_pct` sets resize = floor(crop / crop_pct) (timm's convention: 0.875 -> 224/256).
   The choice moves published numbers by a point or more (vision_transformer#39: 83.41% vs
   85.08% from the resize alone), so each recipe that quotes a number names its mode.
-* optional RandAugment (vit_jax.randaugment) on the uint8 crop.
+* optional RandAugment (vit_jax.datasets.randaugment) on the uint8 crop.
 * batch level: values to float32 in [-1, 1], optional random erasing, one-hot labels with
   label smoothing (`y = (1-eps)·onehot + eps/C`, rows sum to 1), then mixup or CutMix
   (`mix_batch`, timm's batch mode: one draw per batch; rows 2m and 2m+1 mixed with each
@@ -253,7 +253,7 @@ def train_image(data: Any, opts: PreprocessOptions, rng: np.random.Generator) ->
   if opts.flip and rng.random() < 0.5:
     img = img.transpose(Image.FLIP_LEFT_RIGHT)
   if opts.randaugment_layers:
-    from vit_jax import randaugment  # pylint: disable=g-import-not-at-top
+    from vit_jax.datasets import randaugment  # pylint: disable=g-import-not-at-top
     img = randaugment.randaugment(img, opts.randaugment_layers, opts.randaugment_magnitude, rng)
   return np.asarray(img, dtype=np.uint8)
 

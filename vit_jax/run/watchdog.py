@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import jax
 
-from vit_jax import exits, run_log
+from vit_jax import exits
+from vit_jax.run import run_log
 
 
 class StepWatchdog:

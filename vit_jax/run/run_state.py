@@ -246,15 +246,15 @@ def last_eval(workdir: str, step: Optional[int] = None) -> Optional[dict]:
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config recorded in `workdir` by the trainer, over today's defaults.
 
-  Keys added to configs/common.defaults() after the workdir was written take their
+  Keys added to configs/base.defaults() after the workdir was written take their
   default, so code can read every key without a second default of its own.
   """
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a directory a vit_jax run wrote.")
   stored = json.loads(path.read_text())
-  config = common.defaults()
+  config = base.defaults()
   _update(config, stored)
   return config
 

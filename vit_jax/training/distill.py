@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vit_jax import checkpoint, compiled_stats, losses, model_configs, sharding, train_state
+from vit_jax import checkpoint, sharding
+from vit_jax.models import registry
+from vit_jax.training import losses, train_state
 
 MODES = ("soft", "hard")
 
@@ -56,13 +58,13 @@ def _fields(config) -> tuple[str, dict]:
   student's architecture (model_name + config.model) when it is None; distill.model on top."""
   name = config.distill.model_name
   if name is None:
-    name, base = config.model_name, model_configs.run_model_config(config).to_dict()
-  elif name in model_configs.MODEL_CONFIGS:
-    base = model_configs.MODEL_CONFIGS[name].to_dict()
+    name, base = config.model_name, registry.run_model_config(config).to_dict()
+  elif name in registry.MODEL_CONFIGS:
+    base = registry.MODEL_CONFIGS[name].to_dict()
   else:
     raise ValueError(f"config.distill.model_name={name!r} is unknown; valid names: "
-                     f"{sorted(model_configs.MODEL_CONFIGS)}.")
-  return name, model_configs.merge_fields(base, config.distill.model, skip_unset=True)
+                     f"{sorted(registry.MODEL_CONFIGS)}.")
+  return name, registry.merge_fields(base, config.distill.model, skip_unset=True)
 
 
 def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, ...]
@@ -79,7 +81,7 @@ def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, .
   if not float(d.temperature) > 0.0:
     raise ValueError(f"config.distill.temperature={d.temperature} must be > 0.")
   name, fields = _fields(config)
-  model = model_configs.model_from_fields(fields, num_classes)
+  model = registry.model_from_fields(fields, num_classes)
   init = lambda: model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros(input_shape, jnp.float32),
                             train=False)["params"]
   boxed = jax.eval_shape(init)
@@ -145,8 +147,8 @@ def combine(task: jax.Array, distill: jax.Array, weight: float) -> jax.Array:
   return (1.0 - weight) * task + weight * distill
 
 
-def forward_flops(teacher: Teacher, batch_images: jax.ShapeDtypeStruct) -> Optional[float]:
-  """FLOPs per device of the teacher's forward over one global batch (XLA cost analysis of its
-  own compiled program; part of the train step's FLOPs)."""
+def compile_forward(teacher: Teacher, batch_images: jax.ShapeDtypeStruct) -> Any:
+  """The teacher's forward over one global batch as its own compiled program (its FLOPs are
+  part of the train step's; the loop reads them with planning.compiled_stats)."""
   fn = jax.jit(lambda p, x: logits(teacher, p, x))
-  return compiled_stats.cost(fn.lower(teacher.abstract_params, batch_images).compile())["flops"]
+  return fn.lower(teacher.abstract_params, batch_images).compile()

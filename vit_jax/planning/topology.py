@@ -1,7 +1,7 @@
 """TPU slices by the names users type, as abstract devices the real TPU compiler targets.
 
-Owns the per-generation datasheet table (`GENERATIONS`: peak bf16 FLOP/s, HBM capacity and
-bandwidth per chip), the slice-name parser (`parse`: 'v4-128', 'v5e-16', 'v5litepod-16',
+Owns the slice geometry of each generation (`GENERATIONS`: TensorCores per chip in the name,
+torus dimensions; the per-chip figures come from datasheets.py), the slice-name parser (`parse`: 'v4-128', 'v5e-16', 'v5litepod-16',
 'v5p-256', 'v6e-64' or the raw 'v5p:4x4x8') and `abstract_devices`, which asks libtpu
 (`pip install -r requirements-tpu.txt`) for compile-only devices of a slice, `num_slices`
 of them joined over the data-centre network. Nothing here needs a TPU.
@@ -18,32 +18,47 @@ import os
 import re
 from typing import Any
 
-GIB = 1 << 30
+from vit_jax.planning import datasheets
+
+GIB = datasheets.GIB
 
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-  """Per-chip figures of one TPU generation (Google Cloud's TPU datasheets)."""
+  """One TPU generation: how its slices are named and shaped, and its datasheet."""
   name: str                 # 'v5p'
-  peak_bf16_flops: float    # dense bf16 FLOP/s per chip
-  hbm_bytes: int            # HBM capacity per chip
-  hbm_bytes_per_s: float    # HBM bandwidth per chip
   cores_in_name: int        # TensorCores per chip counted by the slice name (1: chips)
   dims: int                 # torus dimensions of a slice (3: v4/v5p, 2: v5e/v6e)
-  source: str
+
+  @property
+  def sheet(self) -> datasheets.Datasheet:
+    return datasheets.TPU[self.name]
+
+  @property
+  def peak_bf16_flops(self) -> float:
+    return self.sheet.peak_bf16_flops
+
+  @property
+  def hbm_bytes(self) -> int:
+    return self.sheet.hbm_bytes
+
+  @property
+  def hbm_bytes_per_s(self) -> float:
+    return self.sheet.hbm_bytes_per_s
+
+  @property
+  def source(self) -> str:
+    return self.sheet.source
 
 
-# Datasheet facts: cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("System architecture").
 GENERATIONS: dict[str, Generation] = {
-    "v4": Generation("v4", 275e12, 32 * GIB, 1200e9, 2, 3, "cloud.google.com/tpu/docs/v4"),
-    "v5e": Generation("v5e", 197e12, 16 * GIB, 819e9, 1, 2, "cloud.google.com/tpu/docs/v5e"),
-    "v5p": Generation("v5p", 459e12, 95 * GIB, 2765e9, 2, 3, "cloud.google.com/tpu/docs/v5p"),
-    "v6e": Generation("v6e", 918e12, 32 * GIB, 1640e9, 1, 2, "cloud.google.com/tpu/docs/v6e"),
+    "v4": Generation("v4", 2, 3), "v5e": Generation("v5e", 1, 2),
+    "v5p": Generation("v5p", 2, 3), "v6e": Generation("v6e", 1, 2),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
 # Device kinds JAX reports -> generation.
-DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p",
-                "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+DEVICE_KINDS = {**{datasheets.TPU[g].kind: g for g in GENERATIONS},
+                **{k: g for k, g in datasheets.TPU_KIND_ALIASES.items() if g in GENERATIONS}}
 # Chips -> physical slice shape, as Cloud TPU provisions them.
 _SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
               128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16),

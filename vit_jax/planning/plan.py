@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from vit_jax import dry_run
+from vit_jax.planning import dry_run
 
 MODEL_AXES = (1, 2, 4)
 FSDP_SIZES = (1, 8, 16)

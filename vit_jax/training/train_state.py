@@ -18,7 +18,9 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vit_jax import ema, model_configs, optim, param_groups, sharding
+from vit_jax import sharding
+from vit_jax.models import registry
+from vit_jax.training import ema, optim, param_groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +125,7 @@ def opt_state_shardings(opt_abstract: Any, params: Any, param_shardings: Any, ot
 
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:
   """StateSetup for the model/optimizer/input size/EMA that `config` describes."""
-  model = model_configs.model_from_run_config(config, num_classes)
+  model = registry.model_from_run_config(config, num_classes)
   tx, schedule = optim.make_optimizer(config, total_steps)
   crop = int(config.pp.crop)
   return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config),

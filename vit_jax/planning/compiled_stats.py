@@ -103,3 +103,8 @@ def parse_out_of_memory(message: str) -> Optional[dict[str, Any]]:
   return {"what": what,
           "need_bytes": float(match.group("need")) * scale[match.group("unit")],
           "available_bytes": float(match.group("have")) * scale[match.group("unit2")]}
+
+
+def compiled_flops(compiled: Any) -> Optional[float]:
+  """FLOPs of one execution of a compiled jit function on one device (XLA cost analysis)."""
+  return cost(compiled)["flops"]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import param_groups
+from vit_jax.training import param_groups
 
 Schedule = Callable[[Any], Any]
 

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vit_jax import distill, ema, losses, param_groups, sharding
-from vit_jax.models import axes
+from vit_jax import sharding
 from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
-from vit_jax.train_state import StateSetup, TrainState
-
+from vit_jax.models import axes
+from vit_jax.training import distill, ema, losses, param_groups
+from vit_jax.training.train_state import StateSetup, TrainState
 
 # Per-example softmax cross-entropy on one-hot / soft labels: the eval loss (losses.py's home).
 cross_entropy = losses.softmax_xent
@@ -38,7 +38,7 @@ def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax
                        teacher: Optional[distill.Teacher] = None) -> Callable:
   """Returns f(params, batch, rng[, teacher_params]) -> (loss, aux, grads) averaged over
   micro-batches, aux = {'accuracy'} (+ 'task_loss', 'distill_loss' with a teacher); `loss`
-  names the per-example task loss (vit_jax/losses.py, config.loss). Frozen parameters
+  names the per-example task loss (vit_jax/training/losses.py, config.loss). Frozen parameters
   (param_groups) get no gradient."""
   model = setup.model
   constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)

@@ -1,9 +1,9 @@
 """Inspection CLI: attention maps, rollout, mean attention distance, position-embedding
 similarity and embedding filters of a ViT checkpoint, as in the ViT paper's Figs. 6-7.
 
-  python -m vit_jax.inspect --checkpoint workdirs/quickstart/model.npz --out DIR IMAGE [...]
-  python -m vit_jax.inspect --workdir workdirs/quickstart [--step N] --out DIR IMAGE [...]
-  python -m vit_jax.inspect --model ViT-B_16 --checkpoint PATH_OR_URI --out DIR IMAGE [...]
+  python -m vit_jax.visualize --checkpoint workdirs/quickstart/model.npz --out DIR IMAGE [...]
+  python -m vit_jax.visualize --workdir workdirs/quickstart [--step N] --out DIR IMAGE [...]
+  python -m vit_jax.visualize --model ViT-B_16 --checkpoint PATH_OR_URI --out DIR IMAGE [...]
 
 The checkpoint flags are those of vit_jax.inference (exports with their sidecar, run
 workdirs, published files by --model; zero i21k heads and heads-free towers are fine here).
@@ -34,7 +34,7 @@ from vit_jax import analysis
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   """Command-line flags."""
-  p = argparse.ArgumentParser(prog="python -m vit_jax.inspect",
+  p = argparse.ArgumentParser(prog="python -m vit_jax.visualize",
                               description="Attention maps, rollout, attention distance, position-"
                                           "embedding similarity and filters of a ViT.")
   p.add_argument("--model", default=None,

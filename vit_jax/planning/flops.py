@@ -1,0 +1,30 @@
+"""Model FLOPs by formula (the numerator of MFU and the planner's reference for compiled
+FLOPs): a plain ViT's forward per image; a training step is 3x (forward + backward)."""
+from __future__ import annotations
+
+from typing import Any
+
+from vit_jax.models import fields
+
+
+def tokens_per_image(cfg: Any, resolution: int) -> int:
+  """Encoder sequence length of a plain ViT at `resolution`: patches plus the class token."""
+  return fields.sequence_length(cfg["patches"], cfg.get("classifier", "token"), resolution,
+                                resolution)
+
+
+def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
+  """Forward FLOPs of one image by the standard formula (2 x matmul multiply-adds).
+
+  Patch embedding, per layer the four attention projections, the two MLP matmuls and the
+  two (tokens x tokens) attention matmuls, and the head. Plain ViT only (0 for hybrids and
+  Mixers).
+  """
+  if "transformer" not in cfg or cfg.get("resnet") is not None:
+    return 0.0
+  ph, pw = tuple(cfg["patches"]["size"])
+  d, t = cfg["hidden_size"], cfg["transformer"]
+  tokens = tokens_per_image(cfg, resolution)
+  per_layer = 2 * tokens * (4 * d * d + 2 * d * t["mlp_dim"]) + 2 * 2 * tokens * tokens * d
+  embed = 2 * (resolution // ph) * (resolution // pw) * ph * pw * 3 * d
+  return float(embed + t["num_layers"] * per_layer + 2 * d * num_classes)

@@ -1,0 +1,322 @@
+"""The training loop: `train_and_evaluate(config, workdir)` (the entry point main.py and tests call).
+
+Owns the order of things: mesh → dataset info → pre-flight checks → workdir lock → sharded
+state (workdir checkpoint > pretrained weights > scratch) → compiled step → loop (log / eval /
+checkpoint / preemption / NaN guard / hang watchdog) → final checkpoint and evaluation. The
+pieces live in sharding.py, train_state.py, train_step.py, optim.py, run_state.py,
+metrics.py, device_prefetch.py, pipeline.py, preflight.py, workdir_lock.py and
+watchdog.py; this module only sequences them. How a run ends is in its result
+('preempted': exit status 75 in main.py) or in the exception it raises (exits.py).
+
+Config keys read here (units in brackets; defaults in configs/common.defaults() only):
+total_steps [steps] or total_epochs [epochs over the train split], batch, accum_steps,
+log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
+keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes (None = from the
+dataset), progress (tqdm bar), input.device_prefetch [batches], workdir_lock_timeout [s],
+watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change. The
+param-group table (param_groups.py) and the distillation teacher (distill.py, loaded here on
+every start) are logged before the first step.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import checkpoint, sharding
+from vit_jax.datasets import device_prefetch, pipeline
+from vit_jax.evaluators import runner
+from vit_jax.models import registry
+from vit_jax.planning import compiled_stats, datasheets
+from vit_jax.run import metrics, preflight, run_state, watchdog, workdir_lock
+from vit_jax.training import distill, optim, param_groups, train_state, train_step
+from vit_jax.training.train_state import StateSetup, TrainState
+
+
+class Preemption:
+  """SIGTERM → stop at the next step boundary. Multi-process jobs use JAX's preemption sync
+  point (every process stops at the same step); single-process jobs install a handler."""
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._multi = jax.process_count() > 1
+    self._old = None
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+
+  def requested(self, step: int) -> bool:
+    if not self._multi:
+      return self._flag.is_set()
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # No preemption service (e.g. explicit initialize without it).
+      return False
+
+  def close(self) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]:
+  """Host params from config.pretrained_path / config.model_or_filename, or None if neither set.
+
+  Where they are read from is checkpoint.candidate_locations (the rule the inference CLI
+  uses too): an AugReg name or file tries its Hugging Face copy first, then gs://. `log`
+  gets the load report (head replaced or kept, pre_logits dropped, posemb grid resized).
+  """
+  location = config.pretrained_path or config.model_or_filename
+  if not location:
+    return None
+  # Abstract params: load_pretrained needs only names and shapes (a new head starts at zero,
+  # as in the published fine-tuning recipe).
+  init_params = setup.abstract_state.params
+  if config.dont_load:  # Those parameters keep a real initial value (the scratch init's).
+    init_params = train_state.init_params(setup, config.seed)
+  model_config = registry.run_model_config(config)
+  _, (params, report) = checkpoint.load_first(
+      checkpoint.candidate_locations(str(location)),
+      lambda uri: checkpoint.load_pretrained(
+          pretrained_path=uri, init_params=init_params, model_config=model_config,
+          replace_head=config.replace_head, dont_load=tuple(config.dont_load),
+          resize_patch_embedding=config.resize_patch_embedding, report=True))
+  if log is not None:
+    for line in report.lines():
+      log(line)
+  return params
+
+
+def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
+                  log) -> tuple[TrainState, Optional[dict]]:
+  """Resume precedence: workdir checkpoint > pretrained weights > scratch."""
+  restored = ckpt.restore_latest(setup.abstract_state, warn=log)
+  if restored is not None:
+    step, state, data_state = restored
+    log(f"Resuming from the workdir checkpoint at step {step}.")
+    return state, data_state
+  params = load_pretrained_params(config, setup, log)
+  if params is not None:
+    log(f"Fine-tuning from pretrained weights {config.pretrained_path or config.model_or_filename}.")
+    return train_state.state_from_params(setup, params, config.seed), None
+  log("Training from scratch.")
+  return train_state.create_train_state(setup, config.seed), None
+
+
+def evaluate(eval_step, params, config) -> dict[str, float]:
+  """One masked pass over config.eval_split: accuracy, top-5 accuracy and mean loss over real
+  examples (the default evaluator; config.evals adds named ones, evaluators/runner.py)."""
+  return runner.classification_values(runner.classification_pass(eval_step, params, config))
+
+
+def check_finite(pending: list[tuple[int, dict]]) -> Optional[tuple[int, dict]]:
+  """Fetches queued step metrics; raises FloatingPointError at the first non-finite loss."""
+  last = None
+  for step, m in pending:
+    host = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not np.isfinite(host["loss"]):
+      raise FloatingPointError(
+          f"loss is {host['loss']} at step {step} (grad_norm {host['grad_norm']}); training stopped "
+          "and the last good checkpoint is kept. Lower --config.base_lr, set "
+          "--config.grad_norm_clip, or check the data.")
+    last = (step, host)
+  pending.clear()
+  return last
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def save_checkpoint(ckpt, step: int, state: TrainState,
+                    feeder: device_prefetch.DevicePrefetcher, pending) -> None:
+  """Saves `state` only when every loss so far and every parameter is finite."""
+  check_finite(pending)
+  if not bool(_all_finite(state.params)):
+    raise FloatingPointError(
+        f"parameters became non-finite at step {step}; training stopped and the last good "
+        "checkpoint is kept. Lower --config.base_lr or set --config.grad_norm_clip.")
+  ckpt.save(step, state, feeder.position)
+
+
+def _every(step: int, period: int, total: int) -> bool:
+  return step == total or (period > 0 and step % period == 0)
+
+
+def train_and_evaluate(config, workdir: str) -> Any:
+  """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics and the state.
+
+  `config` is a run config (configs/common.defaults() and its overrides); Google's config
+  layout goes through vit_jax.train (google_compat/train.py), which translates it first.
+  """
+  mesh = sharding.mesh_for_config(config)
+  info = pipeline.dataset_info_prepared_once(config)
+  preflight.check(config, info)
+  num_classes = int(config.num_classes or info.num_classes)
+  total = optim.total_steps(config, info.num_train_examples)
+  setup = train_state.setup_from_config(config, mesh, num_classes, total)
+  lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout)
+  try:
+    ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
+                                  keep_period=config.keep_period)
+    record = config.copy_and_resolve_references()
+    with record.unlocked():
+      record.num_classes = num_classes
+      record.class_names = tuple(info.class_names)
+    run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
+    writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
+    try:
+      return _run(config, workdir, setup, ckpt, writer, total, num_classes)
+    finally:
+      writer.close()
+      ckpt.close()
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, Any]:
+  """The loop proper (see train_and_evaluate)."""
+  state, data_state = initial_state(config, setup, ckpt, writer.text)
+  step = int(jax.device_get(state.step))
+  evals = runner.Runner(setup, config)
+  if step >= total:  # A finished run asked to run again: report, do not retrain.
+    return _finished(config, workdir, step, state, evals, writer)
+  host_iter = pipeline.create_train_iterator(config)
+  if data_state:
+    host_iter.set_state(data_state)
+  feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
+                                            config.input.device_prefetch, keys=("image", "label"))
+  groups = param_groups.from_config(config)
+  if groups is not None:
+    for line in param_groups.table(groups, setup.abstract_state.params):
+      writer.text(line)
+  teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
+  compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
+  peak, reason = datasheets.peak_flops_per_device()
+  step_flops = compiled_stats.compiled_flops(compiled)
+  fixed = {}
+  if teacher is not None:
+    fixed = _teacher_share(config, setup, num_classes, teacher, step_flops, writer.text)
+  meter = metrics.Throughput(config.batch, jax.device_count(), step_flops, peak, fixed)
+  preempt = Preemption()
+  wd = watchdog.StepWatchdog(factor=config.watchdog.factor,
+                             min_seconds=config.watchdog.min_seconds,
+                             first_step_seconds=config.watchdog.first_step_seconds)
+  pending, result = [], {"step": step}
+  loop = _Loop(config, workdir, total, feeder, pending, meter, ckpt, writer, evals, preempt, wd)
+  try:
+    while step < total:
+      t0 = time.perf_counter()
+      batch = next(feeder)
+      meter.add_data_wait(time.perf_counter() - t0)
+      state, step_metrics = compiled(state, batch, *teacher_args)
+      wd.step_dispatched(step_metrics)
+      step += 1
+      meter.step_done()
+      pending.append((step, step_metrics))
+      writer.advance()
+      result = _after_step(loop, step, state, result)
+      if result.get("preempted"):
+        break
+  finally:
+    wd.close()
+    preempt.close()
+    if hasattr(host_iter, "close"):
+      host_iter.close()
+    pipeline.release_shared_memory()  # grain's worker batches, before the process exits
+  if not result.get("preempted") and ckpt.latest_step() != step:
+    save_checkpoint(ckpt, step, state, feeder, pending)
+  ckpt.wait()
+  if reason:
+    result["note"] = reason
+  result["state"] = state
+  return result
+
+
+def _teacher(config, setup: StateSetup, num_classes: int, log):
+  """(teacher, (its params,)) of config.distill, loaded once onto the mesh (it is not part of
+  the checkpoint: a resumed run reloads it), or (None, ()) without distillation."""
+  teacher = distill.from_config(config, setup.mesh, num_classes, setup.rules, setup.input_shape)
+  if teacher is None:
+    return None, ()
+  log(f"Distillation: {teacher.mode} (weight {teacher.weight:g}, temperature "
+      f"{teacher.temperature:g}) from the teacher {teacher.model_name} at {teacher.location}.")
+  return teacher, (distill.load_params(teacher, int(config.pp.crop), log),)
+
+
+def _teacher_share(config, setup, num_classes, teacher, step_flops, log) -> dict[str, float]:
+  """The teacher forward's share of the compiled step's FLOPs (logged once and with every
+  train summary as teacher_flops_share)."""
+  images = train_step.abstract_batch(config, num_classes, setup.mesh)["image"]
+  flops = compiled_stats.compiled_flops(distill.compile_forward(teacher, images))
+  if not flops or not step_flops:
+    return {}
+  log(f"Distillation teacher forward: {flops / 1e9:.4g} GFLOPs per device and step, "
+      f"{flops / step_flops:.1%} of the train step's {step_flops / 1e9:.4g} GFLOPs.")
+  return {"teacher_flops_share": flops / step_flops}
+
+
+def _finished(config, workdir, step, state, evals, writer) -> dict[str, Any]:
+  """The result of a run that already reached its last step: its recorded evaluation, or a
+  fresh one when none was recorded at that step."""
+  recorded = run_state.last_eval(workdir, step)
+  if recorded is not None:
+    values = {k: v for k, v in recorded.items() if k != "step"}
+    writer.text(f"The run in {workdir} already finished at step {step}; its evaluation at that "
+                "step follows (raise --config.total_steps to train further).")
+  else:
+    writer.text(f"The run in {workdir} already finished at step {step}; evaluating it.")
+    values = evals.run(state.params, step, step, ema_params=state.ema_params)
+    run_state.record_eval(workdir, step, values)
+  writer.scalars(step, values, prefix="eval/")
+  return {"step": step, "eval": values, "state": state, "already_finished": True}
+
+
+class _Loop:
+  """What _after_step needs besides the step and state (one object instead of ten args)."""
+
+  def __init__(self, config, workdir, total, feeder, pending, meter, ckpt, writer, evals,
+               preempt, wd):
+    self.config, self.workdir, self.total, self.feeder = config, workdir, total, feeder
+    self.pending, self.meter, self.ckpt, self.writer = pending, meter, ckpt, writer
+    self.evals, self.preempt, self.watchdog = evals, preempt, wd
+
+
+def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict[str, Any]:
+  """Logging, evaluation, checkpointing and preemption handling after `step`."""
+  config, total, pending, writer = loop.config, loop.total, loop.pending, loop.writer
+  result = dict(result, step=step)
+  if _every(step, int(config.log_every or 0), total):
+    last = check_finite(pending)
+    if last:
+      values = dict(last[1], **loop.meter.summary())
+      writer.scalars(step, values, prefix="train/")
+      result["train"] = values
+  if loop.preempt.requested(step):
+    writer.text(f"SIGTERM: saving a checkpoint at step {step} and exiting.")
+    check_finite(pending)  # Waits for the step itself outside the watchdog's pause.
+    with loop.watchdog.paused():
+      save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
+    return dict(result, preempted=True)
+  t0 = time.perf_counter()
+  if _every(step, int(config.checkpoint_every or 0), total):
+    check_finite(pending)
+    with loop.watchdog.paused():
+      save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
+  elif len(pending) >= 1000:  # Nothing logged for long: still guard against NaN, free memory.
+    check_finite(pending)
+  if runner.due(loop.evals.specs, step, total):
+    check_finite(pending)
+    with loop.watchdog.paused():
+      values = loop.evals.run(state.params, step, total, ema_params=state.ema_params)
+    run_state.record_eval(loop.workdir, step, values)
+    writer.scalars(step, values, prefix="eval/")
+    result["eval"] = values
+  loop.meter.start += time.perf_counter() - t0  # Saving and evaluating is not training time.
+  return result
