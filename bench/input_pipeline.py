@@ -9,7 +9,7 @@ file read → decode → crop/resize → flip → float32 [-1, 1] → batch):
 It reports images/s with 0 workers (all work in this process: the per-core figure) and with
 `--workers` processes, plus what a 12-core host would feed.
 
-  python bench/pipeline.py [--images 512] [--batch 64] [--workers 2] [--steps 12]
+  python bench/input_pipeline.py [--images 512] [--batch 64] [--workers 2] [--steps 12]
 """
 from __future__ import annotations
 

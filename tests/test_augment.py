@@ -335,7 +335,7 @@ def test_unknown_loss_is_one_clear_error():
 
 def test_train_step_uses_config_loss(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-import-not-at-top
 
   from vit_jax import sharding  # pylint: disable=g-import-not-at-top
   from vit_jax.training import train_state, train_step

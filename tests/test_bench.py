@@ -11,7 +11,7 @@ import re
 import sys
 
 import pytest
-from test_train import REPO  # pylint: disable=g-bad-import-order
+from helpers import REPO  # pylint: disable=g-bad-import-order
 
 sys.path.insert(0, str(REPO / "bench"))
 

@@ -106,8 +106,8 @@ def test_errors_name_the_fix(tmp_path):
 def _unreadable_index() -> str:
   """An index URL on loopback where nothing listens: what an offline host or a closed bucket
   looks like to resolve()."""
-  from test_train import _refused_url  # pylint: disable=g-import-not-at-top
-  return _refused_url().replace("copy_one.npz", "index.csv")
+  from helpers import refused_url  # pylint: disable=g-import-not-at-top
+  return refused_url().replace("copy_one.npz", "index.csv")
 
 
 def test_without_the_index_names_with_a_timm_copy_resolve_to_it(capsys, tmp_path):

@@ -1,6 +1,6 @@
 """Tests for configs/: every preset loads, is locked, carries its published recipe."""
 import pytest
-from test_train import (
+from helpers import (
   REPO,  # pylint: disable=g-bad-import-order
   load_config_file,  # pylint: disable=g-bad-import-order
 )

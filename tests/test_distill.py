@@ -4,7 +4,7 @@ mesh, the resolution / class / value errors, and the teacher's FLOPs in the trai
 import jax
 import numpy as np
 import pytest
-from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
 
 from vit_jax import checkpoint, sharding
 from vit_jax.run import loop
@@ -137,7 +137,3 @@ def test_train_loop_distills_and_logs_the_teachers_flops_share(tmp_path, data_di
   assert 0.05 < share < 0.5, share  # A 2-layer forward inside a 1-layer forward + backward step.
   assert np.isfinite(result["train"]["distill_loss"]) and "task_loss" in result["train"]
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "tfds_shared"

@@ -6,8 +6,8 @@ import sys
 
 import jax
 import pytest
-from test_resume import TINY_FLAGS  # pylint: disable=g-bad-import-order
-from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import TINY_FLAGS  # pylint: disable=g-bad-import-order
+from helpers import REPO, tiny_config  # pylint: disable=g-bad-import-order
 
 from vit_jax.planning import dry_run, report
 

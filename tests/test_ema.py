@@ -3,10 +3,11 @@ its sharding, its checkpoint round trip, the evaluators' 'ema/' results and expo
 import jax
 import numpy as np
 import pytest
-from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
 
-from vit_jax import exits, export, sharding
+from vit_jax import artifacts, exits, inference, sharding
 from vit_jax.evaluators import runner
+from vit_jax.export_formats import writers
 from vit_jax.run import loop, run_state
 from vit_jax.training import ema, train_state, train_step
 
@@ -76,22 +77,23 @@ def test_ema_evaluated_beside_raw_checkpointed_and_exported(tmp_path, data_dir):
   spec = runner.Spec("val", "classification", 1, {})
   assert runner.ema_name(spec, "val/top1") == "val/ema/top1"
   # The checkpoint holds both; export picks one.
-  raw, _, step = export.restore_params(str(workdir))
-  averaged, _, _ = export.restore_params(str(workdir), which="ema")
+  restored = artifacts.resolve(workdir=str(workdir))
+  raw, step = restored.params, restored.step
+  averaged = artifacts.resolve(workdir=str(workdir), which="ema").params
   assert step == 6
   jax.tree.map(np.testing.assert_array_equal, averaged, jax.device_get(result["state"].ema_params))
   jax.tree.map(np.testing.assert_array_equal, raw, jax.device_get(result["state"].params))
-  out = export.export(str(workdir), str(tmp_path / "ema.npz"), params="ema")
+  out = writers.export(str(workdir), str(tmp_path / "ema.npz"), params="ema")
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   np.testing.assert_array_equal(checkpoint.load(out)["head"]["kernel"], averaged["head"]["kernel"])
   # The inference / evaluate / inspect loaders take the same choice (--params=ema).
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
   args = inference.parse_args(["--workdir", str(workdir), "--params", "ema", "x.png"])
-  _, loaded, _, _ = inference.load_model(args)
+  loaded = artifacts.from_args(args).params
   jax.tree.map(np.testing.assert_array_equal, loaded, averaged)
-  args = inference.parse_args(["--checkpoint", out, "--params", "ema", "x.png"])
+  with pytest.raises(SystemExit):
+    inference.parse_args(["--checkpoint", out, "--params", "ema", "x.png"])
   with pytest.raises(ValueError, match="pass --workdir"):
-    inference.load_model(args)
+    artifacts.resolve(checkpoint_path=out, which="ema")
 
 
 def test_state_without_ema_is_the_old_pytree_and_old_checkpoints_restore(tmp_path):
@@ -125,11 +127,7 @@ def test_export_ema_of_a_run_without_ema_is_one_clear_error(tmp_path):
   workdir = str(tmp_path / "plain")
   run_state.check_or_write_config(workdir, tiny_config(tmp_path), has_checkpoint=False)
   with pytest.raises(exits.UserError, match="kept no EMA"):
-    export.restore_params(workdir, which="ema")
+    artifacts.resolve(workdir=workdir, which="ema")
   with pytest.raises(exits.UserError, match="params='best' is unknown"):
-    export.restore_params(workdir, which="best")
+    artifacts.resolve(workdir=workdir, which="best")
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "tfds_shared"

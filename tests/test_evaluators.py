@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import confusion_matrix
 
-from vit_jax.evaluators import classification, fewshot
+from vit_jax.datasets import pipeline, sources
+from vit_jax.evaluators import classification, classification_evaluator, fewshot, runner
 
 
 def test_topk_hits_by_hand():
@@ -87,7 +88,7 @@ def test_fewshot_bad_input_is_one_clear_error():
 
 def _run_with_evals(tmp_path, evals, **overrides):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
 
   from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
   overrides = {"total_steps": 4, "checkpoint_every": 4, **overrides}
@@ -118,10 +119,9 @@ def test_named_evaluators_run_log_and_record(tmp_path):
       (tmp_path / "run" / run_state.RESULTS_FILE).read_text())["evals"]}
   assert set(steps) == {2, 4} and "half/top1" not in steps[2] and "val/top1" in steps[2]
   # The named 'val' over the whole test split is the default evaluator's figure.
-  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import train_step
-  default = loop.evaluate(train_step.make_eval_step(_setup(config)), result["state"].params,
-                           config)
+  from vit_jax.run import loop  # pylint: disable=g-import-not-at-top  (imports jax: libtpu)
+  default = loop.evaluate(classification_evaluator.make_eval_step(_setup(config)),
+                          result["state"].params, config)
   assert default["accuracy"] == pytest.approx(ev["val/top1"])
 
 
@@ -134,10 +134,8 @@ def _setup(config, num_classes=10):
 
 def test_fewshot_features_are_the_headless_forward(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
 
-  from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
-  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   from vit_jax.training import train_state, train_step
   config = tiny_config(tmp_path.parent / "tfds_shared")
   with config.unlocked():
@@ -161,9 +159,8 @@ def test_fewshot_features_are_the_headless_forward(tmp_path):
 
 def test_evaluator_config_errors(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
 
-  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path)
   for entry, message in ((dict(type="fewshots"), "type='fewshots' is unknown"),
                          (dict(type="classification", spilt="test"), "unknown keys \\['spilt'\\]"),
@@ -179,14 +176,9 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
   count equals classification.real_hits on the same logits."""
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
 
-  from vit_jax.datasets import (
-    pipeline,  # pylint: disable=g-import-not-at-top
-    sources,  # pylint: disable=g-import-not-at-top
-  )
-  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import train_state, train_step
+  from vit_jax.training import train_state  # pylint: disable=g-import-not-at-top  (jax: libtpu)
   config = tiny_config(tmp_path)
   with config.unlocked():
     config.dataset, config.eval_split, config.num_classes = "imagenet2012_real", "validation", 1000
@@ -201,7 +193,8 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
       setup = _setup(config, 1000)
       params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(0), p.shape),
                             train_state.create_train_state(setup, 0).params)
-      totals = runner.classification_pass(train_step.make_eval_step(setup), params, config, 1000)
+      totals = runner.classification_pass(classification_evaluator.make_eval_step(setup), params,
+                                          config, 1000)
       batches = list(pipeline.create_eval_iterator(config))
   finally:
     sources.clear_cache()
@@ -239,7 +232,6 @@ def test_evaluate_cli_compares_an_augreg_file_with_its_published_figure(tmp_path
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
 
   from vit_jax import checkpoint, evaluate  # pylint: disable=g-import-not-at-top
-  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
   from vit_jax.models import registry
   name = ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--cifar100-steps_10k-"
           "lr_0.003-res_224")
@@ -279,8 +271,9 @@ def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
   with pytest.raises(SystemExit):
     evaluate.main(["--workdir", str(tmp_path), "--no_classification"])
+  from vit_jax.evaluators import offline  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="not a known short name"):
-    evaluate.fewshot_datasets(["cifar1000"])
+    offline.fewshot_datasets(["cifar1000"])
 
 
 def test_evaluators_leave_training_bit_identical(tmp_path):
@@ -316,7 +309,6 @@ def test_evaluate_cli_takes_evaluators_from_a_config_file_and_names_a_missing_sp
 
 
 def test_default_fewshot_datasets_are_big_visions():
-  from vit_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   got = runner.default_fewshot_datasets("/nonexistent")
   assert set(got) == {"caltech", "cars", "cifar100", "dtd", "pets", "uc_merced"}
   assert got["uc_merced"] == ("uc_merced", "train[:1000]", "train[1000:]")

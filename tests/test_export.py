@@ -7,10 +7,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import REPO, tiny_config  # pylint: disable=g-bad-import-order
 
 from tests import official_layout as ol
-from vit_jax import export
+from vit_jax import artifacts
+from vit_jax.export_formats import npz, writers
 from vit_jax.run import loop
 
 
@@ -22,7 +23,7 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
   result = loop.train_and_evaluate(config, str(workdir))
   trained = ol.flatten(jax.device_get(result["state"].params))
 
-  out = export.export(str(workdir), str(tmp_path / "model.npz"))
+  out = writers.export(str(workdir), str(tmp_path / "model.npz"))
   with np.load(out) as f:
     keys = set(f.files)
   # The official (pre-Linen) block numbering on disk.
@@ -36,9 +37,9 @@ def test_export_round_trip(tmp_path, tmp_path_factory):
   # An existing file is kept unless --overwrite is given.
   before = (tmp_path / "model.npz").read_bytes()
   with pytest.raises(FileExistsError, match="--overwrite"):
-    export.export(str(workdir), out)
+    writers.export(str(workdir), out)
   assert (tmp_path / "model.npz").read_bytes() == before
-  assert export.export(str(workdir), out, overwrite=True) == out
+  assert writers.export(str(workdir), out, overwrite=True) == out
 
 
 def test_export_cli_and_missing_workdir(tmp_path):
@@ -53,12 +54,12 @@ def test_export_cli_and_missing_workdir(tmp_path):
 
 def test_export_of_a_scanned_model_is_read_back_by_inference(tmp_path):
   """Exports are per-layer files; a run built with scan_layers=True gets its stacked layout
-  back when the inference loader rebuilds it from the sidecar."""
+  back when the loader (vit_jax.artifacts) rebuilds it from the sidecar."""
   from flax.linen import meta  # pylint: disable=g-import-not-at-top
 
-  from vit_jax import checkpoint, inference  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path, **{"model.scan_layers": True, "model.transformer.num_layers": 2})
-  model = export.model_from_architecture(export.architecture(config))
+  model = npz.model_from_architecture(npz.architecture(config))
   images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
   params = meta.unbox(model.init(jax.random.PRNGKey(1), images[:1], train=False)["params"])
   rng = np.random.default_rng(2)  # Non-zero head and distinct layers.
@@ -66,9 +67,10 @@ def test_export_of_a_scanned_model_is_read_back_by_inference(tmp_path):
                         params)
   out = tmp_path / "model.npz"
   checkpoint.save(params, str(out))
-  text = json.dumps(export.architecture(config))
+  text = json.dumps(npz.architecture(config))
   (tmp_path / "model.json").write_text(text)
-  loaded_model, loaded, _, _ = inference.load_own(checkpoint_path=str(out))
+  restored = artifacts.resolve(checkpoint_path=str(out))
+  loaded_model, loaded = restored.model, restored.params
   assert loaded["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape == (2, 16)
   np.testing.assert_allclose(loaded_model.apply({"params": loaded}, images, train=False),
                              model.apply({"params": params}, images, train=False), atol=1e-5,

@@ -20,14 +20,16 @@ import pytest
 from flax.linen import meta
 
 from tests import official_layout as ol
-from vit_jax import exits, export, param_tree
+from vit_jax import exits, param_tree
 from vit_jax.export_formats import (
   common,
   hub,
   model_card,
+  npz,
   serving,
   timm as timm_format,
   transformers as hf_format,
+  writers,
 )
 from vit_jax.models import registry
 
@@ -39,7 +41,7 @@ NAMES = ["zero", "one", "two", "three", "four"]
 
 def _arch(fields, num_classes=ol.CLASSES, resolution=ol.IMAGE, pp=None, class_names=NAMES,
           dataset="digits"):
-  return {"format": export.ARCHITECTURE_FORMAT, "model_name": fields.get("model_name", "tiny"),
+  return {"format": npz.ARCHITECTURE_FORMAT, "model_name": fields.get("model_name", "tiny"),
           "model": fields, "num_classes": num_classes, "class_names": list(class_names),
           "resolution": resolution, "dataset": dataset, "step": None, "workdir": None,
           "pp": pp or {"eval": "resize", "crop": resolution, "resize": None, "crop_pct": None}}
@@ -48,7 +50,7 @@ def _arch(fields, num_classes=ol.CLASSES, resolution=ol.IMAGE, pp=None, class_na
 def _source(fields, seed=0, **kw):
   """(Source with random non-zero params, the Flax model, images at its resolution)."""
   arch = _arch(dict(fields), **kw)
-  model = export.model_from_architecture(arch)
+  model = npz.model_from_architecture(arch)
   r = arch["resolution"]
   x = np.random.default_rng(seed + 1).uniform(-1, 1, (3, r, r, 3)).astype(np.float32)
   shapes = meta.unbox(jax.eval_shape(
@@ -391,7 +393,7 @@ def test_savedmodel_serving_default_gives_our_logits(tmp_path, input_kind):
 
 @pytest.fixture(scope="module")
 def run_workdir(tmp_path_factory):
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top,g-bad-import-order
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
   from vit_jax.run import loop  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path_factory.getbasetemp() / "tfds_shared", total_steps=3,
@@ -403,7 +405,7 @@ def run_workdir(tmp_path_factory):
 
 def test_formats_of_a_real_run_atomic_and_not_overwritten(run_workdir, tmp_path, monkeypatch):
   out = tmp_path / "timm"
-  written = export.export_files(str(run_workdir), str(out), fmt="timm")
+  written = writers.export_files(str(run_workdir), str(out), fmt="timm")
   cfg = json.loads((out / "config.json").read_text())
   assert cfg["num_classes"] == 10 and len(cfg["label_names"]) == 10
   meta_ = _front_matter((out / "README.md").read_text())
@@ -411,16 +413,16 @@ def test_formats_of_a_real_run_atomic_and_not_overwritten(run_workdir, tmp_path,
   assert "local-dir:" in written.load
   before = {p: (out / p).read_bytes() for p in written.files}
   with pytest.raises(FileExistsError, match="--overwrite"):
-    export.export_files(str(run_workdir), str(out), fmt="timm")
+    writers.export_files(str(run_workdir), str(out), fmt="timm")
   assert {p: (out / p).read_bytes() for p in written.files} == before
-  assert export.export(str(run_workdir), str(out), overwrite=True, fmt="timm") == str(out)
+  assert writers.export(str(run_workdir), str(out), overwrite=True, fmt="timm") == str(out)
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # No temp dirs left.
   # A failed push keeps the export and says what to do.
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
   _FakeApi.calls, _FakeApi.error = [], ConnectionError("no network")
   with pytest.raises(hub.HubPushError, match="is kept"):
-    export.export_files(str(run_workdir), str(tmp_path / "hf"), fmt="transformers",
+    writers.export_files(str(run_workdir), str(tmp_path / "hf"), fmt="transformers",
                         push_to_hub="org/name")
   assert (tmp_path / "hf" / "model.safetensors").exists()
 

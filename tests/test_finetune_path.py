@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-from test_train import REPO, load_config_file, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import REPO, load_config_file, tiny_config  # pylint: disable=g-bad-import-order
 
-from vit_jax import export
+from vit_jax.export_formats import writers
 from vit_jax.run import loop
 
 TINY_MODEL = ["--config.model.hidden_size=16", "--config.model.transformer.mlp_dim=32",
@@ -28,7 +28,7 @@ def test_export_fine_tuned_at_twice_the_resolution(tmp_path):
   source = tmp_path / "source"
   loop.train_and_evaluate(tiny_config(data_dir, total_steps=10, checkpoint_every=10),
                            str(source))
-  exported = export.export(str(source), str(tmp_path / "model.npz"))
+  exported = writers.export(str(source), str(tmp_path / "model.npz"))
   flags = ["--config=configs/finetune_quickstart.py:" + exported, *TINY_MODEL,
            f"--workdir={tmp_path / 'ft'}", f"--config.tfds_data_dir={data_dir}",
            "--config.pp.crop=16", "--config.batch=32", "--config.batch_eval=64",

@@ -18,7 +18,7 @@ import pytest
 from flax.linen import meta
 from PIL import Image
 
-from vit_jax import inference
+from vit_jax import artifacts, inference, predict
 from vit_jax.models import registry
 
 RES = 32  # 2x2 patches of 16
@@ -85,7 +85,7 @@ def test_cli_top5_matches_numpy_reference(tiny, capsys):
   path, params, images = tiny
   assert inference.main(["--model", "testing", "--checkpoint", path, *images]) == 0
   result = _parse(capsys.readouterr().out)
-  labels = inference.load_labels(1000)
+  labels = predict.load_labels(1000)
   assert list(result) == images
   for image in images:
     rows = result[image]
@@ -137,43 +137,43 @@ def test_cli_errors(tiny, tmp_path, capsys):
 def test_checkpoint_resolution_from_posemb_grid(tiny):
   _, params, _ = tiny
   model = registry.create_model("testing", 1000)
-  assert inference.checkpoint_resolution(model, params) == RES
+  assert artifacts.checkpoint_resolution(model, params) == RES
   bigger = dict(params, Transformer=dict(params["Transformer"], posembed_input={
       "pos_embedding": np.zeros((1, 1 + 24 * 24, 10), np.float32)}))
-  assert inference.checkpoint_resolution(model, bigger) == 384
+  assert artifacts.checkpoint_resolution(model, bigger) == 384
 
 
 def test_labels():
-  in1k = inference.load_labels(1000)
+  in1k = predict.load_labels(1000)
   assert len(in1k) == 1000 and in1k[0] == "tench, Tinca tinca" and in1k[281].startswith("tabby")
-  in21k = inference.load_labels(21843)
+  in21k = predict.load_labels(21843)
   assert len(in21k) == 21843 and len(set(in21k)) > 20000
-  assert inference.load_labels(3) == ["class 0", "class 1", "class 2"]
+  assert predict.load_labels(3) == ["class 0", "class 1", "class 2"]
 
 
 def test_custom_label_file(tmp_path):
   f = tmp_path / "labels.txt"
   f.write_text("n1\tcat\nn2\tdog\n")
-  assert inference.load_labels(2, str(f)) == ["cat", "dog"]
+  assert predict.load_labels(2, str(f)) == ["cat", "dog"]
   with pytest.raises(ValueError, match="has 2 names but the model has 3 classes"):
-    inference.load_labels(3, str(f))
+    predict.load_labels(3, str(f))
 
 
 def test_load_image_scales_to_minus_one_one(tmp_path):
   pixels = np.array([[[0, 127, 255], [255, 0, 64]]], np.uint8)  # 1x2
   Image.fromarray(pixels).save(tmp_path / "x.png")
-  x = inference.load_image(str(tmp_path / "x.png"), 4)
+  x = predict.load_image(str(tmp_path / "x.png"), 4)
   assert x.shape == (4, 4, 3) and x.dtype == np.float32
   assert x.min() >= -1 and x.max() <= 1
   Image.fromarray(np.full((2, 2, 3), 255, np.uint8)).save(tmp_path / "w.png")
-  np.testing.assert_array_equal(inference.load_image(str(tmp_path / "w.png"), 2), 1.0)
+  np.testing.assert_array_equal(predict.load_image(str(tmp_path / "w.png"), 2), 1.0)
   Image.fromarray(np.zeros((2, 2), np.uint8), "L").save(tmp_path / "k.png")  # grayscale -> RGB
-  np.testing.assert_array_equal(inference.load_image(str(tmp_path / "k.png"), 2),
+  np.testing.assert_array_equal(predict.load_image(str(tmp_path / "k.png"), 2),
                                 -np.ones((2, 2, 3)))
 
 
 def test_format_top_k_orders_by_probability():
-  text = inference.format_top_k("a.jpg", np.array([0.1, 0.6, 0.3]), ["x", "y", "z"], 2)
+  text = predict.format_top_k("a.jpg", np.array([0.1, 0.6, 0.3]), ["x", "y", "z"], 2)
   assert text == "a.jpg\n  0.60000  y  [1]\n  0.30000  z  [2]"
 
 
@@ -194,29 +194,28 @@ def test_predict_pads_last_batch_and_compiles_once(tiny):
   model = registry.create_model("testing", 1000)
   rng = np.random.default_rng(2)
   images = rng.uniform(-1, 1, (5, RES, RES, 3)).astype(np.float32)
-  probs = inference.predict(model, params, images, batch_size=2)  # batches 2, 2, 1 (+1 pad)
+  probs = predict.predict(model, params, images, batch_size=2)  # batches 2, 2, 1 (+1 pad)
   assert probs.shape == (5, 1000)
   for i in range(5):
     logits = ref.vit_forward(params, images[i:i + 1].astype(np.float64))[0]
     e = np.exp(logits - logits.max())
     np.testing.assert_allclose(probs[i], e / e.sum(), atol=2e-5)
-  again = inference.predict(model, params, images[:3], batch_size=2)
+  again = predict.predict(model, params, images[:3], batch_size=2)
   np.testing.assert_allclose(again, probs[:3], atol=1e-6)
   # The same model object reuses one jitted function, and padding kept it at one shape.
-  assert inference._softmax_apply(model)._cache_size() == 1  # pylint: disable=protected-access
+  assert predict._softmax_apply(model)._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_inference_falls_back_between_copies_like_the_trainer(tiny, monkeypatch, tmp_path):
-  from test_train import _refused_url  # pylint: disable=g-import-not-at-top
+  from helpers import refused_url  # pylint: disable=g-import-not-at-top
 
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   path, params, _ = tiny
-  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(), path))
+  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (refused_url(), path))
   monkeypatch.setenv("VIT_JAX_CACHE", str(tmp_path / "cache"))
-  _, loaded, resolution = inference.load_params("testing", "Ti/16", num_classes=None,
-                                                resolution=None)
-  assert resolution == RES
-  np.testing.assert_array_equal(loaded["head"]["kernel"], params["head"]["kernel"])
+  weights = artifacts.resolve(model="testing", checkpoint_path="Ti/16")
+  assert weights.resolution == RES and weights.location == path
+  np.testing.assert_array_equal(weights.params["head"]["kernel"], params["head"]["kernel"])
 
 
 def test_folder_prediction_recursive_batched_csv_and_json(tiny, tmp_path, capsys):

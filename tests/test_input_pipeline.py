@@ -368,7 +368,7 @@ def test_release_shared_memory_leaves_nothing_for_the_resource_tracker(tmp_path)
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
-  from test_train import REPO  # pylint: disable=g-import-not-at-top
+  from helpers import REPO  # pylint: disable=g-import-not-at-top
   script = tmp_path / "release.py"
   script.write_text(_RELEASE_SCRIPT)
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")

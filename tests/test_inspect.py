@@ -13,7 +13,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
 from tests import numpy_reference as ref
-from vit_jax import analysis, checkpoint, exits, export, visualize as vit_inspect
+from vit_jax import analysis, checkpoint, exits, predict, visualize as vit_inspect
+from vit_jax.export_formats import npz
 from vit_jax.models import registry
 
 X = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
@@ -95,8 +96,8 @@ def test_hybrid_attention_follows_from_the_previous_block_features():
 def test_compute_in_batches_averages_over_every_image():
   model = _model()
   params = _params(model)
-  whole = vit_inspect.compute(model, params, X, 4, batch_size=8)
-  batched = vit_inspect.compute(model, params, X, 4, batch_size=2)  # batches of 2 and 1
+  whole = analysis.compute(model, params, X, 4, batch_size=8)
+  batched = analysis.compute(model, params, X, 4, batch_size=2)  # batches of 2 and 1
   np.testing.assert_allclose(batched["distances"], whole["distances"], rtol=1e-6)
   np.testing.assert_allclose(batched["rollout"], whole["rollout"], rtol=1e-6)
 
@@ -108,7 +109,7 @@ def test_mixer_gives_features_and_no_attention():
   inter = analysis.intermediates(model, params, X)
   assert inter.attention == [] and [f.shape for f in inter.features] == [(3, 16, 8)] * 2
   with pytest.raises(ValueError, match="MLP-Mixer has no attention"):
-    vit_inspect.compute(model, params, X, 4)
+    analysis.compute(model, params, X, 4)
 
 
 def test_a_wrong_image_size_is_one_clear_error():
@@ -183,15 +184,15 @@ def test_posemb_similarity_and_filter_components_against_sklearn():
 
 def _export(tmp_path):
   """A tiny random ViT export (.npz + sidecar), as vit_jax.export writes it."""
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
   config = tiny_config(tmp_path, **{"model.transformer.num_layers": 2})
   with config.unlocked():
     config.pp.crop = 16
-  model = export.model_from_architecture(export.architecture(config))
+  model = npz.model_from_architecture(npz.architecture(config))
   params = _params(model)
   out = tmp_path / "model.npz"
   checkpoint.save(params, str(out))
-  (tmp_path / "model.json").write_text(json.dumps(export.architecture(config)))
+  (tmp_path / "model.json").write_text(json.dumps(npz.architecture(config)))
   return str(out), model, params
 
 
@@ -220,8 +221,7 @@ def test_cli_writes_every_file(tmp_path, capsys):
   assert layer0.shape == (2, 17, 17) and layer0.dtype == np.float32
   np.testing.assert_allclose(layer0.sum(-1), 1.0, atol=1e-5)
   # The first image as the CLI read it (PIL round trip) gives the same probabilities here.
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
-  first = inference.load_image(images[0], 16)[None]
+  first = predict.load_image(images[0], 16)[None]
   np.testing.assert_allclose(layer0, analysis.intermediates(model, params, first).attention[0][0],
                              atol=1e-6)
   assert np.load(out / "rollout.npy").shape == (4, 4)
@@ -241,7 +241,7 @@ def test_cli_bad_input_is_one_line_each(tmp_path, capsys):
   arch = json.loads((tmp_path / "model.json").read_text())
   arch["model"] = dict(model_name="Mixer-B_16", patches={"size": [4, 4]}, hidden_dim=8,
                        num_blocks=1, tokens_mlp_dim=8, channels_mlp_dim=8)
-  mixer = export.model_from_architecture(arch)
+  mixer = npz.model_from_architecture(arch)
   checkpoint.save(_params(mixer), str(tmp_path / "mixer.npz"))
   (tmp_path / "mixer.json").write_text(json.dumps(arch))
   assert vit_inspect.main(["--checkpoint", str(tmp_path / "mixer.npz"), "--out",

@@ -18,16 +18,11 @@ import time
 
 import numpy as np
 import pytest
-from test_resume import TINY_FLAGS  # pylint: disable=g-bad-import-order
-from test_train import REPO, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import TINY_FLAGS  # pylint: disable=g-bad-import-order
+from helpers import REPO, tiny_config  # pylint: disable=g-bad-import-order
 
 from vit_jax import exits
 from vit_jax.run import loop, run_state, watchdog, workdir_lock
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "tfds_shared"
 
 
 def _main(workdir, data_dir, *flags, timeout=240):
@@ -54,7 +49,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   done = _main(workdir, data_dir, "--config.total_steps=4", "--config.checkpoint_every=4")
   assert done.returncode == exits.FINISHED, done.stderr[-3000:]
   assert "Done: step 4; eval accuracy" in done.stdout
-  log = (workdir / "loop.log").read_text()
+  log = (workdir / "train.log").read_text()
   assert "Training from scratch." in log and "Done: step 4" in log and "\r" not in log
   recorded = json.loads((workdir / "results.json").read_text())["evals"]
   assert [e["step"] for e in recorded] == [4]
@@ -73,7 +68,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   line = _one_line_error(changed)
   assert "base_lr: 0.003 -> 0.5" in line and "allow_config_change" in line
   assert (workdir / "config.json").read_text() == stored
-  assert "Traceback" in (workdir / "loop.log").read_text()  # The trace went to the log.
+  assert "Traceback" in (workdir / "train.log").read_text()  # The trace went to the log.
 
   # Allowed: it continues (total_steps may change anyway) and the log records the change.
   allowed = _main(workdir, data_dir, "--config.total_steps=6", "--config.base_lr=0.5",
@@ -81,7 +76,7 @@ def test_finish_rerun_and_config_change(tmp_path, data_dir):
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   assert "Done: step 6" in allowed.stdout
   assert "Config changed on resume (allow_config_change): base_lr: 0.003 -> 0.5" in (
-      workdir / "loop.log").read_text()
+      workdir / "train.log").read_text()
 
 
 def test_nan_stop_exits_3(tmp_path, data_dir):
@@ -330,8 +325,8 @@ main.run()
 
 @pytest.mark.skipif(sys.platform != "linux", reason="local.sh process groups")
 def test_watchdog_ends_a_hung_two_process_run_with_76(tmp_path, data_dir):
-  from test_multihost import _gloo_available  # pylint: disable=g-import-not-at-top
-  if not _gloo_available():
+  from helpers import gloo_available  # pylint: disable=g-import-not-at-top
+  if not gloo_available():
     pytest.skip("this jaxlib has no gloo CPU collectives")
   mods = tmp_path / "mods"
   mods.mkdir()
@@ -357,7 +352,7 @@ def test_watchdog_ends_a_hung_two_process_run_with_76(tmp_path, data_dir):
   assert "injected hang" in hung and "hang watchdog: no train step finished" in hung
   assert "most recent call first" in hung  # faulthandler's stacks of every thread
   assert "time.sleep(600)" in hung or "__next__" in hung
-  assert "most recent call first" in (workdir / "loop.process1.log").read_text()
+  assert "most recent call first" in (workdir / "train.process1.log").read_text()
   print(f"hung 2-process run ended by the watchdog after {elapsed:.0f} s")
 
 
@@ -411,12 +406,12 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous(tmp_path, data_di
 
 
 def test_disk_full_during_export_keeps_the_previous_file(tmp_path, data_dir, monkeypatch):
-  from vit_jax import export  # pylint: disable=g-import-not-at-top
   from vit_jax.checkpoint import files  # pylint: disable=g-import-not-at-top
+  from vit_jax.export_formats import writers  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "exp"
   loop.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), str(workdir))
   out = tmp_path / "model.npz"
-  export.export(str(workdir), str(out))
+  writers.export(str(workdir), str(out))
   before = out.read_bytes()
 
   def half_then_full(fileobj, flat):
@@ -424,7 +419,7 @@ def test_disk_full_during_export_keeps_the_previous_file(tmp_path, data_dir, mon
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(files, "_write_npz", half_then_full)
   with pytest.raises(OSError, match="disk full"):
-    export.export(str(workdir), str(out), overwrite=True)
+    writers.export(str(workdir), str(out), overwrite=True)
   assert out.read_bytes() == before
   assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -432,13 +427,14 @@ def test_disk_full_during_export_keeps_the_previous_file(tmp_path, data_dir, mon
 # --- quickstart-style model: export, then the inference CLI ---------------------------------
 
 def test_modified_architecture_through_export_and_inference(tmp_path, data_dir):
-  from vit_jax import export, inference  # pylint: disable=g-import-not-at-top
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top
   from vit_jax.datasets import digits  # pylint: disable=g-import-not-at-top
+  from vit_jax.export_formats import writers  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "qs"
   loop.train_and_evaluate(tiny_config(data_dir, total_steps=30, checkpoint_every=30,
                                        base_lr=0.01), str(workdir))
   out = tmp_path / "model.npz"
-  export.export(str(workdir), str(out))
+  writers.export(str(workdir), str(out))
   arch = json.loads((tmp_path / "model.json").read_text())
   assert arch["model"]["hidden_size"] == 16 and arch["model"]["transformer"]["num_layers"] == 1
   assert arch["class_names"] == [str(i) for i in range(10)] and arch["resolution"] == 8
@@ -466,11 +462,11 @@ def test_modified_architecture_through_export_and_inference(tmp_path, data_dir):
 
 
 def test_export_lists_the_steps_that_exist(tmp_path, data_dir):
-  from vit_jax import export  # pylint: disable=g-import-not-at-top
+  from vit_jax.export_formats import writers  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "steps"
   loop.train_and_evaluate(tiny_config(data_dir, total_steps=4, checkpoint_every=2), str(workdir))
   with pytest.raises(exits.UserError, match=r"no checkpoint at step 3 .* \[2, 4\]"):
-    export.export(str(workdir), str(tmp_path / "m.npz"), step=3)
+    writers.export(str(workdir), str(tmp_path / "m.npz"), step=3)
 
 
 def test_sigterm_handler_is_not_left_installed(tmp_path, data_dir):
@@ -500,8 +496,8 @@ def _clean_sources():
 
 def test_log_file_location_for_remote_workdirs():
   from vit_jax.run import run_log  # pylint: disable=g-import-not-at-top
-  assert run_log.log_path("/w/run", 0) == "/w/run/loop.log"
-  assert run_log.log_path("/w/run", 3) == "/w/run/loop.process3.log"
+  assert run_log.log_path("/w/run", 0) == "/w/run/train.log"
+  assert run_log.log_path("/w/run", 3) == "/w/run/train.process3.log"
   remote = run_log.log_path("gs://bucket/runs/b16", 0)
-  assert remote.endswith(os.path.join("vit_jax_logs", "b16", "loop.log")) and "://" not in remote
+  assert remote.endswith(os.path.join("vit_jax_logs", "b16", "train.log")) and "://" not in remote
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train import REPO  # pylint: disable=g-bad-import-order
+from helpers import REPO  # pylint: disable=g-bad-import-order
 
 from vit_jax import main
 

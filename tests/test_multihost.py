@@ -19,24 +19,16 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import REPO  # pylint: disable=g-bad-import-order
+from helpers import REPO, gloo_available  # pylint: disable=g-bad-import-order
 
-from vit_jax import export
+from vit_jax import artifacts
 from vit_jax.run import run_state
 
 TOTAL, EVERY = 16, 4  # Steps; checkpoint period.
 LAUNCH_TIMEOUT = 240  # Seconds, for local.sh (it stops every process and exits 124).
 
 
-def _gloo_available() -> bool:
-  try:
-    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return False
-  return hasattr(_jax, "make_gloo_tcp_collectives")
-
-
-pytestmark = pytest.mark.skipif(not _gloo_available(),
+pytestmark = pytest.mark.skipif(not gloo_available(),
                                 reason="this jaxlib has no gloo CPU collectives")
 
 
@@ -189,9 +181,10 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path, dataset):
         _kill_session(proc)
   elapsed = time.monotonic() - start
 
-  a, _, step_a = export.restore_params(str(multi))
-  b, _, step_b = export.restore_params(str(single))
-  assert step_a == step_b == TOTAL
+  restored_a = artifacts.resolve(workdir=str(multi))
+  restored_b = artifacts.resolve(workdir=str(single))
+  a, b = restored_a.params, restored_b.params
+  assert restored_a.step == restored_b.step == TOTAL
   # Same batches, same RNG; only the order of floating-point sums may differ (gloo's
   # cross-process all-reduce vs one process's reduction over its 8 devices).
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)

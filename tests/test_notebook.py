@@ -82,7 +82,7 @@ def test_committed_notebook_is_valid_and_has_no_outputs():
   assert len(switches) == 1, "the tiny-mode switch must live in exactly one cell"
   source = "\n".join(c.source for c in code)
   for call in ("train_step.make_train_step", "checkpoint.load_pretrained",
-               "input_pipeline.create_train_iterator", "sources.fetch",
+               "pipeline.create_train_iterator", "sources.fetch",
                "gs://vit_models/imagenet21k/", "google.colab import files"):
     assert call in source, call
   assert "value_and_grad" not in source  # The step is the library's, not re-implemented.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vit_jax.configs import base
-from vit_jax.training import optim
+from vit_jax.training import optim, param_groups
 
 
 def _config(**kw):
@@ -66,7 +66,7 @@ def test_adamw_decoupled_weight_decay_masked():
   # With zero gradients Adam's update is 0, so only the decoupled decay moves params:
   # p <- p - lr * wd * p for kernels, unchanged elsewhere.
   cfg = _config(optimizer="adamw", weight_decay=0.5, warmup_steps=0, decay_type="constant")
-  tx, _ = optim.make_optimizer(cfg, 10)
+  tx, _ = _make_optimizer(cfg)
   params = _params()
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   np.testing.assert_allclose(updates["head"]["kernel"], -0.1 * 0.5 * np.ones((3, 2)), rtol=1e-6)
@@ -77,7 +77,7 @@ def test_adamw_decoupled_weight_decay_masked():
 
 def test_sgd_momentum_matches_numpy_and_dtype():
   cfg = _config(warmup_steps=0, decay_type="constant", optim_dtype="bfloat16")
-  tx, _ = optim.make_optimizer(cfg, 10)
+  tx, _ = _make_optimizer(cfg)
   p = {"w": jnp.array([1.0, 2.0])}
   state = tx.init(p)
   assert jax.tree.leaves(state)[0].dtype == jnp.bfloat16
@@ -91,7 +91,7 @@ def test_sgd_momentum_matches_numpy_and_dtype():
 
 def test_global_norm_clipping():
   cfg = _config(warmup_steps=0, decay_type="constant", momentum=0.0, grad_norm_clip=1.0)
-  tx, _ = optim.make_optimizer(cfg, 10)
+  tx, _ = _make_optimizer(cfg)
   p = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
   g = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}   # global norm 5
   u, _ = tx.update(g, tx.init(p), p)
@@ -101,4 +101,9 @@ def test_global_norm_clipping():
 
 def test_unknown_optimizer():
   with pytest.raises(ValueError, match="optimizer"):
-    optim.make_optimizer(_config(optimizer="lamb"), 10)
+    _make_optimizer(_config(optimizer="lamb"))
+
+
+def _make_optimizer(config):
+  """optim.make_optimizer as the trainer calls it: param groups parsed once from the config."""
+  return optim.make_optimizer(config, 10, param_groups.from_config(config))

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import linen as nn
-from test_train import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import setup_for, synthetic_batches, tiny_config  # pylint: disable=g-bad-import-order
 
 from vit_jax import sharding
 from vit_jax.configs import base
@@ -65,7 +65,7 @@ def _random_like(tree, seed):
 def test_sgd_update_is_minus_lr_times_mult_times_grad_per_leaf():
   rules = (("head/.*", {"lr_mult": 10.0}), ("embedding/.*", "freeze"),
            ("Transformer/encoderblock_0/MlpBlock_0/.*", {"lr_mult": 0.5}))
-  tx, _ = optim.make_optimizer(_config(param_groups=rules, layer_decay=0.5), 10)
+  tx, _ = _make_optimizer(_config(param_groups=rules, layer_decay=0.5))
   params = _tiny_params()
   grads = _random_like(params, 1)
   state = tx.init(params)
@@ -93,7 +93,7 @@ def test_sgd_update_is_minus_lr_times_mult_times_grad_per_leaf():
 
 def test_scanned_stack_gets_one_multiplier_per_layer_along_axis0():
   params = _tiny_params(scan=True)
-  tx, _ = optim.make_optimizer(_config(layer_decay=0.5), 10)
+  tx, _ = _make_optimizer(_config(layer_decay=0.5))
   grads = _random_like(params, 2)
   updates, _ = tx.update(grads, tx.init(params), params)
   g = np.asarray(grads["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"])
@@ -111,7 +111,7 @@ def test_adamw_wd_mult_scales_only_that_leafs_decay_and_lr_mult_scales_decay_too
            ("Transformer/encoderblock_1/.*/kernel", {"wd_mult": 3.0}),
            ("embedding/kernel", {"lr_mult": 4.0}))
   cfg = _config(optimizer="adamw", weight_decay=0.5, param_groups=rules)
-  tx, _ = optim.make_optimizer(cfg, 10)
+  tx, _ = _make_optimizer(cfg)
   params = _random_like(_tiny_params(), 3)
   updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
   flat_u, flat_p = _flat(updates), _flat(params)
@@ -267,7 +267,7 @@ def test_bad_groups_are_one_clear_error(rules, layer_decay, match):
 
 def test_wd_mult_with_sgd_and_unknown_layer_depth_are_errors():
   with pytest.raises(ValueError, match="wd_mult"):
-    optim.make_optimizer(_config(param_groups=(("head/.*", {"wd_mult": 0.0}),)), 10)
+    _make_optimizer(_config(param_groups=(("head/.*", {"wd_mult": 0.0}),)))
   with pytest.raises(ValueError, match=r"no layer depth is known for \['adapter/w'\]"):
     param_groups.plan(param_groups.Groups(layer_decay=0.5), {"adapter": {"w": np.zeros(2)},
                                                              "head": {"kernel": np.zeros(2)}})
@@ -277,8 +277,25 @@ def test_groups_off_keeps_the_old_optimizer_chain():
   """No groups: the plain optax chain (old checkpoints' optimizer states restore)."""
   params = _tiny_params()
   for name in ("sgd", "adamw"):
-    tx, _ = optim.make_optimizer(_config(optimizer=name, momentum=0.9), 10)
+    tx, _ = _make_optimizer(_config(optimizer=name, momentum=0.9))
     lr = lambda step: LR
     want = (optax.sgd(lr, momentum=0.9) if name == "sgd" else
             optax.adamw(lr, weight_decay=0.0, mask=optim.decay_mask))
     assert jax.tree.structure(tx.init(params)) == jax.tree.structure(want.init(params))
+
+
+def _make_optimizer(config):
+  """optim.make_optimizer as the trainer calls it: param groups parsed once from the config."""
+  return optim.make_optimizer(config, 10, param_groups.from_config(config))
+
+
+def test_param_groups_are_parsed_once_and_carried(monkeypatch):
+  """setup_from_config parses config.param_groups once; the optimizer and the frozen tree get
+  that one parse, and the loop's start-up table reads it from the setup."""
+  calls = []
+  real = param_groups.from_config
+  monkeypatch.setattr(param_groups, "from_config", lambda c: calls.append(1) or real(c))
+  cfg = _config(param_groups=(("head/.*", {"lr_mult": 0.0}),), layer_decay=0.5)
+  setup = train_state.setup_from_config(cfg, sharding.make_mesh((("data", -1),)), 10, 10)
+  assert len(calls) == 1
+  assert setup.groups is not None and setup.groups.rules[0].pattern == "head/.*"

@@ -14,21 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import REPO, setup_for, tiny_config  # pylint: disable=g-bad-import-order
+from helpers import REPO, TINY_FLAGS, setup_for, tiny_config  # pylint: disable=g-bad-import-order
 
-from vit_jax import exits, export, sharding
+from vit_jax import artifacts, exits, sharding
 from vit_jax.run import loop, run_state
 
 # The tiny run of test_train.tiny_config as main.py flags.
-TINY_FLAGS = [
-    "--config=configs/quickstart.py", "--config.model.hidden_size=16",
-    "--config.model.patches.size=(4,4)", "--config.model.transformer.mlp_dim=32",
-    "--config.model.transformer.num_heads=2", "--config.model.transformer.num_layers=1",
-    "--config.model.transformer.dropout_rate=0.1", "--config.pp.crop=8", "--config.pp.resize=8",
-    "--config.batch=32", "--config.batch_eval=64", "--config.warmup_steps=2",
-    "--config.progress=False", "--config.eval_every=0", "--config.input.device_prefetch=2",
-    "--config.input.num_workers=0",
-]
 
 
 def _overrides(total_steps, checkpoint_every, log_every):
@@ -54,11 +45,6 @@ def _wait_for(predicate, proc, timeout=120):
       proc.kill()
       pytest.fail("timed out")
     time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "tfds_shared"
 
 
 def _kill9_and_resume(workdir, data_dir, total, every, extra=()) -> str:
@@ -90,10 +76,10 @@ def test_kill9_and_resume_is_bit_identical(tmp_path, data_dir):
   with config.unlocked():
     config.eval_every = 0
   loop.train_and_evaluate(config, str(tmp_path / "unbroken"))
-  a, _, step_a = export.restore_params(str(killed))
-  b, _, step_b = export.restore_params(str(tmp_path / "unbroken"))
-  assert step_a == step_b == total
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  a = artifacts.resolve(workdir=str(killed))
+  b = artifacts.resolve(workdir=str(tmp_path / "unbroken"))
+  assert a.step == b.step == total
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
 
 def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_identical(
@@ -122,10 +108,10 @@ def test_kill9_and_resume_with_ema_distillation_cutmix_and_param_groups_is_bit_i
     config.eval_every = 0
   loop.train_and_evaluate(config, str(tmp_path / "unbroken"))
   for which in ("raw", "ema"):
-    a, _, step_a = export.restore_params(str(killed), which=which)
-    b, _, step_b = export.restore_params(str(tmp_path / "unbroken"), which=which)
-    assert step_a == step_b == total
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    a = artifacts.resolve(workdir=str(killed), which=which)
+    b = artifacts.resolve(workdir=str(tmp_path / "unbroken"), which=which)
+    assert a.step == b.step == total
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
 
 def test_sigterm_saves_at_step_boundary_and_exits_75(tmp_path, data_dir):
@@ -175,7 +161,7 @@ def test_restore_onto_a_different_mesh(tmp_path, data_dir):
       d.id for d in jax.devices()[:4]}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state4.params), saved)
   # The restored state trains on the new mesh.
-  from test_train import synthetic_batches  # pylint: disable=g-import-not-at-top
+  from helpers import synthetic_batches  # pylint: disable=g-import-not-at-top
 
   from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh))

@@ -3,11 +3,8 @@
 Mesh equivalence, real param sharding, gradient accumulation, the loss and eval
 metrics against numpy, and end-to-end runs of `loop.train_and_evaluate` on the
 embedded 'digits' dataset (learning, fine-tuning from a fixture checkpoint, NaN guard,
-wrong-model workdir). Also the shared helpers the other trainer tests import.
-"""
-import importlib.util
+wrong-model workdir). """
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,63 +12,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from helpers import REPO, needs8, refused_url, setup_for, synthetic_batches, tiny_config
 from vit_jax import sharding
+from vit_jax.evaluators import classification_evaluator
 from vit_jax.run import loop, run_state
 from vit_jax.training import train_state, train_step
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-
-
-def load_config_file(name: str, arg: str = ""):
-  """configs/<name>.py:get_config(arg)."""
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  """The quickstart config shrunk to a 1-layer width-16 ViT on 8x8 digits, a few steps."""
-  c = load_config_file("quickstart")
-  with c.unlocked():
-    c.tfds_data_dir = str(data_dir)
-    c.model.hidden_size = 16
-    c.model.patches.size = (4, 4)
-    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1, dropout_rate=0.1))
-    c.pp.crop, c.pp.resize = 8, 8
-    c.batch, c.batch_eval = 32, 64
-    c.total_steps, c.warmup_steps = 12, 2
-    c.log_every, c.eval_every, c.checkpoint_every = 4, 0, 4
-    c.progress = False
-    c.input.device_prefetch = 2
-    c.input.num_workers = 0
-    for key, value in overrides.items():
-      node = c
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """One TFDS data dir per session: 'digits' is prepared there once, on first use."""
-  return tmp_path_factory.getbasetemp() / "tfds_shared"
-
-
-def synthetic_batches(n, batch, crop, num_classes=10, seed=0):
-  rng = np.random.RandomState(seed)
-  for _ in range(n):
-    labels = rng.randint(0, num_classes, batch)
-    yield {"image": rng.uniform(-1, 1, (batch, crop, crop, 3)).astype(np.float32),
-           "label": np.eye(num_classes, dtype=np.float32)[labels]}
-
-
-def setup_for(config, mesh, num_classes=10):
-  return train_state.setup_from_config(config, mesh, num_classes, int(config.total_steps))
-
 
 def run_steps(config, mesh, batches, accum_steps=1):
   """Trains from the same init on `mesh`; returns (losses, final state)."""
@@ -152,7 +97,7 @@ def test_cross_entropy_and_eval_step_against_numpy(tmp_path):
   state = train_state.create_train_state(setup, 0)
   batch = next(synthetic_batches(1, 16, 8))
   batch["mask"] = np.array([1.0] * 11 + [0.0] * 5, np.float32)
-  out = train_step.make_eval_step(setup)(state.params, batch)
+  out = classification_evaluator.make_eval_step(setup)(state.params, batch)
   logits = np.asarray(setup.model.apply({"params": state.params}, batch["image"], train=False))
   keep = batch["mask"] > 0
   correct = (logits.argmax(-1) == batch["label"].argmax(-1))[keep].sum()
@@ -210,15 +155,6 @@ def test_finetune_from_fixture_checkpoint(tmp_path, data_dir):
   assert result["train"]["loss"] < first["loss"], (first, result["train"])
 
 
-def _refused_url() -> str:
-  """An http:// URL on loopback where nothing listens (the connection is refused)."""
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-  return f"http://127.0.0.1:{port}/copy_one.npz"
-
-
 def test_pretrained_weights_fall_back_to_the_next_copy(tmp_path, data_dir, monkeypatch):
   """The trainer reads pretrained weights through checkpoint.candidate_locations/load_first."""
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -230,14 +166,14 @@ def test_pretrained_weights_fall_back_to_the_next_copy(tmp_path, data_dir, monke
   asked = []
   def locations(name):
     asked.append(name)
-    return (_refused_url(), str(fixture))
+    return (refused_url(), str(fixture))
   monkeypatch.setattr(checkpoint, "candidate_locations", locations)
   monkeypatch.setenv("VIT_JAX_CACHE", str(tmp_path / "cache"))
   with pytest.warns(UserWarning, match="all zeros"):  # the fixture's fresh head is zero-init
     loaded = loop.load_pretrained_params(config, setup)
   assert asked == ["B/16"]
   np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
-  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (_refused_url(),) * 2)
+  monkeypatch.setattr(checkpoint, "candidate_locations", lambda name: (refused_url(),) * 2)
   with pytest.raises(FileNotFoundError, match="could not fetch the checkpoint from any"):
     loop.load_pretrained_params(config, setup)
 
@@ -254,8 +190,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
   latest = ckpt.latest_step()
   ckpt.close()
   assert latest is not None and latest < bad_step, (latest, bad_step)
-  from vit_jax import export  # pylint: disable=g-import-not-at-top
-  params, _, _ = export.restore_params(str(workdir))
+  from vit_jax import artifacts  # pylint: disable=g-import-not-at-top
+  params = artifacts.resolve(workdir=str(workdir)).params
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

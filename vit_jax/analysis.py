@@ -1,8 +1,8 @@
 """Looking inside a ViT: attention probabilities and per-block features, attention rollout,
 mean attention distance, position-embedding similarity and patch-embedding components.
 
-Owns the numbers behind the ViT paper's analysis (Dosovitskiy et al. 2021, Figs. 6-7) and
-`python -m vit_jax.visualize` (which only does I/O and plots):
+Owns the numbers behind the ViT paper's analysis (Dosovitskiy et al. 2021, Figs. 6-7) and the
+files of `python -m vit_jax.visualize` (which only parses flags and prints):
   * `intermediates(model, params, images)`: logits plus, per block, the attention
     probabilities (batch, heads, T, T) the forward multiplied with the values and the block's
     output tokens (Mixer: features only); from the modules' Flax `sow` into 'intermediates'
@@ -14,14 +14,27 @@ Owns the numbers behind the ViT paper's analysis (Dosovitskiy et al. 2021, Figs.
     renormalised over the patch keys), averaged over queries and images.
   * `posemb_similarity(posemb)`: cosine similarity of every patch's embedding with all others.
   * `embedding_components(kernel, k)`: principal components of the patch-embedding filters.
-Pure NumPy after the forward; no TensorFlow, no plotting.
+  * `compute(model, params, images, patch_px)`: all of these for a set of images, the numbers
+    behind every file the inspection CLI writes.
+  * `write_outputs(out_dir, figures, ...)`, `write_summary(...)`: those files — attention.npz,
+    rollout.npy / .png, attention_distance.json / .png, posemb_similarity.png,
+    embedding_filters.png (RGB stems), summary.json (python -m vit_jax.visualize --help).
+The numbers are pure NumPy after the forward (no TensorFlow); only the writers plot, with
+matplotlib (imported when they run).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Optional, Sequence
 
+import jax
 import numpy as np
+
+from vit_jax import models
+from vit_jax.models import transformer
+from vit_jax.models.fields import patch_size
 
 
 @dataclasses.dataclass
@@ -59,7 +72,6 @@ def _blocks(tree: dict, prefix: str, name: str) -> list[np.ndarray]:
 
 def patch_pixels(model: Any) -> tuple[int, int]:
   """(rows, cols) in input pixels of one patch token: patch size x a hybrid root's stride."""
-  from vit_jax.models.fields import patch_size  # pylint: disable=g-import-not-at-top
   stride = model._root_stride() if getattr(model, "resnet", None) is not None else 1  # pylint: disable=protected-access
   ph, pw = patch_size(model.patches)
   return ph * stride, pw * stride
@@ -67,9 +79,6 @@ def patch_pixels(model: Any) -> tuple[int, int]:
 
 def intermediates(model: Any, params: Any, images: np.ndarray) -> Intermediates:
   """Logits, per-block attention probabilities and token features of `images` (B, H, W, 3)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"expected images of shape (batch, height, width, 3), got {images.shape}.")
@@ -169,3 +178,165 @@ def embedding_components(kernel: np.ndarray, k: int = 28) -> tuple[np.ndarray, n
   variance = s ** 2
   ratio = variance[:k] / max(variance.sum(), 1e-300)
   return vt[:k].reshape(k, ph, pw, c), ratio
+
+
+def _posemb(model: Any, params: Any, inter: Intermediates) -> np.ndarray:
+  """(N, D) position embeddings of the patch tokens (learned or the fixed sin-cos ones)."""
+  if getattr(model, "posemb", "learn") == "sincos2d":
+    return np.asarray(transformer.posemb_sincos2d(*inter.grid, model.hidden_size)[0])
+  posemb = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])[0]
+  return posemb[inter.num_prefix_tokens:]
+
+
+def compute(model: Any, params: Any, images: np.ndarray, patch_px: int,
+            batch_size: int = 8) -> dict[str, Any]:
+  """Every figure's numbers for `images` (B, H, W, 3); raises for models without attention.
+
+  The images run `batch_size` at a time (all layers' (heads, T, T) probabilities of a batch
+  are held at once); 'inter' keeps the first batch's, the distances average all images.
+  Returns {'inter', 'rollout' (rows, cols), 'distances' (layers, heads) in pixels,
+  'similarity' (N, N), 'components' (embedding_components, None for a hybrid's stem)}.
+  """
+  if isinstance(model, models.MlpMixer):
+    raise ValueError("an MLP-Mixer has no attention: attention maps, rollout and attention "
+                     "distance exist for ViT checkpoints only (analysis.intermediates still "
+                     "gives a Mixer's per-block features).")
+  first, total = None, 0.0
+  for start in range(0, len(images), batch_size):
+    inter = intermediates(model, params, images[start:start + batch_size])
+    per_layer = np.stack([mean_attention_distance(a, inter.grid, patch_px,
+                                                  inter.num_prefix_tokens)
+                          for a in inter.attention])
+    total = total + per_layer * len(inter.logits)
+    if first is None:
+      first = inter
+  kernel = np.asarray(params["embedding"]["kernel"])
+  return {
+      "inter": first,
+      "rollout": output_rollout_map(first)[0],
+      "distances": total / len(images),                  # (layers, heads)
+      "similarity": posemb_similarity(_posemb(model, params, first)),
+      "components": embedding_components(kernel) if kernel.shape[2] == 3 else None,
+  }
+
+
+def _mosaic(similarity: np.ndarray, grid: tuple[int, int], gap: int = 1) -> np.ndarray:
+  """One image of gh x gw tiles; tile (r, c) = similarity of patch (r, c) to every patch."""
+  gh, gw = grid
+  tiles = similarity.reshape(gh, gw, gh, gw)
+  out = np.full((gh * (gh + gap) - gap, gw * (gw + gap) - gap), np.nan)
+  for r in range(gh):
+    for c in range(gw):
+      out[r * (gh + gap):r * (gh + gap) + gh, c * (gw + gap):c * (gw + gap) + gw] = tiles[r, c]
+  return out
+
+
+def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
+                  num_images: int) -> list[str]:
+  """Writes every file but summary.json (module doc, vit_jax/visualize.py); returns their paths.
+
+  `figures` is compute's result, `image` the first image (H, W, 3) in [-1, 1].
+  """
+  # Lazy: matplotlib is an optional dependency (setup.cfg's `inspect` extra), slow to import.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  inter = figures["inter"]
+  paths = []
+
+  def path(name):
+    paths.append(os.path.join(out_dir, name))
+    return paths[-1]
+
+  arrays = {f"layer_{i}": a[0].astype(np.float32) for i, a in enumerate(inter.attention)}
+  if inter.pool_attention is not None:
+    arrays["map_head"] = inter.pool_attention[0].astype(np.float32)
+  np.savez(path("attention.npz"), **arrays)
+  np.save(path("rollout.npy"), figures["rollout"].astype(np.float32))
+
+  shown = (np.clip(image, -1, 1) + 1) / 2
+  fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+  axes[0].imshow(shown)
+  axes[0].set_title("input")
+  axes[1].imshow(shown)
+  axes[1].imshow(figures["rollout"], cmap="jet", alpha=0.5, interpolation="bilinear",
+                 extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
+  axes[1].set_title("attention rollout of the output")
+  for ax in axes:
+    ax.set_xlabel("x [pixels]")
+    ax.set_ylabel("y [pixels]")
+  fig.tight_layout()
+  fig.savefig(path("rollout.png"), dpi=100)
+  plt.close(fig)
+
+  d = figures["distances"]
+  with open(path("attention_distance.json"), "w", encoding="utf-8") as f:
+    json.dump({"unit": "pixels", "patch_size_pixels": patch_px, "grid": list(inter.grid),
+               "images": num_images,
+               "definition": "per head: sum over key patches of attention (renormalised over "
+                             "patch keys) x distance between query and key patch centres, "
+                             "averaged over query patches and images",
+               "layers": [{"layer": i, "heads": [float(x) for x in row], "mean": float(row.mean())}
+                          for i, row in enumerate(d)]}, f, indent=1)
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for h in range(d.shape[1]):
+    ax.scatter(np.arange(d.shape[0]), d[:, h], s=14, label=f"head {h}")
+  ax.set_xlabel("network depth (layer)")
+  ax.set_ylabel("mean attention distance (pixels)")
+  ax.set_title("Mean attention distance per head")
+  ax.set_xticks(np.arange(d.shape[0]))
+  ax.set_ylim(bottom=0)
+  if d.shape[1] <= 16:
+    ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path("attention_distance.png"), dpi=100)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 5.5))
+  im = ax.imshow(_mosaic(figures["similarity"], inter.grid), cmap="viridis", vmin=-1, vmax=1)
+  ax.set_title("Position embedding similarity\n(tile r, c: cosine similarity of patch (r, c) "
+               "with every patch)", fontsize=9)
+  ax.set_xlabel("input patch column")
+  ax.set_ylabel("input patch row")
+  gh, gw = inter.grid
+  ax.set_xticks([c * (gw + 1) + gw / 2 - 0.5 for c in range(gw)], [str(c + 1) for c in range(gw)])
+  ax.set_yticks([r * (gh + 1) + gh / 2 - 0.5 for r in range(gh)], [str(r + 1) for r in range(gh)])
+  fig.colorbar(im, ax=ax, label="cosine similarity")
+  fig.tight_layout()
+  fig.savefig(path("posemb_similarity.png"), dpi=100)
+  plt.close(fig)
+
+  if figures["components"] is not None:
+    comps, ratio = figures["components"]
+    cols = min(7, len(comps))
+    rows = -(-len(comps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+      ax.axis("off")
+      if i < len(comps):
+        pc = comps[i]
+        ax.imshow((pc - pc.min()) / max(pc.max() - pc.min(), 1e-12), interpolation="nearest")
+        ax.set_title(f"PC {i + 1}: {100 * ratio[i]:.1f}%", fontsize=6)
+    fig.suptitle(f"RGB embedding filters: first {len(comps)} principal components "
+                 "(% of variance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path("embedding_filters.png"), dpi=100)
+    plt.close(fig)
+  return paths
+
+
+def write_summary(out_dir: str, figures: dict, images: Sequence[str], resolution: int,
+                  patch_px: int, paths: Sequence[str]) -> str:
+  """Writes summary.json (inputs, sizes and the files written beside it); returns its path."""
+  d = figures["distances"]
+  summary = {"images": list(images), "resolution": resolution, "patch_size_pixels": patch_px,
+             "layers": int(d.shape[0]), "heads": int(d.shape[1]), "files": sorted(
+                 os.path.basename(p) for p in paths)}
+  if figures["components"] is None:
+    summary["embedding_filters"] = "not written: the patch embedding reads ResNet features " \
+                                   "(a hybrid), not RGB pixels"
+  path = os.path.join(out_dir, "summary.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  return path

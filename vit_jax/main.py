@@ -15,7 +15,7 @@ disables it. A process that cannot reach the coordinator fails after
 Errors end the program with one line `error: <what happened and what to do>` on stderr and
 the exit statuses of vit_jax/exits.py (0 finished, 2 bad input, 3 NaN stop, 75 preempted
 with a checkpoint saved, 76 hang watchdog); the traceback goes to the run's log file
-(<workdir>/loop.log) and, with --verbosity=1 or more, to the console too.
+(<workdir>/train.log) and, with --verbosity=1 or more, to the console too.
 """
 from __future__ import annotations
 

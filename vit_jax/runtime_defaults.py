@@ -28,7 +28,14 @@ Owns:
     ~470k page faults and ~0.75 CPU-s of kernel time per step gone; ViT-Ti/16 b32 train
     step ~1.28x faster (docs/performance.md).
     The cost: freed memory stays in the process (RSS stays at its peak).
-Set VIT_JAX_NO_XLA_DEFAULTS=1 to apply none of this (to measure what it buys).
+  * `quiet_tensorflow()` — TF_CPP_MIN_LOG_LEVEL=2 and TF_ENABLE_ONEDNN_OPTS=0 unless the user
+    set them (importing `vit_jax` applies it): TensorFlow is only the TFDS reader here and its
+    C++ start-up lines are noise; errors still show.
+Set VIT_JAX_NO_XLA_DEFAULTS=1 to apply none of the XLA / dispatch / allocator defaults (to
+measure what they buy).
+
+This module is the one home of the library's process-wide side effects; where each is applied
+is listed in docs/architecture.md ("Start-up side effects") and held by tests/test_architecture.py.
 """
 from __future__ import annotations
 
@@ -56,6 +63,15 @@ _DISABLE_ENV = "VIT_JAX_NO_XLA_DEFAULTS"
 _ASYNC_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameter numbers (malloc.h)
 _host_allocator_tuned = False
+
+
+TF_ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def quiet_tensorflow(environ: MutableMapping[str, str] = os.environ) -> None:
+  """TensorFlow's C++ start-up noise off (oneDNN notes, CPU instruction sets, GCS probes)."""
+  for key, value in TF_ENV_DEFAULTS.items():
+    environ.setdefault(key, value)
 
 
 def default_flags(platforms: Optional[tuple[str, ...]] = None) -> dict[str, str]:

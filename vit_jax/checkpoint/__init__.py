@@ -9,15 +9,17 @@ Public API (mirrors Google's vit_jax.checkpoint where it overlaps):
   load_pretrained(*, pretrained_path, init_params, model_config, **options) -> params ready for
       `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched
       (the one place a scanned model gets its stacked layout; `stack_layers` for others).
-  candidate_locations(location) / load_first(locations, loader) -> the one rule for where a
-      checkpoint is read from (a path or URI as given; an AugReg name or file name -> its known
-      copies, the Hugging Face one first) and the fallback between them; the trainer and
-      the inference CLI both use it.
+  load_from(location, loader) -> (where it was read, loader's result): the one home of the
+      pretrained-weights fallback (the trainer, the distillation teacher and vit_jax.artifacts
+      use it): candidate_locations(location) -> the one rule for where a checkpoint is read
+      from (a path or URI as given; an AugReg name or file name -> its known copies, the
+      Hugging Face one first), load_first(locations, loader) -> the fallback between them.
   to_host(params) -> unboxed numpy copy of a (sharded, possibly multi-host) params tree.
   interpolate_posemb, stack_layers, unstack_layers.
 The package: byte formats in files.py, key layouts in layouts.py / torch_layouts.py, the
 scan / head / posemb fitting in adapt.py and posemb.py, remote sources in sources.py and
-the AugReg index in augreg.py (both imported lazily: no network code on the local path).
+the AugReg index in augreg.py (both imported lazily: no network code on the local path, which
+docs/architecture.md and tests/test_architecture.py hold).
 See docs/architecture.md, "Checkpoint naming".
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vit_jax.checkpoint.posemb import interpolate_posemb
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
            "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
-           "to_host", "LoadReport", "resize_patch_kernel", "split_subtree"]
+           "load_from", "to_host", "LoadReport", "resize_patch_kernel", "split_subtree"]
 
 CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
@@ -56,6 +58,7 @@ def _resolve(path: str, cache_dir: Optional[str], sha256: Optional[str]
   path = os.fspath(path)
   config = None
   if _is_uri(path):
+    # Lazy: the local path imports no network code (module doc).
     from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
     local = sources.fetch(path, cache_dir=cache_dir, sha256=sha256)
     if path.lower().startswith("hf://") and not local.endswith(".npz"):
@@ -199,6 +202,7 @@ def candidate_locations(location: str) -> tuple[str, ...]:
   Hugging Face one first (no credentials needed), then gs://vit_models/augreg/.
   """
   location = os.fspath(location)
+  # Lazy: the AugReg index module is network code (module doc).
   from vit_jax.checkpoint import augreg  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.expanduser(split_subtree(location)[0])) or _is_uri(location):
     return (location,)
@@ -216,6 +220,7 @@ def load_first(locations: Sequence[str], loader: Callable[[str], T]) -> tuple[st
   other error (a corrupt file, a shape mismatch) is raised at once. When all fail, one
   FileNotFoundError lists each location with its cause.
   """
+  # Lazy: the local path imports no network code (module doc).
   from vit_jax.checkpoint import sources  # pylint: disable=g-import-not-at-top
   locations = list(locations)
   errors = []
@@ -228,3 +233,11 @@ def load_first(locations: Sequence[str], loader: Callable[[str], T]) -> tuple[st
       errors.append(f"{location}: {e}")
   raise FileNotFoundError("could not fetch the checkpoint from any of its copies:\n  "
                           + "\n  ".join(errors))
+
+
+def load_from(location: str, loader: Callable[[str], T]) -> tuple[str, T]:
+  """(location read, loader(it)): `location`'s candidate_locations tried in order (load_first).
+
+  The pretrained-weights fallback of every reader (trainer, teacher, command lines) in one place.
+  """
+  return load_first(candidate_locations(os.fspath(location)), loader)

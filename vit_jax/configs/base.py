@@ -50,6 +50,11 @@ def defaults() -> ml_collections.ConfigDict:
       train="vit_finetune", eval="resize",
       flip=True, randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
       label_smoothing=0.0))
+  # pp.train / pp.eval may also be big_vision pp strings ('decode|resize_small(256)|
+  # central_crop(224)|value_range(-1, 1)'; ops and registering your own: datasets/preprocess.py).
+  # Modules (dotted names or .py files) imported first, e.g. ones that register pp ops (as
+  # big_vision's pp_modules); data workers import them too.
+  c.pp.modules = ()
   # Batch mixing (timm's Mixup in batch mode; rows 2m and 2m+1 mixed, see preprocess.py):
   # CutMix Beta(a, a) (0 = off); probability that a batch is mixed at all; with mixup_alpha
   # and cutmix_alpha both > 0, probability that a batch uses CutMix instead of mixup.
@@ -66,8 +71,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.pp.random_erase_aspect = (0.3, 3.3)
   c.pp.random_erase_count = 1
   # num_workers: data worker processes (0 = in this process); prefetch: batches buffered per
-  # worker; num_threads: reader threads (0 = default); device_prefetch: batches put on device ahead.
-  c.input = ml_collections.ConfigDict(dict(num_workers=2, prefetch=2, num_threads=0, device_prefetch=2))
+  # worker; num_threads: reader threads (0 = default); device_prefetch: batches put on device
+  # ahead.
+  c.input = ml_collections.ConfigDict(dict(num_workers=2, prefetch=2, num_threads=0,
+                                           device_prefetch=2))
   # Repeated augmentation (DeiT's RASampler): copies of each image in the stream, each
   # augmented independently [copies]; 1 = off. An epoch stays N stream images (N/k distinct).
   c.input.repeated_aug = 1
@@ -87,22 +94,24 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim_dtype = "float32"        # Momentum / first-moment dtype ('bfloat16' halves its memory).
   c.grad_norm_clip = 1.0           # 0 = off.
   c.accum_steps = 1                # Micro-batches per step (batch / accum_steps each).
-  # Parameter groups (vit_jax/training/param_groups.py): (regex, 'freeze' | {'lr_mult': x, 'wd_mult': y})
-  # rules, full match on '/'-joined param paths, first match wins, each must match something;
-  # e.g. (('head/.*', {'lr_mult': 10.0}), ('embedding/.*', 'freeze')). () = off.
+  # Parameter groups (vit_jax/training/param_groups.py): (regex, 'freeze' |
+  # {'lr_mult': x, 'wd_mult': y}) rules, full match on '/'-joined param paths, first match
+  # wins, each must match something; e.g. (('head/.*', {'lr_mult': 10.0}),
+  # ('embedding/.*', 'freeze')). () = off.
   c.param_groups = ()
   # Layer-wise lr decay (BEiT / MAE fine-tuning): lr x layer_decay ** (L + 1 - depth), depth 0 =
   # embeddings, i + 1 = block i, L + 1 = head; applied before the param_groups lr_mult. 0 = off.
   c.layer_decay = 0.0
-  # EMA of the params (vit_jax/training/ema.py): decay per update (0 = off; DeiT 0.99996); warmup: decay
-  # min(decay, (1 + t) / (10 + t)) after t updates; every [steps] between updates. Evaluated
-  # beside the raw params as 'ema/<metric>'; `vit_jax.export --params=ema` exports it.
+  # EMA of the params (vit_jax/training/ema.py): decay per update (0 = off; DeiT 0.99996);
+  # warmup: decay min(decay, (1 + t) / (10 + t)) after t updates; every [steps] between
+  # updates. Evaluated beside the raw params as 'ema/<metric>'; `vit_jax.export --params=ema`
+  # exports it.
   c.ema = ml_collections.ConfigDict(dict(decay=0.0, warmup=False, every=1))
-  # Distillation from a fixed teacher (vit_jax/training/distill.py): path = teacher weights (None = off;
-  # any location the checkpoint loader reads); model_name None = the student's architecture
-  # (model_name + config.model); model = teacher field overrides on top; mode 'soft' (KL x T^2)
-  # | 'hard' (CE to the teacher's argmax); weight alpha: loss = (1 - alpha) task + alpha
-  # distill [0..1]; temperature T > 0 (soft).
+  # Distillation from a fixed teacher (vit_jax/training/distill.py): path = teacher weights
+  # (None = off; any location the checkpoint loader reads); model_name None = the student's
+  # architecture (model_name + config.model); model = teacher field overrides on top; mode
+  # 'soft' (KL x T^2) | 'hard' (CE to the teacher's argmax); weight alpha: loss = (1 - alpha)
+  # task + alpha distill [0..1]; temperature T > 0 (soft).
   c.distill = ml_collections.ConfigDict(dict(
       path=config_dict.placeholder(str), model_name=config_dict.placeholder(str),
       model=model_overrides(), mode="soft", weight=0.5, temperature=1.0))

@@ -1,7 +1,7 @@
 """Datasets → this process's batches: TFDS or image folders, augmented, resumable.
 
-Design (docs/architecture.md, "Data order"): index-based sampling with grain over a random-access source
-(`tfds.data_source`, array_record, or an image folder).
+Design (docs/architecture.md, "Data order"): index-based sampling with grain over a
+random-access source (`tfds.data_source`, array_record, or an image folder).
 
 Train order (the same global batches whatever the number of processes P):
   * ONE global stream over the whole split: the examples shuffled afresh each epoch (grain
@@ -34,7 +34,8 @@ Eval: process p of P owns the contiguous examples [p·N/P, (p+1)·N/P) (as `tfds
 padded to the same number of batches on every process; every example is seen exactly once.
 
 Batches (numpy, local to this process, b = global batch // process count):
-  train: {'image': float32 (b, crop, crop, 3) in [-1, 1] (erased 'pixel' / 'rand' boxes hold
+  train: {'image': float32 (b, crop, crop, 3) in [-1, 1] (a pp string's value_range instead,
+          preprocess.py; erased 'pixel' / 'rand' boxes hold
           unclipped N(0, 1) noise), 'label': float32 (b, C) one-hot, label-smoothed and
           mixed as config.pp says (rows sum to 1)}
   eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
@@ -152,7 +153,7 @@ class TrainBatch:
   num_classes: int
 
   def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
-    images = preprocess.to_float(batch["image"])
+    images = preprocess.train_values(batch["image"], self.opts)
     if "erase" in batch:
       images = np.stack([preprocess.random_erase(im, boxes, seed, self.opts.random_erase_mode)
                          for im, boxes, seed in zip(images, batch["erase"], batch["erase_seed"])])
@@ -311,6 +312,7 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   source, info = open_source(config, config.train_split)
   if not len(source):
     raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
+  preprocess.check_label_classes(opts, info.num_classes)
   seed = int(config.seed)
   # The global stream: element k = (shuffled example, augmented with an RNG of (seed, k)).
   stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
@@ -380,10 +382,14 @@ class EvalElement:
 
 @dataclasses.dataclass(frozen=True)
 class EvalBatch:
+  """Batch transform: model inputs (preprocess.eval_values), one-hot labels, mask, index."""
   num_classes: int
+  opts: Optional[preprocess.PreprocessOptions] = None  # None: to_float (a named eval recipe)
 
   def __call__(self, batch: dict) -> dict:
-    out = {"image": preprocess.to_float(batch["image"]),
+    images = batch["image"]
+    out = {"image": (preprocess.to_float(images) if self.opts is None
+                     else preprocess.eval_values(images, self.opts)),
            "label": preprocess.one_hot(batch["label"], self.num_classes),
            "mask": batch["mask"].astype(np.float32), "index": batch["index"]}
     if "real" in batch:
@@ -426,6 +432,6 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   ds = grain.MapDataset.range(num_batches * local_batch)
   ds = ds.map(EvalElement(source, lo, hi, opts, *info.keys, info.multilabel_key,
                           info.num_classes))
-  ds = ds.batch(local_batch).map(EvalBatch(info.num_classes))
+  ds = ds.batch(local_batch).map(EvalBatch(info.num_classes, opts))
   return EvalIterable(ds, config, num_batches)
 

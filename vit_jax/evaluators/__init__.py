@@ -1,4 +1,7 @@
 """Evaluators: the metrics a ViT is measured by (classification top-k / ReaL, few-shot linear
 probes on frozen features). `classification.py` and `fewshot.py` hold the maths (NumPy, no
-JAX, no data loading) so every figure can be checked against an independent computation.
+JAX, no data loading) so every figure can be checked against an independent computation;
+`registry.py` names the evaluator types (one module each: `classification_evaluator.py`,
+`fewshot_evaluator.py`, or a user's own), `common.py` what they share, `runner.py` which
+config.evals entry runs when.
 """

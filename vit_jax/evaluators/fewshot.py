@@ -50,7 +50,8 @@ def sample_per_class(labels: np.ndarray, count: int, rng: np.random.Generator,
                      exclude: np.ndarray = None) -> np.ndarray:
   """Indices of `count` examples of every class (fewer where a class has fewer), seeded."""
   labels = np.asarray(labels)
-  taken = np.zeros(len(labels), bool) if exclude is None else np.isin(np.arange(len(labels)), exclude)
+  taken = (np.zeros(len(labels), bool) if exclude is None
+           else np.isin(np.arange(len(labels)), exclude))
   out = []
   for c in np.unique(labels):
     pool = np.flatnonzero((labels == c) & ~taken)

@@ -1,5 +1,8 @@
-"""Export formats other than the official .npz, one module each (vit_jax.export is the CLI).
+"""Export formats, one module each, and the dispatch between them (vit_jax.export is the CLI).
 
+  writers       export_files / export: a run's params (run_state.read_params) in one format
+  npz           --format=npz: the official vit_models .npz + its architecture sidecar
+                (model.json), read back by vit_jax.artifacts
   common        the run being exported (`Source`), what a format wrote (`Written`), the eval
                 preprocessing in other libraries' terms, the refusal of an architecture a
                 format cannot hold

@@ -1,8 +1,8 @@
 """What every export format shares: the run being exported, what a format wrote, the run's
 eval preprocessing in the terms other libraries use, and the refusal of an architecture.
 
-A `Source` is built by vit_jax.export from `export.restore_params` (the one place exported
-params come from) and `export.architecture` (the sidecar record: model fields, classes,
+A `Source` is built by writers.export_files from `run_state.read_params` (the one place
+exported params come from) and `npz.architecture` (the sidecar record: model fields, classes,
 resolution, `pp`), so a format reads the same facts the .npz sidecar records.
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ STD = (0.5, 0.5, 0.5)
 class Source:
   """A run's params (host numpy, the run's own tree layout) and its architecture record."""
   params: Mapping[str, Any]
-  arch: Mapping[str, Any]  # export.architecture(config, step, workdir)
+  arch: Mapping[str, Any]  # npz.architecture(config, step, workdir)
   config: Any = None       # the run config, when there is one (evaluators for the model card)
   step: Optional[int] = None
   workdir: Optional[str] = None
-  params_kind: str = "raw"  # 'raw' or 'ema' (export.restore_params)
+  params_kind: str = "raw"  # 'raw' or 'ema' (run_state.read_params)
 
   @property
   def fields(self) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def patch_size(fields: Mapping[str, Any]) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-  """The run's eval preprocessing (vit_jax.datasets.preprocess.eval_image), in other libraries' terms.
+  """The run's eval preprocessing (datasets.preprocess.eval_image), in other libraries' terms.
 
   mode 'resize': squash to crop x crop; 'resize_crop': squash to resize x resize, central
   crop; 'resize_small': shorter side to resize, central crop. crop_pct = crop / resize,
@@ -117,7 +117,7 @@ class Preprocessing:
 def preprocessing(arch: Mapping[str, Any]) -> Preprocessing:
   """The eval preprocessing an architecture record names (its `pp`: eval, crop, resize,
   crop_pct), with the resize the input pipeline resolves (preprocess.options_from_config)."""
-  record = arch["pp"]  # export.architecture writes all four keys.
+  record = arch["pp"]  # npz.architecture writes all four keys.
   mode, crop, given_pct = str(record["eval"]), int(record["crop"]), float(record["crop_pct"] or 0)
   if mode == "resize":
     return Preprocessing(mode, crop, crop, 1.0)

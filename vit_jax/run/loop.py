@@ -1,21 +1,21 @@
-"""The training loop: `train_and_evaluate(config, workdir)` (the entry point main.py and tests call).
+"""The training loop: `train_and_evaluate(config, workdir)` (the entry main.py and tests call).
 
 Owns the order of things: mesh → dataset info → pre-flight checks → workdir lock → sharded
 state (workdir checkpoint > pretrained weights > scratch) → compiled step → loop (log / eval /
 checkpoint / preemption / NaN guard / hang watchdog) → final checkpoint and evaluation. The
-pieces live in sharding.py, train_state.py, train_step.py, optim.py, run_state.py,
-metrics.py, device_prefetch.py, pipeline.py, preflight.py, workdir_lock.py and
-watchdog.py; this module only sequences them. How a run ends is in its result
+pieces live in sharding.py, training/ (train_state, train_step, optim), run/ (run_state,
+metrics, preflight, workdir_lock, watchdog) and datasets/ (pipeline, device_prefetch); this
+module only sequences them. How a run ends is in its result
 ('preempted': exit status 75 in main.py) or in the exception it raises (exits.py).
 
-Config keys read here (units in brackets; defaults in configs/common.defaults() only):
+Config keys read here (units in brackets; defaults in configs/base.defaults() only):
 total_steps [steps] or total_epochs [epochs over the train split], batch, accum_steps,
 log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
-keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes (None = from the
-dataset), progress (tqdm bar), input.device_prefetch [batches], workdir_lock_timeout [s],
-watchdog.{factor, min_seconds [s], first_step_seconds [s]}, allow_config_change. The
-param-group table (param_groups.py) and the distillation teacher (distill.py, loaded here on
-every start) are logged before the first step.
+keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes
+(None = from the dataset), progress (tqdm bar), input.device_prefetch [batches],
+workdir_lock_timeout [s], watchdog.{factor, min_seconds [s], first_step_seconds [s]},
+allow_config_change. The param-group table (param_groups.py) and the distillation teacher
+(distill.py, loaded here on every start) are logged before the first step.
 """
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ class Preemption:
 def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]:
   """Host params from config.pretrained_path / config.model_or_filename, or None if neither set.
 
-  Where they are read from is checkpoint.candidate_locations (the rule the inference CLI
-  uses too): an AugReg name or file tries its Hugging Face copy first, then gs://. `log`
-  gets the load report (head replaced or kept, pre_logits dropped, posemb grid resized).
+  Where they are read from is checkpoint.load_from (the rule the command lines use too): an
+  AugReg name or file tries its Hugging Face copy first, then gs://. `log` gets the load
+  report (head replaced or kept, pre_logits dropped, posemb grid resized).
   """
   location = config.pretrained_path or config.model_or_filename
   if not location:
@@ -79,9 +79,8 @@ def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]
   if config.dont_load:  # Those parameters keep a real initial value (the scratch init's).
     init_params = train_state.init_params(setup, config.seed)
   model_config = registry.run_model_config(config)
-  _, (params, report) = checkpoint.load_first(
-      checkpoint.candidate_locations(str(location)),
-      lambda uri: checkpoint.load_pretrained(
+  _, (params, report) = checkpoint.load_from(
+      str(location), lambda uri: checkpoint.load_pretrained(
           pretrained_path=uri, init_params=init_params, model_config=model_config,
           replace_head=config.replace_head, dont_load=tuple(config.dont_load),
           resize_patch_embedding=config.resize_patch_embedding, report=True))
@@ -101,7 +100,8 @@ def initial_state(config, setup: StateSetup, ckpt: run_state.Checkpointer,
     return state, data_state
   params = load_pretrained_params(config, setup, log)
   if params is not None:
-    log(f"Fine-tuning from pretrained weights {config.pretrained_path or config.model_or_filename}.")
+    log("Fine-tuning from pretrained weights "
+        f"{config.pretrained_path or config.model_or_filename}.")
     return train_state.state_from_params(setup, params, config.seed), None
   log("Training from scratch.")
   return train_state.create_train_state(setup, config.seed), None
@@ -120,8 +120,8 @@ def check_finite(pending: list[tuple[int, dict]]) -> Optional[tuple[int, dict]]:
     host = {k: float(v) for k, v in jax.device_get(m).items()}
     if not np.isfinite(host["loss"]):
       raise FloatingPointError(
-          f"loss is {host['loss']} at step {step} (grad_norm {host['grad_norm']}); training stopped "
-          "and the last good checkpoint is kept. Lower --config.base_lr, set "
+          f"loss is {host['loss']} at step {step} (grad_norm {host['grad_norm']}); training "
+          "stopped and the last good checkpoint is kept. Lower --config.base_lr, set "
           "--config.grad_norm_clip, or check the data.")
     last = (step, host)
   pending.clear()
@@ -151,7 +151,7 @@ def _every(step: int, period: int, total: int) -> bool:
 def train_and_evaluate(config, workdir: str) -> Any:
   """Trains (or resumes) the run in `workdir`; returns the last train/eval metrics and the state.
 
-  `config` is a run config (configs/common.defaults() and its overrides); Google's config
+  `config` is a run config (configs/base.defaults() and its overrides); Google's config
   layout goes through vit_jax.train (google_compat/train.py), which translates it first.
   """
   mesh = sharding.mesh_for_config(config)
@@ -192,9 +192,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     host_iter.set_state(data_state)
   feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
                                             config.input.device_prefetch, keys=("image", "label"))
-  groups = param_groups.from_config(config)
-  if groups is not None:
-    for line in param_groups.table(groups, setup.abstract_state.params):
+  if setup.groups is not None:
+    for line in param_groups.table(setup.groups, setup.abstract_state.params):
       writer.text(line)
   teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
   compiled = train_step.compile_train_step(setup, config, num_classes, teacher)

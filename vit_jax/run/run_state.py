@@ -6,7 +6,10 @@ run-state contract (docs/architecture.md, "Run state").
 A checkpoint `<workdir>/checkpoints/<step>/` holds two items: 'state' (params, optimizer
 state, step, RNG — saved asynchronously by every process, atomically committed) and
 'data' (the input pipeline's JSON position). Restoring takes the *current* abstract
-state with its shardings, so a checkpoint written on one mesh restores onto another.
+state with its shardings, so a checkpoint written on one mesh restores onto another;
+`Checkpointer.restore_params` reads the params (or their EMA) alone (an Orbax partial
+restore: no optimizer state is read), and `read_params` gives them for a workdir — the
+one place exports and the command lines (vit_jax.artifacts) get a run's weights from.
 
 `<workdir>/config.json` records the config that created the workdir (written by
 `check_or_write_config`, read back by `read_config`); a run with another model in the same
@@ -30,11 +33,15 @@ import os
 from typing import Any, Callable, Iterator, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from flax.linen import meta
 
 from vit_jax import exits
+from vit_jax.configs import base
+from vit_jax.models import registry
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -46,6 +53,8 @@ RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every", "eval_every", "
                      "watchdog", "allow_config_change", "pretrained_path", "model_or_filename",
                      "replace_head", "dont_load", "resize_patch_embedding",
                      "class_names")  # class_names: recorded from the data.
+# TrainState fields Checkpointer.restore_params reads alone, by its `which` argument.
+PARAMS_FIELDS = {"raw": "params", "ema": "ema_params"}
 # The config fields that decide the shapes of the checkpointed state.
 MODEL_IDENTITY_KEYS = ("model_name", "model", "num_classes", "pp.crop", "optimizer")
 
@@ -59,13 +68,14 @@ def absolute_dir(path: str) -> epath.Path:
 class Checkpointer:
   """Thin wrapper around ocp.CheckpointManager for TrainState + data position."""
 
-  def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3, keep_period: Optional[int] = None,
-               async_save: bool = True):
+  def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
+               keep_period: Optional[int] = None, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period or None, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.directory = absolute_dir(workdir) / "checkpoints"
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -145,6 +155,37 @@ class Checkpointer:
     restored = self._manager.restore(step, args=args)
     return restored["state"], dict(restored["data"] or {})
 
+  def restore_params(self, step: int, abstract_params: Any, which: str = "raw") -> Any:
+    """Only the params (which='raw') or only their EMA ('ema') of checkpoint `step`.
+
+    An Orbax partial restore of the 'state' item: the optimizer state, step, RNG and data
+    position are not read. Leaves of `abstract_params` (ShapeDtypeStructs) that carry a
+    sharding restore as jax.Arrays on it, the others as host numpy arrays. The item is read
+    by a PyTree handler of its own (the manager keeps its Standard one for save / restore).
+    """
+    if which not in PARAMS_FIELDS:
+      raise exits.UserError(f"params={which!r} is unknown; use 'raw' or 'ema'.")
+    field = PARAMS_FIELDS[which]
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}.")
+    args = ocp.args.PyTreeRestore(
+        item={field: abstract_params}, partial_restore=True,
+        restore_args={field: ocp.checkpoint_utils.construct_restore_args(abstract_params)})
+    reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    try:
+      restored = reader.restore(self.directory / str(step) / "state", args=args)[field]
+    finally:
+      reader.close()
+    # A partial restore hands back the abstract leaf of anything the checkpoint lacks.
+    missing = [jax.tree_util.keystr(path) for path, leaf
+               in jax.tree_util.tree_flatten_with_path(restored)[0]
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+      what = f"no {field}" if len(missing) == len(jax.tree.leaves(restored)) else (
+          f"not all {field}: {len(missing)} missing, e.g. {', '.join(missing[:3])}")
+      raise exits.UserError(f"the checkpoint of step {step} in {self.directory} holds {what}.")
+    return restored
+
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
     with self._disk_full_said("a checkpoint"):
@@ -154,6 +195,37 @@ class Checkpointer:
     with self._disk_full_said("a checkpoint"):
       self._manager.wait_until_finished()
       self._manager.close()
+
+
+def read_params(workdir: str, step: Optional[int] = None, which: str = "raw"
+                ) -> tuple[Any, ml_collections.ConfigDict, int]:
+  """(host numpy params, run config, step) of the workdir's checkpoint (latest by default);
+  which='ema' gives their moving average (config.ema) instead. Nothing else is read."""
+  if which not in PARAMS_FIELDS:
+    raise exits.UserError(f"params={which!r} is unknown; use 'raw' or 'ema'.")
+  config = read_config(workdir)
+  if which == "ema" and not float(config.ema.decay):
+    raise exits.UserError(f"the run in {workdir} kept no EMA of its params (config.ema.decay is "
+                          "0); export the raw params (--params=raw).")
+  model = registry.model_from_run_config(config, int(config.num_classes))
+  crop = int(config.pp.crop)
+  images = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
+  # No shardings: every leaf is read into host numpy (by each process of a multi-host job).
+  abstract = meta.unbox(jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)["params"])
+  ckpt = Checkpointer(workdir)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
+    if step is not None and step not in steps:
+      raise exits.UserError(f"no checkpoint at step {step} in {workdir}/checkpoints; the steps "
+                            f"there are {sorted(steps)}.")
+    step = max(steps) if step is None else step
+    params = ckpt.restore_params(step, abstract, which)
+  finally:
+    ckpt.close()
+  return params, config, step
 
 
 def model_identity(config) -> dict:
@@ -181,7 +253,8 @@ def check_or_write_config(workdir: str, config, has_checkpoint: bool,
       diff = {k: (old[k], new[k]) for k in old if old[k] != new.get(k)}
       raise exits.UserError(
           f"workdir {workdir} holds a checkpoint of another model: stored config {old} vs this "
-          f"config {new} (differs in {diff}). Use a new --workdir, or rerun with the stored config.")
+          f"config {new} (differs in {diff}). Use a new --workdir, or rerun with the stored "
+          "config.")
     changes = config_changes(read_config(workdir), config)
     if changes:
       listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
@@ -249,7 +322,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   Keys added to configs/base.defaults() after the workdir was written take their
   default, so code can read every key without a second default of its own.
   """
-  from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a directory a vit_jax run wrote.")

@@ -1,6 +1,6 @@
-"""Knowledge distillation from a fixed teacher (DeiT, Touvron et al. 2021): the teacher and the loss.
+"""Knowledge distillation from a fixed teacher (DeiT, Touvron et al. 2021): teacher and loss.
 
-Config keys (defaults in configs/common.defaults()):
+Config keys (defaults in configs/base.defaults()):
   distill.path         teacher weights: any location the checkpoint loader reads (a file, gs://,
                        https://, hf://, an AugReg name; checkpoint.candidate_locations); None = off.
   distill.model_name   the teacher's architecture (MODEL_CONFIGS name); None = the student's
@@ -88,19 +88,19 @@ def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, .
   shardings = sharding.param_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
-  return Teacher(model=model, model_name=name, fields=fields, location=str(d.path), abstract_params=abstract,
-                 mode=str(d.mode), weight=float(d.weight), temperature=float(d.temperature))
+  return Teacher(model=model, model_name=name, fields=fields, location=str(d.path),
+                 abstract_params=abstract, mode=str(d.mode), weight=float(d.weight),
+                 temperature=float(d.temperature))
 
 
 def load_params(teacher: Teacher, resolution: int, log: Optional[Callable[[str], None]] = None
                 ) -> Any:
-  """The teacher's weights read once (checkpoint.candidate_locations / load_first) and placed
+  """The teacher's weights read once (checkpoint.load_from: AugReg copies, fallback) and placed
   on its shardings; an error when they do not fit its architecture at `resolution`."""
   what = f"distillation teacher {teacher.location!r} ({teacher.model_name})"
   try:
-    _, (params, report) = checkpoint.load_first(
-        checkpoint.candidate_locations(teacher.location),
-        lambda uri: checkpoint.load_pretrained(
+    _, (params, report) = checkpoint.load_from(
+        teacher.location, lambda uri: checkpoint.load_pretrained(
             pretrained_path=uri, init_params=teacher.abstract_params, model_config=teacher.fields,
             replace_head=False, report=True))
   except ValueError as e:

@@ -1,6 +1,6 @@
 """Exponential moving average (EMA, "Polyak averaging") of the params, as DeiT / timm train with.
 
-Config keys (defaults in configs/common.defaults()):
+Config keys (defaults in configs/base.defaults()):
   ema.decay   d in [0, 1); 0 = off (no EMA params in the state, old checkpoints unchanged).
   ema.warmup  use d_t = min(d, (1 + t) / (10 + t)), t = EMA updates done before this one: the
               num_updates form of TensorFlow's tf.train.ExponentialMovingAverage, so the

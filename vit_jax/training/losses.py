@@ -15,7 +15,7 @@ Labels are float (batch, classes) rows: one-hot, label-smoothed, mixup / CutMix 
   initialised to -10 (`head_bias_init`), which our models do not offer.
 
 The eval step keeps reporting softmax cross-entropy whatever config.loss is
-(train_step.make_eval_step), so eval losses compare across runs.
+(evaluators/classification_evaluator.make_eval_step), so eval losses compare across runs.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules (optax) built from the experiment config.
 
-Config keys read here (units in brackets; every default lives in configs/common.defaults()):
+Config keys read here (units in brackets; every default lives in configs/base.defaults()):
   optimizer: 'sgd' (momentum; the published fine-tune recipe) | 'adamw' (pretraining).
   base_lr [lr at the end of warmup], warmup_steps [steps], decay_type: 'cosine' | 'linear' |
     'rsqrt' | 'constant', end_lr [final lr for cosine/linear],
@@ -72,13 +72,14 @@ def _dtype(name):
   return None if name in (None, "", "none", "None") else jnp.dtype(name)
 
 
-def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
-  """Returns (clip → optimizer chain, lr schedule) for `config` (under its parameter groups)."""
+def make_optimizer(config, total_steps: int, groups: Optional[param_groups.Groups]
+                   ) -> tuple[optax.GradientTransformation, Schedule]:
+  """Returns (clip → optimizer chain, lr schedule) for `config` under its parameter groups
+  (`param_groups.from_config(config)`, parsed once by the caller; None = no groups)."""
   schedule = make_schedule(config, total_steps)
   name = config.optimizer
   if name not in ("sgd", "adamw"):
     raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
-  groups = param_groups.from_config(config)
   if groups is None:
     return _chain(config, schedule), schedule
   if name == "sgd" and any(r.wd_mult != 1.0 for r in groups.rules):

@@ -1,6 +1,6 @@
 """Parameter groups: per-parameter lr / weight-decay multipliers, freezing, layer-wise lr decay.
 
-Config keys (defaults in configs/common.defaults()):
+Config keys (defaults in configs/base.defaults()):
   param_groups  a tuple of (regex, setting) rules over the '/'-joined parameter paths of the
                 model's own tree ('Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel'; a
                 scanned model has one stacked 'Transformer/encoderblock/...' subtree). A regex

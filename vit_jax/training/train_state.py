@@ -67,6 +67,7 @@ class StateSetup:
   rules: Any = ()                 # logical -> mesh axis rules (params and activations)
   ema: Optional[ema.EmaConfig] = None  # EMA of the params (None = off)
   frozen: Any = None              # tree of bools, True = frozen (param_groups); None = none
+  groups: Optional[param_groups.Groups] = None  # config.param_groups / layer_decay, parsed
 
   @property
   def param_shardings(self):
@@ -101,7 +102,7 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
                           abstract, shardings)
   return StateSetup(model=model, tx=tx, schedule=schedule, mesh=mesh, input_shape=input_shape,
                     abstract_state=abstract, state_shardings=shardings, rules=tuple(rules),
-                    ema=ema_config, frozen=param_groups.frozen_tree(groups, params))
+                    ema=ema_config, frozen=param_groups.frozen_tree(groups, params), groups=groups)
 
 
 def opt_state_shardings(opt_abstract: Any, params: Any, param_shardings: Any, other: Any) -> Any:
@@ -126,10 +127,11 @@ def opt_state_shardings(opt_abstract: Any, params: Any, param_shardings: Any, ot
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:
   """StateSetup for the model/optimizer/input size/EMA that `config` describes."""
   model = registry.model_from_run_config(config, num_classes)
-  tx, schedule = optim.make_optimizer(config, total_steps)
+  groups = param_groups.from_config(config)  # config.param_groups is parsed here, once.
+  tx, schedule = optim.make_optimizer(config, total_steps, groups)
   crop = int(config.pp.crop)
   return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config),
-                    ema.from_config(config), param_groups.from_config(config))
+                    ema.from_config(config), groups)
 
 
 def init_params(setup: StateSetup, seed: int) -> Any:

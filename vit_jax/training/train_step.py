@@ -112,39 +112,6 @@ def make_train_step(setup: StateSetup, accum_steps: int = 1,
                  out_shardings=(setup.state_shardings, repl), donate_argnums=(0,))
 
 
-def make_eval_step(setup: StateSetup, topk: int = 5, per_class: bool = False) -> Callable:
-  """jit(eval_step)(params, batch) -> {'loss_sum', 'correct', 'correct_topk', 'count'} sums over
-  unmasked examples (with per_class: 'class_count' and 'class_correct', (classes,) each)."""
-  model = setup.model
-  constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
-
-  def eval_step(params: Any, batch: dict[str, jax.Array]):
-    with axes.activation_sharding(constrainer):
-      logits = model.apply({"params": params}, batch["image"], train=False)
-    mask = batch["mask"].astype(jnp.float32)
-    label, pred = jnp.argmax(batch["label"], -1), jnp.argmax(logits, -1)
-    correct = (pred == label).astype(jnp.float32)
-    k = min(int(topk), logits.shape[-1])
-    in_topk = jnp.any(jax.lax.top_k(logits, k)[1] == label[:, None], axis=-1)
-    out = {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-           "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
-           "correct_topk": jnp.sum(in_topk.astype(jnp.float32) * mask)}
-    if "real" in batch:  # ReaL: right when the prediction is in the set; empty sets skipped
-      real = batch["real"]
-      hit = jnp.take_along_axis(real, pred[:, None], axis=-1)[:, 0]
-      out["real_correct"] = jnp.sum(hit * mask)
-      out["real_count"] = jnp.sum((jnp.sum(real, -1) > 0).astype(jnp.float32) * mask)
-    if per_class:
-      onehot = jax.nn.one_hot(label, logits.shape[-1]) * mask[:, None]
-      out["class_count"] = jnp.sum(onehot, axis=0)
-      out["class_correct"] = jnp.sum(onehot * correct[:, None], axis=0)
-    return out
-
-  batch_shard = sharding.batch_sharding(setup.mesh)
-  return jax.jit(eval_step, in_shardings=(setup.param_shardings, batch_shard),
-                 out_shardings=sharding.replicated(setup.mesh))
-
-
 def make_feature_step(setup: StateSetup) -> Callable:
   """jit(feature_step)(params, images) -> the model's pre-logits (the pooled representation,
   after pre_logits when there is one): the model without its head, on the run's sharding.

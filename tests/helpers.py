@@ -1,0 +1,98 @@
+"""Helpers the test files share (imported as `from helpers import ...`; tests/ is on sys.path).
+
+Fixtures live in conftest.py; these are plain functions and constants: the repository root, the
+tiny run config every trainer test starts from (and its command-line form), synthetic batches,
+a state setup, a refused loopback URL, and whether this jaxlib has gloo CPU collectives.
+"""
+import importlib.util
+import pathlib
+import socket
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vit_jax.training import train_state
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+
+# The tiny config of tiny_config() as `python -m vit_jax.main` flags (subprocess tests).
+TINY_FLAGS = [
+    "--config=configs/quickstart.py", "--config.model.hidden_size=16",
+    "--config.model.patches.size=(4,4)", "--config.model.transformer.mlp_dim=32",
+    "--config.model.transformer.num_heads=2", "--config.model.transformer.num_layers=1",
+    "--config.model.transformer.dropout_rate=0.1", "--config.pp.crop=8", "--config.pp.resize=8",
+    "--config.batch=32", "--config.batch_eval=64", "--config.warmup_steps=2",
+    "--config.progress=False", "--config.eval_every=0", "--config.input.device_prefetch=2",
+    "--config.input.num_workers=0",
+]
+
+
+def load_config_file(name: str, arg: str = ""):
+  """configs/<name>.py:get_config(arg)."""
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def set_path(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """config[a][b][c] = value for key 'a.b.c'."""
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  """The quickstart config shrunk to a 1-layer width-16 ViT on 8x8 digits, a few steps."""
+  c = load_config_file("quickstart")
+  with c.unlocked():
+    c.tfds_data_dir = str(data_dir)
+    c.model.hidden_size = 16
+    c.model.patches.size = (4, 4)
+    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1, dropout_rate=0.1))
+    c.pp.crop, c.pp.resize = 8, 8
+    c.batch, c.batch_eval = 32, 64
+    c.total_steps, c.warmup_steps = 12, 2
+    c.log_every, c.eval_every, c.checkpoint_every = 4, 0, 4
+    c.progress = False
+    c.input.device_prefetch = 2
+    c.input.num_workers = 0
+    for key, value in overrides.items():
+      set_path(c, key, value)
+  return c
+
+
+def synthetic_batches(n, batch, crop, num_classes=10, seed=0):
+  """`n` batches of uniform [-1, 1] images with one-hot labels."""
+  rng = np.random.RandomState(seed)
+  for _ in range(n):
+    labels = rng.randint(0, num_classes, batch)
+    yield {"image": rng.uniform(-1, 1, (batch, crop, crop, 3)).astype(np.float32),
+           "label": np.eye(num_classes, dtype=np.float32)[labels]}
+
+
+def setup_for(config, mesh, num_classes=10):
+  """The StateSetup of a run config on `mesh`."""
+  return train_state.setup_from_config(config, mesh, num_classes, int(config.total_steps))
+
+
+def refused_url() -> str:
+  """An http:// URL on loopback where nothing listens (the connection is refused)."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  return f"http://127.0.0.1:{port}/copy_one.npz"
+
+
+def gloo_available() -> bool:
+  """Whether this jaxlib has gloo CPU collectives (the multi-process tests need them)."""
+  try:
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return hasattr(_jax, "make_gloo_tcp_collectives")

@@ -1,0 +1,101 @@
+"""Exporting a run: its params (run_state.read_params: nothing else) written in one format.
+
+`export_files` checks the request (format, flag values, an existing output) before any
+checkpoint is read, refuses an architecture a format cannot hold, then writes: --format=npz
+the official .npz and its sidecar (npz.py), timm / transformers snapshots with a model card,
+a jax.export StableHLO artifact or a TF SavedModel (serving.py); --push_to_hub uploads the
+written folder (hub.py). `python -m vit_jax.export` is its command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+
+from vit_jax import exits
+from vit_jax.export_formats import common, hub, npz, serving, timm, transformers
+from vit_jax.run import run_state
+
+FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel")
+
+
+def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[str],
+                  savedmodel_input: str, platforms: Sequence[str]) -> None:
+  """Bad flags and an existing output: one error before any checkpoint is read."""
+  if fmt not in FORMATS:
+    raise exits.UserError(f"--format={fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
+  if fmt == "npz":
+    for path in (output, npz.sidecar_path(output)):
+      if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; choose another --output or pass "
+                              "--overwrite to replace it.")
+  elif os.path.lexists(output) and not overwrite:
+    raise FileExistsError(f"{output!r} already exists; choose another --output or pass "
+                          "--overwrite to replace it.")
+  if push_to_hub:
+    if fmt == "npz":
+      raise exits.UserError("--push_to_hub uploads an export folder: use it with --format=timm "
+                            "or --format=transformers (or stablehlo / savedmodel).")
+    hub.check_repo_id(push_to_hub)
+  serving.check_input(savedmodel_input)
+  serving.check_platforms(platforms)
+
+
+def library(fmt: str):
+  """The module that checks and writes a timm / transformers snapshot (StableHLO and
+  SavedModel hold any architecture the model factory builds)."""
+  return {"timm": timm, "transformers": transformers}[fmt]
+
+
+def export_files(workdir: str, output: str, step: Optional[int] = None, overwrite: bool = False,
+                 *, fmt: str = "npz", params: str = "raw", push_to_hub: Optional[str] = None,
+                 savedmodel_input: str = "float",
+                 platforms: Optional[Sequence[str]] = None) -> common.Written:
+  """Writes `workdir`'s checkpoint (latest, or `step`) in format `fmt` to `output`; returns
+  an export_formats.common.Written (what was written, how to load it, notes, hub URL).
+
+  npz: `output` is the .npz (and its sidecar); the other formats: `output` is a directory.
+  params: 'raw' or 'ema' (run_state.read_params). platforms: stablehlo / savedmodel lowering
+  targets (default serving.DEFAULT_PLATFORMS).
+  """
+  platforms = tuple(platforms or serving.DEFAULT_PLATFORMS)
+  check_request(fmt, output, overwrite, push_to_hub, savedmodel_input, platforms)
+  if fmt in ("timm", "transformers"):  # Refuse what the format cannot hold before restoring.
+    config = run_state.read_config(workdir)
+    library(fmt).check(common.Source({}, npz.architecture(config, None, workdir), config))
+  weights, config, step = run_state.read_params(workdir, step, params)
+  arch = npz.architecture(config, step, workdir)
+  if fmt == "npz":
+    if jax.process_index() == 0:
+      npz.write(weights, arch, output)
+    return common.Written(os.fspath(output), "npz",
+                          (os.path.basename(output), os.path.basename(npz.sidecar_path(output))),
+                          f"vit_jax.checkpoint.load('{output}') (or python -m vit_jax.inference "
+                          f"--checkpoint {output} IMAGE)")
+  source = common.Source(weights, arch, config, step, workdir, params)
+  if jax.process_index() != 0:
+    return common.Written(os.fspath(output), fmt)
+  if fmt in ("timm", "transformers"):
+    written = library(fmt).write(source, output, overwrite=overwrite, repo_id=push_to_hub)
+  elif fmt == "stablehlo":
+    written = serving.write_stablehlo(source, output, overwrite=overwrite, platforms=platforms)
+  else:
+    written = serving.write_savedmodel(source, output, overwrite=overwrite,
+                                       input_kind=savedmodel_input, platforms=platforms)
+  if push_to_hub:
+    url = hub.push(written.path, push_to_hub)
+    written = dataclasses.replace(written, notes=written.notes + (f"pushed to {url}",))
+  return written
+
+
+def export(workdir: str, output: str, step: Optional[int] = None, overwrite: bool = False,
+           **options: Any) -> str:
+  """Writes the params of `workdir`'s checkpoint to `output` and returns its path: by default
+  the .npz with its architecture at npz.sidecar_path(output); `fmt=...` and the other options
+  of export_files choose another format.
+
+  An existing `output` is only replaced when `overwrite` is set (then atomically).
+  """
+  return export_files(workdir, output, step, overwrite, **options).path

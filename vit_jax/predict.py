@@ -1,0 +1,159 @@
+"""Classifying image files: reading them, class names, batched softmax, top-k rows and files.
+
+Used by `python -m vit_jax.inference` and the notebook. Images are read with PIL, converted
+to RGB, resized to R x R (bilinear) and scaled to [-1, 1]. Class names: the ImageNet-1k list
+for 1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in
+vit_jax/labels/, or a file (one name per line, optionally 'wnid<TAB>name'); otherwise
+'class <i>'. A folder stands for every image under it (recursively, sorted).
+"""
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def expand_images(paths: Sequence[str]) -> list[str]:
+  """Image files of `paths`: files as given, folders walked recursively (sorted)."""
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                     for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+      if not found:
+        raise ValueError(f"folder {path!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+      out.extend(found)
+    else:
+      out.append(path)
+  return out
+
+
+def top_k_rows(paths: Sequence[str], probs: np.ndarray, labels: Sequence[str],
+               k: int) -> list[dict]:
+  """[{'path', 'top_k': [{'label', 'index', 'probability'}, ...]}] most probable first."""
+  rows = []
+  for path, p in zip(paths, probs):
+    order = np.argsort(-p, kind="stable")[:k]
+    rows.append({"path": path, "top_k": [{"label": labels[i], "index": int(i),
+                                          "probability": float(p[i])} for i in order]})
+  return rows
+
+
+def write_predictions(path: str, rows: list[dict]) -> None:
+  """rows as .json (a list) or .csv (one row per image); other suffixes are an error.
+
+  CSV columns: path, then label_i, index_i, probability_i for i = 1..k.
+  """
+  if path.endswith(".json"):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=1)
+    return
+  if not path.endswith(".csv"):
+    raise ValueError(f"--output {path!r}: use a .csv or .json file name.")
+  k = max((len(r["top_k"]) for r in rows), default=0)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path"] + [f"{c}_{i + 1}" for i in range(k)
+                                for c in ("label", "index", "probability")])
+    for r in rows:
+      writer.writerow([r["path"]] + [v for t in r["top_k"]
+                                     for v in (t["label"], t["index"], f"{t['probability']:.6f}")])
+
+
+def load_labels(num_classes: int, path: Optional[str] = None) -> list[str]:
+  """Class names for a head of `num_classes` outputs (from `path` or the shipped lists)."""
+  if path:
+    with open(path, encoding="utf-8") as f:
+      lines = [line.rstrip("\n") for line in f if line.strip()]
+  elif num_classes in LABEL_FILES:
+    text = importlib.resources.files("vit_jax").joinpath("labels", LABEL_FILES[num_classes])
+    lines = text.read_text(encoding="utf-8").splitlines()
+  else:
+    return [f"class {i}" for i in range(num_classes)]
+  names = [line.split("\t", 1)[-1] for line in lines]
+  if len(names) != num_classes:
+    raise ValueError(f"label file {path or LABEL_FILES[num_classes]} has {len(names)} names but "
+                     f"the model has {num_classes} classes; pass a matching --labels file.")
+  return names
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+  """(resolution, resolution, 3) float32 in [-1, 1] from an image file (PIL, bilinear)."""
+  # Lazy: PIL is an optional dependency (setup.cfg's `data` extra), needed only to read files.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as img:
+      img = img.convert("RGB").resize((resolution, resolution), Image.Resampling.BILINEAR)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read image {path!r}: {e}") from None
+  return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+
+
+_APPLY_CACHE: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, jitted softmax apply)
+
+
+def _softmax_apply(model):
+  """One jitted softmax(apply) per model object, so repeated `predict` calls (a notebook
+  classifying image after image) reuse its compilation. Flax modules are not hashable."""
+  hit = _APPLY_CACHE.get(id(model))
+  if hit is None or hit[0] is not model:
+    if len(_APPLY_CACHE) >= 4:
+      _APPLY_CACHE.pop(next(iter(_APPLY_CACHE)))
+    hit = (model, jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x,
+                                                                  train=False))))
+    _APPLY_CACHE[id(model)] = hit
+  return hit[1]
+
+
+def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1].
+
+  Runs batches of min(batch_size, N) images; the last one is padded (and the padding's
+  outputs dropped), so one compiled shape serves every batch."""
+  apply = _softmax_apply(model)
+  n = len(images)
+  size = max(1, min(batch_size, n))
+  out = []
+  for i in range(0, n, size):
+    batch = np.asarray(images[i:i + size])
+    pad = size - len(batch)
+    if pad:
+      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+    out.append(np.asarray(apply(params, batch))[:size - pad])
+  return np.concatenate(out).astype(np.float64)
+
+
+def predict_files(model, params, paths: Sequence[str], resolution: int, labels: Sequence[str],
+                  k: int, batch_size: int = 16) -> list[dict]:
+  """top_k_rows of image files, read and classified `batch_size` at a time (a progress bar on
+  stderr when there is more than one batch)."""
+  size = max(1, batch_size)
+  chunks = range(0, len(paths), size)
+  rows = []
+  for start in tqdm(chunks, desc="images", unit="batch", disable=len(chunks) <= 1,
+                    file=sys.stderr):
+    chunk = paths[start:start + size]
+    probs = predict(model, params, np.stack([load_image(p, resolution) for p in chunk]), size)
+    rows.extend(top_k_rows(chunk, probs, labels, k))
+  return rows
+
+
+def format_row(row: dict) -> str:
+  """'path' then one line '  0.81234  label  [index]' per top_k entry (see top_k_rows)."""
+  return row["path"] + "".join(f"\n  {t['probability']:.5f}  {t['label']}  [{t['index']}]"
+                               for t in row["top_k"])
+
+
+def format_top_k(path: str, probs: np.ndarray, labels: Sequence[str], k: int) -> str:
+  """'path' then k lines '  0.81234  label  [index]', most probable first."""
+  return format_row(top_k_rows([path], [probs], labels, k)[0])
