@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> dict:
     ja, jb = jnp.asarray(a, args.dtype), jnp.asarray(b, args.dtype)
     gflop = 2.0 * m * k * n / 1e9
     row = {"layer": name, "m": m, "k": k, "n": n,
-           "xla_gflops": gflop / _seconds_per_call(lambda: dot(ja, jb), args)}
+           "xla_gflops": gflop / _seconds_per_call(lambda ja=ja, jb=jb: dot(ja, jb), args)}
     if torch is not None:  # CPU torch ops are synchronous; block_until_ready passes them by
       ta = torch.from_numpy(a).to(getattr(torch, args.dtype))
       tb = torch.from_numpy(b).to(getattr(torch, args.dtype))
-      row["torch_gflops"] = gflop / _seconds_per_call(lambda: ta @ tb, args)
+      row["torch_gflops"] = gflop / _seconds_per_call(lambda ta=ta, tb=tb: ta @ tb, args)
     rows.append(row)
   return {"model": args.model, "batch": args.batch, "resolution": args.resolution,
           "dtype": args.dtype, "platform": jax.default_backend(), "jax": jax.__version__,
@@ -105,7 +105,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"{res['platform']}: jax {res['jax']}, torch {res['torch'] or 'not installed'} "
         f"(threads {res['torch_threads']})")
   for r in res["rows"]:
-    torch_part = (f"torch {r['torch_gflops']:7.1f}  xla/torch {r['xla_gflops'] / r['torch_gflops']:.2f}"
+    torch_part = (f"torch {r['torch_gflops']:7.1f}  "
+                  f"xla/torch {r['xla_gflops'] / r['torch_gflops']:.2f}"
                   if "torch_gflops" in r else "torch n/a")
     print(f"  {r['layer']:28s} ({r['m']:6d} x {r['k']:5d}) @ ({r['k']:5d} x {r['n']:5d})  "
           f"GFLOP/s: xla {r['xla_gflops']:7.1f}  {torch_part}")

@@ -142,8 +142,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"{sorted(set(info['devices']))}, jax {info['jax']}, load {info['load_average']}")
   results = []
   for name, case_argv in cases(args, info["backend"] != "cpu"):
-    print(f"[{name}] {' '.join(os.path.relpath(a) if a.startswith(BENCH) else a for a in case_argv)}",
-          flush=True)
+    shown = " ".join(os.path.relpath(a) if a.startswith(BENCH) else a for a in case_argv)
+    print(f"[{name}] {shown}", flush=True)
     r = run_case(name, case_argv, args)
     results.append(r)
     lines = (r.get("stdout", []) if r["status"] == 0 else

@@ -2,10 +2,11 @@ r"""Regenerates docs/scaling.md's table: the real train step compiled for TPU sl
 
   python bench/scaling.py [--cases b16-v5e16,l16-v5p64 ...] [--json out.json] [--markdown]
 
-Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by vit_jax.planning.dry_run
-over libtpu's abstract devices (pip install -r requirements-tpu.txt; no TPU needed). Prints
-one markdown row per case (model, slice, batch, mesh, remat, per-chip peak vs HBM, collective
-bytes, step-time bound, best MFU, compile time) and the command that reproduces it.
+Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by
+vit_jax.planning.dry_run over libtpu's abstract devices (pip install -r requirements-tpu.txt;
+no TPU needed). Prints one markdown row per case (model, slice, batch, mesh, remat, per-chip
+peak vs HBM, collective bytes, step-time bound, best MFU, compile time) and the command that
+reproduces it.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def run_case(name: str) -> dict[str, Any]:
   from vit_jax.planning import dry_run  # pylint: disable=g-import-not-at-top
   preset, slice_name, overrides = CASES[name]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = base.load_config_file(os.path.join(root, "configs", "pretrain_i1k.py")).get_config(preset)
+  config_file = base.load_config_file(os.path.join(root, "configs", "pretrain_i1k.py"))
+  config = config_file.get_config(preset)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.update_from_flattened_dict(overrides)

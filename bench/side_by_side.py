@@ -64,7 +64,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--attention_impl", default=None,
                  help="ours: None (library choice) | xla | einsum | einsum_vjp | cudnn")
   p.add_argument("--batch_chunks", type=int, default=None,
-                 help="ours: model sub-batches (default: the library's choice; 1 = off; an upper bound)")
+                 help="ours: model sub-batches (default: the library's choice; 1 = off; an "
+                      "upper bound)")
   p.add_argument("--no_library_defaults", action="store_true",
                  help="do not apply vit_jax.runtime_defaults start-up defaults (to measure them)")
   p.add_argument("--mode", default="both", choices=["both", "train", "inference"])
@@ -260,7 +261,8 @@ def run(args: argparse.Namespace) -> dict:
   res["ratio_per_window"], res["ratio_best_over_best"] = {}, {}
   for mode in ("train", "inference"):
     if f"ours {mode}" in res["img_per_s"]:
-      ours_w, timm_w = res["img_per_s_windows"][f"ours {mode}"], res["img_per_s_windows"][f"timm {mode}"]
+      ours_w = res["img_per_s_windows"][f"ours {mode}"]
+      timm_w = res["img_per_s_windows"][f"timm {mode}"]
       res["ratio_ours_over_timm"][mode] = (res["img_per_s"][f"ours {mode}"]
                                            / res["img_per_s"][f"timm {mode}"])
       # Adjacent windows see the same load: their ratio is robust to load that drifts.
@@ -288,7 +290,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"  {name:15s} {v:8.1f} img/s  (windows "
           + "/".join(f"{w:.1f}" for w in res["img_per_s_windows"][name])
           + f"; per step: user {res['per_step_user_s'][name]:.2f} s, system "
-          f"{res['per_step_system_s'][name]:.2f} s, {res['per_step_page_faults'][name]:.0f} page faults)"
+          f"{res['per_step_system_s'][name]:.2f} s, "
+          f"{res['per_step_page_faults'][name]:.0f} page faults)"
           + ("; warm-up rounds, not counted: "
              + "/".join(f"{w:.1f}" for w in res["warmup_img_per_s"][name]) if args.warmup_rounds
              else ""))

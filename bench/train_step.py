@@ -8,8 +8,8 @@ r"""Train-step (and inference) benchmark: img/s, ms/step, MFU, compile time, mem
 
 Model flags: --model, --batch, --resolution, --num_classes, --dtype (compute; params stay
 float32), --attention_impl (default: the library's per-platform choice), --remat,
---scan_layers, --batch_chunks (model sub-batches, an upper bound; default: the library's per-platform
-choice, 1 = off), --optimizer (sgd: SGD momentum 0.9 | adamw).
+--scan_layers, --batch_chunks (model sub-batches, an upper bound; default: the library's
+per-platform choice, 1 = off), --optimizer (sgd: SGD momentum 0.9 | adamw).
 
 The step is forward + softmax cross-entropy + backward + optimizer update (optax),
 parameters and optimizer state donated; inference is `model.apply(train=False)`. Synthetic
@@ -72,7 +72,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                  help="peak FLOP/s of one device for MFU (default: datasheet table; none on CPU)")
   p.add_argument("--matmul_ceiling", action="store_true",
                  help="also measure the best matmul FLOP/s on this device (compute dtype)")
-  p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for this run (set before jax starts)")
+  p.add_argument("--xla_flags", default="",
+                 help="extra XLA_FLAGS for this run (set before jax starts)")
   p.add_argument("--no_library_xla_flags", action="store_true",
                  help="do not apply vit_jax.runtime_defaults defaults (XLA flags, CPU synchronous "
                       "dispatch, host allocator) to measure what they buy")
@@ -81,7 +82,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def configure_xla(args: argparse.Namespace) -> None:
-  """Applies the library's XLA flag defaults (unless disabled) and `--xla_flags`; before jax starts."""
+  """Applies the library's XLA flag defaults (unless disabled) and `--xla_flags`, before jax
+  starts."""
   if args.no_library_xla_flags:  # Before vit_jax is imported: its import applies them.
     os.environ["VIT_JAX_NO_XLA_DEFAULTS"] = "1"
   if args.xla_flags:
@@ -295,7 +297,8 @@ def run(args: argparse.Namespace) -> dict:
       call, state = train_stepper(compiled, params, opt, images, labels)
       timing = time_windows(call, args.windows, args.steps)
       params = state["p"]
-    out["results"].append(summarise("train", compiled, lo, co, timing, args, formula, peak, ceiling))
+    out["results"].append(summarise("train", compiled, lo, co, timing, args, formula, peak,
+                                    ceiling))
   if args.mode in ("both", "inference"):
     fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     compiled, lo, co = compile_timed(fwd, params, images)

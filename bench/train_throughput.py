@@ -1,4 +1,4 @@
-r"""Config-level benchmark: the TRAINER's compiled step (train_step.compile_train_step) on any config.
+r"""Config-level benchmark: the TRAINER's compiled step (train_step.compile_train_step), any config.
 
   python bench/train_throughput.py --config=configs/vit.py:b16,cifar10 \
       --config.batch=256 --config.accum_steps=1 --config.model.dtype=bfloat16 --steps=10
@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/vit.py:b16,cifar10", "Experiment config.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/vit.py:b16,cifar10",
+                                          "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed window.")
 _WINDOWS = flags.DEFINE_integer("windows", 3, "Timed windows (the median is reported).")
 _JSON = flags.DEFINE_string("json", None, "Also write the result to this file.")
@@ -38,7 +39,7 @@ def main(_):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from vit_jax import sharding
-  from vit_jax.planning import compiled_stats, datasheets, flops  # pylint: disable=g-import-not-at-top
+  from vit_jax.planning import compiled_stats, datasheets  # pylint: disable=g-import-not-at-top
   from vit_jax.training import train_state, train_step
   runtime_defaults.apply_host_defaults()
   config = _CONFIG.value
@@ -51,8 +52,9 @@ def main(_):
   compile_s = time.perf_counter() - t0
   state = train_state.create_train_state(setup, 0)
   rng = np.random.RandomState(0)
+  labels = rng.randint(0, num_classes, config.batch)
   batch = {"image": rng.uniform(-1, 1, shapes["image"]).astype(np.float32),
-           "label": np.eye(num_classes, dtype=np.float32)[rng.randint(0, num_classes, config.batch)]}
+           "label": np.eye(num_classes, dtype=np.float32)[labels]}
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   for _ in range(2):
     state, m = compiled(state, batch)

@@ -1,4 +1,4 @@
-r"""Fine-tune with layer-wise lr decay, the BEiT / MAE recipe: `finetune_llrd.py:<model>[,<dataset>]`.
+r"""Fine-tune with layer-wise lr decay (BEiT / MAE recipe): `finetune_llrd.py:<model>[,<dataset>]`.
 
 For self-supervised (MAE, BEiT) or other pretrained ViTs: pass the weights with
 --config.pretrained_path=... (any location the loader reads). Models b16 (default), l16, h14;

@@ -6,7 +6,8 @@ AdamW (b1 0.9, b2 0.999), lr 1e-3, decoupled weight decay 0.03, warmup 10k steps
 2x15 + mixup 0.2), no dropout / stochastic depth (i21k is large enough). The last 102400
 images of imagenet21k's single split are held out for evaluation.
 
-  python -m vit_jax.main --workdir=gs://bucket/i21k-b16 --config=configs/pretrain_i21k.py:b16,medium1
+  python -m vit_jax.main --workdir=gs://bucket/i21k-b16 \
+      --config=configs/pretrain_i21k.py:b16,medium1
 
 Expected result: the AugReg paper's i21k 300-epoch B/16 (medium1) fine-tuned to ImageNet-1k
 at 384px reaches about 85.5% top-1 (fine-tune with configs/vit.py:b16,imagenet2012 and

@@ -129,7 +129,7 @@ def summary(root: pathlib.Path) -> list[str]:
     parts = path.relative_to(root / "vit_jax").parts
     key = parts[0] if len(parts) > 1 else "(top level)"
     lines[key] = lines.get(key, 0) + len(path.read_text(encoding="utf-8").splitlines())
-  lazy = sum(len(l) for _, l in graph.values())
+  lazy = sum(len(imports) for _, imports in graph.values())
   n, chain_ = depth(graph)
   out = [f"modules: {len(graph)}, top-level modules: {len(top_level)}",
          f"depth (longest import chain): {n}: {' -> '.join(chain_)}",

@@ -59,3 +59,32 @@ def trained_workdir(tmp_path_factory, data_dir):
   result = loop.train_and_evaluate(config, str(workdir))
   assert result["step"] == config.total_steps
   return workdir
+
+
+# Tests outside the `slow` files (tests/run/test_resume.py, test_long_runs.py, test_multihost.py,
+# tests/test_notebook.py) that are slow too: whole end-to-end runs, TPU compiles through libtpu,
+# several 8-device compiles, benchmarks in a subprocess (over ~5 s each on 2 cores). They keep
+# their place in the full suite; `bash scripts/test.sh --fast` leaves them out.
+SLOW_TESTS = {
+    "tests/planning/test_dry_run.py::test_main_topology_dry_run_and_its_errors",
+    "tests/planning/test_dry_run.py::test_plan_on_a_tiny_grid",
+    "tests/planning/test_dry_run.py::test_tpu_slice_report_matches_the_formula",
+    "tests/planning/test_dry_run.py::test_main_dry_run_prints_and_exits",
+    "tests/google_compat/test_google_api.py::test_google_readme_command_line",
+    "tests/google_compat/test_google_api.py::test_train_and_evaluate_with_a_google_config_leaves_checkpoint_1",
+    "tests/google_compat/test_google_api.py::test_colab_flow_on_mock_cifar10",
+    "tests/test_finetune_path.py::test_export_fine_tuned_at_twice_the_resolution",
+    "tests/training/test_distill.py::test_train_loop_distills_and_logs_the_teachers_flops_share",
+    "tests/training/test_train_step.py::test_meshes_match_single_device",
+    "tests/test_artifacts.py::test_restore_bench_runs_on_a_tiny_model",
+    "tests/test_bench.py::test_scaling_table_row",
+    "tests/test_bench.py::test_train_step_times_train_and_inference",
+    "tests/test_bench.py::test_checkpoint_bench",
+}
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Marks the tests of SLOW_TESTS `slow` (parametrised cases by their function)."""
+  for item in items:
+    if item.nodeid.split("[")[0] in SLOW_TESTS:
+      item.add_marker(pytest.mark.slow)

@@ -52,8 +52,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: int, padding: str) -> np.ndarra
   """NHWC x HWIO convolution by explicit patch extraction (im2col)."""
   kh, kw = w.shape[:2]
   if padding == "SAME":
-    (t, b), (l, r) = same_pads(x.shape[1], kh, stride), same_pads(x.shape[2], kw, stride)
-    x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    (t, b), (left, r) = same_pads(x.shape[1], kh, stride), same_pads(x.shape[2], kw, stride)
+    x = np.pad(x, ((0, 0), (t, b), (left, r), (0, 0)))
   n, h, wd, c = x.shape
   oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
   cols = np.empty((n, oh, ow, kh, kw, c), x.dtype)
@@ -64,8 +64,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: int, padding: str) -> np.ndarra
 
 
 def max_pool_same(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndarray:
-  (t, b), (l, r) = same_pads(x.shape[1], k, s), same_pads(x.shape[2], k, s)
-  x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=-np.inf)
+  (t, b), (left, r) = same_pads(x.shape[1], k, s), same_pads(x.shape[2], k, s)
+  x = np.pad(x, ((0, 0), (t, b), (left, r), (0, 0)), constant_values=-np.inf)
   n, h, w, c = x.shape
   oh, ow = (h - k) // s + 1, (w - k) // s + 1
   out = np.empty((n, oh, ow, c))

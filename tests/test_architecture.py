@@ -255,3 +255,14 @@ def test_importing_the_data_layer_does_not_import_tensorflow(modules):
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_listed_slow_test_exists():
+  """conftest.SLOW_TESTS names test functions that exist (a renamed test would silently join
+  the fast tier otherwise)."""
+  import conftest  # pylint: disable=g-import-not-at-top
+  for node in conftest.SLOW_TESTS:
+    path, name = node.split("::")
+    tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert name in names, f"conftest.SLOW_TESTS: {node} does not exist"

@@ -139,8 +139,9 @@ def test_resolve_a_workdir(tmp_path):
   ema = artifacts.resolve(workdir=workdir, step=2, which="ema")
   assert ema.step == 2 and ema.which == "ema"
   jax.tree.map(np.testing.assert_array_equal, ema.params, saved.ema_params)
-  logits = weights.model.apply({"params": weights.params}, np.zeros((1, 8, 8, 3), np.float32),
-                               train=False)
+  logits = jax.eval_shape(  # Traced, not run op by op: the params fit the model, logits (1, 10).
+      lambda p: weights.model.apply({"params": p}, np.zeros((1, 8, 8, 3), np.float32),
+                                    train=False), weights.params)
   assert logits.shape == (1, 10)
   with pytest.raises(exits.UserError, match=r"no checkpoint at step 5 .* \[2, 3\]"):
     artifacts.resolve(workdir=workdir, step=5)
@@ -195,12 +196,16 @@ def test_evaluate_takes_top_k_and_the_deprecated_topk():
 
 # --- every CLI reads its weights through artifacts.resolve ----------------------------------
 
+def _jit_init(model, seed, x):
+  """model.init's params compiled once (eager dispatch compiles every primitive on its own)."""
+  return jax.jit(lambda x: model.init(jax.random.PRNGKey(seed), x, train=False))(x)["params"]
+
+
 def _tiny_weights():
   model = registry.create_model("testing", 5, hidden_size=16, patches={"size": (4, 4)},
                                 transformer=dict(num_layers=1, num_heads=2, mlp_dim=32,
                                                  dropout_rate=0.0, attention_dropout_rate=0.0))
-  params = meta.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32),
-                                 train=False)["params"])
+  params = meta.unbox(_jit_init(model, 0, np.zeros((1, 16, 16, 3), np.float32)))
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.3, x.shape).astype(np.float32),
                         params)
@@ -266,9 +271,13 @@ def test_evaluate_resolves_through_artifacts(fake_resolve, tmp_path, capsys):
 def test_export_and_resolve_read_a_workdir_through_read_params(tmp_path, monkeypatch):
   config = _config(tmp_path)
   model = npz.model_from_architecture(npz.architecture(config))
-  params = meta.unbox(model.init(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 3), np.float32),
-                                 train=False)["params"])
-  params = jax.tree.map(np.asarray, params)
+  # The model's names and shapes, random values (nothing to compile; every leaf nonzero, so the
+  # round trip below is checked on every value).
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(3),
+                                             np.zeros((1, 8, 8, 3), np.float32), train=False))
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype),
+                        meta.unbox(shapes["params"]))
   calls = []
 
   def read_params(workdir, step=None, which="raw"):

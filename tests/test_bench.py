@@ -94,7 +94,8 @@ def test_run_suite_cases_and_case_runner(tmp_path):
 
 def test_side_by_side_flags_and_model_names():
   args = side_by_side.parse_args(["--batch", "2"])
-  assert args.model == "ViT-Ti_16" and side_by_side.TIMM_MODELS[args.model] == "vit_tiny_patch16_224"
+  assert args.model == "ViT-Ti_16"
+  assert side_by_side.TIMM_MODELS[args.model] == "vit_tiny_patch16_224"
   assert side_by_side.cores() >= 1
 
 

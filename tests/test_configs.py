@@ -62,13 +62,15 @@ def test_pretrain_augreg_recipe(name, wd):
 def test_deit_preset_is_the_published_recipe():
   c = load_config_file("deit", "s16")
   assert c.model_name == "ViT-S_16" and c.dataset == "imagenet2012" and c.num_classes == 1000
-  assert (c.optimizer, c.b1, c.b2, c.weight_decay, c.grad_norm_clip) == ("adamw", 0.9, 0.999, 0.05, 0.0)
+  assert (c.optimizer, c.b1, c.b2, c.weight_decay, c.grad_norm_clip) == (
+      "adamw", 0.9, 0.999, 0.05, 0.0)
   assert c.batch == 1024 and c.base_lr == pytest.approx(5e-4 * 1024 / 512)
   assert c.total_epochs == 300 and c.warmup_steps == 5 * (1_281_167 // 1024)
   assert (c.decay_type, c.end_lr) == ("cosine", 1e-5)
   pp = c.pp
   assert (pp.randaugment_layers, pp.randaugment_magnitude) == (2, 9)
-  assert (pp.mixup_alpha, pp.cutmix_alpha, pp.mixup_switch_prob, pp.mixup_prob) == (0.8, 1.0, 0.5, 1.0)
+  assert (pp.mixup_alpha, pp.cutmix_alpha, pp.mixup_switch_prob, pp.mixup_prob) == (
+      0.8, 1.0, 0.5, 1.0)
   assert (pp.random_erase_prob, pp.label_smoothing, pp.train) == (0.25, 0.1, "inception_crop")
   assert (pp.eval, pp.crop_pct, pp.crop) == ("resize_small", 0.875, 224)
   assert c.input.repeated_aug == 3 and c.model.stochastic_depth == 0.1
@@ -95,7 +97,8 @@ def test_finetune_llrd_preset_is_maes_recipe(arg, decay, lr, epochs, drop_path):
 
 
 def test_augreg_and_quickstart():
-  c = load_config_file("augreg", "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0,cifar100")
+  c = load_config_file("augreg",
+                       "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0,cifar100")
   assert c.model_name == "ViT-S_16" and c.dataset == "cifar100"
   assert c.model_or_filename.startswith("S_16-i21k")
   q = load_config_file("quickstart")
@@ -199,7 +202,8 @@ def _every_preset():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   presets = [("vit", f"{m},{d}") for m in module.MODELS for d in module.DATASETS]
-  presets += [("augreg", ""), ("augreg", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0,digits")]
+  presets += [("augreg", ""),
+              ("augreg", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0,digits")]
   presets += [(name, m) for name in ("pretrain_i1k", "pretrain_i21k") for m in ("ti16", "b16")]
   presets += [("quickstart", ""), ("finetune_quickstart", "")]
   presets += [("deit", m) for m in ("ti16", "s16", "b16,cifar100")]

@@ -45,8 +45,8 @@ def tiny(tmp_path_factory):
   """(checkpoint path, in-memory params, image paths) for a 1000-class 'testing' ViT."""
   root = tmp_path_factory.mktemp("inference")
   model = registry.create_model("testing", 1000)
-  params = meta.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, RES, RES, 3), np.float32),
-                                 train=False)["params"])
+  init = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))  # one compile
+  params = meta.unbox(init(np.zeros((1, RES, RES, 3), np.float32))["params"])
   params = jax.tree.map(np.asarray, params)
   rng = np.random.default_rng(1)
   params["head"] = {"kernel": rng.normal(0, 1.0, (10, 1000)).astype(np.float32),
@@ -108,7 +108,7 @@ def test_cli_as_module_subprocess(tiny):
                         cwd=os.path.join(os.path.dirname(__file__), ".."))
   assert proc.returncode == 0, proc.stderr
   rows = _parse(proc.stdout)[images[0]]
-  assert len(rows) == 3 and all(LINE.match(f"  {p:.5f}  {l}  [{i}]") for p, l, i in rows)
+  assert len(rows) == 3 and all(LINE.match(f"  {p:.5f}  {label}  [{i}]") for p, label, i in rows)
 
 
 def test_cli_other_resolution_goes_through_load_pretrained(tiny, capsys):
@@ -178,7 +178,8 @@ def test_format_top_k_orders_by_probability():
 
 
 def test_augreg_file_names_become_hub_uris(tmp_path):
-  name = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224"
+  name = ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-"
+          "lr_0.03-res_224")
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   uris = checkpoint.candidate_locations(name)
   assert uris == ("hf://timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",

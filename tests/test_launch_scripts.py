@@ -221,7 +221,8 @@ def test_local_launches_processes_with_their_flags(tmp_path, fake_modules):
     assert result.returncode == 0, result.stdout + result.stderr
     records = [json.loads((out / f"proc_{i}.json").read_text()) for i in range(3)]
     coordinators = {r["argv"][2] for r in records}
-    assert len(coordinators) == 1 and coordinators.pop().startswith("--coordinator_address=127.0.0.1:")
+    assert len(coordinators) == 1
+    assert coordinators.pop().startswith("--coordinator_address=127.0.0.1:")
     for index, record in enumerate(records):
         assert record["argv"][:2] == ["--config=c", f"--workdir={workdir}"]
         assert record["argv"][3:] == ["--num_processes=3", f"--process_id={index}"]
@@ -319,9 +320,11 @@ def test_tpu_dry_run_git_clone_without_create_or_install():
     cloned = _run(base + ["--repo=https://example.com/vit_jax.git", "--install_only"])
     assert cloned.returncode == 0, cloned.stderr
     assert "create" not in cloned.stdout and "vit_jax.main" not in cloned.stdout
-    assert "git clone --depth 1 --branch main https://example.com/vit_jax.git vit_jax" in cloned.stdout
+    clone = "git clone --depth 1 --branch main https://example.com/vit_jax.git vit_jax"
+    assert clone in cloned.stdout
     run_only = _run(base + ["--skip_install", "--", "--config=c"])
-    assert run_only.stdout.count("\n") == 1 and "python -m vit_jax.main --config=c" in run_only.stdout
+    assert run_only.stdout.count("\n") == 1
+    assert "python -m vit_jax.main --config=c" in run_only.stdout
 
 
 def test_tpu_requires_name_and_flags():
@@ -433,8 +436,8 @@ def test_slurm_xla_flags_are_known_to_xla():
     """A flag XLA does not know aborts every process at start-up, so parse them here."""
     result = _slurm("--dry-run", "--config=c")
     flags = re.search(r"^export XLA_FLAGS=(.*)$", result.stdout, re.M).group(1).strip("'")
-    check = _run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
-                 XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    code = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
+    check = _run([sys.executable, "-c", code], XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     assert check.returncode == 0, check.stderr[-2000:]
 
 
@@ -444,7 +447,8 @@ def test_gke_jobset_structure():
     # 75 / 76 (exits.RETRYABLE) restart the JobSet; every other failure fails it at once.
     policy = jobset["spec"]["failurePolicy"]
     assert policy["maxRestarts"] > 0
-    assert policy["rules"] == [{"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]
+    want = [{"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]
+    assert policy["rules"] == want
     [replicated] = jobset["spec"]["replicatedJobs"]
     job = replicated["template"]["spec"]
     hosts = job["parallelism"]

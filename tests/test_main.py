@@ -51,7 +51,8 @@ def test_unreachable_coordinator_times_out_with_clear_message(tmp_path):
                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=1",
                    "--distributed_init_timeout=3", timeout=90)
   assert proc.returncode != 0
-  assert "Multi-host start-up failed" in proc.stderr and "reachable" in proc.stderr, proc.stderr[-2000:]
+  assert "Multi-host start-up failed" in proc.stderr, proc.stderr[-2000:]
+  assert "reachable" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_summary_line_reports_accuracy_and_workdir():

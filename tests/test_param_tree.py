@@ -11,7 +11,8 @@ from vit_jax import models, param_tree
 
 def _shapes(model, resolution):
   x = jnp.zeros((1, resolution, resolution, 3))
-  return meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  return meta.unbox(shapes["params"])
 
 
 @pytest.mark.parametrize("classifier,resolution", [("token", 16), ("gap", 24)])

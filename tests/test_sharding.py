@@ -50,8 +50,8 @@ class _Tiny(nn.Module):
   def __call__(self, x):
     k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")),
                    (x.shape[-1], 16))
-    head = self.param("head", nn.with_logical_partitioning(nn.initializers.ones, ("embed", "classes")),
-                      (16, 10))
+    ones = nn.initializers.ones
+    head = self.param("head", nn.with_logical_partitioning(ones, ("embed", "classes")), (16, 10))
     return x @ k @ head
 
 

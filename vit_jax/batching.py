@@ -23,8 +23,8 @@ def check_accum_steps(global_batch: int, accum_steps: int, num_shards: int) -> N
     raise ValueError(f"batch={global_batch} is not divisible by accum_steps={accum_steps}.")
   micro = global_batch // accum_steps
   if micro % num_shards:
-    raise ValueError(f"micro-batch {micro} (batch {global_batch} / accum_steps {accum_steps}) must be "
-                     f"divisible by the {num_shards} batch shards (mesh data x fsdp).")
+    raise ValueError(f"micro-batch {micro} (batch {global_batch} / accum_steps {accum_steps}) "
+                     f"must be divisible by the {num_shards} batch shards (mesh data x fsdp).")
 
 
 def check_batches(config, process_count: int, num_shards: int) -> None:

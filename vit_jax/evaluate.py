@@ -85,8 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         require_head=not args.no_classification)
     summary = offline.evaluate(weights, args)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
-    status = exits.report(e, verbose=args.verbose)
-    return exits.BAD_INPUT if isinstance(e, OSError) and status == exits.ERROR else status
+    return exits.report_input_error(e, verbose=args.verbose)
   print("\n".join(table(summary)))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:

@@ -61,7 +61,8 @@ def status_for(error: BaseException) -> int:
 def one_line(error: BaseException) -> str:
   """'error: <message>' on one line (newlines of multi-line messages joined with ' | ')."""
   if is_disk_full(error) and "disk full" not in str(error).lower():
-    message = f"disk full ({error}); free space and rerun — earlier checkpoints and files are intact"
+    message = (f"disk full ({error}); free space and rerun — earlier checkpoints and files are "
+               "intact")
   else:
     message = str(error) or type(error).__name__
   parts = [p.strip() for p in message.splitlines() if p.strip()]
@@ -81,3 +82,10 @@ def report(error: BaseException, *, log: Optional[Callable[[str], None]] = None,
   stream.write(one_line(error) + "\n")
   stream.flush()
   return status_for(error)
+
+
+def report_input_error(error: BaseException, *, verbose: bool = False) -> int:
+  """`report` for the command lines that read weights and images: a file or checkpoint that
+  cannot be read or fetched (an OSError) is bad input (2) there, not an internal error."""
+  status = report(error, verbose=verbose)
+  return BAD_INPUT if isinstance(error, OSError) and status == ERROR else status

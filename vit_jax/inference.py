@@ -67,9 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.output:
       predict.write_predictions(args.output, rows)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
-    status = exits.report(e, verbose=args.verbose)
-    # A checkpoint that cannot be fetched (FetchError and other OSErrors) is bad input here.
-    return exits.BAD_INPUT if isinstance(e, OSError) and status == exits.ERROR else status
+    return exits.report_input_error(e, verbose=args.verbose)
   if args.output:
     print(f"Wrote the top-{k} classes of {len(rows)} images to {args.output}.")
   else:

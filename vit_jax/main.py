@@ -32,7 +32,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:preset], e.g. configs/vit.py:b16,cifar10.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and config.json go here.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Checkpoints, TensorBoard logs and config.json go here.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step, print memory/FLOPs, exit.")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "With --dry_run: compile for this TPU slice instead of the local devices "
@@ -45,7 +46,8 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
     "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS).")
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+    "num_processes",
+    int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
     "Total number of processes (env JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
@@ -81,8 +83,8 @@ def initialize_distributed() -> None:
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
     raise app.UsageError("--coordinator_address needs --num_processes and --process_id (or env "
                          "JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
-  where = (f"coordinator {_COORDINATOR.value}, process {_PROCESS_ID.value} of {_NUM_PROCESSES.value}"
-           if explicit else f"auto-detected {cluster or 'cluster'}")
+  where = (f"coordinator {_COORDINATOR.value}, process {_PROCESS_ID.value} of "
+           f"{_NUM_PROCESSES.value}" if explicit else f"auto-detected {cluster or 'cluster'}")
   logging.info("jax.distributed.initialize (%s)", where)
   timeout = _INIT_TIMEOUT.value
   message = (f"Multi-host start-up failed ({where}): not all processes joined within {timeout}s. "

@@ -1,4 +1,5 @@
-"""Facts read off a parameter tree in the official naming (docs/architecture.md, "Checkpoint naming").
+"""Facts read off a parameter tree in the official naming (docs/architecture.md, "Checkpoint
+naming").
 
 One home for the rules that several layers need: how many attention heads a tree (or a model
 / Hugging Face config) has, and how many patch tokens its weights were made for (ViT position
@@ -71,7 +72,8 @@ def mixer_tokens(tree: Mapping[str, Any]) -> Optional[int]:
 
 
 def patch_tokens(tree: Mapping[str, Any]) -> Optional[int]:
-  """Patch tokens (class token excluded) a ViT or Mixer tree was made for; None if it cannot tell."""
+  """Patch tokens (class token excluded) a ViT or Mixer tree was made for; None if it cannot
+  tell."""
   flat = flat_view(tree)
   posemb = flat.get(POSEMB)
   if posemb is not None:

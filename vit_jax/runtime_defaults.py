@@ -13,12 +13,12 @@ Owns:
     training (measurements and commands in docs/performance.md). Flags of every platform are
     put in XLA_FLAGS (XLA parses all of them and each backend reads its own).
   * `apply_defaults()` — call before JAX initialises its backends (`apply_at_first_use`,
-    main.py and the bench/ scripts call it first thing). It appends the default flags missing from XLA_FLAGS (the
-    user's value of a flag always wins) and turns off JAX's asynchronous dispatch on CPU
-    (`jax_cpu_enable_async_dispatch=False`; environment JAX_CPU_ENABLE_ASYNC_DISPATCH=true
-    keeps it on; it only affects single-device CPU computations): a computation
-    then runs on the calling thread, whose memory comes from glibc's main arena, which
-    `tune_host_allocator` can keep mapped (see there).
+    main.py and the bench/ scripts call it first thing). It appends the default flags missing
+    from XLA_FLAGS (the user's value of a flag always wins) and turns off JAX's asynchronous
+    dispatch on CPU (`jax_cpu_enable_async_dispatch=False`; environment
+    JAX_CPU_ENABLE_ASYNC_DISPATCH=true keeps it on; it only affects single-device CPU
+    computations): a computation then runs on the calling thread, whose memory comes from
+    glibc's main arena, which `tune_host_allocator` can keep mapped (see there).
   * `apply_host_defaults()` — call once the backend is known (any time before the first
     train step runs): on the CPU backend it calls `tune_host_allocator()`.
   * `tune_host_allocator()` — glibc only: mallopt(M_MMAP_MAX=0) and M_TRIM_THRESHOLD=max, so

@@ -1,7 +1,9 @@
-"""Device mesh and shardings: the mesh from `config.mesh`, logical-axis rules, param/batch shardings.
+"""Device mesh and shardings: the mesh from `config.mesh`, logical-axis rules, param/batch
+shardings.
 
-Owns the sharding contract (docs/architecture.md, "Sharding rules": declared, not hand-placed). The model annotates its
-parameters with logical axis names ('embed', 'mlp', 'heads', ...); the config maps
+Owns the sharding contract (docs/architecture.md, "Sharding rules": declared, not
+hand-placed). The model annotates its parameters with logical axis names ('embed', 'mlp',
+'heads', ...); the config maps
 them to the mesh axes 'data' (pure data parallel), 'fsdp' (batch and parameters
 sharded) and 'model' (tensor parallel). Batches are sharded over ('data', 'fsdp').
 
@@ -51,12 +53,13 @@ def resolve_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if free:
     if fixed <= 0 or num_devices % fixed:
-      raise ValueError(f"config.mesh {list(mesh_config)!r}: {num_devices} devices are not divisible by "
-                       f"the fixed axis sizes (product {fixed}).")
+      raise ValueError(f"config.mesh {list(mesh_config)!r}: {num_devices} devices are not "
+                       f"divisible by the fixed axis sizes (product {fixed}).")
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"config.mesh {list(mesh_config)!r} has {math.prod(sizes.values())} devices but "
-                     f"{num_devices} are available; use -1 for one axis to take the rest.")
+    raise ValueError(f"config.mesh {list(mesh_config)!r} has {math.prod(sizes.values())} "
+                     f"devices but {num_devices} are available; use -1 for one axis to take the "
+                     "rest.")
   return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
@@ -78,8 +81,8 @@ def make_mesh(mesh_config: Sequence[Sequence[Any]],
     per_granule = len(devices) // num_granules
     what = "TPU slice" if tpu else "host"
     if shape["model"] > per_granule or per_granule % shape["model"]:
-      raise ValueError(f"mesh axis 'model'={shape['model']} must divide the {per_granule} devices of "
-                       f"one {what} (tensor parallelism stays within a {what}).")
+      raise ValueError(f"mesh axis 'model'={shape['model']} must divide the {per_granule} "
+                       f"devices of one {what} (tensor parallelism stays within a {what}).")
     dcn = _split_over_hosts(shape, num_granules)
     ici = tuple(d // h for d, h in zip(dims, dcn))
     try:
@@ -145,7 +148,8 @@ def logical_axis_rules(config) -> list[tuple[str, Any]]:
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Drops mesh axes that do not divide a dimension (e.g. 10 classes over 4 devices) → replicated."""
+  """Drops mesh axes that do not divide a dimension (e.g. 10 classes over 4 devices): those
+  dimensions are replicated."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -154,12 +158,15 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*fitted)
 
 
-def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-  """NamedShardings for an (abstract, nn.Partitioned-boxed) param tree; unannotated leaves replicate."""
+def param_shardings(abstract_boxed_params: Any, mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]]) -> Any:
+  """NamedShardings for an (abstract, nn.Partitioned-boxed) param tree; unannotated leaves
+  replicate."""
   logical = nn.get_partition_spec(abstract_boxed_params)
   shapes = nn.meta.unbox(abstract_boxed_params)
   return jax.tree.map(
-      lambda spec, x: NamedSharding(mesh, _fit_spec(logical_to_mesh_spec(spec, rules), x.shape, mesh)),
+      lambda spec, x: NamedSharding(
+          mesh, _fit_spec(logical_to_mesh_spec(spec, rules), x.shape, mesh)),
       logical, shapes, is_leaf=lambda s: isinstance(s, P))
 
 

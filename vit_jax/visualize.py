@@ -55,8 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = analysis.write_outputs(args.out, figures, images[0], patch_px, len(images))
     analysis.write_summary(args.out, figures, args.images, weights.resolution, patch_px, paths)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
-    status = exits.report(e, verbose=args.verbose)
-    return exits.BAD_INPUT if isinstance(e, OSError) and status == exits.ERROR else status
+    return exits.report_input_error(e, verbose=args.verbose)
   d = figures["distances"]
   print(f"Wrote {len(paths) + 1} files to {args.out}: mean attention distance "
         f"{d[0].mean():.1f} px in layer 0, {d[-1].mean():.1f} px in layer {d.shape[0] - 1}.")

@@ -34,41 +34,49 @@ BUCKET_DIR = "gs://vit_models/augreg"
 _TIMM_COPIES = {
     "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_{r}":
         "vit_base_patch16_{r}.augreg_in1k",
-    "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0": "vit_base_patch16_224.augreg_in21k",
+    "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0":
+        "vit_base_patch16_224.augreg_in21k",
     "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_{r}":
         "vit_base_patch16_{r}.augreg_in21k_ft_in1k",
     "B_32-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_{r}":
         "vit_base_patch32_{r}.augreg_in1k",
     "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384":
         "vit_base_patch32_384.augreg_in21k_ft_in1k",
-    "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0": "vit_base_patch32_224.augreg_in21k",
+    "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0":
+        "vit_base_patch32_224.augreg_in21k",
     "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224":
         "vit_base_patch32_224.augreg_in21k_ft_in1k",
     "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0": "vit_base_patch8_224.augreg_in21k",
     "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224":
         "vit_base_patch8_224.augreg_in21k_ft_in1k",
-    "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1": "vit_large_patch16_224.augreg_in21k",
+    "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1":
+        "vit_large_patch16_224.augreg_in21k",
     "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_{r}":
         "vit_large_patch16_{r}.augreg_in21k_ft_in1k",
     "R26_S_32-i21k-300ep-lr_0.001-aug_light0-wd_0.03-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.03-res_224":
         "vit_small_r26_s32_224.augreg_in21k_ft_in1k",
-    "R26_S_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.03-do_0.0-sd_0.0": "vit_small_r26_s32_224.augreg_in21k",
+    "R26_S_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.03-do_0.0-sd_0.0":
+        "vit_small_r26_s32_224.augreg_in21k",
     "R26_S_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384":
         "vit_small_r26_s32_384.augreg_in21k_ft_in1k",
     "R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224":
         "vit_large_r50_s32_224.augreg_in21k_ft_in1k",
-    "R50_L_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0": "vit_large_r50_s32_224.augreg_in21k",
+    "R50_L_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0":
+        "vit_large_r50_s32_224.augreg_in21k",
     "R50_L_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384":
         "vit_large_r50_s32_384.augreg_in21k_ft_in1k",
-    "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0": "vit_tiny_r_s16_p8_224.augreg_in21k",
+    "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0":
+        "vit_tiny_r_s16_p8_224.augreg_in21k",
     "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_{r}":
         "vit_tiny_r_s16_p8_{r}.augreg_in21k_ft_in1k",
     "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_{r}":
         "vit_small_patch16_{r}.augreg_in1k",
-    "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0": "vit_small_patch16_224.augreg_in21k",
+    "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0":
+        "vit_small_patch16_224.augreg_in21k",
     "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_{r}":
         "vit_small_patch16_{r}.augreg_in21k_ft_in1k",
-    "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0": "vit_small_patch32_224.augreg_in21k",
+    "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0":
+        "vit_small_patch32_224.augreg_in21k",
     "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_{r}":
         "vit_small_patch32_{r}.augreg_in21k_ft_in1k",
     "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0": "vit_tiny_patch16_224.augreg_in21k",
@@ -229,7 +237,8 @@ def resolve(model_name_or_filename: str, *, index_path: str = INDEX_URI, dataset
 
 
 def _without_index(name: str, prefix: str, dataset: str, adapt_ds: Optional[str],
-                   resolution: Optional[int], index_path: str, error: Exception) -> AugRegCheckpoint:
+                   resolution: Optional[int], index_path: str,
+                   error: Exception) -> AugRegCheckpoint:
   """The index cannot be read (offline, bucket closed): the checkpoint timm publishes for this
   model (the paper's recommended run), with a printed note; else an error naming the hf://
   copies that are known."""
@@ -253,7 +262,8 @@ def _without_index(name: str, prefix: str, dataset: str, adapt_ds: Optional[str]
     return ckpt
   known = sorted({f"hf://timm/{repo.replace('{r}', '224')}" for key, repo in _TIMM_COPIES.items()
                   if normalize_model_name(key.split("-", 1)[0]) == prefix})
-  what = f"{name!r} pre-trained on {dataset!r}" + (f", fine-tuned on {adapt_ds!r}" if adapt_ds else "")
+  what = f"{name!r} pre-trained on {dataset!r}"
+  what += f", fine-tuned on {adapt_ds!r}" if adapt_ds else ""
   alternatives = (f"Hugging Face copies of this model: {', '.join(known)}" if known else
                   "no Hugging Face copy of this model is known; pass a local .npz or another URI")
   raise sources.FetchError(f"the AugReg index {index_path} cannot be read ({str(error)[:160]}), "

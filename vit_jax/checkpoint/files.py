@@ -79,8 +79,8 @@ def read_flat(path: str) -> dict[str, np.ndarray]:
   what = (f" (its {os.path.splitext(path)[1]} extension is usual for PyTorch pickles, but its "
           "bytes are not one)" if path.endswith(_PICKLE_SUFFIXES) else "")
   raise CheckpointFormatError(
-      f"{path!r} is neither an .npz archive nor a .safetensors file{what}; pass a ViT/Mixer checkpoint "
-      "(.npz as in gs://vit_models, or model.safetensors from the Hugging Face Hub).")
+      f"{path!r} is neither an .npz archive nor a .safetensors file{what}; pass a ViT/Mixer "
+      "checkpoint (.npz as in gs://vit_models, or model.safetensors from the Hugging Face Hub).")
 
 
 def _is_torch_zip(path: str) -> bool:
@@ -186,7 +186,8 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     if isinstance(e, OSError) and exits.is_disk_full(e):
-      raise OSError(e.errno or errno.ENOSPC, f"disk full while saving {path!r}; nothing was written there (any "
+      raise OSError(e.errno or errno.ENOSPC,
+                    f"disk full while saving {path!r}; nothing was written there (any "
                     "previous file is intact). Free space or save elsewhere.") from e
     raise
 

@@ -54,7 +54,8 @@ _HF_ALTERNATIVES = (
     "hf://timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, "
     "hf://timm/vit_base_patch16_224.augreg_in21k (timm layout) or "
     "hf://google/vit-base-patch16-224 (transformers layout); "
-    "vit_jax.checkpoint.augreg.resolve(...) gives the hf:// copy of an AugReg file when one is known.")
+    "vit_jax.checkpoint.augreg.resolve(...) gives the hf:// copy of an AugReg file when one is "
+    "known.")
 
 
 class FetchError(OSError):

@@ -51,11 +51,12 @@ def defaults() -> ml_collections.ConfigDict:
       flip=True, randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
       label_smoothing=0.0))
   # pp.train / pp.eval may also be big_vision pp strings ('decode|resize_small(256)|
-  # central_crop(224)|value_range(-1, 1)'; ops and registering your own: datasets/preprocess.py).
+  # central_crop(224)|value_range(-1, 1)'; the ops: datasets/pp_ops.py, registering your own:
+  # datasets/pp_registry.py).
   # Modules (dotted names or .py files) imported first, e.g. ones that register pp ops (as
   # big_vision's pp_modules); data workers import them too.
   c.pp.modules = ()
-  # Batch mixing (timm's Mixup in batch mode; rows 2m and 2m+1 mixed, see preprocess.py):
+  # Batch mixing (timm's Mixup in batch mode; rows 2m and 2m+1 mixed, see mixing.py):
   # CutMix Beta(a, a) (0 = off); probability that a batch is mixed at all; with mixup_alpha
   # and cutmix_alpha both > 0, probability that a batch uses CutMix instead of mixup.
   c.pp.cutmix_alpha = 0.0

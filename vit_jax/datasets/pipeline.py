@@ -59,7 +59,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vit_jax.batching import local_batch_size
-from vit_jax.datasets import preprocess
+from vit_jax.datasets import image_ops, mixing, preprocess
 from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
@@ -134,7 +134,7 @@ class TrainElement:
       raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
     out = {"image": image, "label": np.int32(element[self.label_key])}
     if self.opts.random_erase_prob > 0:  # Drawn here (position-keyed), applied on floats later.
-      out["erase"] = preprocess.sample_erase_boxes(image.shape[0], image.shape[1], self.opts, rng)
+      out["erase"] = mixing.sample_erase_boxes(image.shape[0], image.shape[1], self.opts, rng)
       out["erase_seed"] = np.int64(rng.integers(0, 2**63 - 1))
     return out
 
@@ -146,7 +146,7 @@ class TrainBatch:
 
   Applied to a local batch with the RNG of its *global* batch index, so λ, the CutMix box and
   the mixup/CutMix choice are the same on every process; pairs are rows 2m and 2m+1 (see
-  preprocess.mix_batch). Erasing uses each row's own boxes and noise seed (drawn by
+  mixing.mix_batch). Erasing uses each row's own boxes and noise seed (drawn by
   TrainElement from the element's RNG), so it does not depend on the batch either.
   """
   opts: preprocess.PreprocessOptions
@@ -155,10 +155,10 @@ class TrainBatch:
   def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
     images = preprocess.train_values(batch["image"], self.opts)
     if "erase" in batch:
-      images = np.stack([preprocess.random_erase(im, boxes, seed, self.opts.random_erase_mode)
+      images = np.stack([mixing.random_erase(im, boxes, seed, self.opts.random_erase_mode)
                          for im, boxes, seed in zip(images, batch["erase"], batch["erase_seed"])])
-    labels = preprocess.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
-    images, labels = preprocess.mix_batch(images, labels, self.opts, rng)
+    labels = mixing.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
+    images, labels = mixing.mix_batch(images, labels, self.opts, rng)
     return {"image": images, "label": labels}
 
 
@@ -388,9 +388,9 @@ class EvalBatch:
 
   def __call__(self, batch: dict) -> dict:
     images = batch["image"]
-    out = {"image": (preprocess.to_float(images) if self.opts is None
+    out = {"image": (image_ops.to_float(images) if self.opts is None
                      else preprocess.eval_values(images, self.opts)),
-           "label": preprocess.one_hot(batch["label"], self.num_classes),
+           "label": mixing.one_hot(batch["label"], self.num_classes),
            "mask": batch["mask"].astype(np.float32), "index": batch["index"]}
     if "real" in batch:
       out["real"] = batch["real"].astype(np.float32)

@@ -3,7 +3,8 @@
 A pp string is a `|`-separated chain of ops, each `name` or `name(args)` whose arguments are
 Python literals (numbers, strings, tuples, lists, dicts, True / False / None), positional
 and keyword, as big_vision's `pp_train` / `pp_eval` lines; empty sections are skipped (as
-big_vision's builder). This module only parses; `preprocess.py` maps the op names to ops.
+big_vision's builder). This module only parses; `pp_pipeline.py` maps the op names to the
+registered ops (pp_registry.py).
 """
 from __future__ import annotations
 

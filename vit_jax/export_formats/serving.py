@@ -14,7 +14,7 @@ savedmodel DIR/: a TensorFlow SavedModel made with jax.experimental.jax2tf.conve
            signature 'serving_default': images -> {logits, probabilities}.
            --savedmodel_input=float: (b, R, R, 3) float32 in [-1, 1] (the models' own input);
            uint8: (b, R, R, 3) uint8 RGB in [0, 255], scaled inside the graph exactly as the
-           input pipeline does (preprocess.to_float). DIR/vit_jax.json as signature.json.
+           input pipeline does (image_ops.to_float). DIR/vit_jax.json as signature.json.
 Neither resizes: images come at the model's resolution, prepared as signature.json says.
 """
 from __future__ import annotations
@@ -63,8 +63,8 @@ def predict_fn(source: common.Source, input_kind: str = "float") -> Callable[[An
 
   def fn(params, images):
     if input_kind == "uint8":
-      from vit_jax.datasets import preprocess  # pylint: disable=g-import-not-at-top
-      images = preprocess.to_float(images)
+      from vit_jax.datasets import image_ops  # pylint: disable=g-import-not-at-top
+      images = image_ops.to_float(images)
     return model.apply({"params": params}, images.astype(jnp.float32), train=False)
   return fn
 

@@ -105,7 +105,8 @@ class PmapDataset:
     info = get_dataset_info(self.config.dataset, self.config.eval_split)
     lo, hi = pipeline.shard_range(info["num_examples"], jax.process_index(),
                                         jax.process_count())
-    local = batching.local_batch_size(int(self.config.batch_eval), jax.process_count(), "batch_eval")
+    local = batching.local_batch_size(int(self.config.batch_eval), jax.process_count(),
+                                      "batch_eval")
     return tf.constant((hi - lo) // local, tf.int64)
 
   def __repr__(self) -> str:
@@ -137,7 +138,8 @@ def get_datasets(config) -> tuple[PmapDataset, PmapDataset]:
                        f"{train_dir}/<class>/<image>.jpg and {test_dir}/<class>/<image>.jpg.")
     return (get_data_from_directory(config=config, directory=train_dir, mode="train"),
             get_data_from_directory(config=config, directory=test_dir, mode="test"))
-  return get_data_from_tfds(config=config, mode="train"), get_data_from_tfds(config=config, mode="test")
+  return (get_data_from_tfds(config=config, mode="train"),
+          get_data_from_tfds(config=config, mode="test"))
 
 
 def prefetch(dataset, n_prefetch: int) -> Iterator[Any]:

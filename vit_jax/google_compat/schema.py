@@ -71,8 +71,9 @@ DATASET_PRESETS = {
 def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` pointed at `dataset` with its DATASET_PRESETS entry."""
   if dataset not in DATASET_PRESETS:
-    raise ValueError(f"with_dataset: no preset for {dataset!r} (presets: {sorted(DATASET_PRESETS)}); "
-                     "set config.dataset, config.total_steps and config.pp yourself.")
+    raise ValueError(f"with_dataset: no preset for {dataset!r} (presets: "
+                     f"{sorted(DATASET_PRESETS)}); set config.dataset, config.total_steps and "
+                     "config.pp yourself.")
   out = ml_collections.ConfigDict(config.to_dict())
   out.dataset = dataset
   out.update(DATASET_PRESETS[dataset].to_dict())
@@ -193,7 +194,8 @@ def to_run_config(g) -> ml_collections.ConfigDict:
   c = base.defaults()
   _model_fields(c, _get(g, "model"))
   model_type = _get(g, "model_type", "ViT")
-  if model_type not in ("ViT", "Mixer") or (model_type == "Mixer") != registry.is_mixer(c.model_name):
+  if (model_type not in ("ViT", "Mixer")
+      or (model_type == "Mixer") != registry.is_mixer(c.model_name)):
     raise ValueError(f"config.model_type={model_type!r} does not match config.model "
                      f"({c.model_name}); use 'Mixer' for Mixer-* models and 'ViT' otherwise.")
   _data_fields(c, g)

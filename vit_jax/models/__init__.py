@@ -14,5 +14,6 @@ from vit_jax.models.registry import get_model
 from vit_jax.models.transformer import AddPositionEmbs, Encoder, Encoder1DBlock, MAPHead, MlpBlock
 from vit_jax.models.vit import CLASSIFIERS, VisionTransformer
 
-__all__ = ["get_model", "VisionTransformer", "MlpMixer", "AddPositionEmbs", "MlpBlock", "Encoder1DBlock",
-           "Encoder", "MAPHead", "MixerBlock", "MultiHeadDotProductAttention", "CLASSIFIERS"]
+__all__ = ["get_model", "VisionTransformer", "MlpMixer", "AddPositionEmbs", "MlpBlock",
+           "Encoder1DBlock", "Encoder", "MAPHead", "MixerBlock", "MultiHeadDotProductAttention",
+           "CLASSIFIERS"]

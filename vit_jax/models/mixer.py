@@ -7,7 +7,8 @@ and a zero-initialised `head`. Field names follow Google's vit_jax so
 `MlpMixer(num_classes=10, **MODEL_CONFIGS['Mixer-B_16'])` works. Extras: dtype
 (compute; params and logits float32), remat, approximate_gelu and
 `stochastic_depth` (ViT's field name), which drops each block's residual branches per
-example with a rate linear over depth (0 at the first block, `stochastic_depth` at the last), as ViT.
+example with a rate linear over depth (0 at the first block, `stochastic_depth` at the last),
+as ViT.
 """
 from __future__ import annotations
 

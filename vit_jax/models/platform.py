@@ -1,8 +1,9 @@
 """The models' platform policy: which formulation runs where (one home for it).
 
 Owns the target platform (`current_platform`, `compile_target` for compiling for devices
-this host does not have), the CPU test (`on_cpu`), the core count, the attention implementation choice
-(`ATTENTION_IMPLS`, `check_attention_impl`, `resolve_attention_impl`) and the batch-chunk
+this host does not have), the CPU test (`on_cpu`), the core count, the attention
+implementation choice (`ATTENTION_IMPLS`, `check_attention_impl`, `resolve_attention_impl`)
+and the batch-chunk
 scheduling of a CPU forward (`resolve_batch_chunks` and its measured constants). Kernels
 (attention.py, cpu_ops.py) and layers (transformer.py, vit.py) ask here and nowhere else.
 

@@ -245,7 +245,8 @@ def run_model_config(config) -> ml_collections.ConfigDict:
   """MODEL_CONFIGS[config.model_name] with the set fields of a run config's `model` applied."""
   name = config.model_name
   if name not in MODEL_CONFIGS:
-    raise ValueError(f"config.model_name={name!r} is unknown; valid names: {sorted(MODEL_CONFIGS)}.")
+    raise ValueError(f"config.model_name={name!r} is unknown; valid names: "
+                     f"{sorted(MODEL_CONFIGS)}.")
   overrides = config.get("model", None) or {}
   return ml_collections.ConfigDict(
       merge_fields(MODEL_CONFIGS[name].to_dict(), overrides, skip_unset=True))

@@ -122,7 +122,8 @@ class VisionTransformer(nn.Module):
 
   def _check_fields(self) -> None:
     if self.classifier not in CLASSIFIERS:
-      raise ValueError(f"classifier={self.classifier!r} is not supported; use one of {CLASSIFIERS}.")
+      raise ValueError(f"classifier={self.classifier!r} is not supported; use one of "
+                       f"{CLASSIFIERS}.")
     check_attention_impl(self.attention_impl)
     if self.transformer is None:
       raise ValueError("VisionTransformer needs a `transformer` config (num_layers, mlp_dim, "

@@ -41,7 +41,8 @@ GPU: dict[str, Datasheet] = {
     "B200": Datasheet("NVIDIA B200", 2250e12, 180 * GB, 8000e9, f"{_NV}: HGX B200"),
     "A100": Datasheet("NVIDIA A100", 312e12, 80 * GB, 2039e9, f"{_NV}: A100 80GB SXM"),
     "L4": Datasheet("NVIDIA L4", 121e12, 24 * GB, 300e9, f"{_NV}: L4"),
-    "A10G": Datasheet("NVIDIA A10G", 125e12, 24 * GB, 600e9, "aws.amazon.com/ec2/instance-types/g5"),
+    "A10G": Datasheet("NVIDIA A10G", 125e12, 24 * GB, 600e9,
+                      "aws.amazon.com/ec2/instance-types/g5"),
     "V100": Datasheet("Tesla V100", 125e12, 32 * GB, 900e9, f"{_NV}: V100 SXM2 (tensor FP16)"),
 }
 

@@ -87,7 +87,8 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
       "accum_steps": int(config.accum_steps), "devices": len(devices),
       "device_kind": device.device_kind, "platform": device.platform,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "remat": bool(fields.get("remat", False)), "scan_layers": bool(fields.get("scan_layers", False))}
+      "remat": bool(fields.get("remat", False)),
+      "scan_layers": bool(fields.get("scan_layers", False))}
   out.update(_device_figures(device))
   with platform.compile_target(device.platform):
     setup = train_state.setup_from_config(config, mesh, num_classes, steps)
@@ -172,7 +173,8 @@ def does_not_fit_message(r: dict[str, Any]) -> str:
             f"needs {size(need)} per chip ({what}), {size(have)} available.")
   else:
     head = (f"Does not fit: {r['model']} at batch {r['batch']} on {where} (mesh {r['mesh']}) "
-            f"needs {size(r.get('peak_bytes'))} per device, capacity {size(r.get('capacity_bytes'))}.")
+            f"needs {size(r.get('peak_bytes'))} per device, capacity "
+            f"{size(r.get('capacity_bytes'))}.")
   lines = [head, "Knobs that lower per-chip memory:"] + [f"  - {k}" for k in KNOBS]
   lines.append("Or search them: add --plan.")
   if r.get("compiler_error"):
@@ -192,7 +194,8 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines + [does_not_fit_message(r)])
   if "temp_bytes" in r:
     lines += [f"  activations/temp per device:{size(r['temp_bytes'])}",
-              f"  peak memory per device:     {size(r['peak_bytes'])} (args + outputs - donated + temp)"]
+              f"  peak memory per device:     {size(r['peak_bytes'])} "
+              "(args + outputs - donated + temp)"]
     if r.get("headroom_bytes") is not None:
       lines.append(f"  capacity per device:        {size(r['capacity_bytes'])}; headroom "
                    f"{size(r['headroom_bytes'])} ({r['headroom_bytes'] / r['capacity_bytes']:.1%})")

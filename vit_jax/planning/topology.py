@@ -1,10 +1,11 @@
 """TPU slices by the names users type, as abstract devices the real TPU compiler targets.
 
 Owns the slice geometry of each generation (`GENERATIONS`: TensorCores per chip in the name,
-torus dimensions; the per-chip figures come from datasheets.py), the slice-name parser (`parse`: 'v4-128', 'v5e-16', 'v5litepod-16',
-'v5p-256', 'v6e-64' or the raw 'v5p:4x4x8') and `abstract_devices`, which asks libtpu
-(`pip install -r requirements-tpu.txt`) for compile-only devices of a slice, `num_slices`
-of them joined over the data-centre network. Nothing here needs a TPU.
+torus dimensions; the per-chip figures come from datasheets.py), the slice-name parser
+(`parse`: 'v4-128', 'v5e-16', 'v5litepod-16', 'v5p-256', 'v6e-64' or the raw 'v5p:4x4x8') and
+`abstract_devices`, which asks libtpu (`pip install -r requirements-tpu.txt`) for
+compile-only devices of a slice, `num_slices` of them joined over the data-centre network.
+Nothing here needs a TPU.
 
 Naming: v4 and v5p slice names count TensorCores (2 per chip: v5p-256 is 128 chips); v5e
 (v5litepod) and v6e names count chips. JAX runs v4 and v5p chips as one device each

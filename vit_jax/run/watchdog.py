@@ -9,7 +9,11 @@ the step, not Python dispatching it. When no step finishes for
 which includes compiling, and `min_seconds` until a step time is known — every thread's
 Python stack is written (faulthandler) to stderr and to the run's log file, and the process
 exits with exits.HUNG (76), so a launcher restarts
-it from the last checkpoint. Evaluation and checkpointing run inside `paused()` (they have
+it from the last checkpoint. With several processes, process 0 (which hosts JAX's
+coordination service: its exit aborts every other process at once) waits
+min(min_seconds, PEER_REPORT_SECONDS) before exiting, so the other processes' watchdogs, which
+fire at about the same time, get to write their stacks too: the hung host's are the ones
+that say what hung. Evaluation and checkpointing run inside `paused()` (they have
 no step rhythm); the clock restarts after them. factor=0 disables the watchdog.
 """
 from __future__ import annotations
@@ -29,6 +33,8 @@ import jax
 from vit_jax import exits
 from vit_jax.run import run_log
 
+PEER_REPORT_SECONDS = 10.0  # the longest process 0 waits for its peers' reports
+
 
 class StepWatchdog:
   """See the module docstring. `on_hang` (tests) replaces the dump-and-exit."""
@@ -39,7 +45,8 @@ class StepWatchdog:
     self.min_seconds = float(min_seconds)
     self.first_step_seconds = float(first_step_seconds)
     self._poll = poll_seconds
-    self._on_hang = on_hang or _dump_and_exit
+    self._on_hang = on_hang or (lambda message: _dump_and_exit(
+        message, min(self.min_seconds, PEER_REPORT_SECONDS)))
     self._pending: collections.deque = collections.deque()
     self._times: collections.deque = collections.deque(maxlen=100)
     self._lock = threading.Lock()
@@ -129,8 +136,9 @@ def _ready(array) -> bool:
     return True
 
 
-def _dump_and_exit(message: str) -> None:
-  """Writes `message` and all stacks to stderr and the run log, then exits with HUNG."""
+def _dump_and_exit(message: str, peer_seconds: float = 0.0) -> None:
+  """Writes `message` and all stacks to stderr and the run log, then exits with HUNG (process
+  0 of several first waits `peer_seconds` for the other processes to report)."""
   sys.stderr.write(message + "\n")
   sys.stderr.flush()
   faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -140,4 +148,9 @@ def _dump_and_exit(message: str) -> None:
     log.file.flush()
     faulthandler.dump_traceback(file=log.file, all_threads=True)
     log.file.flush()
+  if peer_seconds > 0 and jax.process_count() > 1 and jax.process_index() == 0:
+    sys.stderr.write(f"hang watchdog: exiting in {peer_seconds:.0f} s, after the other "
+                     "processes have written their stacks.\n")
+    sys.stderr.flush()
+    time.sleep(peer_seconds)
   os._exit(exits.HUNG)  # pylint: disable=protected-access  # Threads may be stuck in C++.

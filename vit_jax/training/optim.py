@@ -39,10 +39,12 @@ def make_schedule(config, total_steps: int) -> Schedule:
   end_lr = float(config.end_lr)
   decay_type = config.decay_type
   if warmup > total_steps:
-    raise ValueError(f"warmup_steps={warmup} exceeds total_steps={total_steps}; lower --config.warmup_steps.")
+    raise ValueError(f"warmup_steps={warmup} exceeds total_steps={total_steps}; lower "
+                     "--config.warmup_steps.")
   decay_steps = max(total_steps - warmup, 1)
   if decay_type == "cosine":
-    decay = optax.cosine_decay_schedule(base_lr, decay_steps, alpha=end_lr / base_lr if base_lr else 0.0)
+    decay = optax.cosine_decay_schedule(base_lr, decay_steps,
+                                        alpha=end_lr / base_lr if base_lr else 0.0)
   elif decay_type == "linear":
     decay = optax.linear_schedule(base_lr, end_lr, decay_steps)
   elif decay_type == "constant":
@@ -51,7 +53,8 @@ def make_schedule(config, total_steps: int) -> Schedule:
     timescale = float(config.rsqrt_timescale or max(warmup, 1))
     decay = lambda s: base_lr * jax.lax.rsqrt(1.0 + s / timescale)
   else:
-    raise ValueError(f"decay_type={decay_type!r} is unknown; use 'cosine', 'linear', 'rsqrt' or 'constant'.")
+    raise ValueError(f"decay_type={decay_type!r} is unknown; use 'cosine', 'linear', 'rsqrt' or "
+                     "'constant'.")
   if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), decay], [warmup])
@@ -85,7 +88,8 @@ def make_optimizer(config, total_steps: int, groups: Optional[param_groups.Group
   if name == "sgd" and any(r.wd_mult != 1.0 for r in groups.rules):
     raise ValueError("config.param_groups sets wd_mult, but optimizer='sgd' has no weight "
                      "decay; use optimizer='adamw' or drop wd_mult.")
-  return param_groups.transform(groups, lambda wd_mult_of: _chain(config, schedule, wd_mult_of)), schedule
+  tx = param_groups.transform(groups, lambda wd_mult_of: _chain(config, schedule, wd_mult_of))
+  return tx, schedule
 
 
 def _chain(config, schedule: Schedule,

@@ -7,7 +7,7 @@ Config keys (defaults in configs/base.defaults()):
                 must FULLY match a path; the first matching rule wins; a rule that matches no
                 parameter is an error. setting: 'freeze' (no update, no optimizer state) or
                 a dict with lr_mult and / or wd_mult (default 1.0 each), e.g.
-                  --config.param_groups="(('head/.*', {'lr_mult': 10.0}), ('embedding/.*', 'freeze'))"
+                --config.param_groups="(('head/.*', {'lr_mult': 10.0}), ('embedding/.*', 'freeze'))"
   layer_decay   layer-wise lr decay (BEiT / MAE fine-tuning) factor in (0, 1]; 0 = off. Depth 0:
                 patch embedding, class token, position embedding (and a hybrid's ResNet stem
                 and stages, a Mixer's stem); depth i+1: encoder block i (Transformer/
@@ -38,10 +38,12 @@ import optax
 FREEZE = "freeze"
 _SETTING_KEYS = ("lr_mult", "wd_mult")
 # Layer-decay depths by parameter path (the official naming, docs/architecture.md).
-_STEM = re.compile(r"(embedding|cls|Transformer/posembed_input|conv_root|gn_root|block\d+|stem)(/.*)?")
+_STEM = re.compile(r"(embedding|cls|Transformer/posembed_input|conv_root|gn_root|block\d+|stem)"
+                   r"(/.*)?")
 _BLOCK = re.compile(r"(Transformer/encoderblock|MixerBlock)_(\d+)/.*")
 _SCANNED = re.compile(r"Transformer/encoderblock/.*")
-_AFTER = re.compile(r"(Transformer/encoder_norm|MAPHead_0|pre_logits|pre_head_layer_norm|head)(/.*)?")
+_AFTER = re.compile(r"(Transformer/encoder_norm|MAPHead_0|pre_logits|pre_head_layer_norm|head)"
+                    r"(/.*)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +219,8 @@ def _scale(x, mult):
   return x * np.asarray(mult, dtype=x.dtype)
 
 
-def transform(groups: Groups, train_tx: Callable[[Callable[[str], float]], optax.GradientTransformation]
+def transform(groups: Groups,
+              train_tx: Callable[[Callable[[str], float]], optax.GradientTransformation]
               ) -> optax.GradientTransformation:
   """The optimizer under `groups`: multi_transform of train_tx(wd_mult_of_path) for trained
   leaves and set_to_zero() for frozen ones, then each trained leaf's update x its lr_mult."""
@@ -252,12 +255,12 @@ def table(groups: Groups, tree: Any) -> list[str]:
   lines = ["Parameter groups (first matching rule wins; lr multiplier = layer decay x rule):",
            f"  {'rule / depth':<44} {'leaves':>6} {'elements':>12}  setting"]
   for i, rule in enumerate(groups.rules):
-    hit = [l for l in leaves if l.rule == i]
-    lines.append(f"  {rule.pattern:<44} {len(hit):>6} {sum(l.size for l in hit):>12,}  "
+    hit = [leaf for leaf in leaves if leaf.rule == i]
+    lines.append(f"  {rule.pattern:<44} {len(hit):>6} {sum(leaf.size for leaf in hit):>12,}  "
                  f"{rule.describe()}")
-  rest = [l for l in leaves if l.rule is None]
+  rest = [leaf for leaf in leaves if leaf.rule is None]
   if groups.rules:
-    lines.append(f"  {'(no rule)':<44} {len(rest):>6} {sum(l.size for l in rest):>12,}  "
+    lines.append(f"  {'(no rule)':<44} {len(rest):>6} {sum(leaf.size for leaf in rest):>12,}  "
                  "lr x1, wd x1")
   if groups.layer_decay:
     by_depth: dict[int, list] = {}
@@ -271,10 +274,12 @@ def table(groups: Groups, tree: Any) -> list[str]:
     for d in sorted(by_depth):
       entries = by_depth[d]
       elements = sum(leaf.size // n for leaf, n in entries)
-      what = "embeddings / stem" if d == 0 else ("after the blocks" if d == top else f"block {d - 1}")
+      what = ("embeddings / stem" if d == 0
+              else "after the blocks" if d == top else f"block {d - 1}")
       lines.append(f"  {f'depth {d}: {what}':<44} {len(entries):>6} {elements:>12,}  "
                    f"lr x{groups.layer_decay ** (top - d):.4g}")
-  frozen = [l for l in leaves if l.frozen]
-  lines.append(f"  trained: {sum(l.size for l in leaves if not l.frozen):,} elements; frozen: "
-               f"{sum(l.size for l in frozen):,} in {len(frozen)} leaves.")
+  frozen = [leaf for leaf in leaves if leaf.frozen]
+  trained = sum(leaf.size for leaf in leaves if not leaf.frozen)
+  lines.append(f"  trained: {trained:,} elements; frozen: "
+               f"{sum(leaf.size for leaf in frozen):,} in {len(frozen)} leaves.")
   return lines

@@ -130,8 +130,8 @@ def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) ->
   groups = param_groups.from_config(config)  # config.param_groups is parsed here, once.
   tx, schedule = optim.make_optimizer(config, total_steps, groups)
   crop = int(config.pp.crop)
-  return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3), sharding.logical_axis_rules(config),
-                    ema.from_config(config), groups)
+  return make_setup(model, tx, schedule, mesh, (1, crop, crop, 3),
+                    sharding.logical_axis_rules(config), ema.from_config(config), groups)
 
 
 def init_params(setup: StateSetup, seed: int) -> Any:

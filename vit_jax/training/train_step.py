@@ -4,8 +4,9 @@ Train step: softmax cross-entropy on the (already smoothed / mixed) one-hot labe
 config.loss; mixed with a teacher's distillation loss, distill.py), gradients accumulated
 over `accum_steps` equal micro-batches with lax.scan (the mean equals the full-batch
 gradient), then the optax chain (global-norm clipping, SGD-momentum or AdamW, under the
-param groups of param_groups.py) and the EMA of the params (ema.py). Dropout keys are derived from the state's RNG and the step
-number only, so a resumed run draws exactly the same random numbers.
+param groups of param_groups.py) and the EMA of the params (ema.py). Dropout keys are derived
+from the state's RNG and the step number only, so a resumed run draws exactly the same random
+numbers.
 """
 from __future__ import annotations
 
