@@ -29,11 +29,11 @@ CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
            "truck")
 KERNEL = "vit-jax-notebook-test"
 CELL_TIMEOUT_S = 240
+pytestmark = pytest.mark.slow  # executes the notebook in a kernel
+
 # Appended to the executed copy only: reads the notebook's variables back as JSON.
 PROBE = """
 import json, sys
-
-pytestmark = pytest.mark.slow  # executes the notebook in a kernel
 print('PROBE' + json.dumps({'history': history, 'total_steps': int(config.total_steps),
                             'base_lr': float(config.base_lr), 'warmup': int(config.warmup_steps),
                             'executable': sys.executable, 'devices': jax.device_count(),
