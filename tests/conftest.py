@@ -62,9 +62,12 @@ def trained_workdir(tmp_path_factory, data_dir):
 
 
 # Tests outside the `slow` files (tests/run/test_resume.py, test_long_runs.py, test_multihost.py,
-# tests/test_notebook.py) that are slow too: whole end-to-end runs, TPU compiles through libtpu,
-# several 8-device compiles, benchmarks in a subprocess (over ~5 s each on 2 cores). They keep
-# their place in the full suite; `bash scripts/test.sh --fast` leaves them out.
+# tests/test_notebook.py) that are slow too (about 5 s or more each with 2 workers on 2 cores):
+# end-to-end runs of the loop, TPU compiles through libtpu, several 8-device compiles, spawned
+# worker processes, benchmarks in a subprocess, the largest model-vs-reference sweeps. They keep
+# their place in the full suite (CI); `bash scripts/test.sh --fast` leaves them out. The fast
+# tier keeps one end-to-end run (test_train_and_evaluate_learns_on_digits), the export round
+# trip and the NumPy reference forward.
 SLOW_TESTS = {
     "tests/planning/test_dry_run.py::test_main_topology_dry_run_and_its_errors",
     "tests/planning/test_dry_run.py::test_plan_on_a_tiny_grid",
@@ -80,6 +83,34 @@ SLOW_TESTS = {
     "tests/test_bench.py::test_scaling_table_row",
     "tests/test_bench.py::test_train_step_times_train_and_inference",
     "tests/test_bench.py::test_checkpoint_bench",
+    "tests/test_visualize.py::test_attention_probabilities_and_features_equal_a_numpy_forward",
+    "tests/training/test_ema.py::test_ema_evaluated_beside_raw_checkpointed_and_exported",
+    "tests/checkpoint/test_big_vision_checkpoints.py::test_big_vision_layouts_give_its_logits_through_load_and_load_pretrained",
+    "tests/google_compat/test_google_api.py::test_get_model_has_the_published_parameter_count",
+    "tests/models/test_models.py::test_batch_chunks_match_numpy_and_unchunked_gradients",
+    "tests/evaluators/test_evaluators.py::test_evaluators_leave_training_bit_identical",
+    "tests/training/test_train_step.py::test_finetune_from_fixture_checkpoint",
+    "tests/models/test_models.py::test_remat_gives_same_outputs_and_grads",
+    "tests/evaluators/test_evaluator_registry.py::test_a_user_type_in_a_training_run_is_logged_and_kept_for_ema",
+    "tests/training/test_ema.py::test_ema_equals_a_numpy_loop_over_the_param_trajectory",
+    "tests/checkpoint/test_checkpoint.py::test_colab_snippet_runs_on_a_tiny_fixture",
+    "tests/training/test_distill.py::test_distilled_step_keeps_teacher_and_mixes_the_losses",
+    "tests/training/test_train_step.py::test_nan_loss_stops_and_keeps_last_good_checkpoint",
+    "tests/export_formats/test_export.py::test_export_of_a_scanned_model_is_read_back_by_inference",
+    "tests/evaluators/test_evaluators.py::test_named_evaluators_run_log_and_record",
+    "tests/data/test_augment.py::test_train_step_uses_config_loss",
+    "tests/planning/test_dry_run.py::test_dry_run_reports_memory_and_flops",
+    "tests/training/test_train_step.py::test_workdir_with_other_model_fails_naming_both",
+    "tests/data/test_pp_strings.py::test_user_ops_reach_spawned_workers",
+    "tests/test_bench.py::test_profile_step_groups_thunks_by_model_part",
+    "tests/models/test_models.py::test_regularisers_only_act_in_training",
+    "tests/training/test_distill.py::test_teacher_errors_name_the_cause",
+    "tests/export_formats/test_export_formats.py::test_timm_loads_the_export_with_our_logits",
+    "tests/evaluators/test_evaluators.py::test_evaluate_cli_on_a_workdir_matches_the_run",
+    "tests/test_inference.py::test_cli_other_resolution_goes_through_load_pretrained",
+    "tests/test_visualize.py::test_cli_writes_every_file",
+    "tests/test_main.py::test_unreachable_coordinator_times_out_with_clear_message",
+    "tests/training/test_ema.py::test_state_without_ema_is_the_old_pytree_and_old_checkpoints_restore",
 }
 
 
