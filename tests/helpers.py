@@ -5,6 +5,7 @@ tiny run config every trainer test starts from (and its command-line form), synt
 a state setup, a refused loopback URL, and whether this jaxlib has gloo CPU collectives.
 """
 import importlib.util
+import os
 import pathlib
 import socket
 
@@ -12,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from vit_jax.training import train_state
 
@@ -96,3 +98,16 @@ def gloo_available() -> bool:
   except ImportError:
     return False
   return hasattr(_jax, "make_gloo_tcp_collectives")
+
+
+def id_image_folder(root, train_ids, test_ids) -> str:
+  """An image folder whose every image says its id: 8x8 PNGs of constant grey `id` in
+  `<root>/<split>/class<id % 3>/<id>.png` (tests read which examples a batch holds)."""
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  for split, ids in (("train", train_ids), ("test", test_ids)):
+    for k in ids:
+      folder = os.path.join(root, split, f"class{k % 3}")
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(os.path.join(folder, f"{k:03d}.png"))
+  sources.clear_cache()
+  return str(root)

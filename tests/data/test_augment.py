@@ -5,14 +5,13 @@ losses (vit_jax.training.losses, train_step's loss selection), against numpy ref
 Process-count independence and resume with all of them on are in test_input_pipeline.py.
 """
 import dataclasses
-import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import id_image_folder
 
 from vit_jax.configs import base
-from vit_jax.datasets import mixing, pipeline, preprocess, sources
+from vit_jax.datasets import mixing, pipeline, preprocess
 from vit_jax.training import losses
 
 
@@ -199,14 +198,7 @@ def test_repeated_stream_slots_copies_and_pairs(batch, k):
 @pytest.fixture(scope="module")
 def id_folder(tmp_path_factory):
   """train: ids 0..29, test: 3 images; 8x8 PNGs of constant grey = id."""
-  root = tmp_path_factory.mktemp("aug_ids")
-  for split, ids in (("train", range(30)), ("test", range(100, 103))):
-    for k in ids:
-      folder = root / split / f"class{k % 3}"
-      os.makedirs(folder, exist_ok=True)
-      Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(folder / f"{k:03d}.png")
-  sources.clear_cache()
-  return str(root)
+  return id_image_folder(tmp_path_factory.mktemp("aug_ids"), range(30), range(100, 103))
 
 
 def _config(dataset, **kw):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import id_image_folder
 from PIL import Image
 
 from vit_jax.configs import base
@@ -33,14 +34,8 @@ def _config(dataset, **kw):
 @pytest.fixture(scope="module")
 def id_folder(tmp_path_factory):
   """train: ids 0..49, test: ids 100..122; 3 classes; 8x8 PNGs of constant grey = id."""
-  root = tmp_path_factory.mktemp("ids")
-  for split, ids in (("train", range(N_TRAIN)), ("test", range(100, 100 + N_TEST))):
-    for k in ids:
-      folder = root / split / f"class{k % 3}"
-      os.makedirs(folder, exist_ok=True)
-      Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(folder / f"{k:03d}.png")
-  sources.clear_cache()
-  return str(root)
+  return id_image_folder(tmp_path_factory.mktemp("ids"), range(N_TRAIN),
+                         range(100, 100 + N_TEST))
 
 
 @pytest.fixture(scope="module")
