@@ -57,9 +57,6 @@ GENERATIONS: dict[str, Generation] = {
     "v5p": Generation("v5p", 2, 3), "v6e": Generation("v6e", 1, 2),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
-# Device kinds JAX reports -> generation.
-DEVICE_KINDS = {**{datasheets.TPU[g].kind: g for g in GENERATIONS},
-                **{k: g for k, g in datasheets.TPU_KIND_ALIASES.items() if g in GENERATIONS}}
 # Chips -> physical slice shape, as Cloud TPU provisions them.
 _SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
               128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16),
@@ -127,11 +124,8 @@ def parse(name: str) -> Slice:
 
 def generation_of(device: Any) -> Generation | None:
   """The Generation of a JAX TPU device (by its device_kind), or None."""
-  kind = getattr(device, "device_kind", "")
-  for known in sorted(DEVICE_KINDS, key=len, reverse=True):
-    if kind.startswith(known):
-      return GENERATIONS[DEVICE_KINDS[known]]
-  return None
+  sheet = datasheets.for_kind(getattr(device, "device_kind", ""))
+  return next((gen for gen in GENERATIONS.values() if gen.sheet is sheet), None)
 
 
 def abstract_devices(slice_: Slice, num_slices: int = 1) -> list[Any]:
