@@ -191,6 +191,10 @@ def _main(runtime_defaults, run_log) -> int:
     config = schema.to_run_config(config)
   if _DRY_RUN.value or _PLAN.value:
     from vit_jax.planning import report  # pylint: disable=g-import-not-at-top
+    from vit_jax.run import compile_cache  # pylint: disable=g-import-not-at-top
+    note = compile_cache.setup_dry_run(config, _TOPOLOGY.value)  # Before the dry run compiles.
+    if note and jax.process_index() == 0:
+      sys.stderr.write(note + "\n")
     return report.run(config, topology_name=_TOPOLOGY.value,
                        num_slices=_NUM_SLICES.value, plan=_PLAN.value, json_path=_JSON.value)
   if not _WORKDIR.value:

@@ -31,6 +31,11 @@ Owns:
   * `quiet_tensorflow()` — TF_CPP_MIN_LOG_LEVEL=2 and TF_ENABLE_ONEDNN_OPTS=0 unless the user
     set them (importing `vit_jax` applies it): TensorFlow is only the TFDS reader here and its
     C++ start-up lines are noise; errors still show.
+  * `enable_compilation_cache()` — points JAX's persistent compilation cache at a directory
+    (vit_jax/run/compile_cache.py decides which: `<workdir>/compilation_cache` for runs) and
+    caches programs that took >= CACHE_MIN_COMPILE_TIME_SECS to compile (off the GPU without
+    JAX's XLA autotune cache, whose path would enter every key), unless the user chose
+    (JAX_COMPILATION_CACHE_DIR, jax.config): then theirs is kept (docs/running.md).
 Set VIT_JAX_NO_XLA_DEFAULTS=1 to apply none of the XLA / dispatch / allocator defaults (to
 measure what they buy).
 
@@ -175,3 +180,75 @@ def _backends_started() -> bool:
     return bool(xla_bridge.backends_are_initialized())
   except (ImportError, AttributeError):  # A JAX without the helper: assume not started.
     return False
+
+
+# --- Persistent compilation cache -------------------------------------------------------------
+# What JAX 0.10 does (jax/_src/compiler.py, compilation_cache.py, lru_cache.py), which makes one
+# directory safe to share between the processes and hosts of a job and between restarts:
+#   * Every process looks a program up before compiling it (key: the program, jaxlib version,
+#     backend version, XLA_FLAGS / LIBTPU_INIT_ARGS, compile options incl. the device
+#     assignment, device kinds); a hit is deserialised instead of compiled.
+#   * Only process 0 (jax.distributed's process_id) writes entries, so there is one writer per
+#     job; other processes only read. A shared directory (gs://, NFS) gives every host the hit;
+#     a per-host local directory gives hits only on the host of process 0.
+#   * An entry is one file `<name>-<sha256>-cache`, written once (an existing key is never
+#     rewritten) with no lock and no rename (jax_compilation_cache_max_size=-1, the default:
+#     no eviction). A reader that meets a partial or unloadable entry (a write cut short) gets
+#     a warning and compiles (zlib refuses a truncated entry); the entry is never replaced.
+#   * Compiles shorter than jax_persistent_cache_min_compile_time_secs are not written; the
+#     entry-size floor (jax_persistent_cache_min_entry_size_bytes, default 0) is none.
+#   * With jax_persistent_cache_enable_xla_caches at its default, JAX puts XLA:GPU's autotune
+#     cache under the cache directory and that path enters every key (on any backend): a moved
+#     workdir, or hosts mounting one share at different paths, would only miss. Off the GPU
+#     that XLA cache does nothing, so there it is turned off and keys do not depend on the path.
+# Compiles for abstract TPU topology devices (the dry run's --topology) are written but cannot be
+# loaded back: the compile-only client cannot deserialise (measured, docs/running.md).
+CACHE_MIN_COMPILE_TIME_SECS = 0.5  # The tiny CPU run's eval step (0.35 s) stays out, init in.
+_JAX_MIN_COMPILE_TIME_DEFAULT = 1.0  # JAX's own default of that option.
+_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+_MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+_XLA_CACHES_ENV, _JAX_XLA_CACHES_DEFAULT = ("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES",
+                                            "xla_gpu_per_fusion_autotune_cache_dir")
+_cache_dir_set: Optional[str] = None  # The directory enable_compilation_cache() put in JAX.
+
+
+def enable_compilation_cache(path: Optional[str],
+                             environ: Mapping[str, str] = os.environ) -> tuple[Optional[str], str]:
+  """JAX's persistent compilation cache in `path` (None: off), unless the user chose one.
+
+  Returns (the directory in effect or None, who chose it: 'vit_jax', 'JAX_COMPILATION_CACHE_DIR',
+  'jax config' or 'jax_enable_compilation_cache=False'). Call it before the first compile that
+  should use it, on every process. A user's choice, made in the environment or with
+  jax.config.update before this call, is kept; so is their min-compile-time setting.
+  """
+  global _cache_dir_set
+  import jax  # pylint: disable=g-import-not-at-top
+  current = jax.config.jax_compilation_cache_dir
+  if not jax.config.jax_enable_compilation_cache:
+    return None, "jax_enable_compilation_cache=False"
+  if _CACHE_DIR_ENV in environ:
+    return current or None, _CACHE_DIR_ENV
+  if current is not None and current != _cache_dir_set:
+    return current, "jax config"
+  if path != current:
+    if current is not None:  # This process used another directory of ours: let JAX reopen.
+      from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+      compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", path)
+    _cache_dir_set = path
+  if path is None:
+    return None, "vit_jax"
+  if (_MIN_TIME_ENV not in environ and
+      jax.config.jax_persistent_cache_min_compile_time_secs == _JAX_MIN_COMPILE_TIME_DEFAULT):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_TIME_SECS)
+  if (_XLA_CACHES_ENV not in environ and jax.default_backend() != "gpu" and
+      jax.config.jax_persistent_cache_enable_xla_caches == _JAX_XLA_CACHES_DEFAULT):
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+  return path, "vit_jax"
+
+
+def compilation_cache_in_effect() -> bool:
+  """Whether JAX has a persistent compilation cache directory and the cache enabled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return bool(jax.config.jax_compilation_cache_dir) and bool(
+      jax.config.jax_enable_compilation_cache)

@@ -87,11 +87,22 @@ def defaults() -> ml_collections.ConfigDict:
   c.end_lr = 0.0
   c.decay_type = "cosine"          # 'cosine' | 'linear' | 'rsqrt' | 'constant'.
   c.rsqrt_timescale = 0            # [steps] of the 'rsqrt' decay; 0 = warmup_steps.
-  c.optimizer = "sgd"              # 'sgd' (momentum) | 'adamw'.
-  c.momentum = 0.9
-  c.b1 = 0.9
-  c.b2 = 0.999
-  c.weight_decay = 0.0             # AdamW, decoupled, × lr schedule; kernels only.
+  c.optimizer = "sgd"              # 'sgd' (momentum) | 'adamw' | 'adafactor' | 'lion'.
+  c.momentum = 0.9                 # SGD; Adafactor's first-moment EMA (0 = none).
+  c.b1 = 0.9                       # AdamW.
+  c.b2 = 0.999                     # AdamW.
+  c.lion_b1 = 0.9                  # Lion's update interpolation (Chen et al. 2023).
+  c.lion_b2 = 0.99                 # Lion's momentum decay (Chen et al. 2023).
+  # Adafactor (big_vision's scale_by_adafactor, ViT-g/G): second-moment decay
+  # beta2_t = min(beta2_cap, 1 - t^-decay_rate) at update t; factored (row + column means)
+  # for leaves with two dims >= min_dim_size_to_factor [elements]; clipping_threshold: block-RMS
+  # update clip (0 = off); epsilon added to g^2.
+  c.adafactor_decay_rate = 0.8
+  c.adafactor_beta2_cap = 0.999
+  c.adafactor_min_dim_size_to_factor = 32
+  c.adafactor_clipping_threshold = 0.0
+  c.adafactor_epsilon = 1e-30
+  c.weight_decay = 0.0             # AdamW / Adafactor / Lion, decoupled, × lr schedule; kernels.
   c.optim_dtype = "float32"        # Momentum / first-moment dtype ('bfloat16' halves its memory).
   c.grad_norm_clip = 1.0           # 0 = off.
   c.accum_steps = 1                # Micro-batches per step (batch / accum_steps each).
@@ -134,6 +145,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.progress = True                # tqdm progress bar with ETA on process 0.
   # Long-running jobs (docs/running.md).
   c.workdir_lock_timeout = 600.0   # [s] a lock not refreshed this long (other host) is stale.
+  # JAX's persistent compilation cache, so a restart loads the compiled step instead of
+  # recompiling: None = <workdir>/compilation_cache, a path (local or gs://), '' / 'none' = off.
+  # A cache the user set for JAX (JAX_COMPILATION_CACHE_DIR) wins.
+  c.compilation_cache_dir = config_dict.placeholder(str)
   # Hang watchdog: exit 76 when no step finishes in max(min_seconds, factor x median step
   # time); first_step_seconds bounds the first step (compile). factor 0 = off.
   c.watchdog = ml_collections.ConfigDict(dict(factor=20.0, min_seconds=600.0,
@@ -149,6 +164,9 @@ def model_overrides() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.dtype = config_dict.placeholder(str)          # Compute dtype, e.g. 'bfloat16'.
   m.remat = config_dict.placeholder(bool)
+  # What remat keeps (needs remat=True): 'full' (default) | 'dots_saveable' |
+  # 'dots_with_no_batch_dims_saveable' | 'offload_dots_with_no_batch_dims' (TPU/GPU only).
+  m.remat_policy = config_dict.placeholder(str)
   m.scan_layers = config_dict.placeholder(bool)
   m.attention_impl = config_dict.placeholder(str)
   m.stochastic_depth = config_dict.placeholder(float)

@@ -5,7 +5,8 @@ token_mixing/{Dense_0,Dense_1} (an MLP across tokens), LayerNorm_1,
 channel_mixing/{Dense_0,Dense_1}, then `pre_head_layer_norm`, mean over tokens
 and a zero-initialised `head`. Field names follow Google's vit_jax so
 `MlpMixer(num_classes=10, **MODEL_CONFIGS['Mixer-B_16'])` works. Extras: dtype
-(compute; params and logits float32), remat, approximate_gelu and
+(compute; params and logits float32), remat and remat_policy (ViT's fields and
+values, transformer.REMAT_POLICIES), approximate_gelu and
 `stochastic_depth` (ViT's field name), which drops each block's residual branches per
 example with a rate linear over depth (0 at the first block, `stochastic_depth` at the last),
 as ViT.
@@ -21,7 +22,12 @@ import jax.numpy as jnp
 from vit_jax import param_tree
 from vit_jax.models.axes import constrain, logical
 from vit_jax.models.fields import check_image_size, patch_size
-from vit_jax.models.transformer import drop_path, layer_norm, stochastic_depth_rates
+from vit_jax.models.transformer import (
+  checkpoint_policy,
+  drop_path,
+  layer_norm,
+  stochastic_depth_rates,
+)
 
 
 class MixerMlp(nn.Module):
@@ -87,6 +93,7 @@ class MlpMixer(nn.Module):
   dtype: Any = jnp.float32
   approximate_gelu: bool = True
   remat: bool = False
+  remat_policy: Optional[str] = None  # transformer.REMAT_POLICIES; None = 'full'
 
   def _check_tokens(self, tokens: int, grid: tuple[int, int]) -> None:
     """Clear error when params made for another token count (resolution) are applied."""
@@ -111,7 +118,8 @@ class MlpMixer(nn.Module):
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
     self._check_tokens(h * w, (h, w))
-    block = nn.remat(MixerBlock) if self.remat else MixerBlock
+    policy = checkpoint_policy(self.remat, self.remat_policy)
+    block = nn.remat(MixerBlock, policy=policy) if self.remat else MixerBlock
     rates = stochastic_depth_rates(float(self.stochastic_depth), self.num_blocks)
     for i in range(self.num_blocks):
       x = block(self.tokens_mlp_dim, self.channels_mlp_dim, dtype, float(rates[i]),

@@ -18,10 +18,17 @@ convention); kept branches are scaled by 1 / (1 - rate).
 Scan over layers (`scan_layers=True`) stores the blocks as ONE subtree
 `encoderblock` whose leaves have a leading axis of size num_layers (logical axis
 'layers'); layer i of the stack equals `encoderblock_{i}` of the unrolled tree.
+
+Rematerialisation (`remat=True`) recomputes each block's activations in the backward pass;
+`remat_policy` says what a block keeps instead of recomputing (REMAT_POLICIES, see
+`checkpoint_policy`): 'full' (default: only the block's input), 'dots_saveable' (every
+matmul output), 'dots_with_no_batch_dims_saveable' (the projections' and MLP's matmul outputs,
+not the attention's batched ones) and 'offload_dots_with_no_batch_dims' (the same set, kept in
+pinned host memory instead of device memory; TPU and GPU only).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -31,9 +38,51 @@ import numpy as np
 from vit_jax.models import cpu_ops
 from vit_jax.models.attention import MultiHeadDotProductAttention
 from vit_jax.models.axes import constrain, logical
-from vit_jax.models.platform import on_cpu
+from vit_jax.models.platform import current_platform, on_cpu
 
 LN_EPS = 1e-6
+
+# remat_policy values: what a rematerialised block saves for the backward pass.
+REMAT_POLICIES = ("full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "offload_dots_with_no_batch_dims")
+# Platforms whose JAX lowering honours pinned-host placement. On CPU JAX drops it (host memory
+# is the device's memory): the offload policy would silently be dots_with_no_batch_dims_saveable.
+HOST_OFFLOAD_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
+
+
+def checkpoint_policy(remat: bool, remat_policy: Optional[str],
+                      platform: Optional[str] = None) -> Optional[Callable[..., Any]]:
+  """The jax.checkpoint policy `remat_policy` names (None: save nothing); one ValueError if bad.
+
+  None and 'full' give None, nn.remat's default, so a config without the key compiles the
+  program it compiled before the key existed. A policy needs remat=True (it says what remat
+  keeps); the offload policy needs a platform in HOST_OFFLOAD_PLATFORMS (default: the one
+  programs are built for, `platform.current_platform`).
+  """
+  if remat_policy is None:
+    return None
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={remat_policy!r} is not known; use one of {REMAT_POLICIES} "
+                     "(or None, which is 'full').")
+  if not remat:
+    raise ValueError(f"remat_policy={remat_policy!r} needs remat=True: the policy says what a "
+                     "rematerialised block saves. Set --config.model.remat=True too, or unset "
+                     "remat_policy.")
+  if remat_policy == "dots_saveable":
+    return jax.checkpoint_policies.dots_saveable
+  if remat_policy == "dots_with_no_batch_dims_saveable":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  if remat_policy == "offload_dots_with_no_batch_dims":
+    target = platform or current_platform()
+    if target not in HOST_OFFLOAD_PLATFORMS:
+      raise ValueError(
+          f"remat_policy='offload_dots_with_no_batch_dims' moves saved activations to pinned "
+          f"host memory, which JAX supports on TPU and GPU only, not on {target!r} (where "
+          "device memory is host memory, so nothing would be offloaded). Use "
+          "'dots_with_no_batch_dims_saveable' (the same activations, kept in device memory) "
+          "or 'full'.")
+    return jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+  return None  # 'full'
 
 
 def layer_norm(dtype: Any, name: str, train: bool = False, use_bias: bool = True) -> nn.Module:
@@ -215,6 +264,7 @@ class Encoder(nn.Module):
   approximate_gelu: bool = True
   stochastic_depth: float = 0.0
   remat: bool = False
+  remat_policy: Optional[str] = None  # REMAT_POLICIES; None = 'full' (see checkpoint_policy)
   scan_layers: bool = False
   parallel_block: bool = False
   qk_norm: bool = False
@@ -235,8 +285,9 @@ class Encoder(nn.Module):
         approximate_gelu=self.approximate_gelu, use_drop_path=self.stochastic_depth > 0,
         parallel_block=self.parallel_block, qk_norm=self.qk_norm, use_bias=self.use_bias)
     block = Encoder1DBlock
+    policy = checkpoint_policy(self.remat, self.remat_policy)
     if self.remat:
-      block = nn.remat(block, prevent_cse=not self.scan_layers)
+      block = nn.remat(block, prevent_cse=not self.scan_layers, policy=policy)
     if self.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=0,

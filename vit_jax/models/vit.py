@@ -12,7 +12,8 @@ Extra fields (all defaulted): stochastic_depth (peak drop-path rate; layer i of 
 uses stochastic_depth * i / (L - 1), see transformer.py), dtype (compute dtype; params are
 always float32 and the returned logits/features are float32 too, the dtype users
 expect for losses and metrics), attention_impl (None|'xla'|'cudnn'|'einsum'|'einsum_vjp';
-None = per-platform choice, see attention.py), remat, scan_layers, approximate_gelu,
+None = per-platform choice, see attention.py), remat, remat_policy (what remat saves:
+transformer.REMAT_POLICIES, None = 'full'), scan_layers, approximate_gelu,
 head_zeroinit, batch_chunks, and the ViT-22B options parallel_block, qk_norm and use_bias
 (default off; see transformer.Encoder1DBlock).
 
@@ -111,6 +112,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: Optional[str] = None
   remat: bool = False
+  remat_policy: Optional[str] = None  # transformer.REMAT_POLICIES; None = 'full'
   scan_layers: bool = False
   approximate_gelu: bool = True
   head_zeroinit: bool = True
@@ -142,8 +144,9 @@ class VisionTransformer(nn.Module):
         attention_dropout_rate=float(config_get(t, "attention_dropout_rate", 0.1)),
         dtype=dtype, attention_impl=self.attention_impl, approximate_gelu=self.approximate_gelu,
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
-        scan_layers=self.scan_layers, parallel_block=self.parallel_block,
-        qk_norm=self.qk_norm, use_bias=self.use_bias, posemb=self.posemb, name="Transformer")
+        remat_policy=self.remat_policy, scan_layers=self.scan_layers,
+        parallel_block=self.parallel_block, qk_norm=self.qk_norm, use_bias=self.use_bias,
+        posemb=self.posemb, name="Transformer")
 
   def _resnet_layers(self) -> tuple[int, ...]:
     return tuple(config_get(self.resnet, "num_layers", ()) or ())

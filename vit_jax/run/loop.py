@@ -14,8 +14,9 @@ log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_k
 keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes
 (None = from the dataset), progress (tqdm bar), input.device_prefetch [batches],
 workdir_lock_timeout [s], watchdog.{factor, min_seconds [s], first_step_seconds [s]},
-allow_config_change. The param-group table (param_groups.py) and the distillation teacher
-(distill.py, loaded here on every start) are logged before the first step.
+allow_config_change, compilation_cache_dir (run/compile_cache.py). The param-group table
+(param_groups.py) and the distillation teacher (distill.py, loaded here on every start) are
+logged before the first step, and whether the train step came from the compilation cache.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from vit_jax.datasets import device_prefetch, pipeline
 from vit_jax.evaluators import runner
 from vit_jax.models import registry
 from vit_jax.planning import compiled_stats, datasheets
-from vit_jax.run import metrics, preflight, run_state, watchdog, workdir_lock
+from vit_jax.run import compile_cache, metrics, preflight, run_state, watchdog, workdir_lock
 from vit_jax.training import distill, optim, param_groups, train_state, train_step
 from vit_jax.training.train_state import StateSetup, TrainState
 
@@ -154,6 +155,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
   `config` is a run config (configs/base.defaults() and its overrides); Google's config
   layout goes through vit_jax.train (google_compat/train.py), which translates it first.
   """
+  cache_line = compile_cache.setup(config, workdir)  # Before the run's first compile.
   mesh = sharding.mesh_for_config(config)
   info = pipeline.dataset_info_prepared_once(config)
   preflight.check(config, info)
@@ -170,6 +172,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
       record.class_names = tuple(info.class_names)
     run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
     writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
+    writer.text(cache_line)
     try:
       return _run(config, workdir, setup, ckpt, writer, total, num_classes)
     finally:
@@ -196,7 +199,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     for line in param_groups.table(setup.groups, setup.abstract_state.params):
       writer.text(line)
   teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
-  compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
+  with compile_cache.watch("Train step", writer.text):
+    compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
   peak, reason = datasheets.peak_flops_per_device()
   step_flops = compiled_stats.compiled_flops(compiled)
   fixed = {}

@@ -50,9 +50,9 @@ RESULTS_FILE = "results.json"
 RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every", "eval_every", "evals",
                      "checkpoint_every", "max_to_keep", "keep_period", "progress", "batch_eval",
                      "input", "tfds_data_dir", "tfds_manual_dir", "workdir_lock_timeout",
-                     "watchdog", "allow_config_change", "pretrained_path", "model_or_filename",
-                     "replace_head", "dont_load", "resize_patch_embedding",
-                     "class_names")  # class_names: recorded from the data.
+                     "watchdog", "compilation_cache_dir", "allow_config_change",
+                     "pretrained_path", "model_or_filename", "replace_head", "dont_load",
+                     "resize_patch_embedding", "class_names")  # class_names: from the data.
 # TrainState fields Checkpointer.restore_params reads alone, by its `which` argument.
 PARAMS_FIELDS = {"raw": "params", "ema": "ema_params"}
 # The config fields that decide the shapes of the checkpointed state.

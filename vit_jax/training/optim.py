@@ -1,21 +1,30 @@
 """Optimizers and learning-rate schedules (optax) built from the experiment config.
 
 Config keys read here (units in brackets; every default lives in configs/base.defaults()):
-  optimizer: 'sgd' (momentum; the published fine-tune recipe) | 'adamw' (pretraining).
+  optimizer: one of OPTIMIZERS: 'sgd' (momentum; the published fine-tune recipe) | 'adamw'
+    (pretraining) | 'adafactor' (big_vision's variant, ViT-g/G) | 'lion'.
   base_lr [lr at the end of warmup], warmup_steps [steps], decay_type: 'cosine' | 'linear' |
     'rsqrt' | 'constant', end_lr [final lr for cosine/linear],
     rsqrt_timescale [steps; 0 = warmup_steps].
-  momentum (sgd), optim_dtype (dtype of the momentum / Adam first moment:
-    'float32' or 'bfloat16'; None = param dtype).
-  b1, b2, weight_decay (adamw). Weight decay is decoupled and scaled by the lr schedule
-    (optax.adamw: p -= lr_t * weight_decay * p), so weight_decay=0.1 with lr 1e-3 is the
+  momentum (sgd; adafactor's first-moment EMA, 0 = none), optim_dtype (dtype of the momentum /
+    Adam / Lion first moment: 'float32' or 'bfloat16'; None = param dtype).
+  b1, b2 (adamw); lion_b1, lion_b2 (lion); adafactor_decay_rate, adafactor_beta2_cap,
+    adafactor_min_dim_size_to_factor, adafactor_clipping_threshold, adafactor_epsilon.
+  weight_decay (adamw, adafactor, lion). Weight decay is decoupled and scaled by the lr schedule
+    (as optax.adamw: p -= lr_t * weight_decay * p), so weight_decay=0.1 with lr 1e-3 is the
     AugReg paper's "wd 0.1" (= big_vision's decoupled wd 1e-4). Only kernels decay:
     biases, norm scales, position embeddings and the class token do not.
   grad_norm_clip: global-norm clipping threshold (None or 0 = off).
   param_groups, layer_decay: per-parameter lr / wd multipliers, freezing and layer-wise lr
     decay (param_groups.py). Off (the defaults) the chain is exactly the one above, so old
     checkpoints' optimizer states restore; on, it is param_groups.transform around the same
-    optimizer (AdamW's decoupled decay per parameter: weight_decay x wd_mult on kernels).
+    optimizer (decoupled decay per parameter: weight_decay x wd_mult on kernels).
+Adafactor is big_vision's `scale_by_adafactor` (Zhai et al. 2022, "Scaling Vision
+Transformers"): optax.scale_by_factored_rms with beta2_t = min(cap, 1 - t^-decay_rate), optional
+block-RMS update clipping, then an EMA (not debiased) first moment in optim_dtype. On a scanned
+stack ('Transformer/encoderblock/...', axis 0 = layer) it runs per layer, as on the unscanned
+model, so biases and norm scales are never factored across layers. Adafactor's and Lion's
+bfloat16 moments are updated in float32 and stored in bfloat16 (`float32_arithmetic`).
 Also `total_steps(config, num_train_examples)`: the run length in steps from total_steps or
 total_epochs (the schedule, the trainer and the dry run all take it from here).
 """
@@ -30,6 +39,7 @@ import optax
 from vit_jax.training import param_groups
 
 Schedule = Callable[[Any], Any]
+OPTIMIZERS = ("sgd", "adamw", "adafactor", "lion")
 
 
 def make_schedule(config, total_steps: int) -> Schedule:
@@ -81,35 +91,118 @@ def make_optimizer(config, total_steps: int, groups: Optional[param_groups.Group
   (`param_groups.from_config(config)`, parsed once by the caller; None = no groups)."""
   schedule = make_schedule(config, total_steps)
   name = config.optimizer
-  if name not in ("sgd", "adamw"):
-    raise ValueError(f"optimizer={name!r} is unknown; use 'sgd' or 'adamw'.")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
   if groups is None:
     return _chain(config, schedule), schedule
   if name == "sgd" and any(r.wd_mult != 1.0 for r in groups.rules):
     raise ValueError("config.param_groups sets wd_mult, but optimizer='sgd' has no weight "
-                     "decay; use optimizer='adamw' or drop wd_mult.")
+                     f"decay; use one of {', '.join(OPTIMIZERS[1:])} or drop wd_mult.")
   tx = param_groups.transform(groups, lambda wd_mult_of: _chain(config, schedule, wd_mult_of))
   return tx, schedule
 
 
 def _chain(config, schedule: Schedule,
            wd_mult_of: Optional[Callable[[str], float]] = None) -> optax.GradientTransformation:
-  """clip → SGD-momentum or AdamW. With `wd_mult_of` (parameter path → multiplier) AdamW's
-  decay is per parameter (the same maths as optax.adamw, whose state it keeps)."""
+  """clip → SGD-momentum, or a scaling (Adam / Adafactor / Lion) → decoupled decay → lr. With
+  `wd_mult_of` (parameter path → multiplier) the decay is per parameter."""
   acc_dtype = _dtype(config.optim_dtype)
+  weight_decay = float(config.weight_decay)
   if config.optimizer == "sgd":
     opt = optax.sgd(schedule, momentum=config.momentum, accumulator_dtype=acc_dtype)
-  elif wd_mult_of is None:
+  elif config.optimizer == "adamw" and wd_mult_of is None:  # optax.adamw's own state tree.
     opt = optax.adamw(schedule, b1=config.b1, b2=config.b2,
-                      mu_dtype=acc_dtype, weight_decay=config.weight_decay, mask=decay_mask)
+                      mu_dtype=acc_dtype, weight_decay=weight_decay, mask=decay_mask)
   else:
-    opt = optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2, mu_dtype=acc_dtype),
-                      _decayed_weights_by_path(float(config.weight_decay), wd_mult_of),
-                      optax.scale_by_learning_rate(schedule))
+    decay = (optax.add_decayed_weights(weight_decay, mask=decay_mask) if wd_mult_of is None
+             else _decayed_weights_by_path(weight_decay, wd_mult_of))
+    opt = optax.chain(_scaling(config, acc_dtype), decay, optax.scale_by_learning_rate(schedule))
   clip = config.grad_norm_clip
   if clip:
     opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
   return opt
+
+
+def _scaling(config, acc_dtype) -> optax.GradientTransformation:
+  """The lr-free direction of adamw, adafactor or lion (what comes before decay and lr)."""
+  if config.optimizer == "adamw":
+    return optax.scale_by_adam(b1=config.b1, b2=config.b2, mu_dtype=acc_dtype)
+  if config.optimizer == "lion":
+    return float32_arithmetic(optax.scale_by_lion(
+        b1=float(config.lion_b1), b2=float(config.lion_b2), mu_dtype=acc_dtype))
+  threshold = config.adafactor_clipping_threshold
+  return per_layer(float32_arithmetic(scale_by_adafactor(
+      decay_rate=float(config.adafactor_decay_rate), beta2_cap=float(config.adafactor_beta2_cap),
+      min_dim_size_to_factor=int(config.adafactor_min_dim_size_to_factor),
+      clipping_threshold=float(threshold) if threshold else None,
+      momentum=float(config.momentum or 0.0), momentum_dtype=acc_dtype,
+      epsilon=float(config.adafactor_epsilon))))
+
+
+def float32_arithmetic(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with its low-precision float state (a bfloat16 moment) upcast to float32 for the update
+  and stored back in its own dtype: otherwise `decay * moment` is a bfloat16 product and the
+  decay itself rounds (0.9 -> 0.8984, 0.99 -> 0.9883)."""
+  def low(x):
+    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize < 4
+
+  def update(updates, state, params=None):
+    wide = jax.tree.map(lambda x: x.astype(jnp.float32) if low(x) else x, state)
+    updates, new = tx.update(updates, wide, params)
+    return updates, jax.tree.map(lambda n, x: n.astype(x.dtype), new, state)
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def scale_by_adafactor(decay_rate: float = 0.8, beta2_cap: float = 0.999,
+                       min_dim_size_to_factor: int = 32, clipping_threshold: Optional[float] = None,
+                       momentum: float = 0.9, momentum_dtype: Any = jnp.bfloat16,
+                       epsilon: float = 1e-30) -> optax.GradientTransformation:
+  """big_vision's Adafactor direction: factored RMS scaling → block-RMS clip → EMA momentum."""
+  def beta2(count, rate):  # count = updates done before this one; t = count + 1.
+    return jnp.minimum(beta2_cap, 1.0 - (jnp.asarray(count, jnp.float32) + 1.0) ** -rate)
+
+  parts = [optax.scale_by_factored_rms(factored=True, decay_rate=decay_rate,
+                                       min_dim_size_to_factor=min_dim_size_to_factor,
+                                       epsilon=epsilon, decay_rate_fn=beta2)]
+  if clipping_threshold:
+    parts.append(optax.clip_by_block_rms(clipping_threshold))
+  if momentum:
+    parts.append(optax.ema(momentum, debias=False, accumulator_dtype=momentum_dtype))
+  return optax.chain(*parts)
+
+
+def is_stacked(path: str) -> bool:
+  """Whether a '/'-joined parameter path is in a scanned stack (models/transformer.py's
+  scan_layers: one 'Transformer/encoderblock' subtree, axis 0 = layer)."""
+  return path.startswith(_STACKED)
+
+
+_STACKED = "Transformer/encoderblock/"
+
+
+def per_layer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` applied to each layer of a scanned stack separately (vmap over axis 0) and to the other
+  leaves as they are; a tree without a stack gets `tx` itself (the same state tree)."""
+  layered = optax.GradientTransformation(jax.vmap(tx.init), jax.vmap(tx.update))
+
+  def labels(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "layers" if is_stacked(param_groups.path_str(p)) else "flat", tree)
+
+  def inner(tree) -> optax.GradientTransformation:
+    present = set(jax.tree.leaves(labels(tree)))
+    if "layers" not in present:
+      return tx
+    return optax.multi_transform({"flat": tx, "layers": layered}, labels)
+
+  def init(params):
+    return inner(params).init(params)
+
+  def update(updates, state, params=None):
+    return inner(updates).update(updates, state, params)
+
+  return optax.GradientTransformation(init, update)
 
 
 def _decayed_weights_by_path(weight_decay: float, wd_mult_of: Callable[[str], float]

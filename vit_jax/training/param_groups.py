@@ -16,11 +16,12 @@ Config keys (defaults in configs/base.defaults()):
                 pre_head_layer_norm, head). A parameter's lr multiplier is
                 layer_decay ** (L + 1 - depth) (so the head trains at the base lr).
 What the multipliers mean: a parameter's update is scaled by lr_mult x (its layer-decay
-multiplier); with AdamW the decoupled weight decay is part of that update (p -= lr_t * lr_mult
-* (adam + weight_decay * wd_mult * p)), so lr_mult scales the decay too, as torch's per-group
-lr does in timm / BEiT, and wd_mult multiplies only the weight_decay coefficient of that
-parameter (kernels only, as optim.decay_mask; wd_mult needs optimizer='adamw'). The order:
-layer decay first, then the matching rule's lr_mult on top; 'freeze' wins over both.
+multiplier); with AdamW (Adafactor, Lion alike) the decoupled weight decay is part of that
+update (p -= lr_t * lr_mult * (adam + weight_decay * wd_mult * p)), so lr_mult scales the decay
+too, as torch's per-group lr does in timm / BEiT, and wd_mult multiplies only the weight_decay
+coefficient of that parameter (kernels only, as optim.decay_mask; wd_mult needs an optimizer
+with weight decay, not 'sgd'). The order: layer decay first, then the matching rule's lr_mult
+on top; 'freeze' wins over both.
 Frozen parameters get optax.set_to_zero() under optax.multi_transform (their optimizer state
 is empty), no gradient (stop_gradient in the step) and keep their exact bits.
 """
