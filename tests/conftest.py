@@ -70,6 +70,10 @@ def trained_workdir(tmp_path_factory, data_dir):
 # trip and the NumPy reference forward.
 SLOW_TESTS = {
     "tests/planning/test_dry_run.py::test_main_topology_dry_run_and_its_errors",
+    "tests/planning/test_hlo_program.py::test_every_loop_combination_against_the_formula",
+    "tests/planning/test_plan.py::test_main_plan_with_a_typo_exits_2_with_one_line",
+    "tests/planning/test_planner_goldens.py::test_compiled_figures_match_the_goldens",
+    "tests/training/test_giant_optimizers.py::test_dry_run_state_bytes_adafactor_and_lion_below_adamw",
     "tests/planning/test_dry_run.py::test_plan_on_a_tiny_grid",
     "tests/planning/test_dry_run.py::test_tpu_slice_report_matches_the_formula",
     "tests/planning/test_dry_run.py::test_main_dry_run_prints_and_exits",

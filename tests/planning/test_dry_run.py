@@ -34,7 +34,7 @@ def test_dry_run_reports_memory_and_flops(tmp_path):
   assert sharded["mesh"] == {"data": 1, "fsdp": 4, "model": 2}
   text = dry_run.format_report(replicated)
   for needle in ("params per device", "optimizer state per device", "activations/temp", "FLOPs",
-                 "step-time bound omitted"):
+                 "step-time model omitted"):
     assert needle in text, text
 
 
@@ -119,7 +119,8 @@ def test_tpu_slice_report_matches_the_formula(mesh, shards):
   if shards > 1:  # sharded params are gathered for the forward pass
     assert r["collectives"]["all-gather"]["count"] > 0
   text = dry_run.format_report(r)
-  for needle in ("capacity per device", "headroom", "collectives:", "step time >=", "fits: yes"):
+  for needle in ("capacity per device", "headroom", "collectives per step", "step time:", "MFU",
+                 "fits: yes"):
     assert needle in text, text
 
 
@@ -184,3 +185,29 @@ def test_vit22b_options_compile_for_tpu_with_fsdp_and_model_axes():
   assert r["fits"] is True and r["mesh"] == {"data": 1, "fsdp": 2, "model": 2}
   total = r["total_params"] * 4
   assert total / 4 <= r["params_bytes"] < total / 2  # sharded over both axes
+
+
+@needs_libtpu
+def test_a_repeated_topology_dry_run_reads_its_memo(tmp_path, monkeypatch):
+  """JAX's cache cannot load abstract-TPU compiles; the planner's memo serves the repeat."""
+  config = tpu_config(**{"model.transformer.num_layers": 1})
+  with config.unlocked():
+    config.compilation_cache_dir = str(tmp_path / "cache")
+  devices = dry_run.target_devices("v5e:2x2")
+  first = dry_run.analyse(config, devices)
+  assert first["compile_memo_hit"] is False
+  assert len(list((tmp_path / "cache" / "dry_run").glob("*.json.gz"))) == 1
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled again")
+  monkeypatch.setattr(dry_run, "_compile", no_compile)
+  second = dry_run.analyse(config, devices)
+  assert second["compile_memo_hit"] is True
+  for key in ("peak_bytes", "flops_per_device", "bytes_accessed_per_device", "ici_bytes",
+              "step_time_bound_s"):
+    assert second[key] == first[key], key
+  assert "read from the dry-run memo" in dry_run.format_report(second)
+  monkeypatch.undo()
+  with config.unlocked():  # another program: another entry
+    config.batch = 32
+  assert dry_run.analyse(config, devices)["compile_memo_hit"] is False

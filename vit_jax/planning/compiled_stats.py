@@ -1,58 +1,16 @@
-"""What a compiled XLA program needs per device: memory, FLOPs, bytes, collectives.
+"""What a compiled XLA program needs per device: memory (XLA's memory analysis), the FLOPs of
+one execution (loops multiplied out, hlo_program.py), XLA's own static cost analysis, and the
+compiler's out-of-memory message parsed.
 
-Read from the compiled executable alone (`memory_analysis`, `cost_analysis`, the optimised
-HLO text), so the same numbers come out for the local devices and for abstract TPU devices.
-Collectives are counted in the HLO text: every all-gather, reduce-scatter, all-reduce,
-all-to-all and collective-permute (async `-start` forms included, `-done` not), with the
-bytes of its result (for an async start, the last element of its tuple: the result buffer).
+Read from the compiled executable alone, so the same numbers come out for the local devices
+and for abstract TPU devices.
 """
 from __future__ import annotations
 
-import collections
 import re
 from typing import Any, Optional
 
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s(?P<op>" + "|".join(COLLECTIVES)
-    + r")(?P<start>-start)?\(")
-_ARRAY = re.compile(r"\b(?P<dtype>pred|[bsuf]\d+|bf16|c64|c128|f8e\w+)\[(?P<dims>[\d,]*)\]")
-_DTYPE_BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
-
-
-def _dtype_bytes(dtype: str) -> float:
-  if dtype in _DTYPE_BYTES:
-    return _DTYPE_BYTES[dtype]
-  if dtype.startswith("f8"):
-    return 1
-  bits = int(re.sub(r"\D", "", dtype) or 32)
-  return bits / 8
-
-
-def _array_bytes(match: re.Match) -> float:
-  dims = [int(d) for d in match.group("dims").split(",") if d]
-  count = 1
-  for d in dims:
-    count *= d
-  return count * _dtype_bytes(match.group("dtype"))
-
-
-def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
-  """{kind: {'count': n, 'bytes': total result bytes}} over the program's collectives."""
-  out: dict[str, dict[str, float]] = collections.OrderedDict(
-      (k, {"count": 0, "bytes": 0.0}) for k in COLLECTIVES)
-  for line in hlo_text.splitlines():
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    arrays = list(_ARRAY.finditer(match.group("shape")))
-    if not arrays:
-      continue
-    size = _array_bytes(arrays[-1]) if match.group("start") else sum(map(_array_bytes, arrays))
-    entry = out[match.group("op")]
-    entry["count"] += 1
-    entry["bytes"] += size
-  return out
+from vit_jax.planning import hlo_program
 
 
 def memory(compiled: Any) -> Optional[dict[str, int]]:
@@ -106,5 +64,12 @@ def parse_out_of_memory(message: str) -> Optional[dict[str, Any]]:
 
 
 def compiled_flops(compiled: Any) -> Optional[float]:
-  """FLOPs of one execution of a compiled jit function on one device (XLA cost analysis)."""
-  return cost(compiled)["flops"]
+  """FLOPs of one execution of a compiled jit function on one device, every loop body counted
+  as often as it runs (XLA's cost analysis counts it once: accumulation and scanned layers
+  would shrink the figure and inflate MFU)."""
+  try:
+    text = compiled.as_text()
+  except Exception:  # pylint: disable=broad-except  (a backend without HLO text)
+    return cost(compiled)["flops"]
+  flops = hlo_program.executed(text).flops
+  return flops if flops > 0 else cost(compiled)["flops"]

@@ -4,9 +4,10 @@ The step is `train_step.compile_train_step`, the one the trainer runs (same mode
 sharding rules, accumulation, remat, scan), over abstract state and batch: nothing is
 allocated and no dataset is opened. With `topology` ('v5p-256', 'v5e:4x4', ...) the devices
 are abstract TPU chips from libtpu and XLA's TPU compiler runs on this host, so a user learns
-on a laptop whether ViT-H/14 at batch 4096 fits a v5p-256, with which mesh, and the step-time
-lower bound max(FLOPs / peak, bytes / HBM bandwidth). The report is per device (per chip on
-TPU); `analyse` returns the numbers, `run` prints them and returns the exit status (1 when
+on a laptop whether ViT-H/14 at batch 4096 fits a v5p-256, with which mesh, and what a step
+costs: executed FLOPs, HBM bytes and collectives (loops multiplied out, hlo_program.py) and the
+step-time model with its communication term (step_time.py). The report is per device (per chip
+on TPU); `analyse` returns the numbers, `run` prints them and returns the exit status (1 when
 the program does not fit).
 """
 from __future__ import annotations
@@ -18,7 +19,15 @@ import jax
 
 from vit_jax import sharding
 from vit_jax.models import platform, registry
-from vit_jax.planning import compiled_stats, datasheets, flops, topology
+from vit_jax.planning import (
+  compile_memo,
+  compiled_stats,
+  datasheets,
+  flops,
+  hlo_program,
+  step_time,
+  topology,
+)
 from vit_jax.training import train_state, train_step
 
 
@@ -55,18 +64,20 @@ def target_devices(topology_name: Optional[str], num_slices: int = 1) -> list[An
 
 def _device_figures(device: Any) -> dict[str, Any]:
   """Peak FLOP/s, memory capacity and bandwidth of one device (None where unknown)."""
-  gen = topology.generation_of(device)
-  if gen is not None:
-    return {"peak_flops": gen.peak_bf16_flops, "capacity_bytes": gen.hbm_bytes,
-            "bandwidth_bytes_per_s": gen.hbm_bytes_per_s, "figures_source": gen.source}
-  peak, _ = datasheets.peak_flops_per_device(device)
-  capacity = None
-  try:
-    capacity = (device.memory_stats() or {}).get("bytes_limit")
-  except Exception:  # pylint: disable=broad-except  (CPU devices report no memory stats)
-    capacity = None
-  return {"peak_flops": peak, "capacity_bytes": capacity, "bandwidth_bytes_per_s": None,
-          "figures_source": "planning/datasheets.py" if peak else None}
+  sheet = datasheets.for_kind(getattr(device, "device_kind", ""))
+  capacity = sheet.hbm_bytes if sheet is not None else None
+  if capacity is None:
+    try:
+      capacity = (device.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # pylint: disable=broad-except  (CPU devices report no memory stats)
+      capacity = None
+  if sheet is None:
+    return {"peak_flops": None, "capacity_bytes": capacity, "bandwidth_bytes_per_s": None,
+            "figures_source": None}
+  return {"peak_flops": sheet.peak_bf16_flops, "capacity_bytes": capacity,
+          "bandwidth_bytes_per_s": sheet.hbm_bytes_per_s, "ici_bytes_per_s": sheet.ici_bytes_per_s,
+          "dcn_bytes_per_s": sheet.dcn_bytes_per_s, "figures_source": sheet.source,
+          "link_source": sheet.link_source}
 
 
 def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
@@ -88,6 +99,7 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
       "device_kind": device.device_kind, "platform": device.platform,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
       "remat": bool(fields.get("remat", False)),
+      "remat_policy": fields.get("remat_policy") or ("full" if fields.get("remat") else None),
       "scan_layers": bool(fields.get("scan_layers", False))}
   out.update(_device_figures(device))
   with platform.compile_target(device.platform):
@@ -98,26 +110,36 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
                                                        shardings.opt_state)
     out["total_params"] = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
     start = time.perf_counter()
-    try:
-      compiled = train_step.compile_train_step(setup, config, num_classes)
-    except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and kin)
-      oom = compiled_stats.parse_out_of_memory(str(e))
-      if oom is None:
-        raise
-      out.update(fits=False, compile_s=time.perf_counter() - start, compiler_error=str(e),
-                 need_bytes=oom["need_bytes"], available_bytes=oom["available_bytes"],
-                 oom_what=oom["what"])
-      return out
+    lowered = train_step.lower_train_step(setup, config, num_classes)
+    memo = compile_memo.directory(config)
+    name = compile_memo.key(lowered.as_text(), devices) if memo else ""
+    figures = compile_memo.load(memo, name)
+    out["compile_memo_hit"] = figures is not None
+    if figures is None:
+      figures = _compile(lowered)
+      compile_memo.save(memo, name, figures)
   out["compile_s"] = time.perf_counter() - start
-  out.update(compiled_stats.memory(compiled) or {})
-  cost = compiled_stats.cost(compiled)
-  out["flops_per_device"] = cost["flops"]
-  out["bytes_accessed_per_device"] = cost["bytes_accessed"]
+  if figures.get("compiler_error") is not None:
+    oom = compiled_stats.parse_out_of_memory(figures["compiler_error"])
+    out.update(fits=False, compiler_error=figures["compiler_error"],
+               need_bytes=oom["need_bytes"], available_bytes=oom["available_bytes"],
+               oom_what=oom["what"])
+    return out
+  out.update(figures["memory"] or {})
+  out["xla_static"] = figures["xla_static"]  # loop bodies counted once (for reference)
+  run = hlo_program.executed(figures["hlo"], len(devices),
+                             hlo_program.slices_of(mesh.devices.flat))
+  out["flops_per_device"] = run.flops or None
+  out["bytes_accessed_per_device"] = run.bytes_accessed or None
+  out["loops"] = run.loops
+  out["unknown_loops"] = sum(1 for loop in run.loops if loop["trip_count"] is None)
   formula = flops.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
   out["formula_flops_per_device"] = (3 * formula * config.batch / len(devices)) or None
-  out["collectives"] = compiled_stats.collectives(compiled.as_text())
+  out["collectives"] = {k: dict(v) for k, v in run.collectives.items()}
   out["collective_bytes"] = sum(c["bytes"] for c in out["collectives"].values())
-  _add_bounds(out)
+  moved = run.collective_moved_bytes
+  out["ici_bytes"], out["dcn_bytes"] = moved["ici"], moved["dcn"]
+  _add_step_time(out, datasheets.for_kind(device.device_kind))
   capacity, peak_bytes = out.get("capacity_bytes"), out.get("peak_bytes")
   out["fits"] = None if capacity is None or peak_bytes is None else peak_bytes <= capacity
   if capacity and peak_bytes is not None:
@@ -125,42 +147,46 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   return out
 
 
-def _add_bounds(out: dict[str, Any]) -> None:
-  """Step-time lower bound max(FLOPs / peak, bytes / bandwidth) and the MFU it allows.
+def _compile(lowered: Any) -> dict[str, Any]:
+  """What the planner keeps of one compile: the optimised HLO, the memory analysis and XLA's
+  static cost, or the compiler's out-of-memory message (other compiler errors raise)."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and kin)
+    if compiled_stats.parse_out_of_memory(str(e)) is None:
+      raise
+    return {"compiler_error": str(e)}
+  return {"hlo": compiled.as_text(), "memory": compiled_stats.memory(compiled),
+          "xla_static": compiled_stats.cost(compiled)}
 
-  XLA's cost analysis counts the body of a loop once: with scan_layers the compiled FLOPs
-  and bytes cover one encoder layer, so the compute term uses the formula FLOPs (x 4/3 with
-  remat, which recomputes the forward pass) and the bytes term is left out (a note says so).
-  """
-  peak, bandwidth = out.get("peak_flops"), out.get("bandwidth_bytes_per_s")
-  flops, accessed = out.get("flops_per_device"), out.get("bytes_accessed_per_device")
-  if out.get("scan_layers"):
-    formula = out.get("formula_flops_per_device")
-    flops = formula * (4 / 3 if out.get("remat") else 1) if formula else None
-    accessed = None
-    out["bound_note"] = ("scan_layers: XLA's cost analysis counts the scanned layer once, so the "
-                         "bound is the formula's compute term only; compile with "
-                         "--config.model.scan_layers=False for the bytes term")
-  bounds = {}
-  if peak and flops:
-    bounds["compute"] = flops / peak
-  if bandwidth and accessed:
-    bounds["memory"] = accessed / bandwidth
-  if not bounds:
+
+def _add_step_time(out: dict[str, Any], sheet: Optional[datasheets.Datasheet]) -> None:
+  """The step-time model's figures (step_time.py) from the executed per-chip costs."""
+  model = step_time.estimate(
+      flops=out.get("flops_per_device"), bytes_accessed=out.get("bytes_accessed_per_device"),
+      ici_bytes=out.get("ici_bytes", 0.0), dcn_bytes=out.get("dcn_bytes", 0.0),
+      model_flops=out.get("formula_flops_per_device"), sheet=sheet)
+  out["step_time"] = model
+  if not model:
     return
-  out["step_time_bound_s"] = max(bounds.values())
-  out["bound_by"] = max(bounds, key=bounds.get)
-  model_flops = out.get("formula_flops_per_device") or flops
-  if peak and model_flops:
-    out["best_mfu"] = min(model_flops / (out["step_time_bound_s"] * peak), 1.0)
+  out["step_time_bound_s"] = model["step_time_full_overlap_s"]
+  out["step_time_no_overlap_s"] = model["step_time_no_overlap_s"]
+  out["bound_by"] = model["bound_by"]
+  if model.get("mfu_range"):
+    out["mfu_range"] = model["mfu_range"]
+    out["best_mfu"] = model["mfu_range"][1]
 
 
-KNOBS = ("--config.model.remat=True (recompute activations in the backward pass)",
+KNOBS = ("--config.model.remat=True (recompute activations in the backward pass; "
+         "--config.model.remat_policy=dots_saveable or dots_with_no_batch_dims_saveable keeps "
+         "the matmul outputs and recomputes less, offload_dots_with_no_batch_dims moves them to "
+         "host memory on TPU/GPU)",
          "a larger fsdp axis, e.g. --config.mesh='((\"fsdp\", -1),)' (parameters and optimizer "
          "state sharded over more chips)",
          "a model axis, e.g. --config.mesh='((\"fsdp\", -1), (\"model\", 4))' (tensor parallel)",
          "--config.accum_steps=2 (or more: smaller micro-batches, same global batch)",
-         "a smaller --config.batch, or --config.optim_dtype=bfloat16 (half the momentum memory)")
+         "a smaller --config.batch, --config.optim_dtype=bfloat16 (half the momentum memory) or "
+         "--config.optimizer=adafactor (factored second moment: two vectors per matrix)")
 
 
 def does_not_fit_message(r: dict[str, Any]) -> str:
@@ -186,7 +212,9 @@ def format_report(r: dict[str, Any]) -> str:
   """Human-readable lines for `analyse`'s result (a fitting or non-fitting program)."""
   lines = [f"Dry run: {r['model']}, global batch {r['batch']} (accum_steps {r['accum_steps']}), "
            f"crop {r['crop']}, {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, "
-           f"remat {r['remat']}, scan {r['scan_layers']}; compiled in {r['compile_s']:.1f} s",
+           f"remat {r['remat']}, scan {r['scan_layers']}; "
+           + (f"read from the dry-run memo in {r['compile_s']:.1f} s" if r.get("compile_memo_hit")
+              else f"compiled in {r['compile_s']:.1f} s"),
            f"  params:           {r['total_params'] / 1e6:.1f}M total",
            f"  params per device:          {size(r['params_bytes'])}",
            f"  optimizer state per device: {size(r['opt_state_bytes'])}"]
@@ -203,27 +231,32 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append("  activation memory: not reported by this backend")
   if r.get("flops_per_device"):
     formula = r.get("formula_flops_per_device")
-    loop = " (scanned layer counted once)" if r.get("scan_layers") else ""
-    lines.append(f"  FLOPs per step per device: {r['flops_per_device']:.4g} (compiled{loop}), "
-                 + (f"{formula:.4g} (formula)" if formula else "formula n/a (hybrid / Mixer)"))
+    ratio = (f" = {r['flops_per_device'] / formula:.3f} x the formula's {formula:.4g}"
+             if formula else " (formula n/a: hybrid / Mixer)")
+    lines.append(f"  FLOPs per step per device: {r['flops_per_device']:.4g} executed{ratio}")
+    loops = [x for x in r.get("loops", []) if x["trip_count"]]
+    if loops:
+      trips = sorted({int(x["trip_count"]) for x in loops})
+      lines.append(f"    ({len(loops)} loops run {', '.join(map(str, trips))} times each; "
+                   f"XLA's static count, bodies once: {r['xla_static']['flops']:.4g})")
+    if r.get("unknown_loops"):
+      lines.append(f"    ({r['unknown_loops']} loops of unknown trip count counted once: "
+                   "figures are a lower bound)")
   if r.get("bytes_accessed_per_device"):
-    lines.append(f"  bytes accessed per device: {size(r['bytes_accessed_per_device'])}")
+    lines.append(f"  HBM bytes per step per device: {size(r['bytes_accessed_per_device'])}")
   active = {k: v for k, v in r.get("collectives", {}).items() if v["count"]}
   if active:
-    lines.append("  collectives: " + ", ".join(
-        f"{k} {int(v['count'])} ({size(v['bytes'])})" for k, v in active.items()))
+    lines.append("  collectives per step (count, buffer, sent per chip): " + ", ".join(
+        f"{k} {v['count']:g} ({size(v['bytes'])}, {size(v['ici_bytes'] + v['dcn_bytes'])})"
+        for k, v in active.items()))
+    lines.append(f"    sent per chip: {size(r.get('ici_bytes'))} inside the slice (ICI), "
+                 f"{size(r.get('dcn_bytes'))} across slices (DCN)")
   elif "collectives" in r:
     lines.append("  collectives: none")
-  if r.get("step_time_bound_s"):
-    mfu = f", best MFU {r['best_mfu']:.1%}" if r.get("best_mfu") else ""
-    lines.append(f"  step time >= {r['step_time_bound_s'] * 1e3:.2f} ms ({r['bound_by']}-bound; "
-                 f"peak {r['peak_flops']:.3g} FLOP/s"
-                 + (f", HBM {r['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s" if r.get(
-                     "bandwidth_bytes_per_s") else "") + f"){mfu}")
-    if r.get("bound_note"):
-      lines.append(f"  ({r['bound_note']})")
+  if r.get("step_time"):
+    lines += step_time.describe(r["step_time"])
   elif not r.get("peak_flops"):
-    lines.append(f"  step-time bound omitted: no peak FLOP/s known for {r['device_kind']!r}")
+    lines.append(f"  step-time model omitted: no peak FLOP/s known for {r['device_kind']!r}")
   if r.get("fits") is False:
     lines.append(does_not_fit_message(r))
   elif r.get("fits"):

@@ -136,9 +136,9 @@ def abstract_batch(config, num_classes: int, mesh) -> dict[str, jax.ShapeDtypeSt
   return {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh) for k, shape in shapes.items()}
 
 
-def compile_train_step(setup: StateSetup, config, num_classes: int,
-                       teacher: Optional[distill.Teacher] = None) -> Any:
-  """The train step the trainer runs, lowered and compiled for the abstract state and batch
+def lower_train_step(setup: StateSetup, config, num_classes: int,
+                     teacher: Optional[distill.Teacher] = None) -> Any:
+  """The train step the trainer runs, lowered (not compiled) for the abstract state and batch
   (and, with config.distill.path, the teacher's abstract params: call it with them).
 
   The trainer, the dry run and the benchmarks all compile through here, so what the dry run
@@ -151,4 +151,10 @@ def compile_train_step(setup: StateSetup, config, num_classes: int,
   args = (setup.abstract_state, abstract_batch(config, num_classes, setup.mesh))
   if teacher is not None:
     args += (teacher.abstract_params,)
-  return step_fn.lower(*args).compile()
+  return step_fn.lower(*args)
+
+
+def compile_train_step(setup: StateSetup, config, num_classes: int,
+                       teacher: Optional[distill.Teacher] = None) -> Any:
+  """`lower_train_step(...)` compiled: the executable the trainer calls."""
+  return lower_train_step(setup, config, num_classes, teacher).compile()
