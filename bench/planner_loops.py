@@ -59,13 +59,17 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--cases", default=",".join(CASES))
   p.add_argument("--json", default=None)
+  p.add_argument("--scan", default="both", choices=("on", "off", "both"))
+  p.add_argument("--accum", default="1,2,4", help="accum_steps values, comma-separated")
   args = p.parse_args(argv)
   print("| model | slice | batch | scan | accum | remat | executed / formula | expected | off | "
         "XLA static / formula | compile |\n|---|---|---|---|---|---|---|---|---|---|---|",
         flush=True)
   results = []
   for name in args.cases.split(","):
-    for scan, accum, remat in itertools.product((True, False), (1, 2, 4), (False, True)):
+    scans = {"on": (True,), "off": (False,), "both": (True, False)}[args.scan]
+    accums = [int(a) for a in args.accum.split(",")]
+    for scan, accum, remat in itertools.product(scans, accums, (False, True)):
       results.append(run(name, scan, accum, remat))
       print(row(results[-1]), flush=True)
       if args.json:

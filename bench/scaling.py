@@ -1,13 +1,15 @@
 r"""Regenerates docs/scaling.md's table: the real train step compiled for TPU slices on this host.
 
-  python bench/scaling.py [--cases b16-v5e16,l16-v5p64 ...] [--json out.json] [--markdown]
+  python bench/scaling.py [--cases b16-v5e16,l16-v5p64 ...] [--json out.json] [--check old.json]
 
 Each case is a preset of configs/pretrain_i1k.py with overrides, compiled by
 vit_jax.planning.dry_run over libtpu's abstract devices (pip install -r requirements-tpu.txt;
 no TPU needed). Prints one markdown row per case (model, slice, batch, mesh, remat, scan,
 per-chip peak vs HBM, executed FLOPs over the formula, HBM bytes, bytes sent per chip over ICI
 and DCN, the step-time model's range and binding term, the MFU range, compile time) and the
-command that reproduces it.
+command that reproduces it. With --check, the figures the CI goldens guard (per-chip peak,
+params / optimizer bytes, executed FLOPs and bytes, ICI / DCN bytes, step times, collectives by
+kind) are compared with an earlier JSON at 2%: the docs rows' own regression check.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests", "planning"))
+import golden_cases  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name: (preset, slice, overrides)
 CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -102,16 +107,29 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
   p.add_argument("--json", default=None, help="also write every case's figures here")
+  p.add_argument("--check", default=None,
+                 help="a figures JSON written before (docs/bench_results/...): print every "
+                      "figure that moved by more than 2%% and exit 1 if any did")
   args = p.parse_args(argv)
-  results = []
+  before = {}
+  if args.check:
+    with open(args.check, encoding="utf-8") as f:
+      before = {r["case"]: r for r in json.load(f)}
+  results, moved = [], []
   print(HEADER, flush=True)
   for name in args.cases.split(","):
     results.append(run_case(name.strip()))
     print(markdown_row(results[-1]), flush=True)
+    if name.strip() in before:
+      diff = golden_cases.differences(golden_cases.guarded(before[name.strip()]),
+                                       golden_cases.guarded(results[-1]))
+      moved += [f"{name}:{line}" for line in diff]
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(json.loads(json.dumps(results, default=str)), f, indent=1)
-  return 0
+  if args.check:
+    print("\n".join(moved) if moved else f"No figure moved by more than 2% against {args.check}")
+  return 1 if moved else 0
 
 
 if __name__ == "__main__":

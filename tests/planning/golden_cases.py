@@ -47,10 +47,15 @@ def figures(name: str) -> dict[str, Any]:
   from vit_jax.planning import dry_run  # pylint: disable=g-import-not-at-top
   slice_name, num_slices, overrides = CASES[name]
   r = dry_run.analyse(config(overrides), dry_run.target_devices(slice_name, num_slices))
+  return guarded(r)
+
+
+def guarded(r: dict[str, Any]) -> dict[str, Any]:
+  """The figures of an analyse() result that the guard compares."""
   out = {k: r.get(k) for k in FIGURES}
   out["collectives"] = {k: {"count": v["count"], "bytes": v["bytes"],
                             "sent": v["ici_bytes"] + v["dcn_bytes"]}
-                        for k, v in r["collectives"].items() if v["count"]}
+                        for k, v in (r.get("collectives") or {}).items() if v["count"]}
   return out
 
 

@@ -249,3 +249,24 @@ def test_every_loop_combination_against_the_formula(scan, accum, remat):
     assert 1.0 <= ratio <= 1.1
   else:  # the forward pass of each layer runs twice: at most 4/3 of the step, plus elementwise
     assert 1.2 <= ratio <= 4 / 3 + 0.05
+
+
+def test_async_wrapped_collectives_are_counted_once():
+  """XLA wraps reduce-scatter / all-to-all in async-start(calls=...) / async-done pairs."""
+  text = """
+HloModule wrapped
+
+%rs_body (x: f32[8,128]) -> f32[2,128] {
+  %x = f32[8,128]{1,0} parameter(0)
+  ROOT %rs = f32[2,128]{1,0} reduce-scatter(%x), channel_id=1, replica_groups=[2,4]<=[8], dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (p: f32[8,128]) -> f32[2,128] {
+  %p = f32[8,128]{1,0} parameter(0)
+  %start = ((f32[8,128]{1,0}), f32[2,128]{1,0}) async-start(%p), calls=%rs_body
+  ROOT %done = f32[2,128]{1,0} async-done(%start)
+}
+"""
+  c = hlo_program.executed(text, 8).collectives
+  assert c["reduce-scatter"]["count"] == 1 and c["reduce-scatter"]["bytes"] == F32
+  assert c["reduce-scatter"]["ici_bytes"] == pytest.approx(3 / 4 * F32)
