@@ -33,19 +33,14 @@ def estimate(*, flops: Optional[float], bytes_accessed: Optional[float], ici_byt
     terms["memory"] = bytes_accessed / sheet.hbm_bytes_per_s
   elif bytes_accessed:
     missing.append("memory (no HBM bandwidth figure)")
-  comm = 0.0
-  if ici_bytes:
-    if sheet.ici_bytes_per_s:
-      terms["ici"] = ici_bytes / sheet.ici_bytes_per_s
-      comm += terms["ici"]
-    else:
-      missing.append("ici (no interconnect figure)")
-  if dcn_bytes:
-    if sheet.dcn_bytes_per_s:
-      terms["dcn"] = dcn_bytes / sheet.dcn_bytes_per_s
-      comm += terms["dcn"]
-    else:
-      missing.append("dcn (no data-centre network figure)")
+  links = (("ici", ici_bytes, sheet.ici_bytes_per_s, "no interconnect figure"),
+           ("dcn", dcn_bytes, sheet.dcn_bytes_per_s, "no data-centre network figure"))
+  for link, sent, bandwidth, unknown in links:
+    if sent and bandwidth:
+      terms[link] = sent / bandwidth
+    elif sent:
+      missing.append(f"{link} ({unknown})")
+  comm = terms.get("ici", 0.0) + terms.get("dcn", 0.0)
   local = max(terms["compute"], terms.get("memory", 0.0))
   full, none = max(local, comm), local + comm
   bound_by = max(terms, key=terms.get)
