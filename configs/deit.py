@@ -17,19 +17,31 @@ size). The recipe (the DeiT repository's defaults):
   stochastic depth 0.1, dropout 0; EMA of the weights, decay 0.99996 per step (evaluated as
     'ema/...'; the paper's numbers are the raw weights');
   eval: shorter side to 256, central 224 crop (resize_small, crop_pct 0.875).
-The distillation of the paper's "⚗" rows needs a teacher (--config.distill.path=... with its
-architecture in distill.model_name, e.g. a fine-tuned ViT; RegNetY is not a model here) and uses
-a distillation token this ViT does not have: with distill.mode='hard', weight 0.5, the loss is
-DeiT's hard distillation through the class token.
+Models ti16_distilled s16_distilled b16_distilled = the paper's "⚗" rows: the same recipe
+with DeiT's distillation token (config.model.distilled: tokens [cls, dist, patches], a second
+head; evaluated on the mean of the two heads' logits, as timm) and hard distillation,
+loss = 0.5 x CE(class head, smoothed / mixed labels) + 0.5 x CE(distillation head, the
+teacher's argmax) (distill.mode 'hard', weight 0.5). The paper's teacher is RegNetY-16GF
+(82.9% top-1), which is not a model here: the teacher is any architecture of the registry
+with ImageNet-1k weights at the student's 224 px (distill.path: any location the checkpoint
+loader reads, AugReg names included; distill.model_name: its architecture), e.g. AugReg's
+ViT-B/16 fine-tuned on ImageNet-1k at 224 px. These presets refuse to start without one
+(distill.require_teacher). Without the token (ti16/s16/b16 with --config.distill.path=...,
+distill.mode='hard') the loss is the hard distillation through the class token.
 
   python -m vit_jax.main --workdir=gs://bucket/deit-s --config=configs/deit.py:s16
+  TEACHER=B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224
+  python -m vit_jax.main --workdir=gs://bucket/deit-s-dist --config=configs/deit.py:s16_distilled \
+    --config.distill.path=$TEACHER --config.distill.model_name=ViT-B_16
 
-Expected result (published: DeiT paper, ImageNet-1k top-1 at 224 px, no distillation,
-300 epochs): DeiT-Ti 72.2%, DeiT-S 79.8%, DeiT-B 81.8%.
+Expected result (published: DeiT paper, ImageNet-1k top-1 at 224 px, 300 epochs): DeiT-Ti
+72.2%, DeiT-S 79.8%, DeiT-B 81.8%; with the distillation token and the RegNetY-16GF teacher
+DeiT-Ti⚗ 74.5%, DeiT-S⚗ 81.2%, DeiT-B⚗ 83.4% (another teacher gives other numbers).
 """
 from vit_jax.configs import base
 
 MODELS = {"ti16": "ViT-Ti_16", "s16": "ViT-S_16", "b16": "ViT-B_16"}
+DISTILLED = "_distilled"  # '<model>_distilled': the distillation token and hard distillation.
 IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH = 1024
 
@@ -38,8 +50,11 @@ def get_config(arg: str = "s16"):
   """`arg` = '<model>[,<dataset>]' (see the module docstring)."""
   model, _, dataset = (arg or "s16").partition(",")
   model, dataset = model.strip(), (dataset.strip() or "imagenet2012")
+  distilled = model.endswith(DISTILLED)
+  model = model[:-len(DISTILLED)] if distilled else model
   if model not in MODELS:
-    raise ValueError(f"deit.py: unknown model {model!r}; choose from {sorted(MODELS)}.")
+    raise ValueError(f"deit.py: unknown model {model!r}; choose from {sorted(MODELS)}, each "
+                     f"also as <model>{DISTILLED}.")
   c = base.defaults()
   c.model_name = MODELS[model]
   base.set_dataset(c, dataset)
@@ -64,6 +79,10 @@ def get_config(arg: str = "s16"):
   c.model.transformer.dropout_rate = 0.0
   c.model.representation_size = None
   c.ema.decay, c.ema.warmup, c.ema.every = 0.99996, False, 1
+  if distilled:  # The DeiT repository's --distillation-type hard, alpha 0.5, tau 1.
+    c.model.distilled = True
+    c.distill.mode, c.distill.weight, c.distill.temperature = "hard", 0.5, 1.0
+    c.distill.require_teacher = True
   c.mesh = (("data", -1),)
   c.log_every, c.eval_every, c.checkpoint_every, c.keep_period = 100, 5000, 2000, 50_000
   c.lock()

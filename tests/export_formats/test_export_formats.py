@@ -181,6 +181,109 @@ def test_timm_names_are_registered_and_exact_architectures_get_them(timm):
         {k: v.shape for k, v in state.items()}, name
 
 
+def _deit_tiny():
+  """A width-32, 2-block ViT with DeiT's distillation token on 32 px images (8x8 patches)."""
+  return dict(_tiny(patches=dict(size=(8, 8)), hidden_size=32), distilled=True,
+              transformer=dict(mlp_dim=64, num_heads=2, num_layers=2, attention_dropout_rate=0.0,
+                               dropout_rate=0.0))
+
+
+def _torch_train_heads(model, x):
+  """timm's two heads' logits: VisionTransformerDistilled in distilled training mode."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model.set_distilled_training(True)
+  model.train()
+  with torch.no_grad():
+    out = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+  model.set_distilled_training(False)
+  return tuple(o.numpy() for o in out)
+
+
+def _our_train_heads(model, params, x):
+  return tuple(np.asarray(o) for o in jax.jit(lambda p, x: model.apply(
+      {"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}))(params, x))
+
+
+def test_timm_loads_a_distilled_export_with_both_heads(timm, tmp_path):
+  """timm's VisionTransformerDistilled (deit_*_distilled) loads the export strictly: its eval
+  logits are ours (the mean of the heads) and its two training heads are our two heads."""
+  from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+  source, model, x = _source(_deit_tiny(), resolution=32)
+  out = tmp_path / "deit"
+  timm_format.write(source, str(out))
+  cfg = json.loads((out / "config.json").read_text())
+  assert cfg["architecture"] == "deit_tiny_distilled_patch16_224"
+  assert cfg["global_pool"] == "token" and cfg["pretrained_cfg"]["classifier"] == ["head",
+                                                                                  "head_dist"]
+  ours, heads = _logits(model, source, x), _our_train_heads(model, source.params, x)
+  loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
+  assert type(loaded).__name__ == "VisionTransformerDistilled"
+  np.testing.assert_allclose(_torch_logits(loaded, x), ours, atol=1e-5)
+  # The architecture by hand, the state dict strictly: the same logits and heads.
+  import torch  # pylint: disable=g-import-not-at-top
+  reference = timm.create_model(cfg["architecture"], pretrained=False, num_classes=ol.CLASSES,
+                                **cfg["model_args"])
+  state = {k: torch.from_numpy(v) for k, v in st.load_file(str(out / "model.safetensors")).items()}
+  reference.load_state_dict(state, strict=True)
+  assert reference.num_prefix_tokens == 2
+  np.testing.assert_allclose(_torch_logits(reference, x), ours, atol=1e-5)
+  for got, want in zip(_torch_train_heads(reference, x), heads):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose((heads[0] + heads[1]) / 2, ours, atol=1e-6)
+
+
+def test_timm_distilled_state_dict_loads_into_ours(timm, tmp_path):
+  """timm's own (randomly initialised) deit_*_distilled weights through checkpoint.load give
+  timm's logits and heads in our distilled ViT."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
+                                patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+                                num_classes=ol.CLASSES, act_layer="gelu_tanh")
+  with torch.no_grad():  # timm zero-inits neither head nor token; biases and LN get noise too.
+    for p in reference.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  path = tmp_path / "deit.safetensors"
+  st.save_file({k: v.numpy() for k, v in reference.state_dict().items()}, str(path))
+  params = checkpoint.load(str(path), num_heads=2)
+  assert params["dist_token"].shape == (1, 1, 32) and "head_dist" in params
+  model = registry.model_from_fields(_deit_tiny(), ol.CLASSES)
+  x = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(_logits(model, common.Source(params, {}), x),
+                             _torch_logits(reference, x), atol=1e-5)
+  for got, want in zip(_our_train_heads(model, params, x), _torch_train_heads(reference, x)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_timm_distilled_names_and_full_size_trees(timm):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.checkpoint import torch_layouts  # pylint: disable=g-import-not-at-top
+  for (name, res), timm_name in {
+      ("ViT-Ti_16", 224): "deit_tiny_distilled_patch16_224",
+      ("ViT-S_16", 224): "deit_small_distilled_patch16_224",
+      ("ViT-B_16", 224): "deit_base_distilled_patch16_224",
+      ("ViT-B_16", 384): "deit_base_distilled_patch16_384"}.items():
+    fields = dict(registry.get_model_config(name).to_dict(), distilled=True)
+    got, args, notes = timm_format.architecture(common.Source({}, _arch(fields, resolution=res)))
+    assert got == timm_name and set(args) <= {"act_layer"}, (name, got, args)
+    assert all("no registered" not in n for n in notes)
+  # Our full-size DeiT-S tree has exactly the keys and shapes of timm's own module.
+  model = registry.create_model("ViT-S_16", 10, distilled=True)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             np.zeros((1, 224, 224, 3), np.float32),
+                                             train=False))["params"]
+  flat = {k: np.zeros(v.shape, np.float32)
+          for k, v in param_tree.flat_view(meta.unbox(shapes)).items()}
+  with torch.device("meta"):
+    reference = timm.create_model("deit_small_distilled_patch16_224", num_classes=10)
+  assert {k: tuple(v.shape) for k, v in reference.state_dict().items()} == \
+      {k: v.shape for k, v in torch_layouts.from_ours(flat, "timm").items()}
+
+
 def test_transformers_loads_the_export_with_our_logits(tmp_path):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("torch")
@@ -223,6 +326,8 @@ def test_transformers_loads_the_export_with_our_logits(tmp_path):
     (_tiny(representation_size=8), "timm", "pre_logits"),
     (_tiny(classifier="unpooled"), "timm", "classifier 'unpooled'"),
     (registry.mixer(4, 8, 2, 6, 16).to_dict(), "timm", "mixer_{s,b,l}{16,32}_224"),
+    (_tiny(distilled=True), "transformers", "a DeiT distillation token"),
+    (dict(_hybrid(), distilled=True), "timm", "distilled DeiT has no ResNet root"),
 ])
 def test_a_format_refuses_what_it_cannot_represent(tmp_path, fields, fmt, says):
   source = common.Source({}, _arch(fields))
@@ -378,13 +483,13 @@ def test_savedmodel_serving_default_gives_our_logits(tmp_path, input_kind):
   x = image_ops.to_float(images)
   serving.write_savedmodel(source, str(tmp_path / "sm"), input_kind=input_kind,
                            platforms=("cpu",))
-  serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+  serve = tf.saved_model.load(str(tmp_path / "sm" / "1")).signatures["serving_default"]
   ours = _logits(model, source, x)
   for n in (1, 3):
     out = serve(images=tf.constant(images[:n] if input_kind == "uint8" else x[:n]))
     np.testing.assert_allclose(out["logits"].numpy(), ours[:n], atol=1e-5)
     np.testing.assert_allclose(out["probabilities"].numpy(), jax.nn.softmax(ours[:n]), atol=1e-6)
-  sig = json.loads((tmp_path / "sm" / "vit_jax.json").read_text())
+  sig = json.loads((tmp_path / "sm" / "1" / "vit_jax.json").read_text())
   assert sig["inputs"][0]["dtype"] == ("uint8" if input_kind == "uint8" else "float32")
 
 

@@ -133,7 +133,9 @@ def _fit_posemb(flat: dict, init: dict, source: str, old_grid, new_grid):
   old, new = flat[POSEMB].shape, init[POSEMB].shape
   if old[-1] != new[-1]:
     return None  # A width mismatch: reported by the shape check.
-  prefix = 1 if "cls" in flat else 0
+  prefix = int("cls" in flat) + int("dist_token" in flat)  # DeiT: [cls, dist, patches].
+  if prefix != int("cls" in init) + int("dist_token" in init):
+    return None  # Another token layout (a distillation token or not): the key check says so.
   grid = tuple(new_grid) if new_grid else square_grid(new[1] - prefix, "model's")
   before = tuple(old_grid) if old_grid else square_grid(old[1] - prefix, "checkpoint's")
   logging.info("Resizing position embeddings of %s from %s to %s (grid %s).", source, old, new,
@@ -169,6 +171,7 @@ def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str)
                        "or a feature extractor) but replace_head=False asks to keep it; let "
                        "load_pretrained add a new head (replace_head=None or True).")
     flat["head/kernel"], flat["head/bias"] = init["head/kernel"], init["head/bias"]
+    _take_dist_head(flat, init)
     return "new"
   differs = flat["head/kernel"].shape != init["head/kernel"].shape
   if replace_head is None and flat["head/kernel"].shape[:-1] != init["head/kernel"].shape[:-1]:
@@ -177,8 +180,16 @@ def _fit_head(flat: dict, init: dict, replace_head: Optional[bool], source: str)
     logging.info("Replacing the %s-class head of %s with the model's %s-class head.",
                  flat["head/kernel"].shape[-1], source, init["head/kernel"].shape[-1])
     flat["head/kernel"], flat["head/bias"] = init["head/kernel"], init["head/bias"]
+    _take_dist_head(flat, init)
     return "replaced"
   return "kept"
+
+
+def _take_dist_head(flat: dict, init: dict) -> None:
+  """A distilled model's (DeiT) distillation head goes with its class head: init's too."""
+  for key in ("head_dist/kernel", "head_dist/bias"):
+    if key in init:
+      flat[key] = init[key]
 
 
 def _mismatch_message(key: str, found: Sequence[int], want: Sequence[int]) -> str:
@@ -203,6 +214,13 @@ def _validate(flat: dict, init: dict, source: str) -> None:
         f"checkpoint {source!r} has learned position embeddings ({POSEMB!r}) but the model uses "
         "fixed ones (posemb='sincos2d'); build it with posemb='learn', or pass "
         f"dont_load=[{POSEMB!r}] to drop them.")
+  token = "model has" if "dist_token" in missing else (
+      "checkpoint has" if "dist_token" in unexpected else None)
+  if token:
+    raise ValueError(
+        f"checkpoint {source!r} does not fit the model: the {token} DeiT's distillation token "
+        "(dist_token, head_dist) and the other does not; build the model with the checkpoint's "
+        f"distilled={'dist_token' in unexpected} (--config.model.distilled=...).")
   if missing or unexpected:
     raise ValueError(
         f"checkpoint {source!r} does not fit the model: "
@@ -301,7 +319,7 @@ def adapt_to_model(restored: dict, init: dict, *, source: str,
   out = {k: np.asarray(flat[k]).astype(init_flat[k].dtype, copy=False) for k in init_flat}
   changed = set(report.not_loaded) | ({POSEMB} if report.posemb_grid else set())
   if report.head in ("replaced", "new"):
-    changed |= {"head/kernel", "head/bias"}
+    changed |= {"head/kernel", "head/bias"} | ({"head_dist/kernel", "head_dist/bias"} & set(out))
   if report.patch_size:
     changed.add(PATCH_KERNEL)
   report.arrays_loaded = len(set(out) - changed)

@@ -3,7 +3,7 @@
 Owns the key tables and tensor conversions for the Hugging Face Hub copies of
 Google's weights: timm ViT ('blocks.{i}.attn.qkv.weight' fused (3D, D) q/k/v,
 'patch_embed.proj.weight' OIHW, transposed Linear weights, cls_token, pos_embed,
-norm, head, pre_logits.fc, attn_pool MAP head), timm R+ViT hybrids
+norm, head, pre_logits.fc, attn_pool MAP head; DeiT's dist_token and head_dist), timm R+ViT hybrids
 ('patch_embed.backbone.*'), timm Mixer ('blocks.{i}.mlp_tokens/mlp_channels'),
 and transformers ViT ('vit.embeddings...', 'vit.encoder.layer.{i}.attention.attention.query',
 ..., 'classifier'). Splitting attention weights into heads needs `num_heads`; when
@@ -99,6 +99,10 @@ _TIMM_RULES: list[tuple[str, str, Callable]] = [
     (r"pre_logits\.fc\.bias", "pre_logits/bias", _same),
     (r"head\.weight", "head/kernel", _dense),
     (r"head\.bias", "head/bias", _same),
+    # DeiT's distillation token and head (timm's VisionTransformerDistilled).
+    (r"dist_token", "dist_token", _same),
+    (r"head_dist\.weight", "head_dist/kernel", _dense),
+    (r"head_dist\.bias", "head_dist/bias", _same),
     # MAP head (attention pooling).
     (r"attn_pool\.latent", "MAPHead_0/probe", _same),
     (r"attn_pool\.q\.(weight|bias)", "MAPHead_0/MultiHeadDotProductAttention_0/q/{0}", _same),

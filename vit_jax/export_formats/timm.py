@@ -7,7 +7,9 @@
   DIR/README.md          the model card (model_card.py)
 
 `architecture` is the registered timm name with this structure and resolution
-(vit_base_patch16_224, vit_small_r26_s32_384, mixer_b16_224, ...); what differs from that
+(vit_base_patch16_224, vit_small_r26_s32_384, mixer_b16_224, ...; a ViT with DeiT's
+distillation token: deit_small_distilled_patch16_224, ..., timm's VisionTransformerDistilled,
+whose eval logits are the mean of its two heads, as ours); what differs from that
 name's own arguments goes into `model_args` (e.g. act_layer='gelu_tanh': our MLPs use the
 tanh GELU, as Google's, and timm's default is the exact one), which timm.create_model applies
 when loading 'local-dir:DIR' or 'hf-hub:org/name'. When no registered name has this
@@ -43,6 +45,8 @@ _HYBRIDS = {(): [("vit_tiny_r_s16_p8", 192, 3, 8, (224, 384))],
             (3, 4, 6, 3): [("vit_large_r50_s32", 1024, 16, 1, (224, 384))]}
 _HYBRID_DEPTH = {"vit_large_r50_s32": 24}  # The others have 12 blocks.
 _MIXERS = {(512, 8): "s", (768, 12): "b", (1024, 24): "l"}  # (width, blocks); patch 16 / 32
+# DeiT with the distillation token (timm's deit.py): deit_{size}_distilled_patch16_{res}.
+_DEIT_NAMES = {"tiny": (224,), "small": (224,), "base": (224, 384)}
 _GLOBAL_POOL = {"token": "token", "gap": "avg", "map": "map"}
 
 
@@ -53,6 +57,7 @@ def registered_names() -> list[str]:
   names += [f"{n}_{res}" for entries in _HYBRIDS.values() for n, _, _, _, rs in entries
             for res in rs]
   names += [f"mixer_{s}{p}_224" for s in _MIXERS.values() for p in (16, 32)]
+  names += [f"deit_{s}_distilled_patch16_{res}" for s, r in _DEIT_NAMES.items() for res in r]
   return names
 
 
@@ -93,6 +98,9 @@ def _unrepresentable(source: common.Source) -> list[str]:
                      f"{sorted(_HYBRIDS, key=len)} only)")
     if float(resnet.get("width_factor") or 1) != 1:
       reasons.append(f"ResNet width_factor {resnet.get('width_factor')} (timm's roots have 1)")
+    if f.get("distilled"):
+      reasons.append("a DeiT distillation token on an R+ViT hybrid (timm's distilled DeiT "
+                     "has no ResNet root)")
   return reasons
 
 
@@ -121,7 +129,13 @@ def _vit_choice(source: common.Source) -> tuple[str, dict[str, Any], dict[str, A
               class_token=classifier == "token", global_pool=_GLOBAL_POOL[classifier],
               fc_norm=False if classifier == "gap" else None)
   base = dict(patch_size=16, class_token=True, global_pool="token", fc_norm=None, mlp_ratio=4.0)
-  if f.get("resnet"):
+  if f.get("distilled"):  # DeiT's distillation token: timm's deit_*_distilled entrypoints.
+    size = next((s for s in _DEIT_NAMES if _VIT_SIZES[s][:3] == (width, depth, heads)), None)
+    size = size or min(_DEIT_NAMES, key=lambda s: abs(_VIT_SIZES[s][0] - width))
+    w, d, h, _ = _VIT_SIZES[size]
+    name, resolutions = f"deit_{size}_distilled_patch16", _DEIT_NAMES[size]
+    fixed = dict(base, embed_dim=w, depth=d, num_heads=h, patch_size=16)
+  elif f.get("resnet"):
     options = _HYBRIDS[tuple(f["resnet"].get("num_layers") or ())]
     name, w, h, p, resolutions = next((o for o in options if o[1] == width), options[0])
     fixed = dict(base, embed_dim=w, num_heads=h, patch_size=p, depth=_HYBRID_DEPTH.get(name, 12))
@@ -202,7 +216,7 @@ def config(source: common.Source) -> tuple[dict[str, Any], list[str]]:
       "fixed_input_size": True, "interpolation": pp.interpolation, "crop_pct": pp.crop_pct,
       "crop_mode": pp.timm_crop_mode, "mean": list(pp.mean), "std": list(pp.std),
       "num_classes": classes, "pool_size": None, "first_conv": first_conv(source),
-      "classifier": "head"}
+      "classifier": ["head", "head_dist"] if source.fields.get("distilled") else "head"}
   return out, notes
 
 

@@ -52,6 +52,8 @@ def _unrepresentable(source: common.Source) -> list[str]:
       reasons.append(f"{name}=True (the ViT-22B block)")
   if f.get("use_bias") is False:
     reasons.append("use_bias=False")
+  if f.get("distilled"):
+    reasons.append("a DeiT distillation token (ViTForImageClassification has one head)")
   ph, pw = common.patch_size(f)
   if ph != pw:
     reasons.append(f"non-square patches {ph}x{pw}")

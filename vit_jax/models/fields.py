@@ -27,10 +27,13 @@ def patch_size(patches: Any) -> tuple[int, int]:
   return int(ph), int(pw)
 
 
-def sequence_length(patches: Any, classifier: str, height: int, width: int) -> int:
-  """Encoder tokens of a ViT for (height, width) patch-embedding input: patches + class token."""
+def sequence_length(patches: Any, classifier: str, height: int, width: int,
+                    distilled: bool = False) -> int:
+  """Encoder tokens of a ViT for (height, width) patch-embedding input: patches + class token
+  (+ DeiT's distillation token when `distilled`)."""
   ph, pw = patch_size(patches)
-  return (height // ph) * (width // pw) + (1 if classifier in ("token", "token_unpooled") else 0)
+  prefix = (1 + bool(distilled)) if classifier in ("token", "token_unpooled") else 0
+  return (height // ph) * (width // pw) + prefix
 
 
 def check_image_size(shape: tuple[int, ...], patch: tuple[int, int], stride: int,

@@ -39,6 +39,13 @@ With num_classes None (or 0) there is no head and the pooled pre-logits are retu
 
 Position embeddings: posemb='learn' (default, the `pos_embedding` parameter) or 'sincos2d'
 (fixed, computed for the patch grid of the input; see transformer.py).
+
+DeiT's distillation token (distilled=True, classifier 'token' only; Touvron et al. 2021): a
+learned `dist_token` after the class token (tokens [cls, dist, patches], the position
+embedding covers both, as timm's deit_*_distilled models) read by a second head `head_dist`.
+With train=True the model returns the two heads' logits (cls_logits, dist_logits), for the
+loss (training/distill.py); otherwise one array, their mean ((cls + dist) / 2, timm's
+inference; DeiT's paper adds the softmax outputs instead, which can rank classes differently).
 """
 from __future__ import annotations
 
@@ -121,11 +128,16 @@ class VisionTransformer(nn.Module):
   qk_norm: bool = False
   use_bias: bool = True
   posemb: str = "learn"         # 'learn' | 'sincos2d' (fixed, big_vision / MoCo v3)
+  distilled: bool = False       # DeiT's distillation token + head (module doc)
 
   def _check_fields(self) -> None:
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f"classifier={self.classifier!r} is not supported; use one of "
                        f"{CLASSIFIERS}.")
+    if self.distilled and self.classifier != "token":
+      raise ValueError(f"distilled=True (DeiT's distillation token) reads the class and "
+                       f"distillation tokens: it needs classifier='token', not "
+                       f"{self.classifier!r}.")
     check_attention_impl(self.attention_impl)
     if self.transformer is None:
       raise ValueError("VisionTransformer needs a `transformer` config (num_layers, mlp_dim, "
@@ -156,7 +168,8 @@ class VisionTransformer(nn.Module):
 
   def _tokens_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(batch, tokens, width) of the encoder input for (B, H, W, C) patch-embedding input."""
-    tokens = sequence_length(self.patches, self.classifier, feature_shape[1], feature_shape[2])
+    tokens = sequence_length(self.patches, self.classifier, feature_shape[1], feature_shape[2],
+                             self.distilled)
     return (feature_shape[0], tokens, self.hidden_size)
 
   def _root(self, x: jax.Array, dtype: Any) -> jax.Array:
@@ -186,9 +199,10 @@ class VisionTransformer(nn.Module):
       return map_head(x)
     return x  # unpooled variants
 
-  def _head_modules(self, dtype: Any) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
-    """(pre_logits, head) Dense modules; None where the config has none."""
-    feature_axis, pre_logits, head = "embed", None, None
+  def _head_modules(self, dtype: Any) -> tuple[Optional[nn.Module], Optional[nn.Module],
+                                               Optional[nn.Module]]:
+    """(pre_logits, head, head_dist) Dense modules; None where the config has none."""
+    feature_axis, pre_logits, head, head_dist = "embed", None, None, None
     if self.representation_size is not None:
       pre_logits = nn.Dense(self.representation_size, dtype=dtype, param_dtype=jnp.float32,
                             kernel_init=logical(nn.initializers.lecun_normal(), "embed", "repr"),
@@ -196,11 +210,13 @@ class VisionTransformer(nn.Module):
       feature_axis = "repr"
     if self.num_classes:
       kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
-      head = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                      kernel_init=logical(kernel_init, feature_axis, "classes"),
-                      bias_init=logical(nn.initializers.constant(self.head_bias_init), "classes"),
-                      name="head")
-    return pre_logits, head
+      make = lambda name: nn.Dense(
+          self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+          kernel_init=logical(kernel_init, feature_axis, "classes"),
+          bias_init=logical(nn.initializers.constant(self.head_bias_init), "classes"), name=name)
+      head = make("head")
+      head_dist = make("head_dist") if self.distilled else None
+    return pre_logits, head, head_dist
 
   @staticmethod
   def _apply_head(x: jax.Array, pre_logits: Optional[nn.Module],
@@ -211,8 +227,9 @@ class VisionTransformer(nn.Module):
     return head(x) if head is not None else x
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
-    """(B,H,W,3) images in [-1,1] -> float32 logits (B,C) (or features, see module doc)."""
+  def __call__(self, inputs: jax.Array, *, train: bool) -> Any:
+    """(B,H,W,3) images in [-1,1] -> float32 logits (B,C) (or features, see module doc);
+    distilled and train: the tuple (cls_logits, dist_logits)."""
     self._check_fields()
     dtype = jnp.dtype(self.dtype)
     patch = patch_size(self.patches)
@@ -224,23 +241,34 @@ class VisionTransformer(nn.Module):
     if self.classifier in ("token", "token_unpooled"):
       cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
                        (1, 1, self.hidden_size), jnp.float32)
+    prefix = [cls] if cls is not None else []
+    if self.distilled:  # timm's init of the distillation token: N(0, 0.02), not the cls zeros.
+      prefix.append(self.param("dist_token",
+                               logical(nn.initializers.normal(stddev=0.02), None, None, "embed"),
+                               (1, 1, self.hidden_size), jnp.float32))
     encoder = self._encoder(dtype)
     map_head = self._pool_module(dtype)
-    pre_logits, head = self._head_modules(dtype)
+    pre_logits, head, head_dist = self._head_modules(dtype)
 
     grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
 
-    def forward(images: jax.Array) -> jax.Array:
+    def forward(images: jax.Array) -> Any:
       tokens = patch_embed(images, kernel.astype(dtype), bias.astype(dtype))
-      if cls is not None:
+      if prefix:
         tokens = jnp.concatenate(
-            [jnp.tile(cls.astype(dtype), (tokens.shape[0], 1, 1)), tokens], axis=1)
+            [jnp.tile(p.astype(dtype), (tokens.shape[0], 1, 1)) for p in prefix] + [tokens],
+            axis=1)
       y = encoder(tokens, train=train, grid=grid)
-      return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
+      if not self.distilled:
+        return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
+      out = (self._apply_head(y[:, 0], pre_logits, head),
+             self._apply_head(y[:, 1], pre_logits, head_dist))
+      return out if train else (out[0] + out[1]) / 2
 
     layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))
     chunks = resolve_batch_chunks(self.batch_chunks, self._tokens_shape(x.shape), train,
                                   unrolled_layers=layers)
     if chunks > 1:  # independent sub-batches: XLA:CPU runs them concurrently (see module doc)
-      return jnp.concatenate([forward(c) for c in jnp.split(x, chunks)], axis=0)
+      return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0),
+                          *[forward(c) for c in jnp.split(x, chunks)])
     return forward(x)

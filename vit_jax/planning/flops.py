@@ -10,7 +10,7 @@ from vit_jax.models import fields
 def tokens_per_image(cfg: Any, resolution: int) -> int:
   """Encoder sequence length of a plain ViT at `resolution`: patches plus the class token."""
   return fields.sequence_length(cfg["patches"], cfg.get("classifier", "token"), resolution,
-                                resolution)
+                                resolution, bool(cfg.get("distilled", False)))
 
 
 def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> float:
@@ -27,4 +27,5 @@ def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> floa
   tokens = tokens_per_image(cfg, resolution)
   per_layer = 2 * tokens * (4 * d * d + 2 * d * t["mlp_dim"]) + 2 * 2 * tokens * tokens * d
   embed = 2 * (resolution // ph) * (resolution // pw) * ph * pw * 3 * d
-  return float(embed + t["num_layers"] * per_layer + 2 * d * num_classes)
+  heads = 2 if cfg.get("distilled") else 1  # DeiT's distillation head beside the class head.
+  return float(embed + t["num_layers"] * per_layer + heads * 2 * d * num_classes)

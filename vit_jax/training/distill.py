@@ -4,7 +4,7 @@ Config keys (defaults in configs/base.defaults()):
   distill.path         teacher weights: any location the checkpoint loader reads (a file, gs://,
                        https://, hf://, an AugReg name; checkpoint.candidate_locations); None = off.
   distill.model_name   the teacher's architecture (MODEL_CONFIGS name); None = the student's
-                       (model_name with its config.model overrides).
+                       (model_name with its config.model overrides, no distillation token).
   distill.model        overrides of the teacher's fields on top (as config.model for the student).
   distill.mode         'soft': KL(softmax(t / T) || softmax(s / T)) x T^2 per example (Hinton
                        et al. 2015; summed over classes, mean over the batch; DeiT's code divides
@@ -12,12 +12,20 @@ Config keys (defaults in configs/base.defaults()):
                        teacher's argmax (DeiT's hard distillation).
   distill.weight       alpha in [0, 1]: loss = (1 - alpha) x task loss + alpha x distillation loss.
   distill.temperature  T > 0 (soft only).
-The student has no distillation token: both losses act on its one head (DeiT's "usual
-distillation" rows). The teacher sees the student's (augmented, mixed) batch at the student's
-resolution, which must be the one its checkpoint was made for (one clear error otherwise). Its
-params are loaded once onto the run's mesh with the same logical sharding rules, passed to
-the jitted step as an argument that is not donated, used forward only (train=False, under
-stop_gradient), never updated and never checkpointed (a resumed run reloads them).
+  distill.require_teacher  a run without distill.path is refused (configs/deit.py's
+                       *_distilled presets: a distillation token without a teacher is a mistake).
+A student without a distillation token: both losses act on its one head (DeiT's "usual
+distillation" rows). A student with one (config.model.distilled, models/vit.py): the task
+loss acts on the class head and the distillation loss on the distillation head, (1 - alpha)
+x CE(cls, labels) + alpha x KD(dist, teacher) (DeiT's ⚗ rows: hard, alpha 0.5; label
+smoothing / mixing are in the labels, so they reach the class term only); without a teacher
+such a student trains the mean of its two heads (timm's fine-tuning of a distilled model),
+and it is evaluated on that mean. The teacher sees the student's (augmented, mixed) batch at
+the student's resolution, which must be the one its checkpoint was made for (one clear error
+otherwise). Its params are loaded once onto the run's mesh with the same logical sharding
+rules, passed to the jitted step as an argument that is not donated, used forward only
+(train=False, under stop_gradient), never updated and never checkpointed (a resumed run
+reloads them). The student-derived teacher (model_name None) has no distillation token.
 """
 from __future__ import annotations
 
@@ -55,10 +63,12 @@ class Teacher:
 
 def _fields(config) -> tuple[str, dict]:
   """(name, complete model fields) of the teacher: MODEL_CONFIGS[distill.model_name], or the
-  student's architecture (model_name + config.model) when it is None; distill.model on top."""
+  student's architecture (model_name + config.model, without a distillation token: that is
+  the student's) when it is None; distill.model on top."""
   name = config.distill.model_name
   if name is None:
     name, base = config.model_name, registry.run_model_config(config).to_dict()
+    base.pop("distilled", None)
   elif name in registry.MODEL_CONFIGS:
     base = registry.MODEL_CONFIGS[name].to_dict()
   else:
@@ -72,6 +82,12 @@ def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, .
   """The run's Teacher (abstract: nothing loaded), or None when config.distill.path is unset."""
   d = config.distill
   if not d.path:
+    if d.require_teacher:
+      raise ValueError("this config distils through a distillation token "
+                       "(config.distill.require_teacher) but names no teacher: pass "
+                       "--config.distill.path=TEACHER_WEIGHTS and --config.distill.model_name="
+                       "ITS_ARCHITECTURE, or --config.distill.require_teacher=False to train "
+                       "without one.")
     return None
   if d.mode not in MODES:
     raise ValueError(f"config.distill.mode={d.mode!r} is unknown; use one of {MODES}.")
@@ -145,6 +161,35 @@ def loss(student_logits: jax.Array, teacher_logits: jax.Array, mode: str,
 def combine(task: jax.Array, distill: jax.Array, weight: float) -> jax.Array:
   """(1 - weight) x task + weight x distill."""
   return (1.0 - weight) * task + weight * distill
+
+
+def heads(outputs: Any) -> tuple[jax.Array, Optional[jax.Array]]:
+  """(class-head logits, distillation-head logits or None) of a student's train outputs: a
+  distilled ViT returns the pair (models/vit.py), every other model one array."""
+  if isinstance(outputs, (tuple, list)):
+    cls_logits, dist_logits = outputs
+    return cls_logits, dist_logits
+  return outputs, None
+
+
+def prediction(outputs: Any) -> jax.Array:
+  """The logits a student predicts with: its one head, or the mean of the class and
+  distillation heads (what the distilled ViT returns at eval)."""
+  cls_logits, dist_logits = heads(outputs)
+  return cls_logits if dist_logits is None else (cls_logits + dist_logits) / 2
+
+
+def objective(outputs: Any, labels: jax.Array, teacher_logits: jax.Array, *, mode: str,
+              weight: float, temperature: float = 1.0,
+              task_loss: Callable[[jax.Array, jax.Array], jax.Array] = losses.softmax_xent
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(loss, task loss, distillation loss), batch means: task_loss(class head, labels) mixed
+  with `loss`(distillation head, teacher) by `weight`; a student with one head gets both."""
+  cls_logits, dist_logits = heads(outputs)
+  task = task_loss(cls_logits, labels).mean()
+  kd = loss(cls_logits if dist_logits is None else dist_logits, teacher_logits, mode,
+            temperature).mean()
+  return combine(task, kd, weight), task, kd
 
 
 def compile_forward(teacher: Teacher, batch_images: jax.ShapeDtypeStruct) -> Any:

@@ -39,12 +39,12 @@ import optax
 FREEZE = "freeze"
 _SETTING_KEYS = ("lr_mult", "wd_mult")
 # Layer-decay depths by parameter path (the official naming, docs/architecture.md).
-_STEM = re.compile(r"(embedding|cls|Transformer/posembed_input|conv_root|gn_root|block\d+|stem)"
-                   r"(/.*)?")
+_STEM = re.compile(r"(embedding|cls|dist_token|Transformer/posembed_input|conv_root|gn_root|"
+                   r"block\d+|stem)(/.*)?")
 _BLOCK = re.compile(r"(Transformer/encoderblock|MixerBlock)_(\d+)/.*")
 _SCANNED = re.compile(r"Transformer/encoderblock/.*")
-_AFTER = re.compile(r"(Transformer/encoder_norm|MAPHead_0|pre_logits|pre_head_layer_norm|head)"
-                    r"(/.*)?")
+_AFTER = re.compile(r"(Transformer/encoder_norm|MAPHead_0|pre_logits|pre_head_layer_norm|head|"
+                    r"head_dist)(/.*)?")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,15 +48,17 @@ def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax
   def loss_fn(params, images, labels, rng, teacher_params=None):
     params = param_groups.stop_frozen(params, setup.frozen)
     with axes.activation_sharding(constrainer):
-      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-    loss = per_example_loss(logits, labels).mean()
+      outputs = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    logits = distill.prediction(outputs)  # A distilled ViT's two heads: their mean.
     aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))}
-    if teacher is not None:
-      with axes.activation_sharding(constrainer):
-        teacher_logits = distill.logits(teacher, teacher_params, images)
-      kd = distill.loss(logits, teacher_logits, teacher.mode, teacher.temperature).mean()
-      aux.update(task_loss=loss, distill_loss=kd)
-      loss = distill.combine(loss, kd, teacher.weight)
+    if teacher is None:
+      return per_example_loss(logits, labels).mean(), aux
+    with axes.activation_sharding(constrainer):
+      teacher_logits = distill.logits(teacher, teacher_params, images)
+    loss, task, kd = distill.objective(outputs, labels, teacher_logits, mode=teacher.mode,
+                                       weight=teacher.weight, temperature=teacher.temperature,
+                                       task_loss=per_example_loss)
+    aux.update(task_loss=task, distill_loss=kd)
     return loss, aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -122,8 +124,9 @@ def make_feature_step(setup: StateSetup) -> Callable:
 
   def feature_step(params: Any, images: jax.Array):
     with axes.activation_sharding(constrainer):
-      return model.apply({"params": {k: v for k, v in params.items() if k != "head"}}, images,
-                         train=False)
+      heads = ("head", "head_dist")  # head_dist: DeiT's distillation head.
+      return model.apply({"params": {k: v for k, v in params.items() if k not in heads}},
+                         images, train=False)
 
   return jax.jit(feature_step)
 
