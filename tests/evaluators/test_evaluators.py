@@ -1,7 +1,9 @@
-"""Evaluator maths against independent computations: top-k and ReaL by hand, per-class accuracy
-by scikit-learn's confusion matrix, the few-shot ridge probe by scikit-learn's Ridge."""
+"""Evaluator maths against independent computations: top-k, ReaL and per-class counts by hand
+through the compiled eval step runs use, per-class accuracy by scikit-learn's confusion matrix,
+the few-shot ridge probe by scikit-learn's Ridge and a NumPy closed form, seeds by NumPy."""
 import json
 
+import flax.linen as nn
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
@@ -11,33 +13,86 @@ from vit_jax.datasets import pipeline, sources
 from vit_jax.evaluators import classification, classification_evaluator, fewshot, runner
 
 
-def test_topk_hits_by_hand():
-  logits = np.array([[0.1, 0.5, 0.4, 0.0], [3.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-  labels = np.array([2, 1, 0])
-  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 1), [False, False, False])
-  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 2), [True, False, True])
-  np.testing.assert_array_equal(classification.topk_hits(logits, labels, 3), [True, True, True])
-  assert classification.topk_hits(logits, labels, 10).all()  # k beyond the class count
+class _ImageIsLogits(nn.Module):
+  """A 'model' whose logits are its (B, 1, 1, C) input: hand-chosen logits through the step."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    return x.reshape(x.shape[0], -1) * self.param("scale", nn.initializers.ones, ())
 
 
-def test_real_hits_skip_empty_sets():
-  logits = np.eye(4)[[0, 1, 2, 3]] * 5
-  sets = [[0, 3], [2], [], [3]]
-  hits, counted = classification.real_hits(logits, sets)
-  np.testing.assert_array_equal(counted, [True, True, False, True])
-  np.testing.assert_array_equal(hits, [True, False, False, True])
-  assert hits.sum() / counted.sum() == pytest.approx(2 / 3)
+# 6 real rows and 2 padded ones (mask 0) over 4 classes; ties rank the lower index first.
+_LOGITS = np.array([[1, 3, 2, 0],   # label 1: top-1 hit
+                    [1, 3, 2, 0],   # label 2: second, a top-2 hit
+                    [2, 2, 1, 0],   # label 1: tied with class 0, which ranks first: top-2 only
+                    [2, 2, 1, 0],   # label 0: wins the tie: top-1 hit
+                    [0, 0, 0, 0],   # label 3: all tied, last: a hit only at k = 4
+                    [5, 1, 1, 1],   # label 2: one above, class 1 tied below it: third
+                    [0, 9, 0, 0],   # padding, label 1: would be a hit
+                    [9, 0, 0, 0]],  # padding, label 0: would be a hit
+                   np.float32)
+_LABELS = np.array([1, 2, 1, 0, 3, 2, 1, 0])
+_MASK = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+# ReaL sets (multi-hot): rows 2 and 5 have none (not counted); the padding would hit.
+_REAL = np.zeros((8, 4), np.float32)
+for _row, _set in enumerate([[1], [2, 3], [], [0, 1], [0], [], [1], [0]]):
+  _REAL[_row, _set] = 1.0
 
 
-def test_per_class_accuracy_against_the_confusion_matrix():
+def _identity_step(topk, per_class):
+  """The eval step runs use (classification_evaluator.make_eval_step) on _ImageIsLogits."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top  (imports jax: libtpu)
+  from vit_jax.configs import base
+  from vit_jax.training import train_state
+  mesh = sharding.make_mesh(base.DEFAULT_MESH)
+  setup = train_state.make_setup(_ImageIsLogits(), optax.identity(), None, mesh, (8, 1, 1, 4),
+                                 sharding.logical_axis_rules(base.defaults()))
+  params = train_state.put_params({"scale": np.float32(1.0)}, setup)
+  return classification_evaluator.make_eval_step(setup, topk, per_class), params
+
+
+@pytest.mark.parametrize("topk,want_topk", [(1, 2), (2, 4), (3, 5), (4, 6), (10, 6)])
+def test_the_eval_step_counts_hand_computed_cases(topk, want_topk):
+  """Top-1 / top-k / per-class / ReaL counts and the loss of the compiled step runs use, on
+  logits whose answers are worked out by hand (ties, padding), and the figures reported."""
+  import jax  # pylint: disable=g-import-not-at-top
+  step, params = _identity_step(topk, True)
+  batch = {"image": _LOGITS.reshape(8, 1, 1, 4), "label": np.eye(4, dtype=np.float32)[_LABELS],
+           "mask": _MASK, "real": _REAL}
+  out = {k: np.asarray(v, np.float64) for k, v in jax.device_get(step(params, batch)).items()}
+  assert out["count"] == 6 and out["correct"] == 2 and out["correct_topk"] == want_topk
+  np.testing.assert_array_equal(out["class_count"], [1, 2, 2, 1])
+  np.testing.assert_array_equal(out["class_correct"], [1, 1, 0, 0])
+  assert out["real_count"] == 4 and out["real_correct"] == 3  # rows 0, 3, 4 of 0, 1, 3, 4
+  logp = _LOGITS - np.log(np.exp(_LOGITS.astype(np.float64)).sum(-1, keepdims=True))
+  want_loss = -sum(logp[i, _LABELS[i]] for i in range(6))
+  assert out["loss_sum"] == pytest.approx(want_loss, rel=1e-6)
+  values = classification.values(out, topk)
+  assert values["accuracy"] == 2 / 6 and values[f"top{topk}_accuracy"] == want_topk / 6
+  assert values["real_accuracy"] == 3 / 4 and values["examples"] == 6
+  assert classification.per_class_values(out) == {0: 1.0, 1: 0.5, 2: 0.0, 3: 0.0}
+  # A batch that is all padding counts nothing.
+  empty = dict(batch, mask=np.zeros(8, np.float32))
+  nothing = jax.device_get(step(params, empty))
+  assert all(float(np.sum(v)) == 0.0 for v in nothing.values())
+
+
+def test_per_class_values_against_the_confusion_matrix():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 5, 200)
   logits = rng.normal(size=(200, 6))
-  got = classification.per_class_accuracy(logits, labels, 6)
-  cm = confusion_matrix(labels, logits.argmax(-1), labels=range(6))
-  with np.errstate(invalid="ignore"):
-    np.testing.assert_allclose(got, cm.diagonal() / cm.sum(axis=1))
-  assert np.isnan(got[5])  # no example of class 5
+  mask = (rng.random(200) < 0.9).astype(np.float32)
+  sums = classification.batch_sums(logits, labels, mask, per_class=True)
+  keep = mask > 0
+  cm = confusion_matrix(labels[keep], logits[keep].argmax(-1), labels=range(6))
+  want = {c: cm[c, c] / cm[c].sum() for c in range(6) if cm[c].sum()}
+  got = classification.per_class_values(sums)
+  assert set(got) == set(want) == set(range(5))  # no example of class 5: no figure
+  for c in want:
+    assert got[c] == pytest.approx(want[c])
 
 
 @pytest.mark.parametrize("n,d", [(12, 40), (80, 8)])  # dual and primal forms
@@ -63,7 +118,8 @@ def test_fewshot_matches_sklearn_on_its_own_picks_and_is_seeded():
   test_x, test_y = _clusters(np.random.default_rng(2), 20)
   result = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(1, 5, 10), seed=3)
   assert set(result.accuracy) == {1, 5, 10} and result.accuracy[10] > 0.9
-  assert all(l2 in fewshot.DEFAULT_L2_REGS for l2 in result.l2_reg.values())
+  assert all(len(l2) == 1 and l2[0] in fewshot.DEFAULT_L2_REGS for l2 in result.l2_reg.values())
+  assert result.accuracy_std == {1: 0.0, 5: 0.0, 10: 0.0}
   again = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(1, 5, 10), seed=3)
   assert again.accuracy == result.accuracy and again.l2_reg == result.l2_reg
   # The same picks and strength through scikit-learn give the same test accuracy.
@@ -72,8 +128,51 @@ def test_fewshot_matches_sklearn_on_its_own_picks_and_is_seeded():
     picked = fewshot.sample_per_class(train_y, k, np.random.default_rng([3, k]),
                                       exclude=validation)
     assert len(picked) == 6 * k and not set(picked) & set(validation)
-    ref = Ridge(alpha=result.l2_reg[k]).fit(train_x[picked], 2.0 * np.eye(6)[train_y[picked]] - 1)
+    ref = Ridge(alpha=result.l2_reg[k][0]).fit(train_x[picked],
+                                               2.0 * np.eye(6)[train_y[picked]] - 1)
     assert np.mean(ref.predict(test_x).argmax(-1) == test_y) == pytest.approx(result.accuracy[k])
+
+
+def _ridge_closed_form(x, y, classes, l2):
+  """Ridge with an unpenalised bias by the normal equations of [x, 1] (no centring): an
+  independent formulation of fewshot.fit_ridge."""
+  xa = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+  penalty = l2 * np.eye(xa.shape[1])
+  penalty[-1, -1] = 0.0
+  wa = np.linalg.solve(xa.T @ xa + penalty, xa.T @ (2.0 * np.eye(classes)[y] - 1.0))
+  return wa[:-1], wa[-1]
+
+
+def test_fewshot_fixed_l2_reg_is_the_closed_form_ridge_and_seeds_average_as_numpy():
+  rng = np.random.default_rng(4)
+  train_x, train_y = _clusters(rng, 30, noise=3.0)
+  test_x, test_y = _clusters(np.random.default_rng(4), 15, noise=3.0)
+  result = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(2, 5), l2_reg=8.0, seed=7,
+                            num_seeds=4)
+  for k in (2, 5):
+    assert result.l2_reg[k] == [8.0] * 4 and result.validation_accuracy[k] == [None] * 4
+    per_seed, picks = [], []
+    for seed in range(7, 11):  # seed ... seed + num_seeds - 1, each its own shots
+      picked, held_out = fewshot.pick_shots(train_y, k, seed, 5, held_out=False)
+      assert len(held_out) == 0 and len(picked) == 6 * k
+      w, b = _ridge_closed_form(train_x[picked], train_y[picked], 6, 8.0)
+      per_seed.append(np.mean((test_x @ w + b).argmax(-1) == test_y))
+      picks.append(tuple(picked))
+    assert len(set(picks)) == 4  # the seeds chose different shots
+    np.testing.assert_allclose(result.seed_accuracy[k], per_seed, atol=1e-12)
+    assert result.accuracy[k] == pytest.approx(np.mean(per_seed), abs=1e-12)
+    assert result.accuracy_std[k] == pytest.approx(np.std(per_seed), abs=1e-12)
+  # The held-out choice over seeds: each seed's figure is that seed alone, averaged by NumPy.
+  chosen = fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(3,), seed=1, num_seeds=3)
+  alone = [fewshot.evaluate(train_x, train_y, test_x, test_y, shots=(3,), seed=s).accuracy[3]
+           for s in (1, 2, 3)]
+  assert chosen.seed_accuracy[3] == alone
+  assert chosen.accuracy[3] == pytest.approx(np.mean(alone))
+  assert chosen.accuracy_std[3] == pytest.approx(np.std(alone))
+  with pytest.raises(ValueError, match="num_seeds=0"):
+    fewshot.evaluate(train_x, train_y, test_x, test_y, num_seeds=0)
+  with pytest.raises(ValueError, match="l2_reg=-1"):
+    fewshot.evaluate(train_x, train_y, test_x, test_y, l2_reg=-1.0)
 
 
 def test_fewshot_bad_input_is_one_clear_error():
@@ -173,7 +272,7 @@ def test_evaluator_config_errors(tmp_path):
 
 def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
   """imagenet2012_real (mock data): label sets become a multi-hot 'real', and the step's ReaL
-  count equals classification.real_hits on the same logits."""
+  count equals a loop over the label sets on the same logits."""
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from helpers import tiny_config  # pylint: disable=g-import-not-at-top
@@ -208,8 +307,10 @@ def test_real_labels_from_tfds_through_the_eval_step(tmp_path):
   images = np.concatenate([b["image"] for b in batches])[:11]
   logits = np.asarray(jax.jit(lambda p, x: setup.model.apply({"params": p}, x, train=False))(
       jax.device_get(params), images))
-  hits, counted = classification.real_hits(logits, sets)
-  assert totals["real_count"] == counted.sum() and totals["real_correct"] == hits.sum()
+  counted = [len(labels) > 0 for labels in sets]  # empty sets are left out (ReaL paper)
+  hits = [len(labels) > 0 and int(row.argmax()) in set(int(x) for x in labels)
+          for row, labels in zip(logits, sets)]
+  assert totals["real_count"] == sum(counted) and totals["real_correct"] == sum(hits)
   assert totals["count"] == 11
 
 
@@ -220,15 +321,20 @@ def test_evaluate_cli_on_a_workdir_matches_the_run(tmp_path, capsys):
   config, result = _run_with_evals(tmp_path, {})
   out = tmp_path / "eval.json"
   assert evaluate.main(["--workdir", str(tmp_path / "run"), "--json", str(out), "--per_class",
-                        "--fewshot", "d=digits:train[:600]:test", "--shots", "1,2"]) == 0
+                        "--fewshot", "d=digits:train[:600]:test", "--shots", "1,2",
+                        "--fewshot_seeds", "3", "--fewshot_l2_reg", "1024"]) == 0
   printed = capsys.readouterr().out
   assert "classification/top1" in printed and "fewshot/d_2shot" in printed
+  row = next(line for line in printed.splitlines() if line.startswith("fewshot/d_2shot"))
+  assert " ± " in row and "fewshot/d_2shot_std" not in printed  # mean ± std on one line
   got = json.loads(out.read_text())
   assert got["dataset"] == "digits" and got["split"] == "test" and got["resolution"] == 8
   res = got["results"]
   assert res["classification/top1"] == pytest.approx(result["eval"]["accuracy"])
   assert res["classification/examples"] == 297 and "classification/class_3" in res
-  assert 0.0 <= res["fewshot/d_1shot"] <= 1.0
+  assert 0.0 <= res["fewshot/d_1shot"] <= 1.0 and 0.0 <= res["fewshot/d_1shot_std"] <= 0.5
+  assert got["evaluators"]["fewshot"]["num_seeds"] == 3
+  assert got["evaluators"]["fewshot"]["l2_reg"] == 1024.0
 
 
 def test_evaluate_cli_compares_an_augreg_file_with_its_published_figure(tmp_path, capsys):
@@ -275,7 +381,7 @@ def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
   assert evaluate.main(["--workdir", str(tmp_path / "none")]) == exits.BAD_INPUT
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
   with pytest.raises(SystemExit):
-    evaluate.main(["--workdir", str(tmp_path), "--no_classification"])
+    evaluate.main(["--workdir", str(tmp_path), "--eval_pp", "nope"])
   from vit_jax.evaluators import offline  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="not a known short name"):
     offline.fewshot_datasets(["cifar1000"])

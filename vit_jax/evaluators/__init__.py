@@ -3,5 +3,6 @@ probes on frozen features). `classification.py` and `fewshot.py` hold the maths 
 JAX, no data loading) so every figure can be checked against an independent computation;
 `registry.py` names the evaluator types (one module each: `classification_evaluator.py`,
 `fewshot_evaluator.py`, or a user's own), `common.py` what they share, `runner.py` which
-config.evals entry runs when.
+config.evals entry runs when, `command_line.py` entries from the `--evals` flag, `offline.py`
+the eval-only evaluation (`python -m vit_jax.evaluate`) with a run's own settings.
 """

@@ -4,12 +4,14 @@ ReaL (Beyer et al. 2020, "Are we done with ImageNet?"): a prediction is right wh
 the image's set of real labels; images whose set is empty are left out of the count.
 
 Each metric has one definition here, written against an array namespace `xp` (NumPy by
-default; the classification evaluator's compiled step passes jax.numpy), so the figures a
-run logs are the ones the tests check against independent computations.
+default; the classification evaluator's compiled step, classification_evaluator.make_eval_step,
+passes jax.numpy): `batch_sums` is what that step computes for a run during training and for
+`python -m vit_jax.evaluate`, and `values` / `per_class_values` turn a pass's sums into the
+figures both report. Nothing else counts hits.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -39,17 +41,6 @@ def real_hits_multihot(logits: Any, real: Any, xp: Any = np) -> tuple[Any, Any]:
   return hits & counted, counted
 
 
-def real_hits(logits: np.ndarray, label_sets: Sequence[Sequence[int]]
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """(hits, counted): top-1 prediction in the image's real-label set; counted is False for
-  images whose set is empty (they are skipped, as in the ReaL paper)."""
-  logits = np.asarray(logits)
-  real = np.zeros(logits.shape, np.float32)
-  for row, labels in enumerate(label_sets):
-    real[row, np.asarray(list(labels), np.int64)] = 1.0
-  return real_hits_multihot(logits, real)
-
-
 def per_class_sums(logits: Any, labels: Any, num_classes: int, weights: Any = None,
                    xp: Any = np) -> tuple[Any, Any]:
   """(count, correct), (num_classes,) each: examples of each true class and how many of them
@@ -60,13 +51,6 @@ def per_class_sums(logits: Any, labels: Any, num_classes: int, weights: Any = No
   if weights is not None:
     onehot = onehot * xp.asarray(weights, xp.float32)[:, None]
   return xp.sum(onehot, axis=0), xp.sum(onehot * right[:, None], axis=0)
-
-
-def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """(num_classes,) top-1 accuracy per true class (NaN for classes with no example)."""
-  count, correct = per_class_sums(logits, labels, num_classes)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(count > 0, correct / count, np.nan)
 
 
 def batch_sums(logits: Any, labels: Any, mask: Any, *, topk: int = 5, per_class: bool = False,
@@ -101,3 +85,11 @@ def values(totals: dict, topk: int = 5) -> dict[str, float]:
     out["real_accuracy"] = totals["real_correct"] / max(totals["real_count"], 1.0)
     out["real_examples"] = totals["real_count"]
   return out
+
+
+def per_class_values(totals: dict) -> dict[int, float]:
+  """{class: top-1 accuracy} from the 'class_count' / 'class_correct' sums of a pass, for the
+  classes that have an example (the others have no accuracy and are left out)."""
+  count = np.asarray(totals["class_count"], np.float64)
+  correct = np.asarray(totals["class_correct"], np.float64)
+  return {int(i): float(correct[i] / count[i]) for i in np.flatnonzero(count > 0)}

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax import sharding
 from vit_jax.evaluators import classification, common, registry
@@ -35,9 +34,7 @@ def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]
   if "real_accuracy" in values:
     named.update(real=values["real_accuracy"], real_examples=values["real_examples"])
   if per_class:
-    with np.errstate(invalid="ignore", divide="ignore"):
-      acc = totals["class_correct"] / totals["class_count"]
-    named.update({f"class_{i}": float(a) for i, a in enumerate(acc) if np.isfinite(a)})
+    named.update({f"class_{i}": a for i, a in classification.per_class_values(totals).items()})
   return named
 
 

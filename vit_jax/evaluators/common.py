@@ -41,8 +41,14 @@ def data_config(config, spec: Spec, dataset: Optional[str] = None, split: Option
     c.dataset = dataset or s.get("dataset") or config.dataset
     c.eval_split = split or s.get("split") or config.eval_split
     c.batch_eval = int(s.get("batch_size") or config.batch_eval)
-    for key, value in (s.get("pp") or {}).items():
+    entry_pp = dict(s.get("pp") or {})
+    for key, value in entry_pp.items():
       c.pp[key] = value
+    # resize and crop_pct both set the eval resize: the entry's one replaces the run's other.
+    if entry_pp.get("resize") is not None and "crop_pct" not in entry_pp:
+      c.pp.crop_pct = None
+    if entry_pp.get("crop_pct") is not None and "resize" not in entry_pp:
+      c.pp.resize = None
     if c.dataset != config.dataset:
       c.num_classes = None
   return c

@@ -1,8 +1,17 @@
 """The 'fewshot' evaluator type: linear probes on frozen pre-logits (fewshot.py's maths).
 
-Entry keys (beside common.COMMON_KEYS): datasets ({short name: (dataset, train split, test
-split)}; default big_vision's set, default_fewshot_datasets), shots, l2_regs, seed,
-validation_per_class (fewshot.evaluate). Results: '<short name>_<k>shot'.
+Entry keys (beside common.COMMON_KEYS), read by fewshot.evaluate:
+  datasets              {short name: (dataset, train split, test split)} (default: big_vision's
+                        set, default_fewshot_datasets)
+  shots                 shot counts per class (default (1, 5, 10, 25))
+  l2_reg                a fixed ridge strength (big_vision's fewshot_lsr: 2**10); None (the
+                        default): chosen from l2_regs on a held-out train sample
+  l2_regs               the strengths the held-out choice tries (default 2**-10 ... 2**20)
+  validation_per_class  held-out examples per class for that choice (default 5)
+  seed, num_seeds       the shots (and held-out sample) of seeds seed ... seed + num_seeds - 1
+                        (defaults 0 and 1); the result is the mean over them
+Results: '<short name>_<k>shot' (the mean over the seeds) and, with num_seeds > 1,
+'<short name>_<k>shot_std' (their standard deviation, ddof 0).
 """
 from __future__ import annotations
 
@@ -20,8 +29,8 @@ FEWSHOT_DATASETS = {
 }
 
 
-@registry.register("fewshot", keys=("datasets", "shots", "l2_regs", "seed",
-                                    "validation_per_class"))
+@registry.register("fewshot", keys=("datasets", "shots", "l2_reg", "l2_regs", "seed",
+                                    "num_seeds", "validation_per_class"))
 def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]:
   """Few-shot accuracy per dataset and shot count (module docstring)."""
   s = spec.settings
@@ -33,12 +42,17 @@ def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]
     for which, split in (("train", train_split), ("test", test_split)):
       feats[which] = common.extract_features(ctx.feature_step(), params,
                                              ctx.data_config(spec, dataset, split))
+    num_seeds = int(s.get("num_seeds") or 1)
+    l2_reg = s.get("l2_reg")
     result = fewshot.evaluate(*feats["train"], *feats["test"], shots=shots,
                               l2_regs=tuple(s.get("l2_regs") or fewshot.DEFAULT_L2_REGS),
+                              l2_reg=None if l2_reg is None else float(l2_reg),
                               validation_per_class=int(s.get("validation_per_class") or 5),
-                              seed=int(s.get("seed") or 0))
+                              seed=int(s.get("seed") or 0), num_seeds=num_seeds)
     for k in shots:
       out[f"{short}_{k}shot"] = result.accuracy[k]
+      if num_seeds > 1:
+        out[f"{short}_{k}shot_std"] = result.accuracy_std[k]
   return out
 
 

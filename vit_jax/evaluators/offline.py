@@ -2,7 +2,9 @@
 
 Given weights (what vit_jax.artifacts resolves: a published file, an AugReg name or file
 name, a vit_jax export, a workdir) run sharded on every local device (data parallel) through
-the run's evaluators (evaluators.runner), each split covered exactly once. A fine-tuned AugReg
+the run's evaluators (evaluators.runner), each split covered exactly once. For a workdir every
+eval setting (data, pp.eval / resize / crop_pct, resolution, batch, config.evals) is the
+run's unless a flag sets it, and `eval_settings` says which flags changed what. A fine-tuned AugReg
 file name supplies the architecture, the fine-tuning dataset, its published test split and
 the resolution (`augreg_defaults`); evaluated there, the published `adapt_final_test` of the
 AugReg index is compared with ours, and beyond DIFFERENCE_POINTS the likely causes are named.
@@ -18,7 +20,7 @@ import optax
 from vit_jax import sharding
 from vit_jax.checkpoint import augreg, sources
 from vit_jax.configs import base
-from vit_jax.evaluators import runner
+from vit_jax.evaluators import command_line, runner
 from vit_jax.training import train_state
 
 DIFFERENCE_POINTS = 0.5
@@ -30,15 +32,7 @@ def fewshot_datasets(values: Sequence[str]) -> dict[str, tuple[str, str, str]]:
   for value in values:
     if "=" in value:
       name, spec = value.split("=", 1)
-      parts, depth, current = [], 0, ""
-      for ch in spec:  # ':' inside TFDS slices ('train[:1000]') is not a separator
-        depth += (ch == "[") - (ch == "]")
-        if ch == ":" and depth == 0:
-          parts.append(current)
-          current = ""
-        else:
-          current += ch
-      parts.append(current)
+      parts = command_line.split_top(spec, ":")  # ':' inside TFDS slices is not a separator
       if len(parts) != 3:
         raise ValueError(f"--fewshot {value!r}: use NAME=DATASET:TRAIN_SPLIT:TEST_SPLIT.")
       out[name] = tuple(parts)
@@ -50,37 +44,121 @@ def fewshot_datasets(values: Sequence[str]) -> dict[str, tuple[str, str, str]]:
   return out
 
 
+# Evaluator settings the flags set on every entry of a type: (type, entry key, flag, default).
+SETTING_FLAGS = (("classification", "topk", "top_k", 5),
+                 ("classification", "per_class", "per_class", False),
+                 ("fewshot", "shots", "shots", None),
+                 ("fewshot", "num_seeds", "fewshot_seeds", 1),
+                 ("fewshot", "l2_reg", "fewshot_l2_reg", None))
+
+
 def run_config(args: Any, resolution: int, dataset: str, split: str,
-               tfds_data_dir: Optional[str] = None) -> ml_collections.ConfigDict:
-  """A run config for the evaluation: defaults with the data, preprocessing and evaluators.
+               tfds_data_dir: Optional[str] = None,
+               run: Optional[ml_collections.ConfigDict] = None) -> ml_collections.ConfigDict:
+  """The config of the evaluation (eval_settings without the overrides)."""
+  return eval_settings(args, resolution, dataset, split, tfds_data_dir, run)[0]
+
+
+def eval_settings(args: Any, resolution: int, dataset: str, split: str,
+                  tfds_data_dir: Optional[str] = None,
+                  run: Optional[ml_collections.ConfigDict] = None
+                  ) -> tuple[ml_collections.ConfigDict, dict[str, dict[str, Any]]]:
+  """(config, overridden): the run's config (`run`, a workdir's; else the defaults) with the
+  data, the resolution and what the flags set; overridden = {setting: {'run', 'flag'}} for
+  each setting a flag changed from the run's.
 
   `args`: the evaluate flags (batch_size, eval_pp, resize, crop_pct, top_k, per_class,
-  no_classification, fewshot, shots, evals_config, tfds_data_dir).
+  no_classification, fewshot, shots, fewshot_seeds, fewshot_l2_reg, evals, evals_config,
+  tfds_data_dir); a flag left unset (None) keeps the run's setting. The evaluators are the
+  run's config.evals (its default classification evaluator, named 'classification', when it
+  has none) unless --evals / --evals_config name others; --fewshot adds one ('fewshot'),
+  --no_classification drops the classification ones.
   """
-  c = base.defaults()
-  c.dataset, c.eval_split, c.batch_eval = dataset, split, int(args.batch_size)
-  c.tfds_data_dir = tfds_data_dir or args.tfds_data_dir
-  c.pp.crop, c.pp.eval, c.pp.resize, c.pp.crop_pct = resolution, args.eval_pp, args.resize, \
-      args.crop_pct
-  c.input.num_workers = 0
-  evals = {}
-  if not args.no_classification:
-    evals["classification"] = dict(type="classification", topk=int(args.top_k),
-                                   per_class=bool(args.per_class), every=0)
+  c = (run if run is not None else base.defaults()).copy_and_resolve_references()
+  overridden: dict[str, dict[str, Any]] = {}
+
+  def note(key: str, was: Any, now: Any) -> None:
+    if was != now:
+      overridden[key] = {"run": was, "flag": now}
+
+  with c.unlocked():
+    for key, was, now in (("dataset", c.dataset, dataset), ("split", c.eval_split, split)):
+      if run is not None:
+        note(key, was, now)
+    c.dataset, c.eval_split = dataset, split
+    c.tfds_data_dir = tfds_data_dir or args.tfds_data_dir or c.tfds_data_dir
+    c.mesh, c.sharding_rules = base.DEFAULT_MESH, ()  # Data parallel on the local devices.
+    c.pp.crop = resolution
+    c.input.num_workers = 0
+    if run is None:
+      c.batch_eval = 64
+    entries, run_names = _entries(args, c, run)
+    if args.batch_size is not None:
+      note("batch_size", int(c.batch_eval), int(args.batch_size))
+      c.batch_eval = int(args.batch_size)
+      for entry in entries.values():
+        entry.pop("batch_size", None)
+    given = {key: value for key, value in (("eval", args.eval_pp), ("resize", args.resize),
+                                           ("crop_pct", args.crop_pct)) if value is not None}
+    for one, other in (("resize", "crop_pct"), ("crop_pct", "resize")):
+      if one in given and other not in given:  # Both set the eval resize: the flag's wins.
+        given[other] = None
+    for key, value in given.items():
+      note(f"pp.{key}", c.pp[key], value)
+      c.pp[key] = value
+      for name, entry in entries.items():
+        pp = entry.get("pp") or {}
+        if key in pp:
+          note(f"{name}.pp.{key}", pp.pop(key), value)
+    for kind, key, flag, default in SETTING_FLAGS:
+      value = getattr(args, flag, None)
+      if value is None:
+        continue
+      if key == "shots":
+        value = tuple(int(k) for k in str(value).split(",") if k.strip())
+      for name, entry in entries.items():
+        if entry.get("type") == kind:
+          if name in run_names:
+            was = entry.get(key)
+            note(f"{name}.{key}", default if was is None else was, value)
+          entry[key] = value
+    for entry in entries.values():
+      entry["every"] = 0  # Each runs once.
+    c.evals = ml_collections.ConfigDict(entries)
+  return c, overridden
+
+
+def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collections.ConfigDict]
+             ) -> tuple[dict[str, dict], set[str]]:
+  """({name: entry} the evaluation runs, the names that are the run's own evaluators)."""
+  own = c.evals.to_dict() if run is not None else {}
+  from_flags = bool(args.evals_config or args.evals)
+  if from_flags:
+    entries = {}
+    if args.evals_config:
+      path, _, arg = args.evals_config.partition(":")
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"--evals_config {path!r} does not exist.")
+      module = base.load_config_file(path)
+      source = module.get_config(arg) if arg else module.get_config()
+      if not source.evals:
+        raise ValueError(f"--evals_config {args.evals_config!r} defines no config.evals.")
+      entries.update(source.evals.to_dict())
+    entries.update(command_line.parse(args.evals or ()))
+  elif own:
+    entries = own
+  else:  # The run's default evaluator, under a name.
+    entries = {"classification": dict(type="classification")}
+  run_names = set() if from_flags else set(entries)
   if args.fewshot:
-    evals["fewshot"] = dict(type="fewshot", every=0, datasets=fewshot_datasets(args.fewshot),
-                            shots=tuple(int(s) for s in args.shots.split(",") if s))
-  c.evals = ml_collections.ConfigDict(evals)
-  if args.evals_config:
-    path, _, arg = args.evals_config.partition(":")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--evals_config {path!r} does not exist.")
-    module = base.load_config_file(path)
-    source = module.get_config(arg) if arg else module.get_config()
-    if not source.evals:
-      raise ValueError(f"--evals_config {args.evals_config!r} defines no config.evals.")
-    c.evals = ml_collections.ConfigDict(source.evals.to_dict())
-  return c
+    entries["fewshot"] = dict(type="fewshot", datasets=fewshot_datasets(args.fewshot))
+    run_names.discard("fewshot")
+  if args.no_classification:
+    entries = {k: v for k, v in entries.items() if v.get("type") != "classification"}
+    if not entries:
+      raise ValueError("--no_classification leaves no evaluator; add --fewshot DATASET or "
+                       "--evals NAME:TYPE[:KEY=VALUE,...].")
+  return entries, run_names
 
 
 def published_comparison(location: str, dataset: str, split: str, resolution: int,
@@ -131,11 +209,14 @@ def augreg_defaults(location: Optional[str]) -> dict[str, Any]:
 
 def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   """Evaluates `weights` (an artifacts.Weights) as the evaluate flags ask: {'checkpoint',
-  'workdir', 'dataset', 'split', 'resolution', 'eval_pp', 'resize', 'crop_pct', 'results':
-  {metric: value}, 'published': lines comparing with the AugReg index}.
+  'workdir', 'dataset', 'split', 'resolution', 'eval_pp', 'resize', 'crop_pct', 'batch_size',
+  'evaluators' ({name: entry}), 'settings_from' ('the run in W' or 'the defaults'),
+  'overridden' ({setting: {'run', 'flag'}}, eval_settings), 'results': {metric: value},
+  'published': lines comparing with the AugReg index}.
 
-  `args`: checkpoint, workdir, dataset, split, augreg_index and what run_config reads. The
-  dataset and split default to an AugReg file's, then to a workdir run's, then split 'test'.
+  `args`: checkpoint, workdir, dataset, split, augreg_index and what eval_settings reads. The
+  dataset and split default to an AugReg file's, then to a workdir run's, then split 'test';
+  every other eval setting to the workdir run's (eval_settings).
   """
   known = augreg_defaults(args.checkpoint)
   dataset, split = args.dataset or known.get("dataset"), args.split or known.get("split")
@@ -146,7 +227,8 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   if not dataset:
     raise ValueError("pass --dataset (a TFDS name or an image folder) to evaluate on.")
   split = split or "test"
-  config = run_config(args, weights.resolution, dataset, split, tfds_data_dir)
+  config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
+                                     weights.config)
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),
@@ -157,9 +239,12 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   for spec in evals.specs:
     results.update(evals.run_one(spec, placed))
   comparison = published_comparison(args.checkpoint or "", dataset, split, weights.resolution,
-                                    results.get("classification/top1"), args.eval_pp,
+                                    results.get("classification/top1"), str(config.pp.eval),
                                     args.augreg_index)
   return {"checkpoint": args.checkpoint, "workdir": args.workdir, "dataset": dataset,
-          "split": split, "resolution": weights.resolution, "eval_pp": args.eval_pp,
-          "resize": config.pp.resize, "crop_pct": config.pp.crop_pct, "results": results,
-          "published": comparison}
+          "split": split, "resolution": weights.resolution, "eval_pp": str(config.pp.eval),
+          "resize": config.pp.resize, "crop_pct": config.pp.crop_pct,
+          "batch_size": int(config.batch_eval), "evaluators": config.evals.to_dict(),
+          "settings_from": (f"the run in {args.workdir}" if weights.config is not None
+                            else "the defaults"),
+          "overridden": overridden, "results": results, "published": comparison}

@@ -13,8 +13,12 @@
   topk        classification: k of the top-k accuracy (default 5)
   per_class   classification: also per-class top-1 accuracy (default False)
   datasets    fewshot: {short name: (dataset, train split, test split)}
-  shots, l2_regs, seed, validation_per_class   fewshot: see evaluators/fewshot.py
+  shots, l2_reg, l2_regs, seed, num_seeds, validation_per_class
+              fewshot: shot counts, a fixed ridge strength (None: chosen from l2_regs on a
+              held-out sample), the mean ± std over num_seeds seeds (fewshot_evaluator.py)
   (each type's own keys: classification_evaluator.py, fewshot_evaluator.py, or its register)
+Entries may also come from the command line: --evals=NAME:TYPE[:KEY=VALUE,...] of vit_jax.main
+and vit_jax.evaluate (command_line.py).
 Results are named '<name>/<metric>' ('val/top1', 'fewshot/cifar100_10shot'). With no
 `config.evals` the run has one classification evaluator over config.eval_split every
 config.eval_every steps whose results keep their historical names ('accuracy', 'loss',
