@@ -5,6 +5,7 @@ r"""Export a run's trained params: the official vit_models .npz (default) or ano
   python -m vit_jax.export --workdir=W --format=transformers --output=DIR [--push_to_hub=...]
   python -m vit_jax.export --workdir=W --format=stablehlo --output=DIR [--platforms=cpu,cuda,tpu]
   python -m vit_jax.export --workdir=W --format=savedmodel --output=DIR [--savedmodel_input=uint8]
+    [--savedmodel_version=N]  # DIR/N/saved_model.pb: tensorflow_model_server --model_base_path=DIR
 
 Reads <workdir>/config.json, restores only the checkpoint's params (or their EMA,
 --params=ema) into host memory (run_state.read_params, the workdir part of vit_jax.artifacts)
@@ -15,8 +16,10 @@ class count and names, input resolution and eval preprocessing, so `vit_jax.infe
 --checkpoint model.npz` rebuilds a modified architecture (e.g. the quickstart's) without
 --model. The other formats write a directory
 (vit_jax/export_formats/: timm and transformers snapshots with a model card, a serialized
-jax.export StableHLO artifact, a TF SavedModel). Every output is written atomically (temp
-name beside it, then a rename); an existing one is kept unless --overwrite. A format that
+jax.export StableHLO artifact, a TF SavedModel in TF Serving's DIR/<version>/ layout, where
+another --savedmodel_version goes beside the existing ones; docs/serving.md). Every output is
+written atomically (temp name beside it, then a rename); an existing one (for a SavedModel:
+its version) is kept unless --overwrite. A format that
 cannot represent the run's architecture, an unknown format or flag value is one error line
 (exit status 2) before anything is written; --push_to_hub then uploads the written folder
 (a failure leaves it on disk and says what to do).
@@ -41,6 +44,7 @@ def main(argv) -> None:
     written = writers.export_files(f.workdir, f.output, f.step, f.overwrite, fmt=f.format,
                                    params=f.params, push_to_hub=f.push_to_hub,
                                    savedmodel_input=f.savedmodel_input,
+                                   savedmodel_version=f.savedmodel_version,
                                    platforms=f.platforms.split(","))
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
     sys.exit(exits.report(e, verbose=f["verbosity"].present and f.verbosity >= 1))
@@ -76,6 +80,9 @@ def run() -> None:
                       "login`).")
   flags.DEFINE_string("savedmodel_input", "float", "--format=savedmodel input: 'float' (float32 "
                       "images in [-1, 1]) or 'uint8' (RGB in [0, 255], scaled inside the graph).")
+  flags.DEFINE_integer("savedmodel_version", 1, "--format=savedmodel: the TF Serving version "
+                       "directory, --output/<version>/ (TF Serving serves the highest); an "
+                       "existing one is kept unless --overwrite.")
   flags.DEFINE_string("platforms", ",".join(serving.DEFAULT_PLATFORMS), "--format=stablehlo / "
                       "savedmodel: the platforms the program is lowered for (comma-separated).")
   app.run(main)

@@ -4,7 +4,8 @@ Used by `python -m vit_jax.inference` and the notebook. Images are read with PIL
 to RGB, resized to R x R (bilinear) and scaled to [-1, 1]. Class names: the ImageNet-1k list
 for 1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in
 vit_jax/labels/, or a file (one name per line, optionally 'wnid<TAB>name'); otherwise
-'class <i>'. A folder stands for every image under it (recursively, sorted).
+'class <i>'. A folder stands for every image under it (recursively, sorted): the suffixes of
+datasets/image_files.py, the same files an image-folder dataset reads.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from vit_jax.datasets import image_files
+from vit_jax.datasets.image_files import IMAGE_SUFFIXES  # noqa: F401  (the name predict had)
+
 LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
 def expand_images(paths: Sequence[str]) -> list[str]:
@@ -29,9 +32,9 @@ def expand_images(paths: Sequence[str]) -> list[str]:
   for path in paths:
     if os.path.isdir(path):
       found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                     for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+                     for name in names if image_files.is_image(name))
       if not found:
-        raise ValueError(f"folder {path!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        raise ValueError(f"folder {path!r} holds no image files ({image_files.describe()}).")
       out.extend(found)
     else:
       out.append(path)

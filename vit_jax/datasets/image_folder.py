@@ -1,4 +1,8 @@
-"""Image-folder datasets: `<root>/<split>/<class>/<image>` (JPEG or PNG) as a random-access source.
+"""Image-folder datasets: `<root>/<split>/<class>/<image>` as a random-access source.
+
+Images are the files with a suffix of datasets/image_files.py (jpg, jpeg, png, bmp, gif, webp,
+tif, tiff, ppm, in any case: the files folder prediction reads too); the input pipeline
+decodes them all with Pillow (image_ops.open_image) and converts them to RGB.
 
 Classes are the sorted sub-folder names of `<root>/train` (the same list for every split;
 a split may lack some classes but must not add new ones); files are listed in sorted order,
@@ -16,7 +20,9 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+from vit_jax.datasets import image_files
+
+IMAGE_EXTENSIONS = image_files.IMAGE_SUFFIXES  # The name this module had.
 
 
 def class_names(root: str) -> tuple[str, ...]:
@@ -57,10 +63,10 @@ def list_split(root: str, split: str, names: tuple[str, ...]) -> tuple[list[str]
     class_dir = os.path.join(folder, name)
     if not os.path.isdir(class_dir):
       continue
-    files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(f for f in os.listdir(class_dir) if image_files.is_image(f))
     if not files:
-      raise ValueError(f"class folder {class_dir!r} has no images ({'/'.join(IMAGE_EXTENSIONS)});"
-                       " add images or remove the folder.")
+      raise ValueError(f"class folder {class_dir!r} has no images ({image_files.describe()}); "
+                       "add images or remove the folder.")
     paths += [os.path.join(class_dir, f) for f in files]
     labels += [label] * len(files)
   return paths, labels
@@ -73,7 +79,7 @@ def check_readable(paths: list[str], threads: int = 16) -> None:
   if bad:
     shown = "\n  ".join(bad[:10])
     raise ValueError(f"{len(bad)} unreadable image file(s) in the image folder (first ones:\n  "
-                     f"{shown}\n); delete or re-encode them (JPEG/PNG) and run again.")
+                     f"{shown}\n); delete or re-encode them (e.g. as JPEG or PNG) and run again.")
 
 
 @dataclasses.dataclass

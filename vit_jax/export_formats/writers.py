@@ -22,8 +22,10 @@ FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel")
 
 
 def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[str],
-                  savedmodel_input: str, platforms: Sequence[str]) -> None:
-  """Bad flags and an existing output: one error before any checkpoint is read."""
+                  savedmodel_input: str, platforms: Sequence[str],
+                  savedmodel_version: int = 1) -> None:
+  """Bad flags and an existing output (for a SavedModel: its version directory) — one error
+  before any checkpoint is read."""
   if fmt not in FORMATS:
     raise exits.UserError(f"--format={fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
   if fmt == "npz":
@@ -31,6 +33,8 @@ def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[
       if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path!r} already exists; choose another --output or pass "
                               "--overwrite to replace it.")
+  elif fmt == "savedmodel":
+    serving.check_savedmodel_output(output, savedmodel_version, overwrite)
   elif os.path.lexists(output) and not overwrite:
     raise FileExistsError(f"{output!r} already exists; choose another --output or pass "
                           "--overwrite to replace it.")
@@ -40,6 +44,7 @@ def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[
                             "or --format=transformers (or stablehlo / savedmodel).")
     hub.check_repo_id(push_to_hub)
   serving.check_input(savedmodel_input)
+  serving.check_version(savedmodel_version)
   serving.check_platforms(platforms)
 
 
@@ -51,17 +56,19 @@ def library(fmt: str):
 
 def export_files(workdir: str, output: str, step: Optional[int] = None, overwrite: bool = False,
                  *, fmt: str = "npz", params: str = "raw", push_to_hub: Optional[str] = None,
-                 savedmodel_input: str = "float",
+                 savedmodel_input: str = "float", savedmodel_version: int = 1,
                  platforms: Optional[Sequence[str]] = None) -> common.Written:
   """Writes `workdir`'s checkpoint (latest, or `step`) in format `fmt` to `output`; returns
   an export_formats.common.Written (what was written, how to load it, notes, hub URL).
 
   npz: `output` is the .npz (and its sidecar); the other formats: `output` is a directory.
   params: 'raw' or 'ema' (run_state.read_params). platforms: stablehlo / savedmodel lowering
-  targets (default serving.DEFAULT_PLATFORMS).
+  targets (default serving.DEFAULT_PLATFORMS). savedmodel_version: the TF Serving version
+  directory, `output`/<version>/.
   """
   platforms = tuple(platforms or serving.DEFAULT_PLATFORMS)
-  check_request(fmt, output, overwrite, push_to_hub, savedmodel_input, platforms)
+  check_request(fmt, output, overwrite, push_to_hub, savedmodel_input, platforms,
+                savedmodel_version)
   if fmt in ("timm", "transformers"):  # Refuse what the format cannot hold before restoring.
     config = run_state.read_config(workdir)
     library(fmt).check(common.Source({}, npz.architecture(config, None, workdir), config))
@@ -83,7 +90,8 @@ def export_files(workdir: str, output: str, step: Optional[int] = None, overwrit
     written = serving.write_stablehlo(source, output, overwrite=overwrite, platforms=platforms)
   else:
     written = serving.write_savedmodel(source, output, overwrite=overwrite,
-                                       input_kind=savedmodel_input, platforms=platforms)
+                                       input_kind=savedmodel_input, platforms=platforms,
+                                       version=savedmodel_version)
   if push_to_hub:
     url = hub.push(written.path, push_to_hub)
     written = dataclasses.replace(written, notes=written.notes + (f"pushed to {url}",))
