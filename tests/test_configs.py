@@ -206,7 +206,7 @@ def _every_preset():
               ("augreg", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0,digits")]
   presets += [(name, m) for name in ("pretrain_i1k", "pretrain_i21k") for m in ("ti16", "b16")]
   presets += [("quickstart", ""), ("finetune_quickstart", "")]
-  presets += [("deit", m) for m in ("ti16", "s16", "b16,cifar100")]
+  presets += [("deit", m) for m in ("ti16", "s16", "b16,cifar100", "s16_distilled")]
   presets += [("finetune_llrd", m) for m in ("b16", "l16", "h14,cifar10")]
   return presets
 

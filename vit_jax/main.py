@@ -1,8 +1,8 @@
 r"""Command line: flags → (multi-host start-up) → loop.train_and_evaluate or the dry run.
 
   python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=/tmp/run \
-      [--config.base_lr=0.01 ...] [--dry_run [--topology=v5p-256 [--num_slices=2]] [--plan]
-      [--json=FILE]]
+      [--config.base_lr=0.01 ...] [--evals=NAME:TYPE[:KEY=VALUE,...] ...] \
+      [--dry_run [--topology=v5p-256 [--num_slices=2]] [--plan] [--json=FILE]]
   # Several processes without a cluster manager JAX detects:
   python -m vit_jax.main ... --coordinator_address=10.0.0.1:1234 --num_processes=4 --process_id=0
 
@@ -19,7 +19,11 @@ with a checkpoint saved, 76 hang watchdog); the traceback goes to the run's log 
 """
 from __future__ import annotations
 
-import logging
+if __name__ == "__main__":  # A SIGTERM from the first moment exits 75 (run/termination.py).
+  from vit_jax.run import termination as _termination  # pylint: disable=g-import-not-at-top
+  _termination.install()
+
+import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 import sys
 import threading
@@ -42,6 +46,10 @@ _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: slices joi
 _PLAN = flags.DEFINE_bool("plan", False, "With --dry_run: search meshes / remat / accum_steps "
                           "for the configurations that fit, fastest first.")
 _JSON = flags.DEFINE_string("json", None, "With --dry_run: also write the figures to this file.")
+_EVALS = flags.DEFINE_multi_string(
+    "evals", [], "Add an evaluator to config.evals (which --config.evals cannot, the config "
+    "is locked): NAME:TYPE[:KEY=VALUE,...], e.g. half:classification:split=test[:50%],topk=2; "
+    "repeatable; replaces a same-named entry (vit_jax/evaluators/command_line.py).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
     "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS).")
@@ -172,7 +180,21 @@ def main(argv: Sequence[str]) -> None:
     status = exits.report(e, log=run_log.write, verbose=verbose)
   finally:
     run_log.close()
+  if status not in (exits.FINISHED, exits.PREEMPTED) and _one_of_several_processes():
+    # JAX's shutdown barrier at exit would wait for a peer that failed or died (heartbeat
+    # timeout, 100 s) and then abort the process (134): leave now with the real status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
+
+
+def _one_of_several_processes() -> bool:
+  jax = sys.modules.get("jax")
+  try:
+    return jax is not None and jax.process_count() > 1
+  except Exception:  # pylint: disable=broad-except  # No backend: one process.
+    return False
 
 
 def _main(runtime_defaults, run_log) -> int:
@@ -189,6 +211,9 @@ def _main(runtime_defaults, run_log) -> int:
   google_layout = schema.is_google_config(config)
   if google_layout:  # Google's config files (vit_jax/configs/vit.py, ...): translated once.
     config = schema.to_run_config(config)
+  if _EVALS.value:  # --evals: entries added to the (locked) config.evals before anything runs.
+    from vit_jax.evaluators import command_line  # pylint: disable=g-import-not-at-top
+    config = command_line.apply(config, _EVALS.value)
   if _DRY_RUN.value or _PLAN.value:
     from vit_jax.planning import report  # pylint: disable=g-import-not-at-top
     from vit_jax.run import compile_cache  # pylint: disable=g-import-not-at-top
@@ -263,6 +288,8 @@ def summary_line(result: dict, workdir: str, seconds: float) -> str:
 
 def run() -> None:
   """Console entry point."""
+  from vit_jax.run import termination  # pylint: disable=g-import-not-at-top
+  termination.install()  # Idempotent: `python -m` installed it before the imports above.
   check_config_overrides(sys.argv[1:])
   app.run(main)
 

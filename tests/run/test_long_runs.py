@@ -256,7 +256,7 @@ def _watchdog(**options):
     wd.close()
 
 
-def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
+def test_watchdog_fires_on_a_stuck_step_not_during_phases():
   with _watchdog(factor=3, min_seconds=0.3, first_step_seconds=5, poll_seconds=0.02) as (wd, fired):
     for _ in range(5):  # Steady steps of ~20 ms.
       wd.step_dispatched(_Step())
@@ -264,13 +264,30 @@ def test_watchdog_fires_on_a_stuck_step_not_during_pauses():
     time.sleep(0.1)
     assert wd.steps_finished == 5 and not fired
     assert wd.limit() == pytest.approx(0.3)  # The floor wins over 3 x ~20 ms.
-    with wd.paused():  # A long evaluation is not a hang.
+    with wd.phase("evaluation", floor=2.0):  # A long evaluation within its bound: no hang.
       time.sleep(0.6)
     assert not fired
     stuck = _Step(ready=False)
     wd.step_dispatched(stuck)
     time.sleep(0.8)
     assert len(fired) == 1 and "no train step finished for" in fired[0]
+
+
+def test_watchdog_bounds_saves_and_evaluations_by_their_own_durations():
+  with _watchdog(factor=3, min_seconds=0.2, first_step_seconds=5, poll_seconds=0.02) as (wd, fired):
+    assert wd.phase_limit("checkpoint save", 0.3) == 0.3  # Nothing measured: the floor.
+    with wd.phase("checkpoint save", floor=0.3):
+      time.sleep(0.25)
+    with wd.phase("checkpoint save", floor=0.3):
+      time.sleep(0.15)
+    # max(floor 0.3, 3 x median(0.25, 0.15) = 0.6): the measured durations scale the bound.
+    assert wd.phase_limit("checkpoint save", 0.3) == pytest.approx(0.6, abs=0.06)
+    assert wd.phase_limit("evaluation", 0.4) == 0.4  # Each phase has its own history.
+    assert not fired
+    with wd.phase("evaluation", floor=0.4):  # A peer died inside: blocked past the bound.
+      time.sleep(0.8)
+    assert len(fired) == 1 and "the evaluation has not finished for" in fired[0]
+    assert "limit 0 s" not in fired[0] and "A peer process may have died" in fired[0]
 
 
 def test_watchdog_floor_applies_when_the_first_steps_finish_in_one_poll():
@@ -410,6 +427,45 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous(tmp_path, run_con
     assert ckpt.latest_step() == 4
   finally:
     ckpt.close()
+
+
+def test_disk_full_in_orbaxs_async_save_thread_names_the_last_committed(tmp_path, run_config,
+                                                                        monkeypatch):
+  """The step-8 save fails where the bytes are written: in Orbax's background thread, after
+  save() returned. The next save / wait raises the one-line disk-full error naming step 4,
+  which restores, and the rerun resumes from it."""
+  import threading  # pylint: disable=g-import-not-at-top
+
+  from orbax.checkpoint._src.checkpointers import async_checkpointer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "full_async"
+  original = async_checkpointer._background_wait_for_commit_futures  # pylint: disable=protected-access
+  failed_in = []
+
+  def no_space(directory, *args, **kwargs):
+    if epath_name(directory) == "8":
+      failed_in.append(threading.current_thread().name)
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(directory, *args, **kwargs)
+  monkeypatch.setattr(async_checkpointer, "_background_wait_for_commit_futures", no_space)
+  with pytest.raises(OSError) as info:
+    loop.train_and_evaluate(run_config(total_steps=12, checkpoint_every=4), str(workdir))
+  assert failed_in == ["async_save"]  # Orbax's background save thread, not the caller's.
+  message = exits.one_line(info.value)
+  assert info.value.errno == errno.ENOSPC
+  assert "disk full" in message and "last committed checkpoint (step 4) is intact" in message
+  monkeypatch.undo()
+  ckpt = run_state.Checkpointer(str(workdir))
+  try:
+    assert ckpt.latest_step() == 4
+  finally:
+    ckpt.close()
+  result = loop.train_and_evaluate(run_config(total_steps=12, checkpoint_every=4), str(workdir))
+  assert result["step"] == 12
+
+
+def epath_name(directory) -> str:
+  """The step folder's name of an Orbax save directory (`8.orbax-checkpoint-tmp-...`)."""
+  return os.path.basename(str(directory).rstrip("/")).split(".")[0]
 
 
 def test_disk_full_during_export_keeps_the_previous_file(tmp_path, trained_workdir, monkeypatch):

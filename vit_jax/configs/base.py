@@ -123,10 +123,13 @@ def defaults() -> ml_collections.ConfigDict:
   # (None = off; any location the checkpoint loader reads); model_name None = the student's
   # architecture (model_name + config.model); model = teacher field overrides on top; mode
   # 'soft' (KL x T^2) | 'hard' (CE to the teacher's argmax); weight alpha: loss = (1 - alpha)
-  # task + alpha distill [0..1]; temperature T > 0 (soft).
+  # task + alpha distill [0..1]; temperature T > 0 (soft). With a distillation token
+  # (model.distilled) the task loss trains the class head and the distillation loss the
+  # distillation head; require_teacher: refuse a run without distill.path.
   c.distill = ml_collections.ConfigDict(dict(
       path=config_dict.placeholder(str), model_name=config_dict.placeholder(str),
-      model=model_overrides(), mode="soft", weight=0.5, temperature=1.0))
+      model=model_overrides(), mode="soft", weight=0.5, temperature=1.0,
+      require_teacher=config_dict.placeholder(bool)))  # None = False (old workdirs resume).
   # Train loss (vit_jax/training/losses.py): 'softmax_xent' | 'sigmoid_xent' (big_vision's: sum over
   # classes of binary cross-entropies, mean over the batch; ~C× timm's --bce-loss scale).
   c.loss = "softmax_xent"
@@ -137,7 +140,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.log_every = 50                 # [steps]
   c.eval_every = 1000              # [steps]; 0 = only at the end.
   # Named evaluators (vit_jax/evaluators/runner.py): {name: {type, every, dataset, split, ...}};
-  # empty = one classification evaluator over eval_split every eval_every steps.
+  # empty = one classification evaluator over eval_split every eval_every steps. On the command
+  # line (the config is locked): --evals=NAME:TYPE[:KEY=VALUE,...] (evaluators/command_line.py).
   c.evals = ml_collections.ConfigDict()
   c.checkpoint_every = 1000        # [steps]; 0 = only at the end / on SIGTERM.
   c.max_to_keep = 3                # Checkpoints kept (the newest).
@@ -150,9 +154,11 @@ def defaults() -> ml_collections.ConfigDict:
   # A cache the user set for JAX (JAX_COMPILATION_CACHE_DIR) wins.
   c.compilation_cache_dir = config_dict.placeholder(str)
   # Hang watchdog: exit 76 when no step finishes in max(min_seconds, factor x median step
-  # time); first_step_seconds bounds the first step (compile). factor 0 = off.
+  # time); first_step_seconds bounds the first step (compile). An evaluation / a checkpoint
+  # save may run max(eval_seconds / save_seconds, factor x its median duration). factor 0 = off.
   c.watchdog = ml_collections.ConfigDict(dict(factor=20.0, min_seconds=600.0,
-                                              first_step_seconds=7200.0))
+                                              first_step_seconds=7200.0, eval_seconds=3600.0,
+                                              save_seconds=1800.0))
   # Resuming with a config that differs from the workdir's (other than RESUMABLE_CHANGES in
   # run_state.py) is refused unless this is set; the differences are logged.
   c.allow_config_change = False
@@ -177,6 +183,8 @@ def model_overrides() -> ml_collections.ConfigDict:
   m.qk_norm = config_dict.placeholder(bool)
   m.use_bias = config_dict.placeholder(bool)
   m.posemb = config_dict.placeholder(str)         # 'learn' | 'sincos2d' (fixed, ViT only).
+  # DeiT's distillation token + head (ViT, classifier 'token'; training/distill.py).
+  m.distilled = config_dict.placeholder(bool)
   # Patch size (ViT only), e.g. (8, 8); with resize_patch_embedding a checkpoint of another
   # patch size loads (FlexiViT resize).
   m.patches = ml_collections.ConfigDict(dict(size=config_dict.placeholder(tuple)))

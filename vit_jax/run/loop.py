@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)` (the entry main.py and tests call).
 
-Owns the order of things: mesh → dataset info → pre-flight checks → workdir lock → sharded
+Owns the order of things: workdir lock → mesh → dataset info → pre-flight checks → sharded
 state (workdir checkpoint > pretrained weights > scratch) → compiled step → loop (log / eval /
 checkpoint / preemption / NaN guard / hang watchdog) → final checkpoint and evaluation. The
 pieces live in sharding.py, training/ (train_state, train_step, optim), run/ (run_state,
@@ -13,13 +13,15 @@ total_steps [steps] or total_epochs [epochs over the train split], batch, accum_
 log_every / eval_every / checkpoint_every [steps; 0 = only at the end], max_to_keep,
 keep_period [steps], seed, pretrained_path / model_or_filename, replace_head, num_classes
 (None = from the dataset), progress (tqdm bar), input.device_prefetch [batches],
-workdir_lock_timeout [s], watchdog.{factor, min_seconds [s], first_step_seconds [s]},
+workdir_lock_timeout [s], watchdog.{factor, min_seconds [s], first_step_seconds [s],
+eval_seconds [s], save_seconds [s]},
 allow_config_change, compilation_cache_dir (run/compile_cache.py). The param-group table
 (param_groups.py) and the distillation teacher (distill.py, loaded here on every start) are
 logged before the first step, and whether the train step came from the compilation cache.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -34,25 +36,36 @@ from vit_jax.datasets import device_prefetch, pipeline
 from vit_jax.evaluators import runner
 from vit_jax.models import registry
 from vit_jax.planning import compiled_stats, datasheets
-from vit_jax.run import compile_cache, metrics, preflight, run_state, watchdog, workdir_lock
+from vit_jax.run import (
+    compile_cache,
+    metrics,
+    preflight,
+    run_state,
+    termination,
+    watchdog,
+    workdir_lock,
+)
 from vit_jax.training import distill, optim, param_groups, train_state, train_step
 from vit_jax.training.train_state import StateSetup, TrainState
 
 
 class Preemption:
   """SIGTERM → stop at the next step boundary. Multi-process jobs use JAX's preemption sync
-  point (every process stops at the same step); single-process jobs install a handler."""
+  point (every process stops at the same step); a single process reads run/termination.py's
+  flag (the command line's handler, installed from its start) or, called as a library from
+  the main thread, installs a handler for the loop's duration."""
 
   def __init__(self):
     self._flag = threading.Event()
     self._multi = jax.process_count() > 1
     self._old = None
-    if not self._multi and threading.current_thread() is threading.main_thread():
+    if (not self._multi and not termination.installed()
+        and threading.current_thread() is threading.main_thread()):
       self._old = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
 
   def requested(self, step: int) -> bool:
     if not self._multi:
-      return self._flag.is_set()
+      return self._flag.is_set() or termination.requested()
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     try:
       return multihost_utils.reached_preemption_sync_point(step)
@@ -145,6 +158,42 @@ def save_checkpoint(ckpt, step: int, state: TrainState,
   ckpt.save(step, state, feeder.position)
 
 
+def _close_checkpointer(ckpt: run_state.Checkpointer, config, failed: bool) -> None:
+  """Closes `ckpt` (it waits for pending async writes) within watchdog.save_seconds: after an
+  error a save may still wait in Orbax's commit barrier for a peer that died. Past the bound
+  the error that ended the run is reported; without one it is a hang (exit 76)."""
+  if config.watchdog.factor <= 0:
+    ckpt.close()
+    return
+  done, errors = threading.Event(), []
+
+  def close():
+    try:
+      ckpt.close()
+    except BaseException as e:  # pylint: disable=broad-except  # Re-raised below.
+      errors.append(e)
+    finally:
+      done.set()
+  threading.Thread(target=close, name="vit_jax-checkpoint-close", daemon=True).start()
+  bound = float(config.watchdog.save_seconds)
+  if done.wait(bound):
+    if errors and not failed:
+      raise errors[0]
+    return
+  message = (f"the pending checkpoint save did not finish within watchdog.save_seconds={bound:g}"
+             " s while the run was closing; a peer process may have died inside it.")
+  if failed:  # The error that ended the run says more; the pending save is abandoned.
+    logging.warning("%s The run's error follows.", message)
+    return
+  watchdog.dump_and_exit("hang watchdog: " + message + " Python stacks of every thread "
+                         "follow; exiting so the launcher restarts from the last checkpoint.")
+
+
+def _saving(wd: watchdog.StepWatchdog, config):
+  """The watchdog phase of a checkpoint save (or of the wait for its async writes)."""
+  return wd.phase("checkpoint save", config.watchdog.save_seconds)
+
+
 def _every(step: int, period: int, total: int) -> bool:
   return step == total or (period > 0 and step % period == 0)
 
@@ -155,15 +204,17 @@ def train_and_evaluate(config, workdir: str) -> Any:
   `config` is a run config (configs/base.defaults() and its overrides); Google's config
   layout goes through vit_jax.train (google_compat/train.py), which translates it first.
   """
-  cache_line = compile_cache.setup(config, workdir)  # Before the run's first compile.
-  mesh = sharding.mesh_for_config(config)
-  info = pipeline.dataset_info_prepared_once(config)
-  preflight.check(config, info)
-  num_classes = int(config.num_classes or info.num_classes)
-  total = optim.total_steps(config, info.num_train_examples)
-  setup = train_state.setup_from_config(config, mesh, num_classes, total)
+  # The lock first: a second run on this workdir leaves before preparing data or compiling.
   lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout)
   try:
+    cache_line = compile_cache.setup(config, workdir)  # Before the run's first compile.
+    mesh = sharding.mesh_for_config(config)
+    termination.set_phase("dataset preparation")
+    info = pipeline.dataset_info_prepared_once(config)
+    preflight.check(config, info)
+    num_classes = int(config.num_classes or info.num_classes)
+    total = optim.total_steps(config, info.num_train_examples)
+    setup = train_state.setup_from_config(config, mesh, num_classes, total)
     ckpt = run_state.Checkpointer(workdir, max_to_keep=config.max_to_keep,
                                   keep_period=config.keep_period)
     record = config.copy_and_resolve_references()
@@ -173,11 +224,15 @@ def train_and_evaluate(config, workdir: str) -> Any:
     run_state.check_or_write_config(workdir, record, ckpt.latest_step() is not None)
     writer = metrics.Writer(workdir, total, ckpt.latest_step() or 0, config.progress)
     writer.text(cache_line)
+    failed = False
     try:
       return _run(config, workdir, setup, ckpt, writer, total, num_classes)
+    except BaseException:
+      failed = True
+      raise
     finally:
       writer.close()
-      ckpt.close()
+      _close_checkpointer(ckpt, config, failed)
   finally:
     if lock is not None:
       lock.release()
@@ -185,6 +240,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
 
 def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, Any]:
   """The loop proper (see train_and_evaluate)."""
+  termination.set_phase("start-up (restoring or initialising the state)")
   state, data_state = initial_state(config, setup, ckpt, writer.text)
   step = int(jax.device_get(state.step))
   evals = runner.Runner(setup, config)
@@ -199,6 +255,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     for line in param_groups.table(setup.groups, setup.abstract_state.params):
       writer.text(line)
   teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
+  termination.set_phase("the train step's compilation")
   with compile_cache.watch("Train step", writer.text):
     compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
   peak, reason = datasheets.peak_flops_per_device()
@@ -213,6 +270,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
                              first_step_seconds=config.watchdog.first_step_seconds)
   pending, result = [], {"step": step}
   loop = _Loop(config, workdir, total, feeder, pending, meter, ckpt, writer, evals, preempt, wd)
+  termination.training_started()  # A SIGTERM from here on saves at the next step boundary.
   try:
     while step < total:
       t0 = time.perf_counter()
@@ -227,15 +285,18 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       result = _after_step(loop, step, state, result)
       if result.get("preempted"):
         break
+    if not result.get("preempted") and ckpt.latest_step() != step:
+      check_finite(pending)
+      with _saving(wd, config):
+        save_checkpoint(ckpt, step, state, feeder, pending)
+    with _saving(wd, config):  # The async writes of the last save finish here.
+      ckpt.wait()
   finally:
     wd.close()
     preempt.close()
     if hasattr(host_iter, "close"):
       host_iter.close()
     pipeline.release_shared_memory()  # grain's worker batches, before the process exits
-  if not result.get("preempted") and ckpt.latest_step() != step:
-    save_checkpoint(ckpt, step, state, feeder, pending)
-  ckpt.wait()
   if reason:
     result["note"] = reason
   result["state"] = state
@@ -303,20 +364,20 @@ def _after_step(loop: _Loop, step: int, state: TrainState, result: dict) -> dict
       result["train"] = values
   if loop.preempt.requested(step):
     writer.text(f"SIGTERM: saving a checkpoint at step {step} and exiting.")
-    check_finite(pending)  # Waits for the step itself outside the watchdog's pause.
-    with loop.watchdog.paused():
+    check_finite(pending)  # Waits for the step itself under the step's bound.
+    with _saving(loop.watchdog, config):
       save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
     return dict(result, preempted=True)
   t0 = time.perf_counter()
   if _every(step, int(config.checkpoint_every or 0), total):
     check_finite(pending)
-    with loop.watchdog.paused():
+    with _saving(loop.watchdog, config):
       save_checkpoint(loop.ckpt, step, state, loop.feeder, pending)
   elif len(pending) >= 1000:  # Nothing logged for long: still guard against NaN, free memory.
     check_finite(pending)
   if runner.due(loop.evals.specs, step, total):
     check_finite(pending)
-    with loop.watchdog.paused():
+    with loop.watchdog.phase("evaluation", config.watchdog.eval_seconds):
       values = loop.evals.run(state.params, step, total, ema_params=state.ema_params)
     run_state.record_eval(loop.workdir, step, values)
     writer.scalars(step, values, prefix="eval/")

@@ -13,8 +13,15 @@ it from the last checkpoint. With several processes, process 0 (which hosts JAX'
 coordination service: its exit aborts every other process at once) waits
 min(min_seconds, PEER_REPORT_SECONDS) before exiting, so the other processes' watchdogs, which
 fire at about the same time, get to write their stacks too: the hung host's are the ones
-that say what hung. Evaluation and checkpointing run inside `paused()` (they have
-no step rhythm); the clock restarts after them. factor=0 disables the watchdog.
+that say what hung.
+
+Evaluations and checkpoint saves have no step rhythm; each runs inside `phase(name, floor)`,
+which has a bound of its own: `max(floor, factor x median duration of that phase so far)`
+(the floor alone the first time: it includes compiling the eval step). A peer host that dies
+(powered off, partitioned: no connection reset) during a save or an evaluation otherwise
+blocks the others inside the phase's collective or barrier for ever. The clock of the steps
+restarts after a phase. The final save and the wait for the async writes are phases too.
+factor=0 disables the watchdog.
 """
 from __future__ import annotations
 
@@ -45,14 +52,15 @@ class StepWatchdog:
     self.min_seconds = float(min_seconds)
     self.first_step_seconds = float(first_step_seconds)
     self._poll = poll_seconds
-    self._on_hang = on_hang or (lambda message: _dump_and_exit(
+    self._on_hang = on_hang or (lambda message: dump_and_exit(
         message, min(self.min_seconds, PEER_REPORT_SECONDS)))
     self._pending: collections.deque = collections.deque()
     self._times: collections.deque = collections.deque(maxlen=100)
     self._lock = threading.Lock()
     self._last = time.monotonic()
     self._finished = 0
-    self._paused = 0
+    self._phase: Optional[tuple[str, float, float]] = None  # (name, limit, start)
+    self._phase_times: dict[str, list[float]] = collections.defaultdict(list)
     self._stop = threading.Event()
     self._thread = None
     if self.factor > 0:
@@ -79,17 +87,33 @@ class StepWatchdog:
     with self._lock:
       self._pending.append(leaf)
 
+  def phase_limit(self, name: str, floor: float) -> float:
+    """Seconds phase `name` may run: max(floor, factor x its median duration so far)."""
+    times = self._phase_times.get(name)
+    if not times:
+      return float(floor)
+    return max(float(floor), self.factor * statistics.median(times))
+
   @contextlib.contextmanager
-  def paused(self) -> Iterator[None]:
-    """No hang detection inside (evaluation, checkpoint saves); the clock restarts after."""
+  def phase(self, name: str, floor: float) -> Iterator[None]:
+    """Runs the body under phase `name`'s own bound (see the module docstring); phases do not
+    nest. The step clock restarts after it."""
+    if self._thread is None:
+      yield
+      return
+    start = time.monotonic()
     with self._lock:
-      self._paused += 1
+      if self._phase is not None:
+        raise RuntimeError(f"watchdog phase {name!r} inside {self._phase[0]!r}")
+      self._phase = (name, self.phase_limit(name, floor), start)
     try:
       yield
     finally:
+      now = time.monotonic()
       with self._lock:
-        self._paused -= 1
-        self._last = time.monotonic()
+        self._phase = None
+        self._phase_times[name].append(now - start)
+        self._last = now
 
   def _collect(self, now: float) -> None:
     done = 0
@@ -97,7 +121,7 @@ class StepWatchdog:
       self._pending.popleft()
       done += 1
     if done:
-      if self._finished and not self._paused:  # The first step's time includes compiling.
+      if self._finished and self._phase is None:  # The first step's time includes compiling.
         per_step = (now - self._last) / done
         self._times.extend([per_step] * min(done, self._times.maxlen))
       self._finished += done
@@ -108,9 +132,20 @@ class StepWatchdog:
       now = time.monotonic()
       with self._lock:
         self._collect(now)
-        if self._paused:
-          continue
-        idle, limit = now - self._last, self.limit()
+        phase = self._phase
+        if phase is None:
+          idle, limit = now - self._last, self.limit()
+      if phase is not None:
+        name, limit, start = phase
+        if now - start > limit:
+          self._on_hang(
+              f"hang watchdog: the {name} has not finished for {now - start:.4g} s (limit "
+              f"{limit:.4g} s = max(its floor, watchdog.factor={self.factor:g} x its median "
+              f"duration so far); {self._finished} steps finished in this process). A peer "
+              "process may have died inside it. Python stacks of every thread follow; exiting "
+              "so the launcher restarts from the last checkpoint.")
+          return
+        continue
       if idle > limit:
         median = statistics.median(self._times) if self._times else float("nan")
         self._on_hang(
@@ -136,7 +171,7 @@ def _ready(array) -> bool:
     return True
 
 
-def _dump_and_exit(message: str, peer_seconds: float = 0.0) -> None:
+def dump_and_exit(message: str, peer_seconds: float = 0.0) -> None:
   """Writes `message` and all stacks to stderr and the run log, then exits with HUNG (process
   0 of several first waits `peer_seconds` for the other processes to report)."""
   sys.stderr.write(message + "\n")

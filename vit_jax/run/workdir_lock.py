@@ -8,9 +8,18 @@ file and exits with one line naming the holder, unless the lock is stale:
 A stale lock is taken over with a warning. Multi-host runs take the lock from process 0
 only and tell the other processes the outcome (`acquire_for_run`). The lock is removed at the
 end of the run when it is still this run's.
+
+Runs started together must not both win. On a local or shared POSIX filesystem the record is
+written to a private file first and hard-linked to lock.json (`os.link` is atomic and fails
+when the name exists), so a reader never sees a half-written lock; taking over a stale lock
+happens under an flock of lock.json.takeover, and re-checks the record there, so of several
+runs that find the same stale lock only one removes it. Object stores (gs://...) have neither:
+there the record is written, then read back after a pause (best effort).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,8 +31,12 @@ import uuid
 from typing import Callable, Optional
 
 from vit_jax import exits
+from vit_jax.run import termination
 
 LOCK_FILE = "lock.json"
+# A lock file that cannot be parsed is being written (object stores) or was left
+# half-written by a crash; younger than this it counts as live.
+UNREADABLE_GRACE_SECONDS = 10.0
 
 
 class WorkdirLocked(exits.UserError):
@@ -58,6 +71,7 @@ class WorkdirLock:
     self._token = uuid.uuid4().hex
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None
+    self._forget_cleanup: Optional[Callable[[], None]] = None
 
   def _record(self) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token,
@@ -67,17 +81,27 @@ class WorkdirLock:
   def holder(self) -> Optional[dict]:
     """The lock file's record (with its age in seconds), or None when there is no lock."""
     try:
-      record = json.loads(self.path.read_text())
       age = time.time() - self.path.stat().mtime
+      record = json.loads(self.path.read_text())
+      if not isinstance(record, dict):
+        raise ValueError("not a record")
     except FileNotFoundError:
       return None
-    except (ValueError, OSError):  # Half-written or unreadable: treat as a stale lock.
-      return {"host": "?", "pid": -1, "age": float("inf")}
+    except (ValueError, OSError):  # Unparsable: live while young (being written), else stale.
+      try:
+        age = time.time() - self.path.stat().mtime
+      except OSError:
+        return None
+      return {"host": "?", "pid": -1, "age": age, "unreadable": True}
     record["age"] = age
     return record
 
   def stale_reason(self, record: dict) -> Optional[str]:
     """Why `record`'s holder is gone, or None when it looks alive."""
+    if record.get("unreadable"):
+      if record["age"] <= UNREADABLE_GRACE_SECONDS:
+        return None
+      return f"it cannot be read and is {record['age']:.0f} s old"
     if record.get("host") == socket.gethostname():
       pid = int(record.get("pid", -1))
       if pid == os.getpid() and record.get("token") != self._token:
@@ -89,21 +113,57 @@ class WorkdirLock:
     return None
 
   def _create(self) -> bool:
+    """Creates lock.json holding this run's record; False when the name exists."""
     data = json.dumps(self._record(), indent=1)
     if "://" not in self.workdir:
       os.makedirs(self.workdir, exist_ok=True)
+      target = os.fspath(self.path)
+      private = f"{target}.{self._token}.tmp"
+      with open(private, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
       try:
-        fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(private, target)  # Atomic: the lock appears complete or not at all.
+        return True
       except FileExistsError:
         return False
-      with os.fdopen(fd, "w") as f:
-        f.write(data)
-      return True
+      except OSError as e:  # A filesystem without hard links: exclusive create, then write.
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+          raise
+        return self._create_exclusive(target, data)
+      finally:
+        with contextlib.suppress(OSError):
+          os.unlink(private)
     if self.path.exists():  # Object stores have no exclusive create: write, then read back.
       return False
     self.path.write_text(data)
     time.sleep(0.5)
     return self._owned()
+
+  @staticmethod
+  def _create_exclusive(target: str, data: str) -> bool:
+    try:
+      fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:  # Readers take the empty file for a young, live lock.
+      f.write(data)
+    return True
+
+  @contextlib.contextmanager
+  def _takeover_guard(self):
+    """Serialises stale-lock takeovers of this workdir (flock; a no-op on object stores)."""
+    if "://" in self.workdir:
+      yield
+      return
+    import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only.
+    with open(os.fspath(self.path) + ".takeover", "a", encoding="utf-8") as guard:
+      fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+      try:
+        yield
+      finally:
+        fcntl.flock(guard.fileno(), fcntl.LOCK_UN)
 
   def _owned(self) -> bool:
     record = self.holder()
@@ -111,26 +171,40 @@ class WorkdirLock:
 
   def acquire(self) -> None:
     """Takes the lock or raises WorkdirLocked naming the live holder."""
-    for _ in range(3):
+    for _ in range(5):
       if self._create():
         self._start_heartbeat()
         return
       record = self.holder()
       if record is None:
         continue  # Released in between: try again.
-      reason = self.stale_reason(record)
-      if reason is None:
-        raise WorkdirLocked(
-            f"workdir {self.workdir} is in use by another run (host {record.get('host')}, pid "
-            f"{record.get('pid')}, started {record.get('started', '?')}). Wait for it to end, "
-            f"use another --workdir, or delete {self.path} if that run is gone.")
-      self._warn(f"Taking over the stale workdir lock of host {record.get('host')} pid "
-                 f"{record.get('pid')} ({reason}).")
-      try:
-        self.path.unlink()
-      except FileNotFoundError:
-        pass
+      if self.stale_reason(record) is None:
+        raise self._locked(record)
+      with self._takeover_guard():  # One run at a time re-checks and removes a stale lock.
+        record = self.holder()
+        if record is None:
+          continue
+        reason = self.stale_reason(record)
+        if reason is None:  # Another run took it over first.
+          raise self._locked(record)
+        self._warn(f"Taking over the stale workdir lock of host {record.get('host')} pid "
+                   f"{record.get('pid')} ({reason}).")
+        with contextlib.suppress(FileNotFoundError):
+          self.path.unlink()
+        if self._create():
+          self._start_heartbeat()
+          return
     raise WorkdirLocked(f"could not take the lock {self.path}: other runs keep creating it.")
+
+  def _locked(self, record: dict) -> WorkdirLocked:
+    if record.get("unreadable"):
+      return WorkdirLocked(
+          f"workdir {self.workdir} is being locked by another run that is starting now ("
+          f"{self.path} is being written). Wait for it to end, or use another --workdir.")
+    return WorkdirLocked(
+        f"workdir {self.workdir} is in use by another run (host {record.get('host')}, pid "
+        f"{record.get('pid')}, started {record.get('started', '?')}). Wait for it to end, "
+        f"use another --workdir, or delete {self.path} if that run is gone.")
 
   def _start_heartbeat(self) -> None:
     def beat():
@@ -144,10 +218,14 @@ class WorkdirLock:
           pass
     self._thread = threading.Thread(target=beat, name="vit_jax-workdir-lock", daemon=True)
     self._thread.start()
+    self._forget_cleanup = termination.on_exit(self.release)  # A SIGTERM at start-up frees it.
 
   def release(self) -> None:
     """Stops the heartbeat and removes the lock file if it is still this run's."""
     self._stop.set()
+    if self._forget_cleanup is not None:
+      self._forget_cleanup()
+      self._forget_cleanup = None
     if self._thread is not None:
       self._thread.join(timeout=5)
       self._thread = None
