@@ -111,3 +111,13 @@ def id_image_folder(root, train_ids, test_ids) -> str:
       Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(os.path.join(folder, f"{k:03d}.png"))
   sources.clear_cache()
   return str(root)
+
+
+def latest_step(workdir):
+  """The newest committed checkpoint step of a run's workdir, or None."""
+  from vit_jax.run import run_state  # pylint: disable=g-import-not-at-top
+  ckpt = run_state.Checkpointer(str(workdir))
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()

@@ -21,6 +21,7 @@ import pytest
 from helpers import (  # pylint: disable=g-bad-import-order
   REPO,
   TINY_FLAGS,  # pylint: disable=g-bad-import-order
+  latest_step,
   tiny_config,
 )
 
@@ -422,11 +423,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous(tmp_path, run_con
   message = exits.one_line(info.value)
   assert "disk full" in message and "step 4" in message and "intact" in message
   monkeypatch.undo()
-  ckpt = run_state.Checkpointer(str(workdir))
-  try:
-    assert ckpt.latest_step() == 4
-  finally:
-    ckpt.close()
+  assert latest_step(workdir) == 4
 
 
 def test_disk_full_in_orbaxs_async_save_thread_names_the_last_committed(tmp_path, run_config,
@@ -454,11 +451,7 @@ def test_disk_full_in_orbaxs_async_save_thread_names_the_last_committed(tmp_path
   assert info.value.errno == errno.ENOSPC
   assert "disk full" in message and "last committed checkpoint (step 4) is intact" in message
   monkeypatch.undo()
-  ckpt = run_state.Checkpointer(str(workdir))
-  try:
-    assert ckpt.latest_step() == 4
-  finally:
-    ckpt.close()
+  assert latest_step(workdir) == 4
   result = loop.train_and_evaluate(run_config(total_steps=12, checkpoint_every=4), str(workdir))
   assert result["step"] == 12
 

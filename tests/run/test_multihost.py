@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, gloo_available  # pylint: disable=g-bad-import-order
+from helpers import REPO, gloo_available, latest_step  # pylint: disable=g-bad-import-order
 from PIL import Image
 
 from vit_jax import artifacts
@@ -137,14 +137,6 @@ def _finish(proc, workdir):
   return (workdir / "launch_logs" / "process_0.log").read_text()
 
 
-def _latest_step(workdir):
-  ckpt = run_state.Checkpointer(str(workdir))
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
-
-
 def _wait_for_checkpoint(proc, step_dir):
   deadline = time.monotonic() + LAUNCH_TIMEOUT
   while not step_dir.exists():  # Orbax renames the step folder when the save is committed.
@@ -168,7 +160,7 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path, dataset):
     launched += [reference, killed]
     _wait_for_checkpoint(killed, multi / "checkpoints" / str(EVERY))
     _kill_session(killed)
-    stopped_at = _latest_step(multi)
+    stopped_at = latest_step(multi)
     assert stopped_at is not None and stopped_at < TOTAL, f"not interrupted ({stopped_at})"
 
     resumed = _launch(2, 4, _flags(dataset, multi), tmp_path / "cache_2x4")

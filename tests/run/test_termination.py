@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, TINY_FLAGS  # pylint: disable=g-bad-import-order
+from helpers import REPO, TINY_FLAGS, latest_step  # pylint: disable=g-bad-import-order
 
 from vit_jax import exits
-from vit_jax.run import run_state, workdir_lock
+from vit_jax.run import workdir_lock
 
 pytestmark = pytest.mark.slow  # real `vit_jax.main` processes
 
@@ -74,14 +74,6 @@ def _term_at(proc, marker: str) -> str:
   return "".join(lines) + rest
 
 
-def _latest(workdir):
-  ckpt = run_state.Checkpointer(str(workdir))
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
-
-
 def test_sigterm_during_imports_exits_75_at_once(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   proc = subprocess.Popen([sys.executable, "-m", "vit_jax.main", *TINY_FLAGS,
@@ -101,7 +93,7 @@ def test_sigterm_during_compilation_exits_75_and_frees_the_lock(tmp_path, data_d
   assert proc.returncode == exits.PREEMPTED, out[-3000:]
   assert "during the train step's compilation, before the first train step" in out
   assert not (tmp_path / "run" / workdir_lock.LOCK_FILE).exists()  # A restart starts at once.
-  assert _latest(tmp_path / "run") is None  # Nothing trained, nothing saved.
+  assert latest_step(tmp_path / "run") is None  # Nothing trained, nothing saved.
   log = (tmp_path / "run" / "train.log").read_text()
   assert "Preempted (SIGTERM) during the train step's compilation" in log
 
@@ -114,5 +106,30 @@ def test_sigterm_during_a_save_or_an_evaluation_saves_at_the_next_step(tmp_path,
   assert proc.returncode == exits.PREEMPTED, out[-3000:]
   assert "SIGTERM: saving a checkpoint at step 5" in out
   assert "Preempted (SIGTERM) at step 5: checkpoint saved" in out
-  assert _latest(tmp_path / "run") == 5
+  assert latest_step(tmp_path / "run") == 5
   assert not (tmp_path / "run" / workdir_lock.LOCK_FILE).exists()
+
+
+FORK_CHILD = r"""
+import os, signal, sys, time
+from vit_jax.run import termination
+termination.install()
+pid = os.fork()
+if pid == 0:  # A forked input worker that its parent stops with SIGTERM.
+  time.sleep(30)
+  os._exit(0)
+time.sleep(0.5)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+time.sleep(0.5)  # Time for the parent's watcher to (wrongly) act on the child's signal.
+print("child", os.waitstatus_to_exitcode(status), "parent requested", termination.requested())
+"""
+
+
+def test_a_forked_workers_sigterm_is_not_the_parents(tmp_path):
+  script = tmp_path / "fork_child.py"
+  script.write_text(FORK_CHILD)
+  proc = subprocess.run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "child -15 parent requested False" in proc.stdout

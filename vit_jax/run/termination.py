@@ -75,7 +75,16 @@ def install() -> None:
   signal.signal(signal.SIGTERM, lambda *_: _REQUESTED.set())
   signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
   threading.Thread(target=_watch, args=(read_fd,), name="vit_jax-sigterm", daemon=True).start()
+  os.register_at_fork(after_in_child=_forget_in_child)
   _STATE["installed"] = True
+
+
+def _forget_in_child() -> None:
+  """A forked worker (input pipeline) must not write its own SIGTERM into this process's
+  pipe: it gets the default handler back."""
+  signal.set_wakeup_fd(-1)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  _STATE["installed"] = False
 
 
 def _watch(read_fd: int) -> None:
