@@ -189,11 +189,11 @@ def test_evaluate_takes_top_k_and_the_deprecated_topk():
   for spelling in ("--top_k", "--topk"):
     args = evaluate.parse_args(["--workdir", "w", spelling, "3"])
     assert args.top_k == 3 and not hasattr(args, "topk")
-    config = offline.run_config(args, 8, "digits", "test")
+    config, _ = offline.eval_settings(args, 8, "digits", "test")
     assert config.evals.classification.topk == 3
   assert evaluate.parse_args(["--workdir", "w"]).top_k is None  # unset: the run's (else 5)
-  assert offline.run_config(evaluate.parse_args(["--workdir", "w"]), 8, "digits",
-                            "test").evals.classification.get("topk") is None
+  config, _ = offline.eval_settings(evaluate.parse_args(["--workdir", "w"]), 8, "digits", "test")
+  assert config.evals.classification.get("topk") is None
 
 
 # --- every CLI reads its weights through artifacts.resolve ----------------------------------

@@ -52,13 +52,6 @@ SETTING_FLAGS = (("classification", "topk", "top_k", 5),
                  ("fewshot", "l2_reg", "fewshot_l2_reg", None))
 
 
-def run_config(args: Any, resolution: int, dataset: str, split: str,
-               tfds_data_dir: Optional[str] = None,
-               run: Optional[ml_collections.ConfigDict] = None) -> ml_collections.ConfigDict:
-  """The config of the evaluation (eval_settings without the overrides)."""
-  return eval_settings(args, resolution, dataset, split, tfds_data_dir, run)[0]
-
-
 def eval_settings(args: Any, resolution: int, dataset: str, split: str,
                   tfds_data_dir: Optional[str] = None,
                   run: Optional[ml_collections.ConfigDict] = None

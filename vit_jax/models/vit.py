@@ -104,6 +104,11 @@ def patch_embed(x: jax.Array, kernel: jax.Array, bias: jax.Array,
   return jnp.reshape(y, (n, -1, d))
 
 
+def distilled_prediction(cls_logits: jax.Array, dist_logits: jax.Array) -> jax.Array:
+  """What a distilled ViT predicts with: the mean of its two heads' logits (module doc)."""
+  return (cls_logits + dist_logits) / 2
+
+
 class VisionTransformer(nn.Module):
   """Vision Transformer (and R+ViT hybrid when `resnet` is set). Call: model(x, train=...)."""
   num_classes: Optional[int]
@@ -263,7 +268,7 @@ class VisionTransformer(nn.Module):
         return self._apply_head(self._pool(y, self.classifier, map_head), pre_logits, head)
       out = (self._apply_head(y[:, 0], pre_logits, head),
              self._apply_head(y[:, 1], pre_logits, head_dist))
-      return out if train else (out[0] + out[1]) / 2
+      return out if train else distilled_prediction(*out)
 
     layers = 1 if self.scan_layers else int(config_get(self.transformer, "num_layers"))
     chunks = resolve_batch_chunks(self.batch_chunks, self._tokens_shape(x.shape), train,

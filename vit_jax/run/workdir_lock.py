@@ -82,16 +82,15 @@ class WorkdirLock:
     """The lock file's record (with its age in seconds), or None when there is no lock."""
     try:
       age = time.time() - self.path.stat().mtime
+    except OSError:  # No lock (or none this process can see).
+      return None
+    try:
       record = json.loads(self.path.read_text())
       if not isinstance(record, dict):
         raise ValueError("not a record")
     except FileNotFoundError:
       return None
     except (ValueError, OSError):  # Unparsable: live while young (being written), else stale.
-      try:
-        age = time.time() - self.path.stat().mtime
-      except OSError:
-        return None
       return {"host": "?", "pid": -1, "age": age, "unreadable": True}
     record["age"] = age
     return record

@@ -38,7 +38,7 @@ import numpy as np
 from flax import linen as nn
 
 from vit_jax import checkpoint, sharding
-from vit_jax.models import registry
+from vit_jax.models import registry, vit
 from vit_jax.training import losses, train_state
 
 MODES = ("soft", "hard")
@@ -176,7 +176,7 @@ def prediction(outputs: Any) -> jax.Array:
   """The logits a student predicts with: its one head, or the mean of the class and
   distillation heads (what the distilled ViT returns at eval)."""
   cls_logits, dist_logits = heads(outputs)
-  return cls_logits if dist_logits is None else (cls_logits + dist_logits) / 2
+  return cls_logits if dist_logits is None else vit.distilled_prediction(cls_logits, dist_logits)
 
 
 def objective(outputs: Any, labels: jax.Array, teacher_logits: jax.Array, *, mode: str,
