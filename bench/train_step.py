@@ -98,7 +98,6 @@ def build(args: argparse.Namespace, abstract: bool):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax.linen import meta  # pylint: disable=g-import-not-at-top
 
   from vit_jax import sharding
   from vit_jax.configs import base  # pylint: disable=g-import-not-at-top
@@ -117,7 +116,7 @@ def build(args: argparse.Namespace, abstract: bool):
   mesh = sharding.make_mesh(base.DEFAULT_MESH, list(devices))
   batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   shape = (args.batch, args.resolution, args.resolution, 3)
-  init = jax.jit(lambda x: meta.unbox(model.init(jax.random.PRNGKey(0), x, train=False)["params"]),
+  init = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False)["params"],
                  out_shardings=replicated)
   sample = jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32)
   if abstract:

@@ -8,6 +8,7 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import sharding
+from vit_jax.models import axes
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
@@ -48,25 +49,46 @@ class _Tiny(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")),
+    k = self.param("kernel", axes.logical(nn.initializers.ones, "embed", "mlp"),
                    (x.shape[-1], 16))
-    ones = nn.initializers.ones
-    head = self.param("head", nn.with_logical_partitioning(ones, ("embed", "classes")), (16, 10))
-    return x @ k @ head
+    head = self.param("head", axes.logical(nn.initializers.ones, "embed", "classes"), (16, 10))
+    bias = self.param("bias", nn.initializers.zeros, (10,))  # Unannotated: replicated.
+    return x @ k @ head + bias
+
+
+def _tiny_init(rng):
+  return _Tiny().init(rng, jnp.zeros((1, 8)))["params"]
+
+
+def test_param_layout_reads_the_annotations_init_does_not_return():
+  # model.init gives plain arrays, as Google's vit_jax and every Flax example.
+  params = _tiny_init(jax.random.PRNGKey(0))
+  assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(params))
+  abstract, logical = sharding.param_layout(_tiny_init, jax.random.PRNGKey(0))
+  assert logical == {"kernel": P("embed", "mlp"), "head": P("embed", "classes"), "bias": P()}
+  assert jax.tree.map(lambda x: x.shape, abstract) == {"kernel": (8, 16), "head": (16, 10),
+                                                       "bias": (10,)}
+  # The annotation switch stays inside param_layout, and a later jit of the same function
+  # traces plain arrays (its trace is not the one param_layout made).
+  assert not any(isinstance(v, nn.LogicallyPartitioned)
+                 for v in jax.tree.leaves(jax.jit(_tiny_init)(jax.random.PRNGKey(0)),
+                                          is_leaf=lambda v: isinstance(v, nn.Partitioned)))
+  assert sharding.param_layout(_tiny_init, jax.random.PRNGKey(0))[1] == logical
 
 
 def test_param_shardings_follow_rules():
   mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("model", 2)))
-  boxed = jax.eval_shape(_Tiny().init, jax.random.PRNGKey(0), jnp.zeros((1, 8)))["params"]
+  boxed, logical = sharding.param_layout(_tiny_init, jax.random.PRNGKey(0))
   rules = sharding.logical_axis_rules(ml_collections.ConfigDict({"mesh": (), "sharding_rules": ()}))
-  sh = sharding.param_shardings(boxed, mesh, rules)
+  sh = sharding.param_shardings(boxed, logical, mesh, rules)
+  assert sh["bias"].spec == P(None)
   assert sh["kernel"].spec == P("fsdp", "model")
   # 'classes' is replicated by default; embed→fsdp.
   assert sh["head"].spec == P("fsdp", None)
   # A config rule overrides the default; an axis that does not divide the dim is dropped.
   rules = sharding.logical_axis_rules(ml_collections.ConfigDict(
       {"mesh": (), "sharding_rules": (("classes", "model"), ("mlp", ("fsdp", "model")))}))
-  sh = sharding.param_shardings(boxed, mesh, rules)
+  sh = sharding.param_shardings(boxed, logical, mesh, rules)
   assert sh["head"].spec == P("fsdp", "model")       # 10 classes over model=2 divides.
   assert sh["kernel"].spec == P("fsdp", None)       # flax never maps one mesh axis twice.
 

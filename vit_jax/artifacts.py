@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
-from flax.linen import meta
 
 from vit_jax import checkpoint, exits, param_tree
 from vit_jax.export_formats import npz
@@ -163,10 +162,10 @@ def _head_classes(raw: dict) -> int:
 
 
 def _init_shapes(model: nn.Module, resolution: int) -> dict:
-  """Parameter ShapeDtypeStructs (no compute) of `model` at `resolution`, unboxed."""
+  """Parameter ShapeDtypeStructs (no compute) of `model` at `resolution`."""
   x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  return meta.unbox(variables["params"])
+  return variables["params"]
 
 
 def _shapes(tree: Any) -> Any:
@@ -203,9 +202,8 @@ def _published(model_name: str, location: str, *, num_classes: Optional[int],
   resolution = resolution or checkpoint_resolution(model, raw)
   if _shapes(_init_shapes(model, resolution)) != _shapes(raw):
     # Another resolution (or layout): load_pretrained aligns and validates.
-    init = meta.unbox(model.init(jax.random.PRNGKey(0),
-                                 np.zeros((1, resolution, resolution, 3), np.float32),
-                                 train=False)["params"])
+    init = model.init(jax.random.PRNGKey(0), np.zeros((1, resolution, resolution, 3), np.float32),
+                      train=False)["params"]
     raw = checkpoint.load_pretrained(pretrained_path=location, init_params=init,
                                      model_config=config)
   return Weights(model, raw, resolution, None, None, "published", location)

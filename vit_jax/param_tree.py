@@ -35,7 +35,7 @@ def flat_view(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _shape(x: Any) -> tuple[int, ...]:
-  value = getattr(x, "value", x)  # Flax boxed params (nn.Partitioned) carry the array in .value.
+  value = getattr(x, "value", x)  # A boxed tree a user built by hand carries arrays in .value.
   return tuple(np.shape(value) if not hasattr(value, "shape") else value.shape)
 
 

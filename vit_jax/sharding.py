@@ -16,7 +16,7 @@ Config keys read here:
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from vit_jax import runtime_defaults
 
@@ -30,6 +30,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vit_jax import batching
+from vit_jax.models import axes as model_axes
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -158,16 +159,23 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*fitted)
 
 
-def param_shardings(abstract_boxed_params: Any, mesh: Mesh,
+def param_layout(init: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs, logical PartitionSpecs) of the params `init(*args)` returns (e.g. a
+  `model.init(...)["params"]`), from one abstract trace with the models' axis annotations on.
+  The one place the annotations are read: `model.init` itself returns plain arrays."""
+  with model_axes.annotated_params():
+    boxed = jax.eval_shape(lambda *a: init(*a), *args)  # A fresh function: its own trace.
+  return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def param_shardings(abstract_params: Any, logical: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, Any]]) -> Any:
-  """NamedShardings for an (abstract, nn.Partitioned-boxed) param tree; unannotated leaves
-  replicate."""
-  logical = nn.get_partition_spec(abstract_boxed_params)
-  shapes = nn.meta.unbox(abstract_boxed_params)
+  """NamedShardings of a param tree from its logical specs (`param_layout`); unannotated
+  leaves replicate, mesh axes that do not divide a dimension are dropped."""
   return jax.tree.map(
       lambda spec, x: NamedSharding(
           mesh, _fit_spec(logical_to_mesh_spec(spec, rules), x.shape, mesh)),
-      logical, shapes, is_leaf=lambda s: isinstance(s, P))
+      logical, abstract_params, is_leaf=lambda s: isinstance(s, P))
 
 
 def logical_to_mesh_spec(logical: P, rules: Sequence[tuple[str, Any]]) -> P:

@@ -325,17 +325,21 @@ def test_output_shapes_of_pooling_variants():
     assert out.shape == shape, classifier
 
 
-def test_every_param_has_logical_axis_names():
+def test_init_returns_plain_arrays_and_every_param_has_logical_axis_names():
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  P = jax.sharding.PartitionSpec
   for kwargs in (dict(TINY, classifier="map", representation_size=8), TINY_HYBRID):
     model = models.VisionTransformer(num_classes=5, **kwargs)
-    boxed = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images((1, 32, 32, 3)),
-                                                  train=False))["params"]
-    leaves = jax.tree.leaves(boxed, is_leaf=lambda v: isinstance(v, nn.Partitioned))
-    assert all(isinstance(v, nn.Partitioned) for v in leaves)
-  specs = nn.get_partition_spec(jax.eval_shape(
+    init = lambda m=model: m.init(jax.random.PRNGKey(0), images((1, 32, 32, 3)),
+                                  train=False)["params"]
+    plain = jax.eval_shape(init)
+    assert all(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(plain))
+    _, specs = sharding.param_layout(init)
+    assert all(isinstance(s, P) and len(s) for s in jax.tree.leaves(
+        specs, is_leaf=lambda s: isinstance(s, P))), "a parameter without logical axis names"
+  _, specs = sharding.param_layout(
       lambda: models.VisionTransformer(num_classes=5, scan_layers=True, **TINY).init(
-          jax.random.PRNGKey(0), images(), train=False)))["params"]
-  P = jax.sharding.PartitionSpec
+          jax.random.PRNGKey(0), images(), train=False)["params"])
   assert specs["embedding"]["kernel"] == P("patch", "patch", "patch", "embed")
   assert specs["Transformer"]["posembed_input"]["pos_embedding"] == P(None, "posemb", "embed")
   block = specs["Transformer"]["encoderblock"]
@@ -345,9 +349,9 @@ def test_every_param_has_logical_axis_names():
                                                                        "embed")
   assert block["MlpBlock_0"]["Dense_0"]["kernel"] == P("layers", "embed", "mlp")
   assert specs["head"]["kernel"] == P("embed", "classes")
-  mixer_specs = nn.get_partition_spec(jax.eval_shape(
+  _, mixer_specs = sharding.param_layout(
       lambda: models.MlpMixer(num_classes=5, **TINY_MIXER).init(jax.random.PRNGKey(0), images(),
-                                                                train=False)))["params"]
+                                                                train=False)["params"])
   assert mixer_specs["MixerBlock_0"]["token_mixing"]["Dense_0"]["kernel"] == P("tokens", "mlp")
 
 

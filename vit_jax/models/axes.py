@@ -1,8 +1,10 @@
 """Logical axis names of the model parameters (docs/architecture.md, "Sharding rules").
 
-Owns the helper that wraps a parameter initializer so the created parameter is
-an `nn.Partitioned` box carrying logical axis names. `vit_jax.sharding` maps the
-names to mesh axes; the models never see a mesh.
+Owns the helper that tags a parameter initializer with logical axis names. `model.init`
+returns plain arrays (as every Flax model and Google's vit_jax do); only inside
+`annotated_params()` -- which `vit_jax.sharding.param_layout` enters for one abstract init --
+does a tagged parameter come out as an `nn.LogicallyPartitioned` box carrying its names.
+`vit_jax.sharding` maps the names to mesh axes; the models never see a mesh.
 
 Names: 'embed' (hidden dim), 'mlp' (MLP hidden), 'heads', 'kv' (head dim),
 'classes', 'layers' (scan axis), 'patch' (conv spatial / patch input dims),
@@ -20,11 +22,30 @@ import jax
 Initializer = Callable[..., Any]
 # (logical names, shape) -> a jax.sharding.Sharding, set by `activation_sharding` (sharding.py).
 _constrainer: Optional[Callable[[tuple, tuple], Any]] = None
+# Depth of `annotated_params()` contexts: > 0 while sharding.param_layout traces an init.
+_annotating = 0
 
 
 def logical(init: Initializer, *names: Optional[str]) -> Initializer:
-  """`init` whose parameters are annotated with the logical axis `names`."""
-  return nn.with_logical_partitioning(init, tuple(names))
+  """`init` tagged with the logical axis `names`: a plain array, or a box carrying the names
+  inside `annotated_params()`."""
+  boxed = nn.with_logical_partitioning(init, tuple(names))
+
+  def initializer(*args: Any, **kwargs: Any) -> Any:
+    return boxed(*args, **kwargs) if _annotating else init(*args, **kwargs)
+  return initializer
+
+
+@contextlib.contextmanager
+def annotated_params() -> Iterator[None]:
+  """Within it, tagged parameters are created as `nn.LogicallyPartitioned` boxes. Only for a
+  trace of a fresh function (jax caches traces by function, not by this switch)."""
+  global _annotating
+  _annotating += 1
+  try:
+    yield
+  finally:
+    _annotating -= 1
 
 
 @contextlib.contextmanager

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
-from flax.linen import meta
 
 from vit_jax import exits
 from vit_jax.configs import base
@@ -211,8 +210,8 @@ def read_params(workdir: str, step: Optional[int] = None, which: str = "raw"
   crop = int(config.pp.crop)
   images = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
   # No shardings: every leaf is read into host numpy (by each process of a multi-host job).
-  abstract = meta.unbox(jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)["params"])
+  abstract = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)["params"]
   ckpt = Checkpointer(workdir)
   try:
     steps = ckpt.all_steps()

@@ -100,10 +100,10 @@ def from_config(config, mesh, num_classes: int, rules, input_shape: tuple[int, .
   model = registry.model_from_fields(fields, num_classes)
   init = lambda: model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros(input_shape, jnp.float32),
                             train=False)["params"]
-  boxed = jax.eval_shape(init)
-  shardings = sharding.param_shardings(boxed, mesh, rules)
+  params, logical = sharding.param_layout(init)
+  shardings = sharding.param_shardings(params, logical, mesh, rules)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+                          params, shardings)
   return Teacher(model=model, model_name=name, fields=fields, location=str(d.path),
                  abstract_params=abstract, mode=str(d.mode), weight=float(d.weight),
                  temperature=float(d.temperature))

@@ -75,7 +75,7 @@ class StateSetup:
 
 
 def _init_params(model: nn.Module, rng: jax.Array, input_shape) -> Any:
-  """model.init on zeros; returns the (boxed) 'params' collection."""
+  """model.init on zeros; returns the 'params' collection."""
   key = jax.random.wrap_key_data(rng) if rng.dtype == jnp.uint32 else rng
   variables = model.init({"params": key, "dropout": key}, jnp.zeros(input_shape, jnp.float32),
                          train=False)
@@ -87,9 +87,8 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
                groups: Optional[param_groups.Groups] = None) -> StateSetup:
   """Computes the abstract state and the shardings of every leaf (params by logical rules)."""
   rng0 = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  boxed = jax.eval_shape(lambda r: _init_params(model, r, input_shape), rng0)
-  p_shard = sharding.param_shardings(boxed, mesh, rules)
-  params = nn.meta.unbox(boxed)
+  params, logical = sharding.param_layout(lambda r: _init_params(model, r, input_shape), rng0)
+  p_shard = sharding.param_shardings(params, logical, mesh, rules)
   opt_abstract = jax.eval_shape(tx.init, params)
   repl = sharding.replicated(mesh)
   opt_shard = opt_state_shardings(opt_abstract, params, p_shard, repl)
@@ -138,7 +137,7 @@ def init_params(setup: StateSetup, seed: int) -> Any:
   """The params create_train_state(setup, seed) starts from (sharded on setup.mesh)."""
   def init(rng):
     init_rng, _ = jax.random.split(rng)
-    return nn.meta.unbox(_init_params(setup.model, init_rng, setup.input_shape))
+    return _init_params(setup.model, init_rng, setup.input_shape)
   return jax.jit(init, out_shardings=setup.param_shardings)(jax.random.PRNGKey(seed))
 
 
@@ -146,7 +145,7 @@ def create_train_state(setup: StateSetup, seed: int) -> TrainState:
   """A freshly initialised state, created already sharded on setup.mesh."""
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
-    params = nn.meta.unbox(_init_params(setup.model, init_rng, setup.input_shape))
+    params = _init_params(setup.model, init_rng, setup.input_shape)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=setup.tx.init(params), rng=train_rng,
                       ema_params=ema.init(params) if setup.ema else None)
