@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -37,16 +36,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def time_ms(fn: Callable[..., Any], args: tuple, windows: int, steps: int) -> float:
   """Median milliseconds per call of the compiled `fn(*args)`."""
   import jax  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.planning import timing  # pylint: disable=g-import-not-at-top
   compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    for _ in range(steps):
-      out = compiled(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / steps * 1e3)
-  return statistics.median(times)
+  window_s = timing.time_windows(lambda: compiled(*args), windows, steps, warmup=1)["window_s"]
+  return statistics.median(window_s) / steps * 1e3
 
 
 def run(args: argparse.Namespace) -> list[dict]:

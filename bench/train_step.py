@@ -204,20 +204,10 @@ def allocator_peak_bytes() -> Optional[int]:
 
 
 def time_windows(call: Callable[[], Any], windows: int, steps: int) -> dict:
-  """Seconds per window of `steps` calls, each window blocking on its last output."""
-  import jax  # pylint: disable=g-import-not-at-top
-  for _ in range(2):  # warm-up (the host heap grows to its working size), excluded
-    jax.block_until_ready(call())
-  times, cpu = [], 0.0
-  for _ in range(windows):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    out = None
-    for _ in range(steps):
-      out = call()
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - start)
-    cpu += time.process_time() - cpu_start
-  return {"window_s": times, "cpu_cores_used": cpu / sum(times)}
+  """Seconds per window of `steps` calls after two untimed warm-up calls, and the CPU cores
+  used: the library's timing loop (vit_jax.planning.timing), also Google's inference_time."""
+  from vit_jax.planning import timing  # pylint: disable=g-import-not-at-top
+  return timing.time_windows(call, windows, steps, warmup=2)
 
 
 def matmul_ceiling(dtype: str, sizes=(1024, 2048)) -> float:

@@ -69,6 +69,7 @@ def trained_workdir(tmp_path_factory, data_dir):
 # tier keeps one end-to-end run (test_train_and_evaluate_learns_on_digits), the export round
 # trip and the NumPy reference forward.
 SLOW_TESTS = {
+    "tests/google_compat/test_inference_time.py::test_main_command_line_on_two_devices",
     "tests/planning/test_dry_run.py::test_main_topology_dry_run_and_its_errors",
     "tests/planning/test_hlo_program.py::test_every_loop_combination_against_the_formula",
     "tests/planning/test_plan.py::test_main_plan_with_a_typo_exits_2_with_one_line",

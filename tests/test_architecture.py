@@ -24,7 +24,8 @@ CLIS = {"vit_jax.main", "vit_jax.export", "vit_jax.inference", "vit_jax.evaluate
 # Google's vit_jax import paths: re-exports of google_compat/ (and our registry / defaults).
 GOOGLE_PATHS = {"vit_jax.train", "vit_jax.input_pipeline", "vit_jax.utils", "vit_jax.test_utils",
                 "vit_jax.configs.common", "vit_jax.configs.models", "vit_jax.configs.vit",
-                "vit_jax.configs.augreg", "vit_jax.configs.mixer_base16_cifar10"}
+                "vit_jax.configs.augreg", "vit_jax.configs.mixer_base16_cifar10",
+                "vit_jax.inference_time", "vit_jax.configs.inference_time"}
 # The bottom layer: imported by anything, imports no vit_jax module.
 BOTTOM = {"vit_jax.exits", "vit_jax.batching", "vit_jax.param_tree", "vit_jax.runtime_defaults",
           "vit_jax.configs.base"}

@@ -1,4 +1,5 @@
-r"""Command line: flags → (multi-host start-up) → loop.train_and_evaluate or the dry run.
+r"""Command line: flags → (multi-host start-up) → loop.train_and_evaluate or the dry run (or,
+with Google's vit_jax/configs/inference_time.py, its inference-time benchmark).
 
   python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=/tmp/run \
       [--config.base_lr=0.01 ...] [--evals=NAME:TYPE[:KEY=VALUE,...] ...] \
@@ -207,7 +208,9 @@ def _main(runtime_defaults, run_log) -> int:
   if jax.process_index() != 0:
     logging.getLogger().setLevel(logging.WARNING)  # Logs from process 0 only.
   config = _CONFIG.value
-  from vit_jax.google_compat import schema  # pylint: disable=g-import-not-at-top
+  from vit_jax.google_compat import inference_time, schema  # pylint: disable=g-import-not-at-top
+  if inference_time.is_inference_time_config(config):  # Google's configs/inference_time.py.
+    return _inference_time(config, inference_time, run_log)
   google_layout = schema.is_google_config(config)
   if google_layout:  # Google's config files (vit_jax/configs/vit.py, ...): translated once.
     config = schema.to_run_config(config)
@@ -244,6 +247,27 @@ def _main(runtime_defaults, run_log) -> int:
                             result["step"])
   if jax.process_index() == 0:
     line = summary_line(result, workdir, time.time() - start)
+    run_log.write(line)
+    print(line, flush=True)
+  return exits.FINISHED
+
+
+def _inference_time(config, inference_time, run_log) -> int:
+  """Google's inference-time benchmark: times the forward, writes its TensorBoard scalars to
+  --workdir and prints one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import exits  # pylint: disable=g-import-not-at-top
+  if _DRY_RUN.value or _PLAN.value or _EVALS.value:
+    raise app.UsageError("--dry_run, --plan and --evals take a training config, not "
+                         f"{inference_time.CONFIG_FILE}.")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (the TensorBoard events go there).")
+  open_workdir_log(_WORKDIR.value, jax.process_index())
+  run_log.write(f"--- {' '.join(sys.argv)}")
+  result = inference_time.inference_time(config, _WORKDIR.value)
+  if jax.process_index() == 0:
+    line = inference_time.summary_line(config, result, _WORKDIR.value)
     run_log.write(line)
     print(line, flush=True)
   return exits.FINISHED

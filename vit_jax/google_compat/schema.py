@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.base_lr = 0.03
   c.decay_type = "cosine"         # 'cosine' | 'linear'.
   c.warmup_steps = 500
-  c.trainer = "train"             # Google's 'inference_time' benchmark is not provided here.
+  c.trainer = "train"             # 'inference_time' takes its own config (inference_time.py).
   c.model_type = "ViT"            # 'ViT' | 'Mixer' (Google's Mixer config sets it).
   c.model = None                  # The architecture: configs.models.get_<name>_config().
   c.model_or_filename = None      # AugReg model name or file name (augreg configs).
@@ -189,8 +189,9 @@ def to_run_config(g) -> ml_collections.ConfigDict:
   model_type='Mixer' (and the reverse), LiT models.
   """
   if _get(g, "trainer", "train") != "train":
-    raise ValueError(f"config.trainer={g.trainer!r} is not available here (only 'train'); for "
-                     "inference timing use python -m vit_jax.main --dry_run or bench/.")
+    raise ValueError(f"config.trainer={g.trainer!r}: this config trains (trainer 'train'); "
+                     "the inference-time benchmark takes its own config, "
+                     "--config=vit_jax/configs/inference_time.py.")
   c = base.defaults()
   _model_fields(c, _get(g, "model"))
   model_type = _get(g, "model_type", "ViT")
