@@ -173,7 +173,7 @@ install_command() {
   local py dir
   py=$(quote_command "$remote_python")
   dir=$(quote_command "$remote_dir")
-  ssh_all "set -e; command -v $py >/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $py $py-venv; }; cd $dir && $py -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -r requirements.txt $(quote_command "jax[tpu]==$(jax_version)")"
+  ssh_all "set -e; command -v $py >/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $py $py-venv; }; cd $dir && $py -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -r requirements.txt $(quote_command "jax[tpu]==$(jax_version)") && pip install -q --no-deps -r requirements-nodeps.txt"
 }
 
 run_command() {

@@ -44,6 +44,8 @@ if [[ "$KIND" == "test" ]]; then
 else
   pip install -q -r "$ROOT/requirements.txt"
 fi
+# Wheels that require `tensorflow` (we install tensorflow-cpu): without their dependencies.
+pip install -q --no-deps -r "$ROOT/requirements-nodeps.txt"
 pip install -q --no-deps -e "$ROOT"
 echo "$stamp" > "$stamp_file"
 echo "[setup] environment ready: $VENV ($(python --version))"

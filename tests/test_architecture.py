@@ -25,7 +25,8 @@ CLIS = {"vit_jax.main", "vit_jax.export", "vit_jax.inference", "vit_jax.evaluate
 GOOGLE_PATHS = {"vit_jax.train", "vit_jax.input_pipeline", "vit_jax.utils", "vit_jax.test_utils",
                 "vit_jax.configs.common", "vit_jax.configs.models", "vit_jax.configs.vit",
                 "vit_jax.configs.augreg", "vit_jax.configs.mixer_base16_cifar10",
-                "vit_jax.inference_time", "vit_jax.configs.inference_time"}
+                "vit_jax.inference_time", "vit_jax.configs.inference_time",
+                "vit_jax.preprocess"}
 # The bottom layer: imported by anything, imports no vit_jax module.
 BOTTOM = {"vit_jax.exits", "vit_jax.batching", "vit_jax.param_tree", "vit_jax.runtime_defaults",
           "vit_jax.configs.base"}
@@ -245,7 +246,7 @@ def test_no_module_shadows_the_standard_library():
 
 @pytest.mark.parametrize("modules", [
     "vit_jax.datasets.pipeline, vit_jax.datasets, vit_jax.datasets.sources, "
-    "vit_jax.datasets.preprocess",
+    "vit_jax.datasets.preprocess, vit_jax.datasets.text, vit_jax.preprocess",
     "vit_jax.run.loop, vit_jax.planning.dry_run, vit_jax.export, vit_jax.inference, "
     "vit_jax.checkpoint",
 ])
