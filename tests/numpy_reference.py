@@ -195,3 +195,57 @@ def mixer_forward(params: dict, images: np.ndarray) -> np.ndarray:
     i += 1
   x = layer_norm(x, params["pre_head_layer_norm"]).mean(axis=1)
   return dense(x, params["head"]) if "head" in params else x
+
+
+def bert_forward(p: dict, tokens: np.ndarray, num_heads: int) -> np.ndarray:
+  """(batch, length, D) outputs of a post-LN BERT encoder (Devlin et al.) in flaxformer's
+  parameter naming; padding (id 0) is excluded as a key, and a padding query attends to all
+  positions alike (its row is masked everywhere)."""
+  p = as_f64(p)
+  e = p["embedder"]
+  batch, length = tokens.shape
+  x = (e["embedders_token_ids"]["embedding"][tokens]
+       + e["embedders_position_ids"]["embedding"][np.arange(length)][None]
+       + e["embedders_segment_ids"]["embedding"][np.zeros_like(tokens)])
+  x = layer_norm(x, p["layer_norm"], eps=1e-12)
+  valid = tokens != 0
+  layers = p["encoder_block"]["layer_sequence"]
+  for i in range(len(layers)):
+    block = layers[f"layers_{i}"]
+    a = block["attention_block"]
+    width = x.shape[-1]
+    head_dim = width // num_heads
+    q, k, v = (dense(x, a["attention_layer"][n]) for n in ("query", "key", "value"))
+    heads_out = np.zeros_like(x)
+    for b in range(batch):
+      for h in range(num_heads):
+        sl = slice(h * head_dim, (h + 1) * head_dim)
+        logits = q[b, :, sl] @ k[b, :, sl].T / math.sqrt(head_dim)
+        for r in range(length):
+          if valid[b, r]:
+            logits[r, ~valid[b]] = -np.inf
+          else:
+            logits[r, :] = 0.0  # Every key masked: the softmax is uniform.
+        heads_out[b, :, sl] = softmax(logits) @ v[b, :, sl]
+    x = layer_norm(x + dense(heads_out, a["dense_layer"]), a["layer_norm"], eps=1e-12)
+    m = block["mlp_block"]
+    y = dense(gelu_tanh(dense(x, m["mlp"]["dense_layer"])), m["dense_layer"])
+    x = layer_norm(x + y, m["layer_norm"], eps=1e-12)
+  return x
+
+
+def text_transformer_forward(p: dict, tokens: np.ndarray) -> np.ndarray:
+  """LiT's small text tower: token embedding + learned position embedding, pre-LN ViT encoder
+  blocks, final LayerNorm, the LAST position, head."""
+  p = as_f64(p)
+  x = p["Embed_0"]["embedding"][tokens] + p["pos_embedding"]
+  enc = p["Encoder_0"]
+  i = 0
+  while f"encoderblock_{i}" in enc:
+    x = encoder_block(x, enc[f"encoderblock_{i}"])
+    i += 1
+  return dense(layer_norm(x, enc["encoder_norm"])[:, -1], p["head"])
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+  return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)

@@ -47,9 +47,29 @@ LAYERS = [
 ]
 
 
+# The one documented upward reference (docs/architecture.md, "Packages"): Google's
+# `vit_jax.models.LitModel / get_model / model_configs` are looked up on first use by the
+# package's module __getattr__, from Google's API layer (LiT's loading and tokenizer methods
+# need the checkpoint layer and TensorFlow). Nothing else may point up.
+GOOGLE_MODELS_FACE = {("vit_jax.models", "vit_jax.google_compat.lit"),
+                      ("vit_jax.models", "vit_jax.configs.models")}
+
+
 def _all_imports(module: str) -> set[str]:
   top, lazy = GRAPH[module]
-  return top | lazy
+  return {dep for dep in top | lazy if (module, dep) not in GOOGLE_MODELS_FACE}
+
+
+def test_the_models_face_reaches_up_only_lazily_from_its_getattr():
+  top, lazy = GRAPH["vit_jax.models"]
+  assert not top & {dep for _, dep in GOOGLE_MODELS_FACE}
+  assert {dep for _, dep in GOOGLE_MODELS_FACE} <= lazy
+  tree = ast.parse((REPO / "vit_jax" / "models" / "__init__.py").read_text(encoding="utf-8"))
+  getattr_fn = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+  assert [f.name for f in getattr_fn] == ["__getattr__"]
+  inside = {node.module for node in ast.walk(getattr_fn[0]) if isinstance(node, ast.ImportFrom)}
+  assert inside == {"vit_jax.google_compat", "vit_jax.configs"}
+  assert not GRAPH["vit_jax.google_compat.lit"][0] & {"vit_jax.models"}  # No cycle back.
 
 
 def _layer(module: str):

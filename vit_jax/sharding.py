@@ -137,6 +137,7 @@ def default_rules(mesh_config: Sequence[Sequence[Any]] = ()) -> list[tuple[str, 
       ("tokens", None),
       ("repr", None),
       ("posemb", None),
+      ("vocab", None),
   ]
 
 

@@ -21,6 +21,7 @@ from vit_jax import checkpoint, input_pipeline, models, train, utils
 from vit_jax.configs import common as common_config, models as models_config
 from vit_jax.datasets import sources
 from vit_jax.google_compat import schema
+from vit_jax.models import lit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +36,7 @@ GOOGLE_SIZES = {
     "ViT-S_32": 22_878_952, "ViT-S_32-gap-norep": 22_878_184, "ViT-Ti_16": 5_717_416,
     "testing": 21_390, "testing-unpooled": 21_370,
 }
+LIT_NAMES = ("LiT-B16B", "LiT-B16B_2", "LiT-L16L", "LiT-L16S", "LiT-L16Ti")
 
 
 @pytest.mark.parametrize("name", sorted(GOOGLE_SIZES))
@@ -54,10 +56,11 @@ def test_testing_models_run_and_unpooled_keeps_tokens():
     assert out.shape == shape
 
 
-def test_every_registered_model_has_its_config_function_and_lit_is_refused():
+def test_every_registered_model_has_its_config_function_and_lit_ones_too():
   names = {models_config.GETTERS[f] for f in models_config.GETTERS}
   assert names == set(models_config.ALL_MODEL_CONFIGS)
-  assert set(models_config.MODEL_CONFIGS) == set(GOOGLE_SIZES)  # Google's registry, exactly.
+  # Google's registry, exactly: its image models and its five LiT models.
+  assert set(models_config.MODEL_CONFIGS) == set(GOOGLE_SIZES) | set(LIT_NAMES)
   assert models_config.MODEL_CONFIGS["Ti_16"].model_name == "ViT-Ti_16"  # AugReg short names.
   for fn in ("get_b16_config", "get_r50_b16_config", "get_mixer_b16_config", "get_ti16_config",
              "get_s16_gap_norep_config", "get_r_ti16_config", "get_testing_unpooled_config",
@@ -68,10 +71,15 @@ def test_every_registered_model_has_its_config_function_and_lit_is_refused():
   assert models_config.MODEL_CONFIGS["ViT-B_16"].hidden_size == 768
   assert models_config.get_G14_config().hidden_size == 1664
   assert models_config.get_g14_config().hidden_size == 1408
-  with pytest.raises(ValueError, match="LiT .* out of scope"):
-    models_config.get_lit_b16b_config()
-  with pytest.raises(ValueError, match="out of scope"):
-    models.get_model("LiT-B16B")
+  for fn, name in models_config.LIT_GETTERS.items():
+    config = getattr(models_config, fn)()
+    assert config.model_name == name and config.to_dict() == lit.LIT_CONFIGS[name].to_dict()
+  lit_b16b = models_config.get_lit_b16b_config()
+  assert lit_b16b.out_dim == (768, 768) and lit_b16b.text.config == "base"
+  assert lit_b16b.image.to_dict() == models_config.MODEL_CONFIGS["ViT-B_16"].to_dict()
+  assert models_config.get_lit_l16s_config().text.vocab_size == 16_000
+  assert isinstance(models.get_model("LiT-B16B"), models.LitModel)
+  assert models.model_configs.MODEL_CONFIGS is models_config.MODEL_CONFIGS  # The LiT Colab's.
 
 
 def test_google_config_layout_and_its_translation():

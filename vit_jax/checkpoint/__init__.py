@@ -5,6 +5,8 @@ Public API (mirrors Google's vit_jax.checkpoint where it overlaps):
       per-layer layout (`Transformer/encoderblock_{i}`, also for scanned files), from a local
       .npz / .safetensors / Hugging Face snapshot directory or a gs:// https:// hf:// URI;
       'file.npz:img' reads one sub-tree (big_vision's syntax), two-tower files their image tower.
+  load_image_text(path) -> both towers of a LiT / two-tower file ({'img', 'txt', 't'[, 'b']});
+      vocab_location / fetch_vocab: the tokenizer file published beside it (image_text.py).
   save(params, path) -> vit_models flat .npz (pre-Linen block names, per-layer), atomically.
   load_pretrained(*, pretrained_path, init_params, model_config, **options) -> params ready for
       `model.apply`: validated keys/shapes, new head, posemb resized, scan layout matched
@@ -35,12 +37,14 @@ import numpy as np
 from vit_jax import param_tree
 from vit_jax.checkpoint import files, layouts
 from vit_jax.checkpoint.adapt import LoadReport, adapt_to_model, stack_layers, unstack_layers
+from vit_jax.checkpoint.image_text import fetch_vocab, load_image_text, vocab_location
 from vit_jax.checkpoint.patch_embed import resize_patch_kernel
 from vit_jax.checkpoint.posemb import interpolate_posemb
 
 __all__ = ["load", "save", "load_pretrained", "interpolate_posemb", "stack_layers",
            "unstack_layers", "CheckpointFormatError", "candidate_locations", "load_first",
-           "load_from", "to_host", "LoadReport", "resize_patch_kernel", "split_subtree"]
+           "load_from", "to_host", "LoadReport", "resize_patch_kernel", "split_subtree",
+           "load_image_text", "vocab_location", "fetch_vocab"]
 
 CheckpointFormatError = files.CheckpointFormatError
 _REMOTE = re.compile(r"^(gs|https?|hf)://", re.IGNORECASE)
@@ -87,7 +91,8 @@ def load(path: str, *, num_heads: Optional[int] = None, cache_dir: Optional[str]
 
   Every supported layout gives the same tree: vit_models, big_vision (per-layer or scanned:
   a stacked `Transformer/encoderblock` is unstacked to `encoderblock_{i}`), timm,
-  transformers, our own exports. A two-tower file (SigLIP, LiT) gives its image tower, and
+  transformers, our own exports. A two-tower file (SigLIP, LiT) gives its image tower
+  (`load_image_text` gives both towers), and
   'file.npz:<name>' its sub-tree <name>; what is ignored is logged once. A model built with
   scan_layers=True takes the result through load_pretrained (or stack_layers).
   num_heads is only needed for timm/transformers files (fused or 2-D attention weights); when

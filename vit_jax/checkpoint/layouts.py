@@ -74,7 +74,8 @@ def _select_tower(flat: dict[str, np.ndarray], source: str, subtree: Optional[st
                        if any(k.startswith(r + "/") for k in flat) else r for r in left)
     what = "image tower" if subtree == "img" else f"sub-tree {subtree!r}"
     notes.append(f"multi-model checkpoint: loaded its {what} ({prefix}, {len(picked)} arrays); "
-                 f"ignored {counts}.")
+                 f"ignored {counts}" + (" (both towers: checkpoint.load_image_text)."
+                                        if subtree == "img" else "."))
   return picked
 
 

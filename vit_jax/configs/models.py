@@ -6,13 +6,15 @@ Names follow Google's rule: 'ViT-B_16' -> get_b16_config, 'R50+ViT-B_16' -> get_
 'ViT-S_16-gap-norep' -> get_s16_gap_norep_config, 'Mixer-B_16' -> get_mixer_b16_config,
 'testing-unpooled' -> get_testing_unpooled_config; a variant whose lower-case name would clash
 keeps its capital ('ViT-G_14' -> get_G14_config beside 'ViT-g_14' -> get_g14_config).
-Each returns a fresh unlocked copy. Google's LiT configs are listed but out of scope here.
+Each returns a fresh unlocked copy. Google's five LiT configs (get_lit_b16b_config & co.) are
+those of vit_jax/models/lit.py, and this MODEL_CONFIGS holds them as Google's does.
 """
 import re
 from typing import Callable
 
 import ml_collections
 
+from vit_jax.models.lit import LIT_CONFIGS, get_lit_config
 from vit_jax.models.registry import *  # noqa: F401,F403  pylint: disable=wildcard-import
 from vit_jax.models.registry import (  # noqa: F401
   AUGREG_CONFIGS,
@@ -35,8 +37,9 @@ GOOGLE_NAMES = (
     "R26+ViT-S_32", "R50+ViT-L_32", "Mixer-B_16", "Mixer-B_32", "Mixer-L_16")
 ALL_MODEL_CONFIGS = MODEL_CONFIGS
 MODEL_CONFIGS = type(ALL_MODEL_CONFIGS)({name: ALL_MODEL_CONFIGS[name] for name in GOOGLE_NAMES})
+MODEL_CONFIGS.update(LIT_CONFIGS)
 
-# Google's LiT config functions (image-text models; not provided here).
+# Google's LiT config functions.
 LIT_GETTERS = {"get_lit_b16b_config": "LiT-B16B", "get_lit_b16b_2_config": "LiT-B16B_2",
                "get_lit_l16l_config": "LiT-L16L", "get_lit_l16s_config": "LiT-L16S",
                "get_lit_l16ti_config": "LiT-L16Ti"}
@@ -66,8 +69,8 @@ def _getter(name: str) -> Callable[[], ml_collections.ConfigDict]:
 
 def _lit_getter(name: str) -> Callable[[], ml_collections.ConfigDict]:
   def get_config() -> ml_collections.ConfigDict:
-    from vit_jax.models.registry import LIT_OUT_OF_SCOPE  # pylint: disable=g-import-not-at-top
-    raise ValueError(f"{name}: {LIT_OUT_OF_SCOPE}")
+    return get_lit_config(name)
+  get_config.__doc__ = f"A fresh copy of the {name} image-text model config."
   return get_config
 
 
@@ -77,4 +80,5 @@ for _fn, _name in GETTERS.items():
   globals()[_fn].__name__ = _fn
 for _fn, _name in LIT_GETTERS.items():
   globals()[_fn] = _lit_getter(_name)
+  globals()[_fn].__name__ = _fn
 del _fn, _name

@@ -20,7 +20,6 @@ from ml_collections import config_dict
 from vit_jax.checkpoint import augreg
 from vit_jax.configs import base
 from vit_jax.models import registry
-from vit_jax.models.registry import LIT_OUT_OF_SCOPE  # noqa: F401  (one wording of it)
 
 AUGREG_BUCKET = "gs://vit_models/augreg"
 LINEAR_END = 1e-5  # Google's linear decay ends here (utils.create_learning_rate_schedule).
@@ -134,7 +133,11 @@ def _model_fields(c: ml_collections.ConfigDict, model) -> None:
                      "config.model = vit_jax.configs.models.get_b16_config().")
   name = str(model["model_name"])
   if name.startswith("LiT-"):
-    raise ValueError(LIT_OUT_OF_SCOPE)
+    raise ValueError(
+        f"config.model is the image-text model {name}; Google's train loop (and this "
+        "translation of its config) fine-tunes image classifiers. Use a ViT/Mixer config "
+        "here; a LiT model classifies without training: python -m vit_jax.evaluate --model "
+        f"{name} --weights FILE.npz --zeroshot DATASET.")
   registered = registry.get_model_config(name).to_dict()
   given = model.to_dict() if hasattr(model, "to_dict") else dict(model)
   c.model_name = registry.canonical_name(name)

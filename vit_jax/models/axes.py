@@ -9,7 +9,7 @@ does a tagged parameter come out as an `nn.LogicallyPartitioned` box carrying it
 Names: 'embed' (hidden dim), 'mlp' (MLP hidden), 'heads', 'kv' (head dim),
 'classes', 'layers' (scan axis), 'patch' (conv spatial / patch input dims),
 'conv_in' / 'conv_out' (ResNet channels), 'tokens' (Mixer token dim),
-'repr' (pre_logits out), 'posemb' (token-position axis).
+'repr' (pre_logits out), 'posemb' (token-position axis), 'vocab' (a text tower's token table).
 """
 from __future__ import annotations
 

@@ -157,10 +157,6 @@ _register("Mixer-L_16", mixer(16, 1024, 24, 512, 4096))
 AUGREG_CONFIGS = {short: MODEL_CONFIGS[name] for short, name in AUGREG_NAMES.items()}
 
 
-LIT_OUT_OF_SCOPE = ("LiT image-text models are out of scope for this package (image models "
-                    "only): use google-research/vision_transformer or big_vision for LiT.")
-
-
 def canonical_name(name: str) -> str:
   """Official registry name for an official or AugReg short name (also a full AugReg filename)."""
   if name in MODEL_CONFIGS:
@@ -285,10 +281,12 @@ def model_from_run_config(config, num_classes: int):
 
 
 def get_model(name: str, **kwargs: Any):
-  """Google's factory by registered name: `get_model('ViT-B_16', num_classes=1000)` is the
-  VisionTransformer (or MlpMixer) of MODEL_CONFIGS[name] with `kwargs` as module fields."""
+  """The image model by registered name: `get_model('ViT-B_16', num_classes=1000)` is the
+  VisionTransformer (or MlpMixer) of MODEL_CONFIGS[name] with `kwargs` as module fields.
+  Google's `vit_jax.models.get_model` also takes the LiT names (google_compat/lit.py)."""
   if name.startswith("LiT-"):
-    raise ValueError(LIT_OUT_OF_SCOPE)
+    raise ValueError(f"{name} is an image-text model: build it with vit_jax.models.get_model "
+                     f"({name!r}) or vit_jax.models.LitModel(**LIT_CONFIGS[{name!r}]).")
   config = MODEL_CONFIGS[canonical_name(name)]
   cls = MlpMixer if is_mixer(config) else VisionTransformer
   return cls(**config, **kwargs)

@@ -253,7 +253,10 @@ class AddPositionEmbs(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embedding, dropout, `num_layers` blocks and `encoder_norm`."""
+  """Position embedding, dropout, `num_layers` blocks and `encoder_norm`.
+
+  add_position_embedding=False (Google's field): no `posembed_input`, for a caller that adds
+  its own (LiT's text transformer)."""
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -270,12 +273,14 @@ class Encoder(nn.Module):
   qk_norm: bool = False
   use_bias: bool = True
   posemb: str = "learn"
+  add_position_embedding: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
                grid: Optional[tuple[int, int]] = None) -> jax.Array:
     """grid: the (rows, cols) patch grid of x's patch tokens (needed by posemb='sincos2d')."""
-    x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, name="posembed_input")(x, grid)
+    if self.add_position_embedding:
+      x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, name="posembed_input")(x, grid)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     rates = stochastic_depth_rates(self.stochastic_depth, self.num_layers)
     block_kwargs = dict(
