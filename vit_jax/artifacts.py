@@ -37,7 +37,7 @@ from flax import linen as nn
 
 from vit_jax import checkpoint, exits, param_tree
 from vit_jax.export_formats import npz
-from vit_jax.models import registry
+from vit_jax.models import lit, registry
 from vit_jax.run import run_state
 
 PARAMS = tuple(run_state.PARAMS_FIELDS)  # --params choices: 'raw', 'ema'
@@ -60,6 +60,7 @@ class Weights:
   location: str                                 # the file / URI read, or the workdir
   step: Optional[int] = None                    # workdir: the checkpoint step restored
   which: str = "raw"                            # workdir: 'raw' params or their 'ema'
+  vocab: Optional[str] = None                   # image-text: the tokenizer file beside it
 
   @property
   def num_classes(self) -> Optional[int]:
@@ -132,6 +133,8 @@ def resolve(*, model: Optional[str] = None, checkpoint_path: Optional[str] = Non
   error = _flag_error(model, checkpoint_path, workdir, which)
   if error:
     raise exits.UserError(error)
+  if model is not None and lit.is_lit(model):
+    return _published_image_text(model, checkpoint_path, resolution=resolution)
   if model is not None:
     return _published(model, checkpoint_path, num_classes=num_classes, resolution=resolution,
                       require_head=require_head)
@@ -207,6 +210,28 @@ def _published(model_name: str, location: str, *, num_classes: Optional[int],
     raw = checkpoint.load_pretrained(pretrained_path=location, init_params=init,
                                      model_config=config)
   return Weights(model, raw, resolution, None, None, "published", location)
+
+
+def _published_image_text(model_name: str, location: str, *,
+                          resolution: Optional[int]) -> Weights:
+  """A published LiT file (both towers) with the vocabulary beside it, if there is one."""
+  config = lit.get_lit_config(model_name)
+  size = int(config.pp.size)
+  if resolution and resolution != size:
+    raise ValueError(f"{model_name} embeds images at {size} px (its pp.size); drop --resolution "
+                     f"or pass --resolution {size}.")
+  params = checkpoint.load_image_text(location)
+  try:
+    vocab = checkpoint.fetch_vocab(location, config.pp.tokenizer_name)
+  except (OSError, ValueError):  # Not published beside it: the caller's --vocab is needed.
+    vocab = None
+  model = lit.LitModel(**config)
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), **model.init_inputs((1, size, size, 3)))["params"])
+  if _shapes(expected) != _shapes(params):
+    raise ValueError(f"{location} does not hold the weights of {model_name} (its arrays differ "
+                     "from the architecture's); pass the --model its file was published as.")
+  return Weights(model, params, size, None, None, "published", os.fspath(location), vocab=vocab)
 
 
 def _export(path: str) -> Weights:

@@ -1,4 +1,5 @@
-"""Eval-only CLI: any checkpoint the loader reads, any dataset, classification and few-shot.
+"""Eval-only CLI: any checkpoint the loader reads, any dataset, classification, few-shot and
+zero-shot (image-text models).
 
   python -m vit_jax.evaluate --model ViT-B_16 --checkpoint PATH_OR_URI --dataset imagenet2012 \
       --split validation [--resolution 384] [--eval_pp resize|resize_crop|resize_small] \
@@ -9,6 +10,12 @@
       (few-shot only: --no_classification; datasets by their short name in
       evaluators/runner.FEWSHOT_DATASETS, or NAME=DATASET:TRAIN_SPLIT:TEST_SPLIT)
   python -m vit_jax.evaluate --workdir W --evals=half:classification:split=test[:50%],topk=2
+  python -m vit_jax.evaluate --model LiT-B16B --checkpoint gs://vit_models/lit/LiT-B16B.npz \
+      --zeroshot cifar100 [--zeroshot imagenette] [--split test] [--vocab FILE] \
+      [--zeroshot_classnames FILE] [--zeroshot_templates FILE]
+      (an image-text model, classified zero-shot: class names from TFDS or the folder's class
+      folders, or one per line of FILE; prompt templates with '{}' one per line; the
+      vocabulary published beside the weights unless --vocab)
 
 With --workdir every eval setting is the run's (config.json): dataset, eval_split, pp.eval,
 pp.resize, pp.crop_pct, the resolution, batch_eval and its evaluators (config.evals; its
@@ -79,6 +86,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--fewshot_l2_reg", type=float, default=None,
                  help="few-shot: this fixed ridge strength (big_vision: 1024) instead of the "
                       "held-out choice from l2_regs (default: the run's l2_reg, else chosen)")
+  p.add_argument("--zeroshot", action="append", default=[],
+                 help="an image-text (LiT) model: classify this dataset zero-shot (TFDS name "
+                      "or image folder); repeatable")
+  p.add_argument("--zeroshot_classnames", default=None,
+                 help="zero-shot: class names, one per line in label order (default: the "
+                      "dataset's)")
+  p.add_argument("--zeroshot_templates", default=None,
+                 help="zero-shot: prompt templates with '{}', one per line (default: "
+                      "'a photo of a {}.')")
+  p.add_argument("--vocab", default=None,
+                 help="zero-shot: the tokenizer vocabulary (default: the .txt / .model beside "
+                      "the weights)")
   p.add_argument("--evals", action="append", default=[],
                  help=f"evaluate with this evaluator instead of the run's: {command_line.SYNTAX} "
                       "(vit_jax/evaluators/command_line.py); repeatable")
@@ -119,7 +138,7 @@ def table(summary: dict) -> list[str]:
   for key, value in results.items():
     if key.endswith("_std") and key[:-len("_std")] in results:
       continue  # Shown with its mean.
-    shown_value = f"{value:.0f}" if key.endswith("examples") else (
+    shown_value = f"{value:.0f}" if key.endswith(("examples", "classes")) else (
         f"{value:.4f}" if key.endswith("loss") else f"{value:.2%}")
     if f"{key}_std" in results:
       shown_value += f" ± {results[f'{key}_std']:.2%}"

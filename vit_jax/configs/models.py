@@ -14,7 +14,7 @@ from typing import Callable
 
 import ml_collections
 
-from vit_jax.models.lit import LIT_CONFIGS, get_lit_config
+from vit_jax.models.lit import GOOGLE_LIT_NAMES, LIT_CONFIGS, get_lit_config
 from vit_jax.models.registry import *  # noqa: F401,F403  pylint: disable=wildcard-import
 from vit_jax.models.registry import (  # noqa: F401
   AUGREG_CONFIGS,
@@ -37,7 +37,7 @@ GOOGLE_NAMES = (
     "R26+ViT-S_32", "R50+ViT-L_32", "Mixer-B_16", "Mixer-B_32", "Mixer-L_16")
 ALL_MODEL_CONFIGS = MODEL_CONFIGS
 MODEL_CONFIGS = type(ALL_MODEL_CONFIGS)({name: ALL_MODEL_CONFIGS[name] for name in GOOGLE_NAMES})
-MODEL_CONFIGS.update(LIT_CONFIGS)
+MODEL_CONFIGS.update({name: LIT_CONFIGS[name] for name in GOOGLE_LIT_NAMES})
 
 # Google's LiT config functions.
 LIT_GETTERS = {"get_lit_b16b_config": "LiT-B16B", "get_lit_b16b_2_config": "LiT-B16B_2",

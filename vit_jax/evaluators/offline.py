@@ -52,9 +52,38 @@ SETTING_FLAGS = (("classification", "topk", "top_k", 5),
                  ("fewshot", "l2_reg", "fewshot_l2_reg", None))
 
 
+def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any]]:
+  """--zeroshot DATASET (repeatable) -> {name: zeroshot entry}: 'zeroshot' for one dataset,
+  'zeroshot_<dataset>' for several; class names / templates from --zeroshot_classnames /
+  --zeroshot_templates files (one per line), the vocabulary from --vocab or beside the weights."""
+  datasets = list(getattr(args, "zeroshot", None) or ())
+  if not datasets:
+    return {}
+  vocab = getattr(args, "vocab", None) or vocab
+  if not vocab:
+    raise ValueError("zero-shot evaluation needs the text tower's vocabulary and none was found "
+                     "beside the weights (X.txt / X.model for X.npz): pass --vocab FILE.")
+  extra: dict[str, Any] = {"vocab": str(vocab)}
+  for key, flag in (("classnames", "zeroshot_classnames"), ("templates", "zeroshot_templates")):
+    path = getattr(args, flag, None)
+    if path:
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"--{flag} {path!r} does not exist; give a text file with one "
+                                f"{'class name' if key == 'classnames' else 'template'} per line.")
+      with open(path, encoding="utf-8") as f:
+        extra[key] = tuple(line.strip() for line in f if line.strip())
+  out = {}
+  for dataset in datasets:
+    name = "zeroshot" if len(datasets) == 1 else "zeroshot_" + "".join(
+        ch if ch.isalnum() else "_" for ch in os.path.basename(str(dataset).rstrip("/")))
+    out[name] = dict(type="zeroshot", dataset=str(dataset), **extra)
+  return out
+
+
 def eval_settings(args: Any, resolution: int, dataset: str, split: str,
                   tfds_data_dir: Optional[str] = None,
-                  run: Optional[ml_collections.ConfigDict] = None
+                  run: Optional[ml_collections.ConfigDict] = None, *,
+                  image_text: bool = False, vocab: Optional[str] = None
                   ) -> tuple[ml_collections.ConfigDict, dict[str, dict[str, Any]]]:
   """(config, overridden): the run's config (`run`, a workdir's; else the defaults) with the
   data, the resolution and what the flags set; overridden = {setting: {'run', 'flag'}} for
@@ -65,7 +94,9 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
   tfds_data_dir); a flag left unset (None) keeps the run's setting. The evaluators are the
   run's config.evals (its default classification evaluator, named 'classification', when it
   has none) unless --evals / --evals_config name others; --fewshot adds one ('fewshot'),
-  --no_classification drops the classification ones.
+  --zeroshot one per dataset (zeroshot_entries; `vocab`: the file found beside the weights),
+  --no_classification drops the classification ones, and so does `image_text` (a LiT model
+  has no classification head: it is evaluated zero-shot).
   """
   c = (run if run is not None else base.defaults()).copy_and_resolve_references()
   overridden: dict[str, dict[str, Any]] = {}
@@ -85,7 +116,7 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
     c.input.num_workers = 0
     if run is None:
       c.batch_eval = 64
-    entries, run_names = _entries(args, c, run)
+    entries, run_names = _entries(args, c, run, image_text, vocab)
     if args.batch_size is not None:
       note("batch_size", int(c.batch_eval), int(args.batch_size))
       c.batch_eval = int(args.batch_size)
@@ -121,7 +152,8 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
   return c, overridden
 
 
-def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collections.ConfigDict]
+def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collections.ConfigDict],
+             image_text: bool = False, vocab: Optional[str] = None
              ) -> tuple[dict[str, dict], set[str]]:
   """({name: entry} the evaluation runs, the names that are the run's own evaluators)."""
   own = c.evals.to_dict() if run is not None else {}
@@ -146,11 +178,17 @@ def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collectio
   if args.fewshot:
     entries["fewshot"] = dict(type="fewshot", datasets=fewshot_datasets(args.fewshot))
     run_names.discard("fewshot")
-  if args.no_classification:
+  zeroshot = zeroshot_entries(args, vocab)
+  entries.update(zeroshot)
+  run_names -= set(zeroshot)
+  if image_text and not any(v.get("type") == "zeroshot" for v in entries.values()):
+    raise ValueError("an image-text (LiT) model has no classification head: evaluate it "
+                     "zero-shot with --zeroshot DATASET (a TFDS name or an image folder).")
+  if args.no_classification or image_text:
     entries = {k: v for k, v in entries.items() if v.get("type") != "classification"}
     if not entries:
-      raise ValueError("--no_classification leaves no evaluator; add --fewshot DATASET or "
-                       "--evals NAME:TYPE[:KEY=VALUE,...].")
+      raise ValueError("--no_classification leaves no evaluator; add --fewshot DATASET, "
+                       "--zeroshot DATASET or --evals NAME:TYPE[:KEY=VALUE,...].")
   return entries, run_names
 
 
@@ -212,7 +250,10 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   every other eval setting to the workdir run's (eval_settings).
   """
   known = augreg_defaults(args.checkpoint)
-  dataset, split = args.dataset or known.get("dataset"), args.split or known.get("split")
+  image_text = hasattr(weights.model, "text_model")  # A LiT model (models/lit.py).
+  first_zeroshot = (list(getattr(args, "zeroshot", None) or ()) or [None])[0]
+  dataset = args.dataset or known.get("dataset") or (first_zeroshot if image_text else None)
+  split = args.split or known.get("split")
   tfds_data_dir = args.tfds_data_dir
   if weights.config is not None:  # A workdir: its data unless the flags say otherwise.
     dataset, split = dataset or weights.config.dataset, split or weights.config.eval_split
@@ -221,7 +262,8 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
     raise ValueError("pass --dataset (a TFDS name or an image folder) to evaluate on.")
   split = split or "test"
   config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
-                                     weights.config)
+                                     weights.config, image_text=image_text,
+                                     vocab=getattr(weights, "vocab", None))
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),

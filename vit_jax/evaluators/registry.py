@@ -4,11 +4,11 @@ An evaluator type is a function `run(ctx, spec, params) -> {metric: value}` regi
 `@register(name, keys=(...))`: `ctx` is the run's common.Context (config, setup, compiled
 steps, data), `spec` the config.evals entry (common.Spec; its settings are the entry's keys),
 `keys` the entry keys it reads beyond common.COMMON_KEYS. The runner names the results
-'<entry name>/<metric>'. Ours register themselves in classification_evaluator.py and
-fewshot_evaluator.py. A user's type lives in their own module: either the config file
-imports it (registration runs at import), or the entry's type is the module's dotted path
-('my_pkg.my_eval'): `get` imports that module, which registers the type under that name or
-registers exactly one type:
+'<entry name>/<metric>'. Ours register themselves in classification_evaluator.py,
+fewshot_evaluator.py and zeroshot_evaluator.py. A user's type lives in their own module:
+either the config file imports it (registration runs at import), or the entry's type is the
+module's dotted path ('my_pkg.my_eval'): `get` imports that module, which registers the type
+under that name or registers exactly one type:
 
   # my_pkg/my_eval.py
   from vit_jax.evaluators import common, registry

@@ -16,7 +16,11 @@
   shots, l2_reg, l2_regs, seed, num_seeds, validation_per_class
               fewshot: shot counts, a fixed ridge strength (None: chosen from l2_regs on a
               held-out sample), the mean ± std over num_seeds seeds (fewshot_evaluator.py)
-  (each type's own keys: classification_evaluator.py, fewshot_evaluator.py, or its register)
+  classnames, templates, vocab, tokenizer, max_len
+              zeroshot: an image-text (LiT) model's class names x prompt templates
+              (zeroshot_evaluator.py)
+  (each type's own keys: classification_evaluator.py, fewshot_evaluator.py,
+  zeroshot_evaluator.py, or its register)
 Entries may also come from the command line: --evals=NAME:TYPE[:KEY=VALUE,...] of vit_jax.main
 and vit_jax.evaluate (command_line.py).
 Results are named '<name>/<metric>' ('val/top1', 'fewshot/cifar100_10shot'). With no
@@ -37,6 +41,7 @@ from vit_jax.evaluators import (  # noqa: F401
   common,
   fewshot_evaluator,
   registry,
+  zeroshot_evaluator,
 )
 from vit_jax.evaluators.common import (  # noqa: F401  (re-exported: this module's API)
   Spec,
@@ -49,7 +54,7 @@ from vit_jax.evaluators.fewshot_evaluator import (  # noqa: F401  (re-exported)
   default_fewshot_datasets,
 )
 
-BUILTIN_TYPES = ("classification", "fewshot")  # The types the modules above register.
+BUILTIN_TYPES = ("classification", "fewshot", "zeroshot")  # The types the modules above register.
 
 
 def specs(config) -> list[Spec]:

@@ -146,14 +146,15 @@ class LitModel(nn.Module):
 
 
 def _lit(name: str, image: str, out_dim: tuple[Optional[int], Optional[int]], text_model: str,
-         text: dict[str, Any], tokenizer: str) -> ml_collections.ConfigDict:
+         text: dict[str, Any], tokenizer: str, size: int = 224,
+         max_len: int = 16) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model_name = name
   c.out_dim = out_dim
   c.image = get_model_config(image)
   c.text_model = text_model
   c.text = text
-  c.pp = dict(tokenizer_name=tokenizer, size=224, max_len=16)
+  c.pp = dict(tokenizer_name=tokenizer, size=size, max_len=max_len)
   return c.lock()
 
 
@@ -172,6 +173,14 @@ LIT_CONFIGS: dict[str, ml_collections.ConfigDict] = {
                       dict(width=192, num_layers=12, mlp_dim=768, num_heads=3,
                            vocab_size=16_000), "sentencepiece"),
 }
+GOOGLE_LIT_NAMES = tuple(LIT_CONFIGS)
+# Ours, not Google's: a tiny LiT (the 'testing' ViT, a 1-layer BERT of width 16 over a
+# 64-piece vocabulary, 32 px images) for offline examples and tests.
+LIT_CONFIGS["LiT-testing"] = _lit(
+    "LiT-testing", "testing", (16, 16), "bert",
+    dict(config=dict(hidden_size=16, intermediate_dim=32, num_hidden_layers=1,
+                     num_attention_heads=2, vocab_size=64, max_length=16, num_segments=2)),
+    "bert", size=32, max_len=8)
 
 
 def is_lit(config_or_name: Any) -> bool:

@@ -75,10 +75,13 @@ class StateSetup:
 
 
 def _init_params(model: nn.Module, rng: jax.Array, input_shape) -> Any:
-  """model.init on zeros; returns the 'params' collection."""
+  """model.init on zeros; returns the 'params' collection. A model with `init_inputs` (an
+  image-text model: images and tokens) says what its keyword inputs are."""
   key = jax.random.wrap_key_data(rng) if rng.dtype == jnp.uint32 else rng
-  variables = model.init({"params": key, "dropout": key}, jnp.zeros(input_shape, jnp.float32),
-                         train=False)
+  rngs = {"params": key, "dropout": key}
+  if hasattr(model, "init_inputs"):
+    return model.init(rngs, **model.init_inputs(tuple(input_shape)), train=False)["params"]
+  variables = model.init(rngs, jnp.zeros(input_shape, jnp.float32), train=False)
   return variables["params"]
 
 
