@@ -4,6 +4,8 @@
       [--num_classes N] [--resolution R] [--top_k 5] [--labels FILE] [--batch_size 16]
   python -m vit_jax.inference --checkpoint workdirs/quickstart/model.npz IMAGE ...  # an export
   python -m vit_jax.inference --workdir workdirs/quickstart [--step N] IMAGE ...    # a run
+  python -m vit_jax.inference --model LiT-B16B --checkpoint gs://vit_models/lit/LiT-B16B.npz \
+      --texts "a cat,a dog,a car" IMAGE ...  # LiT: the probability of each text, per image
 
 Own models: a file written by vit_jax.export carries its architecture in a sidecar
 (model.npz -> model.json: fields, classes, class names, resolution), and --workdir reads the
@@ -31,6 +33,7 @@ import sys
 from typing import Optional, Sequence
 
 from vit_jax import artifacts, exits, predict
+from vit_jax.datasets import text
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -44,26 +47,65 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
   p.add_argument("--output", default=None,
                  help="write the top-k of every image to this .csv or .json instead of printing")
+  p.add_argument("--texts", default=None,
+                 help="an image-text (LiT) model: rank these comma-separated texts for each "
+                      "image, e.g. \"a cat,a dog\"")
+  p.add_argument("--vocab", default=None,
+                 help="with --texts: the tokenizer vocabulary (default: the .txt / .model "
+                      "beside the weights)")
   p.add_argument("images", nargs="+", help="image files (any format PIL reads) or folders")
   args = p.parse_args(argv)
   artifacts.check_flags(p, args)
   return args
 
 
+_TEXTS_ON_CLASSIFIER = ("--texts is for image-text (LiT) models; this checkpoint is an image "
+                        "classifier (drop --texts, or pass --model LiT-...).")
+
+
+def _texts(value: Optional[str]) -> list[str]:
+  texts = [t.strip() for t in (value or "").split(",") if t.strip()]
+  if not texts:
+    raise ValueError("an image-text (LiT) model ranks texts: pass --texts \"a cat,a dog\" "
+                     "(comma-separated).")
+  return texts
+
+
+def _tokenizer(weights: artifacts.Weights, vocab: Optional[str]):
+  """The model's tokenizer on --vocab or the vocabulary published beside the weights."""
+  vocab = vocab or weights.vocab
+  if not vocab:
+    raise ValueError("no vocabulary beside the weights (X.txt / X.model for X.npz): pass "
+                     "--vocab FILE.")
+  pp = weights.model.pp
+  return text.get_tokenizer(pp["tokenizer_name"])(vocab_path=vocab, max_len=pp["max_len"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI entry point; returns the exit status."""
   args = parse_args(argv)
   try:
+    if args.texts and args.model and not args.model.startswith("LiT-"):
+      raise ValueError(_TEXTS_ON_CLASSIFIER)
     weights = artifacts.from_args(args)
-    num_classes = int(weights.params["head"]["kernel"].shape[-1])
-    labels = (predict.load_labels(num_classes, args.labels)
-              if args.labels or not weights.class_names else weights.class_names)
+    apply = None
+    if hasattr(weights.model, "text_model"):  # An image-text (LiT) model: rank the texts.
+      labels = _texts(args.texts)
+      apply = predict.zero_shot_apply(weights.model, predict.text_embeddings(
+          weights.model, weights.params, _tokenizer(weights, args.vocab)(labels)))
+      num_classes = len(labels)
+    elif args.texts:
+      raise ValueError(_TEXTS_ON_CLASSIFIER)
+    else:
+      num_classes = int(weights.params["head"]["kernel"].shape[-1])
+      labels = (predict.load_labels(num_classes, args.labels)
+                if args.labels or not weights.class_names else weights.class_names)
     if args.output and os.path.exists(args.output):
       raise FileExistsError(f"--output {args.output!r} already exists; choose another file.")
     paths = predict.expand_images(args.images)
     k = min(args.top_k, num_classes)
     rows = predict.predict_files(weights.model, weights.params, paths, weights.resolution,
-                                 labels, k, args.batch_size)
+                                 labels, k, args.batch_size, apply)
     if args.output:
       predict.write_predictions(args.output, rows)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).

@@ -1,8 +1,9 @@
 """Classifying image files: reading them, class names, batched softmax, top-k rows and files.
 
-Used by `python -m vit_jax.inference` and the notebook. Images are read with PIL, converted
-to RGB, resized to R x R (bilinear) and scaled to [-1, 1]. Class names: the ImageNet-1k list
-for 1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in
+Used by `python -m vit_jax.inference` and the notebook; an image-text (LiT) model ranks
+given texts instead of classes (`text_embeddings`, `zero_shot_apply`). Images are read with
+PIL, converted to RGB, resized to R x R (bilinear) and scaled to [-1, 1]. Class names: the
+ImageNet-1k list for 1000-class heads and Google's ImageNet-21k list (21843 classes) shipped in
 vit_jax/labels/, or a file (one name per line, optionally 'wnid<TAB>name'); otherwise
 'class <i>'. A folder stands for every image under it (recursively, sorted): the suffixes of
 datasets/image_files.py, the same files an image-folder dataset reads.
@@ -17,11 +18,13 @@ import sys
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from vit_jax.datasets import image_files
 from vit_jax.datasets.image_files import IMAGE_SUFFIXES  # noqa: F401  (the name predict had)
+from vit_jax.evaluators import zeroshot
 
 LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
 
@@ -118,12 +121,29 @@ def _softmax_apply(model):
   return hit[1]
 
 
-def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1].
+def text_embeddings(model, params, tokens: np.ndarray) -> np.ndarray:
+  """(T, D) unit text embeddings of an image-text (LiT) model for (T, max_len) tokens."""
+  return np.asarray(jax.jit(lambda p, t: model.apply({"params": p}, tokens=t)[1])(
+      params, np.asarray(tokens, np.int32)))
+
+
+def zero_shot_apply(model, ztxt: np.ndarray):
+  """jit(params, images) -> (N, T) softmax over the texts `ztxt` (rows: unit embeddings) of
+  temperature x cosine similarity: LiT's probabilities that each text describes each image."""
+  def probs(p, x):
+    zimg, _, out = model.apply({"params": p}, images=x)
+    return jax.nn.softmax(zeroshot.logits(zimg, ztxt, out["t"], xp=jnp))
+  return jax.jit(probs)
+
+
+def predict(model, params, images: np.ndarray, batch_size: int = 16,
+            apply: Optional[Any] = None) -> np.ndarray:
+  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1]; `apply`
+  (params, images) -> probabilities replaces the model's classifier (zero_shot_apply).
 
   Runs batches of min(batch_size, N) images; the last one is padded (and the padding's
   outputs dropped), so one compiled shape serves every batch."""
-  apply = _softmax_apply(model)
+  apply = apply or _softmax_apply(model)
   n = len(images)
   size = max(1, min(batch_size, n))
   out = []
@@ -137,16 +157,17 @@ def predict(model, params, images: np.ndarray, batch_size: int = 16) -> np.ndarr
 
 
 def predict_files(model, params, paths: Sequence[str], resolution: int, labels: Sequence[str],
-                  k: int, batch_size: int = 16) -> list[dict]:
+                  k: int, batch_size: int = 16, apply: Optional[Any] = None) -> list[dict]:
   """top_k_rows of image files, read and classified `batch_size` at a time (a progress bar on
-  stderr when there is more than one batch)."""
+  stderr when there is more than one batch); `apply` as in `predict`."""
   size = max(1, batch_size)
   chunks = range(0, len(paths), size)
   rows = []
   for start in tqdm(chunks, desc="images", unit="batch", disable=len(chunks) <= 1,
                     file=sys.stderr):
     chunk = paths[start:start + size]
-    probs = predict(model, params, np.stack([load_image(p, resolution) for p in chunk]), size)
+    probs = predict(model, params, np.stack([load_image(p, resolution) for p in chunk]), size,
+                    apply)
     rows.extend(top_k_rows(chunk, probs, labels, k))
   return rows
 

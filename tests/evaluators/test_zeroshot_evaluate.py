@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from vit_jax import evaluate
+from vit_jax import evaluate, inference
 from vit_jax.datasets import sources, text
 from vit_jax.models import lit
 
@@ -88,3 +88,36 @@ def test_image_text_and_image_models_get_one_clear_error(lit_files, capsys):
   rc = evaluate.main(["--model", "LiT-B16B", "--checkpoint", str(root / "LiT-testing.npz"),
                       "--zeroshot", str(root / "pets")])
   assert rc != 0 and "does not hold the weights of LiT-B16B" in capsys.readouterr().err
+
+
+def test_inference_ranks_ad_hoc_texts_as_numpy_does(lit_files, tmp_path):
+  root, params, images, _ = lit_files
+  texts = ["a photo of the cat", "a small dog", "the"]
+  test = root / "pets" / "test"
+  paths = [str(test / "cat" / "0.png"), str(test / "dog" / "1.png")]
+  out = tmp_path / "p.json"
+  rc = inference.main(["--model", "LiT-testing", "--checkpoint", str(root / "LiT-testing.npz"),
+                       "--texts", ",".join(texts), "--top_k", "3", "--output", str(out)] + paths)
+  assert rc == 0
+  rows = json.loads(out.read_text())
+  tokenizer = text.BertTokenizer(vocab_path=str(root / "LiT-testing.txt"), max_len=8)
+  txt = params["txt"]
+  ztxt = ref.unit(ref.dense(ref.bert_forward(txt["BertEncoder_0"], tokenizer(texts),
+                                             num_heads=2)[:, 0], ref.as_f64(txt["head"])))
+  x = images[[0, 6]].astype(np.float64) / 127.5 - 1.0  # cat/0.png and dog/1.png
+  scores = np.exp(np.float64(params["t"][0])) * ref.unit(ref.vit_forward(params["img"], x)) @ ztxt.T
+  probs = np.exp(scores - scores.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  for row, want in zip(rows, probs):
+    got = {t["label"]: t["probability"] for t in row["top_k"]}
+    assert list(got) == [texts[i] for i in np.argsort(-want)]
+    np.testing.assert_allclose([got[t] for t in texts], want, atol=1e-5)
+
+
+def test_texts_flag_on_an_image_classifier_is_one_clear_error(tmp_path, capsys):
+  img = tmp_path / "x.png"
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+  rc = inference.main(["--model", "ViT-B_16", "--checkpoint", str(tmp_path / "any.npz"),
+                       "--texts", "a cat", str(img)])
+  err = capsys.readouterr().err
+  assert rc != 0 and "--texts is for image-text (LiT) models" in err
