@@ -53,6 +53,46 @@ def _write_fixture(path: str) -> dict:
     return {k: f[k] for k in f.files}
 
 
+LIT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", "a", "photo", "of", "the", "number",
+             "digit", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+             "nine"]
+
+
+def _write_lit_fixture(path: str) -> dict:
+  """LiT-testing with random weights in the published layout, its BERT vocabulary beside it."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.models import lit  # pylint: disable=g-import-not-at-top
+  model = lit.LitModel(**lit.get_lit_config("LiT-testing"))
+  params = model.init(jax.random.PRNGKey(3), **model.init_inputs((1, 32, 32, 3)))["params"]
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda x: (np.asarray(x) + rng.normal(size=x.shape)).astype(np.float32),
+                        params)
+  np.savez(path, **traverse_util.flatten_dict(params, sep="/"))
+  with open(path[:-len(".npz")] + ".txt", "w", encoding="utf-8") as f:
+    f.write("\n".join(LIT_VOCAB) + "\n")
+  return params
+
+
+def _lit_digits_accuracy(params: dict, vocab: str) -> float:
+  """The notebook's zero-shot digits accuracy, recomputed with the float64 NumPy towers."""
+  import numpy_reference as ref  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.datasets import digits, text  # pylint: disable=g-import-not-at-top
+  words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+  templates = ["a photo of the number {}.", "the digit {}", "{}"]
+  tokens = text.BertTokenizer(vocab_path=vocab, max_len=8)(
+      [t.format(w) for w in words for t in templates])
+  txt = params["txt"]
+  ztxt = ref.unit(ref.dense(ref.bert_forward(txt["BertEncoder_0"], tokens, num_heads=2)[:, 0],
+                            ref.as_f64(txt["head"])))
+  zclass = ref.unit(ztxt.reshape(10, len(templates), -1).mean(1))
+  images, labels = digits.digits_arrays()
+  test = digits.split_indices()["test"]
+  zimg = ref.unit(ref.vit_forward(params["img"], images[test].astype(np.float64) / 127.5 - 1))
+  return float(((zimg @ zclass.T).argmax(1) == labels[test]).mean())
+
+
 def _fingerprint(flat: dict) -> float:
   """Sum of |w| over the tensors fine-tuning keeps as loaded (all but head and posemb)."""
   return sum(float(np.abs(v).sum(dtype=np.float64)) for k, v in flat.items()
@@ -106,6 +146,8 @@ def test_notebook_runs_in_tiny_offline_mode(tmp_path, monkeypatch, kernel_dir):
   from nbclient import NotebookClient
 
   fixture = _write_fixture(str(tmp_path / "ViT-testing.npz"))
+  lit_params = _write_lit_fixture(str(tmp_path / "LiT-testing.npz"))
+  monkeypatch.setenv("VIT_JAX_NOTEBOOK_LIT_CHECKPOINT", str(tmp_path / "LiT-testing.npz"))
   monkeypatch.setenv("VIT_JAX_NOTEBOOK_TINY", "1")
   monkeypatch.setenv("VIT_JAX_NOTEBOOK_CHECKPOINT", str(tmp_path / "ViT-testing.npz"))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -180,3 +222,14 @@ def test_notebook_runs_in_tiny_offline_mode(tmp_path, monkeypatch, kernel_dir):
   inspected = _tagged(nb, "inspect")
   assert re.search(r"1 layers x 2 heads; mean attention distance [\d.]+ px", _text(inspected))
   assert sum("image/png" in o.get("data", {}) for o in inspected.outputs) == 4
+  # LiT: the tiny model loaded with its vocabulary, and the zero-shot digits accuracy is the
+  # one an independent NumPy computation gets (within one of the 297 images).
+  loaded_lit = _text(_tagged(nb, "lit-load"))
+  assert "LiT-testing: " in loaded_lit and "'bert'" in loaded_lit, loaded_lit
+  assert "[ 2  5  6  7  8  9 14  4]" in loaded_lit, loaded_lit  # [CLS] a photo ... three .
+  zero_shot = _text(_tagged(nb, "lit-zeroshot"))
+  accuracy = float(re.search(r"zero-shot accuracy on the 297 test digits: ([\d.]+)%",
+                             zero_shot)[1]) / 100
+  assert accuracy == pytest.approx(_lit_digits_accuracy(
+      lit_params, str(tmp_path / "LiT-testing.txt")), abs=1.01 / 297), zero_shot
+  assert _has_png(_tagged(nb, "lit-zeroshot"))

@@ -238,9 +238,13 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
   `figures` is compute's result, `image` the first image (H, W, 3) in [-1, 1].
   """
   # Lazy: matplotlib is an optional dependency (setup.cfg's `inspect` extra), slow to import.
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # Figures of their own (no pyplot): the caller's matplotlib backend (a notebook's inline
+  # one) is left as it is.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  def subplots(*shape, squeeze=True, **kwargs):
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(*shape, squeeze=squeeze)
   os.makedirs(out_dir, exist_ok=True)
   inter = figures["inter"]
   paths = []
@@ -256,7 +260,7 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
   np.save(path("rollout.npy"), figures["rollout"].astype(np.float32))
 
   shown = (np.clip(image, -1, 1) + 1) / 2
-  fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+  fig, axes = subplots(1, 2, figsize=(8, 4.2))
   axes[0].imshow(shown)
   axes[0].set_title("input")
   axes[1].imshow(shown)
@@ -268,7 +272,6 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
     ax.set_ylabel("y [pixels]")
   fig.tight_layout()
   fig.savefig(path("rollout.png"), dpi=100)
-  plt.close(fig)
 
   d = figures["distances"]
   with open(path("attention_distance.json"), "w", encoding="utf-8") as f:
@@ -279,7 +282,7 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
                              "averaged over query patches and images",
                "layers": [{"layer": i, "heads": [float(x) for x in row], "mean": float(row.mean())}
                           for i, row in enumerate(d)]}, f, indent=1)
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = subplots(figsize=(6, 4.5))
   for h in range(d.shape[1]):
     ax.scatter(np.arange(d.shape[0]), d[:, h], s=14, label=f"head {h}")
   ax.set_xlabel("network depth (layer)")
@@ -291,9 +294,8 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
     ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path("attention_distance.png"), dpi=100)
-  plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(6, 5.5))
+  fig, ax = subplots(figsize=(6, 5.5))
   im = ax.imshow(_mosaic(figures["similarity"], inter.grid), cmap="viridis", vmin=-1, vmax=1)
   ax.set_title("Position embedding similarity\n(tile r, c: cosine similarity of patch (r, c) "
                "with every patch)", fontsize=9)
@@ -305,13 +307,12 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
   fig.colorbar(im, ax=ax, label="cosine similarity")
   fig.tight_layout()
   fig.savefig(path("posemb_similarity.png"), dpi=100)
-  plt.close(fig)
 
   if figures["components"] is not None:
     comps, ratio = figures["components"]
     cols = min(7, len(comps))
     rows = -(-len(comps) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.6), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
       ax.axis("off")
       if i < len(comps):
@@ -322,7 +323,6 @@ def write_outputs(out_dir: str, figures: dict, image: np.ndarray, patch_px: int,
                  "(% of variance)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path("embedding_filters.png"), dpi=100)
-    plt.close(fig)
   return paths
 
 
