@@ -215,17 +215,17 @@ def _published(model_name: str, location: str, *, num_classes: Optional[int],
 def _published_image_text(model_name: str, location: str, *,
                           resolution: Optional[int]) -> Weights:
   """A published LiT file (both towers) with the vocabulary beside it, if there is one."""
-  config = lit.get_lit_config(model_name)
-  size = int(config.pp.size)
+  arch = lit.get_lit_config(model_name)
+  size = int(arch.pp.size)
   if resolution and resolution != size:
     raise ValueError(f"{model_name} embeds images at {size} px (its pp.size); drop --resolution "
                      f"or pass --resolution {size}.")
   params = checkpoint.load_image_text(location)
   try:
-    vocab = checkpoint.fetch_vocab(location, config.pp.tokenizer_name)
+    vocab = checkpoint.fetch_vocab(location, arch.pp.tokenizer_name)
   except (OSError, ValueError):  # Not published beside it: the caller's --vocab is needed.
     vocab = None
-  model = lit.LitModel(**config)
+  model = lit.LitModel(**arch)
   expected = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), **model.init_inputs((1, size, size, 3)))["params"])
   if _shapes(expected) != _shapes(params):
