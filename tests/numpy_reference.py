@@ -234,9 +234,10 @@ def bert_forward(p: dict, tokens: np.ndarray, num_heads: int) -> np.ndarray:
   return x
 
 
-def text_transformer_forward(p: dict, tokens: np.ndarray) -> np.ndarray:
-  """LiT's small text tower: token embedding + learned position embedding, pre-LN ViT encoder
-  blocks, final LayerNorm, the LAST position, head."""
+def text_transformer_forward(p: dict, tokens: np.ndarray, pool: str = "last") -> np.ndarray:
+  """LiT's / big_vision's text tower: token embedding + learned position embedding, pre-LN
+  ViT encoder blocks, final LayerNorm, pooling (the LAST position by default; 'first', 'mean',
+  'max', 'map'), head (if any)."""
   p = as_f64(p)
   x = p["Embed_0"]["embedding"][tokens] + p["pos_embedding"]
   enc = p["Encoder_0"]
@@ -244,7 +245,15 @@ def text_transformer_forward(p: dict, tokens: np.ndarray) -> np.ndarray:
   while f"encoderblock_{i}" in enc:
     x = encoder_block(x, enc[f"encoderblock_{i}"])
     i += 1
-  return dense(layer_norm(x, enc["encoder_norm"])[:, -1], p["head"])
+  x = layer_norm(x, enc["encoder_norm"])
+  if pool == "map":
+    m = p["MAPHead_0"]
+    probe = np.broadcast_to(m["probe"], (x.shape[0], 1, x.shape[2]))
+    y = attention(probe, x, m["MultiHeadDotProductAttention_0"])
+    x = (y + mlp(layer_norm(y, m["LayerNorm_0"]), m["MlpBlock_0"]))[:, 0]
+  else:
+    x = {"last": x[:, -1], "first": x[:, 0], "mean": x.mean(1), "max": x.max(1)}[pool]
+  return dense(x, p["head"]) if "head" in p else x
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from official_layout import tiny_config
 from vit_jax import models
 from vit_jax.checkpoint import image_text
 from vit_jax.google_compat import lit as google_lit
-from vit_jax.models import lit
+from vit_jax.models import lit, registry
 
 # Google's models_test table.
 LIT_SIZES = {"LiT-B16B": 195_871_489, "LiT-B16B_2": 195_280_897, "LiT-L16L": 638_443_521,
@@ -181,3 +181,46 @@ def test_every_lit_parameter_has_logical_axis_names(text_model):
     assert embedder["embedders_token_ids"]["embedding"] == P("vocab", "embed")
   else:
     assert specs["txt"]["Embed_0"]["embedding"] == P("vocab", "embed")
+
+
+@pytest.mark.parametrize("pool", ["last", "map"])
+def test_big_vision_two_tower_file_scanned_with_bias_equals_numpy(tmp_path, pool):
+  """A SigLIP-style file as big_vision writes it: params/img/ (big_vision's ViT names, map
+  pooling, scanned), params/txt/ (scanned Encoder_0/encoderblock), t and b."""
+  from tests.checkpoint import test_big_vision_checkpoints as bv  # pylint: disable=g-import-not-at-top
+  img = bv.big_vision_params(pool_type="map", num_classes=0, scan=True)
+  model = lit.LitModel(
+      image=registry.from_big_vision("mu/4", pool_type="map").to_dict() | dict(
+          hidden_size=bv.WIDTH, transformer=dict(num_layers=bv.DEPTH, num_heads=bv.HEADS,
+                                                 mlp_dim=bv.MLP, dropout_rate=0.0,
+                                                 attention_dropout_rate=0.0)),
+      text_model="text_transformer", pp=dict(tokenizer_name="sentencepiece", max_len=6, size=16),
+      text=dict(width=16, num_layers=2, mlp_dim=32, num_heads=2, vocab_size=11, pool_type=pool),
+      out_dim=(None, 16), model_name="siglip-tiny", temperature_init=10.0, bias_init=-10.0)
+  txt_model = lit.TextTransformer(num_classes=16, width=16, num_layers=2, mlp_dim=32,
+                                  num_heads=2, vocab_size=11, pool_type=pool)
+  rng = np.random.default_rng(4)
+  txt = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.normal(size=x.shape).astype(np.float32),
+                     txt_model.init(jax.random.PRNGKey(1), TOKENS)["params"])
+  scanned = dict(txt, Encoder_0={"encoder_norm": txt["Encoder_0"]["encoder_norm"],
+                                 "encoderblock": jax.tree.map(
+                                     lambda *xs: np.stack(xs), txt["Encoder_0"]["encoderblock_0"],
+                                     txt["Encoder_0"]["encoderblock_1"])})
+  extra = {f"params/txt/{k}": v for k, v in traverse_util.flatten_dict(scanned, sep="/").items()}
+  extra.update({"params/t": np.log(np.float32([10.0])), "params/b": np.float32([-10.0])})
+  bv.write_npz(tmp_path / "siglip.npz", img, "params/img/", extra)
+
+  variables = {"params": image_text.load_image_text(str(tmp_path / "siglip.npz"))}
+  assert set(variables["params"]) == {"img", "txt", "t", "b"}
+  images = np.random.default_rng(5).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  zimg, ztxt, out = model.apply(variables, images=images, tokens=TOKENS)
+  np.testing.assert_allclose(ztxt, ref.unit(ref.text_transformer_forward(txt, TOKENS, pool)),
+                             atol=2e-5)
+  np.testing.assert_allclose(
+      zimg, ref.unit(ref.vit_forward(variables["params"]["img"], images, classifier="map")),
+      atol=2e-5)
+  np.testing.assert_allclose(out["t"], [10.0], rtol=1e-6)
+  np.testing.assert_allclose(out["b"], [-10.0])
+  fresh = model.init(jax.random.PRNGKey(0), **model.init_inputs((1, 16, 16, 3)))["params"]
+  np.testing.assert_allclose(np.exp(fresh["t"]), [10.0], rtol=1e-6)  # temperature_init
+  assert float(fresh["b"][0]) == -10.0  # bias_init

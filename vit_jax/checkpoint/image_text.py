@@ -2,8 +2,9 @@
 
 `load_image_text(path)` reads a LiT / two-tower `.npz` (local, gs://, https://) whole:
 {'img': the image tower in our canonical per-layer layout (as `checkpoint.load` gives it),
- 'txt': the text tower as written (flaxformer's BERT names, or the text transformer's),
- 't' (log temperature) and, where present, 'b' (SigLIP's bias)}.
+ 'txt': the text tower as written (flaxformer's BERT names, or the text transformer's, a
+ scanned big_vision encoder unstacked to encoderblock_{i}), 't' (log temperature) and, where
+ present, 'b' (SigLIP's bias)}.
 `vocab_location(path, tokenizer_name)` is where a published LiT file keeps its tokenizer:
 the same name with `.txt` (BERT wordpiece vocabulary) or `.model` (sentencepiece) instead of
 `.npz`; `fetch_vocab` brings a remote one into the cache like the weights (`fetch`: any path or URI
@@ -18,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from vit_jax.checkpoint import files, layouts
+from vit_jax.checkpoint.adapt import unstack_layers
 
 VOCAB_EXTENSIONS = {"bert": ".txt", "sentencepiece": ".model"}
 _PREFIXES = ("params/", "opt/target/", "target/")
@@ -54,12 +56,47 @@ def load_image_text(path: str, *, cache_dir: Optional[str] = None,
                      f"'txt/' towers (top-level keys {roots[:8]}). For an image model use "
                      "vit_jax.checkpoint.load.")
   image = {k[4:]: v for k, v in flat.items() if k.startswith("img/")}
-  tree = {"img": layouts.canonicalize(image, source=f"image tower of {os.fspath(path)!r}"),
-          "txt": layouts.unflatten({k[4:]: v for k, v in flat.items() if k.startswith("txt/")})}
+  tree = {"img": unstack_layers(layouts.canonicalize(
+              image, source=f"image tower of {os.fspath(path)!r}")),
+          "txt": unstack_text_layers(layouts.unflatten(
+              {k[4:]: v for k, v in flat.items() if k.startswith("txt/")}))}
   for key, value in flat.items():
     if "/" not in key:
       tree[key] = value
   return tree
+
+
+def unstack_text_layers(txt: dict) -> dict:
+  """A scanned text encoder (`Encoder_0/encoderblock`, leading layer axis, big_vision's
+  scan=True) -> `encoderblock_{i}`; big_vision's old files with a second `pos_embedding`
+  inside Encoder_0 get it added to the tower's (as big_vision's loader does)."""
+  encoder = txt.get("Encoder_0")
+  if not isinstance(encoder, dict):
+    return txt
+  encoder = dict(encoder)
+  txt = dict(txt)
+  if "pos_embedding" in encoder and "pos_embedding" in txt:
+    txt["pos_embedding"] = txt["pos_embedding"] + encoder.pop("pos_embedding")
+  if "encoderblock" in encoder:
+    stacked = encoder.pop("encoderblock")
+    leaves = []
+    _walk(stacked, leaves)
+    for i in range(leaves[0].shape[0]):
+      encoder[f"encoderblock_{i}"] = _index(stacked, i)
+  txt["Encoder_0"] = encoder
+  return txt
+
+
+def _walk(tree: dict, leaves: list) -> None:
+  for value in tree.values():
+    if isinstance(value, dict):
+      _walk(value, leaves)
+    else:
+      leaves.append(value)
+
+
+def _index(tree: dict, i: int) -> dict:
+  return {k: _index(v, i) if isinstance(v, dict) else v[i] for k, v in tree.items()}
 
 
 def vocab_location(path: str, tokenizer_name: str) -> str:

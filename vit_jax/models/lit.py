@@ -15,6 +15,7 @@ of Google's `LitModel` (vit_jax/google_compat/lit.py), a subclass of this one. N
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Union
 
 import flax.linen as nn
@@ -25,7 +26,7 @@ import ml_collections
 from vit_jax.models.axes import logical
 from vit_jax.models.bert import bert_encoder
 from vit_jax.models.registry import get_model_config
-from vit_jax.models.transformer import Encoder
+from vit_jax.models.transformer import Encoder, MAPHead
 from vit_jax.models.vit import VisionTransformer
 
 TEXT_MODELS = ("bert", "text_transformer")
@@ -59,15 +60,22 @@ class BertModel(nn.Module):
     return x, out
 
 
+TEXT_POOLS = ("last", "first", "mean", "max", "map")
+
+
 class TextTransformer(nn.Module):
-  """Token embedding, learned position embedding, ViT encoder, the last token, `head`."""
-  num_classes: int
+  """Token embedding, learned position embedding, ViT encoder, pooling, `head`.
+
+  pool_type (big_vision's text tower): 'last' (LiT's; the EOS-padded last position), 'first',
+  'mean', 'max' or 'map' (a MAPHead_0 over the tokens). num_classes None: no head."""
+  num_classes: Optional[int]
   width: int = 512
   num_layers: int = 12
   mlp_dim: int = 2048
   num_heads: int = 8
   dropout_rate: float = 0.0
   vocab_size: int = 32_000
+  pool_type: str = "last"
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False
@@ -84,8 +92,22 @@ class TextTransformer(nn.Module):
     x = Encoder(num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                 dropout_rate=self.dropout_rate, attention_dropout_rate=0.0,
                 add_position_embedding=False, name="Encoder_0")(x, train=train)
-    x = out["pre_logits"] = x[:, -1]  # The last position, as the published models were trained.
-    x = out["logits"] = _head(self.num_classes)(x)
+    if self.pool_type not in TEXT_POOLS:
+      raise ValueError(f"text pool_type={self.pool_type!r} is not known; use one of "
+                       f"{TEXT_POOLS}.")
+    if self.pool_type == "last":  # As the published LiT and SigLIP text towers were trained.
+      x = x[:, -1]
+    elif self.pool_type == "first":
+      x = x[:, 0]
+    elif self.pool_type == "mean":
+      x = jnp.mean(x, axis=1)
+    elif self.pool_type == "max":
+      x = jnp.max(x, axis=1)
+    else:
+      x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, name="MAPHead_0")(x)
+    out["pre_logits"] = x
+    if self.num_classes:
+      x = out["logits"] = _head(self.num_classes)(x)
     return x, out
 
 
@@ -103,6 +125,8 @@ class LitModel(nn.Module):
   size). `apply(variables, images=..., tokens=...)` -> (zimg, ztxt, out): unit-norm
   embeddings (None for a tower not given) and `out` with 't' (the temperature), the norms
   and each tower's intermediate values ('img/...', 'txt/...').
+  big_vision's two-tower options (defaults: Google's LiT): temperature_init (t starts at its
+  log) and bias_init (not None: SigLIP's learned bias `b`, in out['b']).
   """
   image: Any
   text_model: str
@@ -110,6 +134,8 @@ class LitModel(nn.Module):
   pp: Any
   out_dim: Union[int, tuple[Optional[int], Optional[int]]]
   model_name: str
+  temperature_init: float = 1.0
+  bias_init: Optional[float] = None
 
   def init_inputs(self, image_shape: tuple[int, ...]) -> dict[str, jax.Array]:
     """Dummy keyword inputs for `init`: images of `image_shape` and pp.max_len tokens."""
@@ -140,8 +166,12 @@ class LitModel(nn.Module):
       zimg = VisionTransformer(**{**dict(self.image), "num_classes": image_dim}, name="img")(
           images, train=train)
       zimg = _normalized(zimg, "img", out)
-    t = self.param("t", logical(nn.initializers.zeros, None), (1,), jnp.float32)
+    log_t = math.log(self.temperature_init)
+    t = self.param("t", logical(nn.initializers.constant(log_t), None), (1,), jnp.float32)
     out["t"] = jnp.exp(t)
+    if self.bias_init is not None:
+      out["b"] = self.param("b", logical(nn.initializers.constant(self.bias_init), None), (1,),
+                            jnp.float32)
     return zimg, ztxt, out
 
 
