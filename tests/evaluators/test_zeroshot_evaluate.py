@@ -121,3 +121,11 @@ def test_texts_flag_on_an_image_classifier_is_one_clear_error(tmp_path, capsys):
                        "--texts", "a cat", str(img)])
   err = capsys.readouterr().err
   assert rc != 0 and "--texts is for image-text (LiT) models" in err
+
+
+def test_zeroshot_on_an_image_classifier_is_one_clear_error(trained_workdir, lit_files, capsys):
+  root, *_ = lit_files
+  rc = evaluate.main(["--workdir", str(trained_workdir), "--zeroshot", str(root / "pets"),
+                      "--vocab", str(root / "LiT-testing.txt"), "--split", "test"])
+  err = capsys.readouterr().err
+  assert rc != 0 and "needs an image-text model" in err and "'fewshot'" in err, err
