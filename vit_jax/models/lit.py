@@ -7,8 +7,10 @@ names and numbers). The parameter tree is that of Google's `gs://vit_models/lit/
   img/...   our VisionTransformer (no head when out_dim[0] is None, else `head` to out_dim[0])
   txt/...   `bert`: BertEncoder_0/... (flaxformer's layout, models/bert.py) + head, reading the
             first ([CLS]) token; `text_transformer`: Embed_0, pos_embedding, Encoder_0/... (our
-            ViT encoder without its position embedding) + head, reading the LAST token
+            ViT encoder without its position embedding) + head, reading the LAST token (or
+            big_vision's other poolings, MAPHead_0 for 'map')
   t         the log of the temperature: out['t'] = exp(t) multiplies the cosine similarities
+  b         (bias_init set: big_vision's SigLIP) the learned bias of the sigmoid loss's logits
 
 Loading files, tokenizers and image preprocessing need I/O and TensorFlow: they are methods
 of Google's `LitModel` (vit_jax/google_compat/lit.py), a subclass of this one. No I/O here.
