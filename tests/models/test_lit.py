@@ -50,11 +50,17 @@ def _tiny(text_model: str, out_dim, name: str = "LiT-tiny") -> google_lit.LitMod
 
 def _write_published(model, path, seed=0):
   """Init with random weights and write them as Google's code does: flatten by names, savez."""
-  variables = model.init(jax.random.PRNGKey(seed), **model.init_inputs((1, 16, 16, 3)))
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(seed),
+                                         **model.init_inputs((1, 16, 16, 3))))()
   params = jax.tree.map(lambda x: np.asarray(x) + 0.05 * np.random.default_rng(seed).normal(
       size=x.shape).astype(np.float32), variables["params"])  # No zero heads or biases.
   np.savez(path, **traverse_util.flatten_dict(params, sep="/"))
   return params
+
+
+def _apply(model, variables, images, tokens):
+  """model.apply compiled (eager dispatch compiles every primitive on its own: slower)."""
+  return jax.jit(lambda v, x, t: model.apply(v, images=x, tokens=t))(variables, images, tokens)
 
 
 TOKENS = np.array([[2, 4, 5, 6, 7, 0], [2, 8, 9, 10, 3, 1]], np.int32)  # With padding.
@@ -79,7 +85,7 @@ def test_bert_lit_in_the_published_layout_equals_numpy(tmp_path):
                                             ].shape == (16, 16)  # Heads folded, as flaxformer.
   variables = model.load_variables(str(tmp_path / "LiT-tiny.npz"))
   images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
-  zimg, ztxt, out = model.apply(variables, images=images, tokens=TOKENS)
+  zimg, ztxt, out = _apply(model, variables, images, TOKENS)
 
   txt = params["txt"]
   encoded = ref.bert_forward(txt["BertEncoder_0"], TOKENS, num_heads=2)
@@ -98,7 +104,7 @@ def test_text_transformer_lit_equals_numpy_and_reads_the_last_token(tmp_path):
   params = _write_published(model, tmp_path / "LiT-tiny.npz", seed=3)
   variables = model.load_variables(str(tmp_path / "LiT-tiny.npz"))
   images = np.random.default_rng(2).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
-  zimg, ztxt, _ = model.apply(variables, images=images, tokens=TOKENS)
+  zimg, ztxt, _ = _apply(model, variables, images, TOKENS)
   np.testing.assert_allclose(ztxt, ref.unit(ref.text_transformer_forward(params["txt"], TOKENS)),
                              atol=2e-5)
   np.testing.assert_allclose(zimg, ref.unit(ref.vit_forward(params["img"], images)), atol=2e-5)
@@ -163,7 +169,8 @@ def test_init_inputs_cover_both_towers():
   model = _tiny("bert", 8)
   inputs = model.init_inputs((3, 16, 16, 3))
   assert inputs["images"].shape == (3, 16, 16, 3) and inputs["tokens"].shape == (3, 6)
-  zimg, ztxt, _ = model.apply(model.init(jax.random.PRNGKey(0), **inputs), **inputs)
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), **inputs))()
+  zimg, ztxt, _ = _apply(model, variables, inputs["images"], inputs["tokens"])
   assert zimg.shape == ztxt.shape == (3, 8)
 
 
@@ -201,7 +208,7 @@ def test_big_vision_two_tower_file_scanned_with_bias_equals_numpy(tmp_path, pool
                                   num_heads=2, vocab_size=11, pool_type=pool)
   rng = np.random.default_rng(4)
   txt = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.normal(size=x.shape).astype(np.float32),
-                     txt_model.init(jax.random.PRNGKey(1), TOKENS)["params"])
+                     jax.jit(lambda: txt_model.init(jax.random.PRNGKey(1), TOKENS))()["params"])
   scanned = dict(txt, Encoder_0={"encoder_norm": txt["Encoder_0"]["encoder_norm"],
                                  "encoderblock": jax.tree.map(
                                      lambda *xs: np.stack(xs), txt["Encoder_0"]["encoderblock_0"],
@@ -213,7 +220,7 @@ def test_big_vision_two_tower_file_scanned_with_bias_equals_numpy(tmp_path, pool
   variables = {"params": image_text.load_image_text(str(tmp_path / "siglip.npz"))}
   assert set(variables["params"]) == {"img", "txt", "t", "b"}
   images = np.random.default_rng(5).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
-  zimg, ztxt, out = model.apply(variables, images=images, tokens=TOKENS)
+  zimg, ztxt, out = _apply(model, variables, images, TOKENS)
   np.testing.assert_allclose(ztxt, ref.unit(ref.text_transformer_forward(txt, TOKENS, pool)),
                              atol=2e-5)
   np.testing.assert_allclose(
@@ -221,6 +228,7 @@ def test_big_vision_two_tower_file_scanned_with_bias_equals_numpy(tmp_path, pool
       atol=2e-5)
   np.testing.assert_allclose(out["t"], [10.0], rtol=1e-6)
   np.testing.assert_allclose(out["b"], [-10.0])
-  fresh = model.init(jax.random.PRNGKey(0), **model.init_inputs((1, 16, 16, 3)))["params"]
+  fresh = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
+                                     **model.init_inputs((1, 16, 16, 3))))()["params"]
   np.testing.assert_allclose(np.exp(fresh["t"]), [10.0], rtol=1e-6)  # temperature_init
   assert float(fresh["b"][0]) == -10.0  # bias_init
