@@ -232,3 +232,17 @@ def test_big_vision_two_tower_file_scanned_with_bias_equals_numpy(tmp_path, pool
                                      **model.init_inputs((1, 16, 16, 3))))()["params"]
   np.testing.assert_allclose(np.exp(fresh["t"]), [10.0], rtol=1e-6)  # temperature_init
   assert float(fresh["b"][0]) == -10.0  # bias_init
+
+
+def test_text_tower_unstacking_and_big_visions_doubled_posemb():
+  stacked = {"Dense_0": {"kernel": np.arange(12.0).reshape(3, 2, 2)}}
+  txt = {"pos_embedding": np.ones((1, 4, 2)),
+         "Encoder_0": {"pos_embedding": np.full((1, 4, 2), 2.0), "encoderblock": stacked,
+                       "encoder_norm": {"scale": np.ones(2)}}}
+  out = image_text.unstack_text_layers(txt)
+  np.testing.assert_array_equal(out["pos_embedding"], np.full((1, 4, 2), 3.0))  # Summed once.
+  assert sorted(out["Encoder_0"]) == ["encoder_norm", "encoderblock_0", "encoderblock_1",
+                                      "encoderblock_2"]
+  np.testing.assert_array_equal(out["Encoder_0"]["encoderblock_2"]["Dense_0"]["kernel"],
+                                np.arange(8.0, 12.0).reshape(2, 2))
+  assert "pos_embedding" in txt["Encoder_0"]  # The input is not changed.

@@ -107,10 +107,11 @@ def stack_layers(params: dict) -> dict:
   return {**params, "Transformer": rest}
 
 
-def unstack_layers(params: dict) -> dict:
-  """Scanned `Transformer/encoderblock` (leading layer axis) -> `encoderblock_{i}` subtrees."""
+def unstack_layers(params: dict, encoder: str = "Transformer") -> dict:
+  """Scanned `<encoder>/encoderblock` (leading layer axis) -> `encoderblock_{i}` subtrees
+  (`encoder`: 'Transformer' in a ViT, 'Encoder_0' in a text tower)."""
   import jax  # pylint: disable=g-import-not-at-top
-  transformer = params.get("Transformer") if isinstance(params, dict) else None
+  transformer = params.get(encoder) if isinstance(params, dict) else None
   if not transformer or "encoderblock" not in transformer:
     return params
   stacked = transformer["encoderblock"]
@@ -118,7 +119,7 @@ def unstack_layers(params: dict) -> dict:
   rest = {k: v for k, v in transformer.items() if k != "encoderblock"}
   for i in range(num_layers):
     rest[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
-  return {**params, "Transformer": rest}
+  return {**params, encoder: rest}
 
 
 def _match_scan(restored: dict, init: dict) -> dict:

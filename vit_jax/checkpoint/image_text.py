@@ -71,32 +71,11 @@ def unstack_text_layers(txt: dict) -> dict:
   scan=True) -> `encoderblock_{i}`; big_vision's old files with a second `pos_embedding`
   inside Encoder_0 get it added to the tower's (as big_vision's loader does)."""
   encoder = txt.get("Encoder_0")
-  if not isinstance(encoder, dict):
-    return txt
-  encoder = dict(encoder)
-  txt = dict(txt)
-  if "pos_embedding" in encoder and "pos_embedding" in txt:
-    txt["pos_embedding"] = txt["pos_embedding"] + encoder.pop("pos_embedding")
-  if "encoderblock" in encoder:
-    stacked = encoder.pop("encoderblock")
-    leaves = []
-    _walk(stacked, leaves)
-    for i in range(leaves[0].shape[0]):
-      encoder[f"encoderblock_{i}"] = _index(stacked, i)
-  txt["Encoder_0"] = encoder
-  return txt
-
-
-def _walk(tree: dict, leaves: list) -> None:
-  for value in tree.values():
-    if isinstance(value, dict):
-      _walk(value, leaves)
-    else:
-      leaves.append(value)
-
-
-def _index(tree: dict, i: int) -> dict:
-  return {k: _index(v, i) if isinstance(v, dict) else v[i] for k, v in tree.items()}
+  if isinstance(encoder, dict) and "pos_embedding" in encoder and "pos_embedding" in txt:
+    encoder = dict(encoder)
+    txt = {**txt, "pos_embedding": txt["pos_embedding"] + encoder.pop("pos_embedding"),
+           "Encoder_0": encoder}
+  return unstack_layers(txt, encoder="Encoder_0")
 
 
 def vocab_location(path: str, tokenizer_name: str) -> str:
