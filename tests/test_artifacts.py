@@ -239,7 +239,7 @@ def test_inference_resolves_through_artifacts(fake_resolve, tmp_path, capsys):
   assert inference.main(["--checkpoint", "fake.npz", "--top_k", "2", image]) == 0
   assert fake_resolve.calls == [dict(model=None, checkpoint_path="fake.npz", workdir=None,
                                      step=None, which="raw", num_classes=None, resolution=None,
-                                     require_head=True)]
+                                     require_head=True, vocab=None)]
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == image and len(lines) == 3 and lines[1].split()[1] in "abcde"
 

@@ -70,8 +70,9 @@ class Weights:
 
 
 def add_flags(parser: argparse.ArgumentParser, *, num_classes: bool = False,
-              resolution: bool = True) -> None:
-  """Adds --model, --checkpoint, --workdir, --step, --params (and --num_classes, --resolution)."""
+              resolution: bool = True, vocab: bool = False) -> None:
+  """Adds --model, --checkpoint, --workdir, --step, --params (and --num_classes, --resolution,
+  --vocab)."""
   parser.add_argument("--model", default=None,
                       help="MODEL_CONFIGS name of a published checkpoint's architecture, e.g. "
                            "ViT-B_16 (not needed for vit_jax exports or --workdir)")
@@ -88,6 +89,10 @@ def add_flags(parser: argparse.ArgumentParser, *, num_classes: bool = False,
   if resolution:
     parser.add_argument("--resolution", type=int, default=None,
                         help="input size (default: the checkpoint's training resolution)")
+  if vocab:
+    parser.add_argument("--vocab", default=None,
+                        help="image-text (LiT) models: the tokenizer vocabulary (default: the "
+                             ".txt / .model published beside the weights)")
 
 
 def _flag_error(model: Optional[str], checkpoint_path: Optional[str], workdir: Optional[str],
@@ -116,25 +121,28 @@ def from_args(args: argparse.Namespace, *, require_head: bool = True) -> Weights
   return resolve(model=args.model, checkpoint_path=args.checkpoint, workdir=args.workdir,
                  step=args.step, which=args.params,
                  num_classes=getattr(args, "num_classes", None),
-                 resolution=getattr(args, "resolution", None), require_head=require_head)
+                 resolution=getattr(args, "resolution", None), require_head=require_head,
+                 vocab=getattr(args, "vocab", None))
 
 
 def resolve(*, model: Optional[str] = None, checkpoint_path: Optional[str] = None,
             workdir: Optional[str] = None, step: Optional[int] = None, which: str = "raw",
             num_classes: Optional[int] = None, resolution: Optional[int] = None,
-            require_head: bool = True) -> Weights:
+            require_head: bool = True, vocab: Optional[str] = None) -> Weights:
   """The weights the flags name: a published checkpoint (`model` set), a vit_jax export
   (`checkpoint_path` alone) or a run's `workdir` checkpoint (`step`, `which` params).
 
   num_classes: checked against the head. resolution: a published checkpoint is adapted to
   it (default: its training resolution); an own model must have been trained at it.
   require_head=False (inspection) also takes feature extractors and zero (i21k) heads.
+  vocab (--vocab): the text tokenizer's vocabulary, the one rule for it: this file, else the
+  one published beside an image-text checkpoint (Weights.vocab).
   """
   error = _flag_error(model, checkpoint_path, workdir, which)
   if error:
     raise exits.UserError(error)
   if model is not None and lit.is_lit(model):
-    return _published_image_text(model, checkpoint_path, resolution=resolution)
+    return _published_image_text(model, checkpoint_path, resolution=resolution, vocab=vocab)
   if model is not None:
     return _published(model, checkpoint_path, num_classes=num_classes, resolution=resolution,
                       require_head=require_head)
@@ -146,7 +154,7 @@ def resolve(*, model: Optional[str] = None, checkpoint_path: Optional[str] = Non
   if resolution and resolution != weights.resolution:
     raise ValueError(f"this model was trained at {weights.resolution} px; drop --resolution (own "
                      "models are not resized here).")
-  return weights
+  return dataclasses.replace(weights, vocab=vocab) if vocab else weights
 
 
 def _head_classes(raw: dict) -> int:
@@ -165,8 +173,13 @@ def _head_classes(raw: dict) -> int:
 
 
 def _init_shapes(model: nn.Module, resolution: int) -> dict:
-  """Parameter ShapeDtypeStructs (no compute) of `model` at `resolution`."""
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+  """Parameter ShapeDtypeStructs (no compute) of `model` at `resolution` (an image-text model:
+  with its own `init_inputs`, images and tokens)."""
+  shape = (1, resolution, resolution, 3)
+  if lit.is_lit(model):
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             **model.init_inputs(shape)))["params"]
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
   return variables["params"]
 
@@ -212,23 +225,23 @@ def _published(model_name: str, location: str, *, num_classes: Optional[int],
   return Weights(model, raw, resolution, None, None, "published", location)
 
 
-def _published_image_text(model_name: str, location: str, *,
-                          resolution: Optional[int]) -> Weights:
-  """A published LiT file (both towers) with the vocabulary beside it, if there is one."""
+def _published_image_text(model_name: str, location: str, *, resolution: Optional[int],
+                          vocab: Optional[str]) -> Weights:
+  """A published LiT file (both towers) with `vocab`, else the vocabulary beside it if
+  there is one."""
   arch = lit.get_lit_config(model_name)
   size = int(arch.pp.size)
   if resolution and resolution != size:
     raise ValueError(f"{model_name} embeds images at {size} px (its pp.size); drop --resolution "
                      f"or pass --resolution {size}.")
   params = checkpoint.load_image_text(location)
-  try:
-    vocab = checkpoint.fetch_vocab(location, arch.pp.tokenizer_name)
-  except (OSError, ValueError):  # Not published beside it: the caller's --vocab is needed.
-    vocab = None
+  if vocab is None:
+    try:
+      vocab = checkpoint.fetch_vocab(location, arch.pp.tokenizer_name)
+    except (OSError, ValueError):  # Not published beside it: the caller's --vocab is needed.
+      vocab = None
   model = lit.LitModel(**arch)
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), **model.init_inputs((1, size, size, 3)))["params"])
-  if _shapes(expected) != _shapes(params):
+  if _shapes(_init_shapes(model, size)) != _shapes(params):
     raise ValueError(f"{location} does not hold the weights of {model_name} (its arrays differ "
                      "from the architecture's); pass the --model its file was published as.")
   return Weights(model, params, size, None, None, "published", os.fspath(location), vocab=vocab)

@@ -55,7 +55,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m vit_jax.evaluate",
                               description="Evaluate a ViT/Mixer checkpoint: top-k accuracy, loss, "
                                           "ReaL, per-class and few-shot linear probes.")
-  artifacts.add_flags(p, num_classes=False, resolution=True)
+  artifacts.add_flags(p, num_classes=False, resolution=True, vocab=True)
   p.add_argument("--dataset", default=None, help="TFDS name or image folder (default: the run's)")
   p.add_argument("--split", default=None, help="split, TFDS slicing allowed (default: the run's "
                                                "eval_split, the published one for AugReg files, "
@@ -95,9 +95,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--zeroshot_templates", default=None,
                  help="zero-shot: prompt templates with '{}', one per line (default: "
                       "'a photo of a {}.')")
-  p.add_argument("--vocab", default=None,
-                 help="zero-shot: the tokenizer vocabulary (default: the .txt / .model beside "
-                      "the weights)")
   p.add_argument("--evals", action="append", default=[],
                  help=f"evaluate with this evaluator instead of the run's: {command_line.SYNTAX} "
                       "(vit_jax/evaluators/command_line.py); repeatable")
@@ -155,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model=args.model or known.get("model"), checkpoint_path=args.checkpoint,
         workdir=args.workdir, step=args.step, which=args.params,
         resolution=args.resolution or known.get("resolution"),
-        require_head=not args.no_classification)
+        require_head=not args.no_classification, vocab=args.vocab)
     summary = offline.evaluate(weights, args)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).
     return exits.report_input_error(e, verbose=args.verbose)

@@ -34,13 +34,14 @@ from typing import Optional, Sequence
 
 from vit_jax import artifacts, exits, predict
 from vit_jax.datasets import text
+from vit_jax.models import lit
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   """Command-line flags."""
   p = argparse.ArgumentParser(prog="python -m vit_jax.inference",
                               description="Top-k classes of images under a ViT/Mixer checkpoint.")
-  artifacts.add_flags(p, num_classes=True, resolution=True)
+  artifacts.add_flags(p, num_classes=True, resolution=True, vocab=True)
   p.add_argument("--top_k", type=int, default=5)
   p.add_argument("--labels", default=None, help="class-name file (default: shipped ImageNet lists)")
   p.add_argument("--batch_size", type=int, default=16)
@@ -50,9 +51,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--texts", default=None,
                  help="an image-text (LiT) model: rank these comma-separated texts for each "
                       "image, e.g. \"a cat,a dog\"")
-  p.add_argument("--vocab", default=None,
-                 help="with --texts: the tokenizer vocabulary (default: the .txt / .model "
-                      "beside the weights)")
   p.add_argument("images", nargs="+", help="image files (any format PIL reads) or folders")
   args = p.parse_args(argv)
   artifacts.check_flags(p, args)
@@ -71,28 +69,26 @@ def _texts(value: Optional[str]) -> list[str]:
   return texts
 
 
-def _tokenizer(weights: artifacts.Weights, vocab: Optional[str]):
-  """The model's tokenizer on --vocab or the vocabulary published beside the weights."""
-  vocab = vocab or weights.vocab
-  if not vocab:
+def _tokenizer(weights: artifacts.Weights):
+  """The model's tokenizer on its vocabulary (--vocab, else the file beside the weights)."""
+  if not weights.vocab:
     raise ValueError("no vocabulary beside the weights (X.txt / X.model for X.npz): pass "
                      "--vocab FILE.")
-  pp = weights.model.pp
-  return text.get_tokenizer(pp["tokenizer_name"])(vocab_path=vocab, max_len=pp["max_len"])
+  return text.model_tokenizer(weights.model.pp, weights.vocab)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI entry point; returns the exit status."""
   args = parse_args(argv)
   try:
-    if args.texts and args.model and not args.model.startswith("LiT-"):
+    if args.texts and args.model and not lit.is_lit(args.model):
       raise ValueError(_TEXTS_ON_CLASSIFIER)
     weights = artifacts.from_args(args)
     apply = None
-    if hasattr(weights.model, "text_model"):  # An image-text (LiT) model: rank the texts.
+    if lit.is_lit(weights.model):  # An image-text model: rank the texts.
       labels = _texts(args.texts)
       apply = predict.zero_shot_apply(weights.model, predict.text_embeddings(
-          weights.model, weights.params, _tokenizer(weights, args.vocab)(labels)))
+          weights.model, weights.params, _tokenizer(weights)(labels)))
       num_classes = len(labels)
     elif args.texts:
       raise ValueError(_TEXTS_ON_CLASSIFIER)

@@ -129,3 +129,15 @@ def test_zeroshot_on_an_image_classifier_is_one_clear_error(trained_workdir, lit
                       "--vocab", str(root / "LiT-testing.txt"), "--split", "test"])
   err = capsys.readouterr().err
   assert rc != 0 and "needs an image-text model" in err and "'fewshot'" in err, err
+
+
+def test_vocab_flag_serves_weights_published_without_one(lit_files, tmp_path, capsys):
+  root, *_ = lit_files
+  bare = tmp_path / "LiT-testing.npz"  # No vocabulary beside this copy.
+  bare.write_bytes((root / "LiT-testing.npz").read_bytes())
+  args = ["--model", "LiT-testing", "--checkpoint", str(bare), "--zeroshot", str(root / "pets"),
+          "--split", "test"]
+  assert evaluate.main(args) != 0
+  assert "pass --vocab FILE" in capsys.readouterr().err
+  assert evaluate.main(args + ["--vocab", str(root / "LiT-testing.txt")]) == 0
+  assert "zeroshot/top1" in capsys.readouterr().out

@@ -16,7 +16,7 @@ are imported when a class is built, not when this module is imported.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,13 @@ def get_tokenizer(tokenizer_name: str) -> type:
   if tokenizer_name not in classes:
     raise ValueError(f"unknown tokenizer {tokenizer_name!r}: use one of {TOKENIZER_NAMES}")
   return classes[tokenizer_name]
+
+
+def model_tokenizer(pp: Mapping[str, Any], vocab_path: str) -> Any:
+  """The tokenizer an image-text model was trained with: its pp's tokenizer_name on
+  `vocab_path`, pp's max_len tokens per text (LitModel.pp, a zero-shot entry's settings)."""
+  return get_tokenizer(pp["tokenizer_name"])(vocab_path=str(vocab_path),
+                                             max_len=int(pp["max_len"]))
 
 
 def _tensorflow_text() -> Any:

@@ -21,6 +21,7 @@ from vit_jax import sharding
 from vit_jax.checkpoint import augreg, sources
 from vit_jax.configs import base
 from vit_jax.evaluators import command_line, runner
+from vit_jax.models import lit
 from vit_jax.training import train_state
 
 DIFFERENCE_POINTS = 0.5
@@ -55,11 +56,11 @@ SETTING_FLAGS = (("classification", "topk", "top_k", 5),
 def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any]]:
   """--zeroshot DATASET (repeatable) -> {name: zeroshot entry}: 'zeroshot' for one dataset,
   'zeroshot_<dataset>' for several; class names / templates from --zeroshot_classnames /
-  --zeroshot_templates files (one per line), the vocabulary from --vocab or beside the weights."""
+  --zeroshot_templates files (one per line), the vocabulary `vocab` (artifacts.Weights.vocab:
+  --vocab, else the file beside the weights)."""
   datasets = list(getattr(args, "zeroshot", None) or ())
   if not datasets:
     return {}
-  vocab = getattr(args, "vocab", None) or vocab
   if not vocab:
     raise ValueError("zero-shot evaluation needs the text tower's vocabulary and none was found "
                      "beside the weights (X.txt / X.model for X.npz): pass --vocab FILE.")
@@ -94,7 +95,7 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
   tfds_data_dir); a flag left unset (None) keeps the run's setting. The evaluators are the
   run's config.evals (its default classification evaluator, named 'classification', when it
   has none) unless --evals / --evals_config name others; --fewshot adds one ('fewshot'),
-  --zeroshot one per dataset (zeroshot_entries; `vocab`: the file found beside the weights),
+  --zeroshot one per dataset (zeroshot_entries; `vocab`: the weights' vocabulary),
   --no_classification drops the classification ones, and so does `image_text` (a LiT model
   has no classification head: it is evaluated zero-shot).
   """
@@ -250,7 +251,7 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   every other eval setting to the workdir run's (eval_settings).
   """
   known = augreg_defaults(args.checkpoint)
-  image_text = hasattr(weights.model, "text_model")  # A LiT model (models/lit.py).
+  image_text = lit.is_lit(weights.model)
   first_zeroshot = (list(getattr(args, "zeroshot", None) or ()) or [None])[0]
   dataset = args.dataset or known.get("dataset") or (first_zeroshot if image_text else None)
   split = args.split or known.get("split")
@@ -263,7 +264,7 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   split = split or "test"
   config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
                                      weights.config, image_text=image_text,
-                                     vocab=getattr(weights, "vocab", None))
+                                     vocab=weights.vocab)
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),

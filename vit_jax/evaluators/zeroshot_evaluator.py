@@ -23,7 +23,7 @@ import numpy as np
 from vit_jax import sharding
 from vit_jax.datasets import sources, text
 from vit_jax.evaluators import classification, common, registry, zeroshot
-from vit_jax.models import axes
+from vit_jax.models import axes, lit
 from vit_jax.training import losses
 
 TEXT_BATCH = 256  # prompts per compiled text-tower call (the last call is padded)
@@ -34,14 +34,15 @@ TEXT_BATCH = 256  # prompts per compiled text-tower call (the last call is padde
 def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]:
   """Zero-shot top-1 / top-k of one dataset (module docstring)."""
   s, model = spec.settings, ctx.setup.model
-  if not hasattr(model, "text_model"):
+  if not lit.is_lit(model):
     raise ValueError(f"config.evals.{spec.name or 'zeroshot'} is a zero-shot evaluator, which "
                      "needs an image-text model (a LiT model such as LiT-B16B); this run's "
                      f"model is a {type(model).__name__}. Use a 'classification' or 'fewshot' "
                      "evaluator instead.")
   data = ctx.data_config(spec)
-  names = list(s.get("classnames") or dataset_classnames(data))
-  num_classes = sources.open_source(data, data.eval_split)[1].num_classes
+  info = sources.open_source(data, data.eval_split)[1]
+  names = list(s.get("classnames") or dataset_classnames(data, info))
+  num_classes = info.num_classes
   if len(names) != num_classes:
     raise ValueError(f"{len(names)} class names for {data.dataset}, which has {num_classes} "
                      "classes; give one name per class, in label order.")
@@ -57,9 +58,9 @@ def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]
           "loss": values["loss"], "examples": values["examples"], "classes": float(len(names))}
 
 
-def dataset_classnames(config) -> list[str]:
-  """The class names of config.dataset in label order, '_' as a space (e.g. 'sea_lion')."""
-  info = sources.open_source(config, config.eval_split)[1]
+def dataset_classnames(config, info) -> list[str]:
+  """The class names of config.dataset (`info`: its source's info) in label order, '_' as a
+  space (e.g. 'sea_lion')."""
   if not info.class_names:
     raise ValueError(f"{config.dataset} does not name its classes; give them in label order "
                      "(the entry's classnames, or --zeroshot_classnames FILE).")
@@ -73,9 +74,9 @@ def make_tokenizer(model: Any, settings: dict) -> Any:
   if not vocab:
     raise ValueError("a zero-shot evaluator needs the text tower's vocabulary: set the "
                      "entry's vocab (the .txt / .model file published beside a LiT checkpoint).")
-  name = settings.get("tokenizer") or model_pp.get("tokenizer_name")
-  max_len = int(settings.get("max_len") or model_pp.get("max_len") or 16)
-  return text.get_tokenizer(name)(vocab_path=str(vocab), max_len=max_len)
+  return text.model_tokenizer(
+      {"tokenizer_name": settings.get("tokenizer") or model_pp.get("tokenizer_name"),
+       "max_len": settings.get("max_len") or model_pp.get("max_len") or 16}, vocab)
 
 
 def text_embedder(ctx: common.Context, params: Any, tokenizer: Callable

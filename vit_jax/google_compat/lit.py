@@ -59,8 +59,7 @@ class LitModel(lit_models.LitModel):
 
   def get_tokenizer(self) -> Callable[..., Any]:
     """The tokenizer the model was trained with (texts -> (n, pp.max_len) int32 tokens)."""
-    return text.get_tokenizer(self.pp["tokenizer_name"])(vocab_path=self.vocab_path,
-                                                        max_len=self.pp["max_len"])
+    return text.model_tokenizer(self.pp, self.vocab_path)
 
   def get_image_preprocessing(self, crop: bool = False) -> Callable[..., Any]:
     """Images (any sizes) -> (n, pp.size, pp.size, 3) float32 in [-1, 1]."""

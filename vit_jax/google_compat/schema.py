@@ -137,7 +137,7 @@ def _model_fields(c: ml_collections.ConfigDict, model) -> None:
         f"config.model is the image-text model {name}; Google's train loop (and this "
         "translation of its config) fine-tunes image classifiers. Use a ViT/Mixer config "
         "here; a LiT model classifies without training: python -m vit_jax.evaluate --model "
-        f"{name} --weights FILE.npz --zeroshot DATASET.")
+        f"{name} --checkpoint FILE.npz --zeroshot DATASET.")
   registered = registry.get_model_config(name).to_dict()
   given = model.to_dict() if hasattr(model, "to_dict") else dict(model)
   c.model_name = registry.canonical_name(name)

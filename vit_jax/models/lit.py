@@ -215,11 +215,14 @@ LIT_CONFIGS["LiT-testing"] = _lit(
     "bert", size=32, max_len=8)
 
 
-def is_lit(config_or_name: Any) -> bool:
-  """True for a LiT name ('LiT-...') or a config with LiT's fields (text_model + image)."""
-  if isinstance(config_or_name, str):
-    return config_or_name.startswith("LiT-")
-  return "text_model" in config_or_name and "image" in config_or_name
+def is_lit(model_config_or_name: Any) -> bool:
+  """True for a LiT name ('LiT-...'), a LitModel, or a config with LiT's fields (text_model +
+  image): the one test of "is this an image-text model"."""
+  if isinstance(model_config_or_name, str):
+    return model_config_or_name.startswith("LiT-")
+  if isinstance(model_config_or_name, nn.Module):
+    return isinstance(model_config_or_name, LitModel)
+  return "text_model" in model_config_or_name and "image" in model_config_or_name
 
 
 def get_lit_config(name: str) -> ml_collections.ConfigDict:
