@@ -252,8 +252,9 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   """
   known = augreg_defaults(args.checkpoint)
   image_text = lit.is_lit(weights.model)
-  first_zeroshot = (list(getattr(args, "zeroshot", None) or ()) or [None])[0]
-  dataset = args.dataset or known.get("dataset") or (first_zeroshot if image_text else None)
+  zeroshot = list(getattr(args, "zeroshot", None) or ())
+  dataset = args.dataset or known.get("dataset") or (
+      zeroshot[0] if image_text and zeroshot else None)
   split = args.split or known.get("split")
   tfds_data_dir = args.tfds_data_dir
   if weights.config is not None:  # A workdir: its data unless the flags say otherwise.
