@@ -1,12 +1,14 @@
 """Random-access sources for the input pipeline: `open_source(config, split)`.
 
-config.dataset is either an existing folder (image folder, see image_folder.py) or a TFDS
-name read with `tfds.data_source` (array_record files in config.tfds_data_dir) with the
+config.dataset is either an existing folder (image folder, see image_folder.py; image-text
+folder or WebDataset tars, see captions.py, chosen per split by what <folder>/<split>/ holds)
+or a TFDS name read with `tfds.data_source` (array_record files in config.tfds_data_dir) with the
 image left encoded (decoded by preprocess.py in the workers). A TFDS dataset that is not
 prepared is prepared here when possible ('digits' always: it needs no network); otherwise
 one error says how to prepare it (`tfds build`, `--config.tfds_manual_dir` for manual
-downloads such as imagenet2012). Split strings take TFDS slicing (`train[:98%]`), for image
-folders too.
+downloads such as imagenet2012). Split strings take TFDS slicing (`train[:98%]`), for
+folders too. Caption datasets (captions.py, TFDS coco_captions) have num_classes 0 and
+SourceInfo.captions_key.
 """
 from __future__ import annotations
 
@@ -20,11 +22,19 @@ _CACHE: dict[tuple, tuple[Any, "SourceInfo"]] = {}
 
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
-  """Labels of a source and the feature keys holding the image and the label."""
+  """Labels of a source and the feature keys holding the image and the label (or captions)."""
   num_classes: int
   class_names: tuple[str, ...]
   keys: tuple[str, str] = ("image", "label")
   multilabel_key: Optional[str] = None  # a Sequence(ClassLabel) of label sets (ReaL)
+  # Image-text sources (num_classes 0): the '/'-separated path of an element's captions,
+  # read with captions.element_captions ('captions', 'captions/text' for coco_captions).
+  captions_key: Optional[str] = None
+
+
+def caption_info(captions_key: str, image_key: str = "image") -> SourceInfo:
+  """The SourceInfo of an image-text source whose captions are at `captions_key`."""
+  return SourceInfo(0, (), (image_key, captions_key.split("/", 1)[0]), captions_key=captions_key)
 
 
 @dataclasses.dataclass
@@ -64,32 +74,65 @@ def clear_cache() -> None:
   _CACHE.clear()
 
 
+def _open_folder(root: str, name: str) -> tuple[Any, SourceInfo]:
+  """Split `name` of a folder: captions file → caption folder, *.tar → WebDataset shards,
+  else class sub-folders (image folder)."""
+  from vit_jax.datasets import captions, image_folder  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(root, name)
+  if any(os.path.isfile(os.path.join(folder, f)) for f in captions.CAPTION_FILES):
+    return captions.CaptionFolderSource(root, name), caption_info("captions")
+  shards = (".tar",) + captions.COMPRESSED_TARS  # Compressed ones: refused with advice.
+  if os.path.isdir(folder) and any(f.endswith(shards) and os.path.isfile(os.path.join(folder, f))
+                                   for f in os.listdir(folder)):
+    return captions.WebDatasetSource(root, name), caption_info("captions")
+  source = image_folder.ImageFolderSource(root, name)
+  return source, SourceInfo(len(source.class_names), tuple(source.class_names))
+
+
 def _folder_source(root: str, split: str) -> tuple[Any, SourceInfo]:
-  from vit_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
   name = split.split("[", 1)[0]
   whole = (root, None, None, name)  # The unsliced split, listed and checked once.
   if whole not in _CACHE:
-    folder = image_folder.ImageFolderSource(root, name)
-    _CACHE[whole] = folder, SourceInfo(len(folder.class_names), tuple(folder.class_names))
-  source = _CACHE[whole][0]
-  info = SourceInfo(len(source.class_names), tuple(source.class_names))
+    _CACHE[whole] = _open_folder(root, name)
+  source, info = _CACHE[whole]
   if "[" not in split:
     return source, info
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   sizes = {name: types.SimpleNamespace(num_examples=len(source))}
   parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
   if len(parts) != 1:
-    raise ValueError(f"split {split!r}: image folders take one slice of one split, "
+    raise ValueError(f"split {split!r}: folders take one slice of one split, "
                      "e.g. 'train[:98%]'.")
   start, stop, _ = slice(parts[0].from_, parts[0].to).indices(len(source))
   return SlicedSource(source, start, stop), info
+
+
+def _tfds_captions_key(features, label_key: str) -> Optional[str]:
+  """Where a TFDS dataset's captions are: a text label, a `captions` Sequence of text or of
+  dicts with `text` (coco_captions: 'captions/text'), or a text `caption`/`captions`/`text`
+  (text: a Text feature or a scalar string Tensor, as coco_captions' `text`)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  text = lambda f: (isinstance(f, tfds.features.Tensor) and tuple(f.shape) == ()
+                    and np.dtype(f.np_dtype).kind in "OSU")
+  if text(features[label_key] if label_key in features else None):
+    return label_key
+  captions = features["captions"] if "captions" in features else None
+  if isinstance(captions, tfds.features.Sequence):
+    inner = captions.feature
+    if text(inner):
+      return "captions"
+    if isinstance(inner, tfds.features.FeaturesDict) and "text" in inner and text(inner["text"]):
+      return "captions/text"
+  return next((k for k in ("caption", "captions", "text") if k in features and text(features[k])),
+              None)
 
 
 def _tfds_info(builder) -> SourceInfo:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   info = builder.info
   keys = tuple(info.supervised_keys[:2]) if info.supervised_keys else ("image", "label")
-  feature = info.features[keys[1]]
+  feature = info.features[keys[1]] if keys[1] in info.features else None
   if (isinstance(feature, tfds.features.Sequence)
       and isinstance(feature.feature, tfds.features.ClassLabel)):  # label sets, e.g. ReaL
     single = next((k for k, f in info.features.items()
@@ -100,8 +143,13 @@ def _tfds_info(builder) -> SourceInfo:
     names = tuple(feature.feature.names)
     return SourceInfo(feature.feature.num_classes, names, (keys[0], single), keys[1])
   if not isinstance(feature, tfds.features.ClassLabel):
+    captions_key = _tfds_captions_key(info.features, keys[1])
+    image_key = keys[0] if keys[0] in info.features else "image"
+    if captions_key is not None and image_key in info.features:
+      return caption_info(captions_key, image_key)
     raise ValueError(f"TFDS dataset {builder.name!r}: label feature {keys[1]!r} is not a "
-                     "ClassLabel; only image classification datasets are supported.")
+                     "ClassLabel and no captions were found; only image classification and "
+                     "image-caption datasets are supported.")
   return SourceInfo(feature.num_classes, tuple(feature.names), keys)
 
 
