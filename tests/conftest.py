@@ -69,6 +69,10 @@ def trained_workdir(tmp_path_factory, data_dir):
 # tier keeps one end-to-end run (test_train_and_evaluate_learns_on_digits), the export round
 # trip and the NumPy reference forward.
 SLOW_TESTS = {
+    "tests/run/test_image_text_train.py::test_digits_example_trains_and_evaluates_zero_shot",
+    "tests/run/test_image_text_train.py::test_lit_tunes_the_text_tower_against_a_locked_image_checkpoint",
+    "tests/run/test_image_text_train.py::test_retrieval_on_a_caption_folder_equals_numpy_recall",
+    "tests/run/test_image_text_train.py::test_the_contrastive_step_is_the_same_on_one_and_eight_devices",
     "tests/google_compat/test_inference_time.py::test_main_command_line_on_two_devices",
     "tests/planning/test_dry_run.py::test_main_topology_dry_run_and_its_errors",
     "tests/planning/test_hlo_program.py::test_every_loop_combination_against_the_formula",

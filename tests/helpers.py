@@ -121,3 +121,24 @@ def latest_step(workdir):
     return ckpt.latest_step()
   finally:
     ckpt.close()
+
+
+def tiny_image_text_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  """configs/siglip.py:digits shrunk: width-16 towers on 8x8 digits, a few steps."""
+  c = load_config_file("siglip", "digits")
+  with c.unlocked():
+    c.tfds_data_dir = str(data_dir)
+    c.model.hidden_size = 16
+    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1))
+    c.model.text.update(dict(width=16, num_layers=1, mlp_dim=32, num_heads=2))
+    c.model.out_dim = (16, 16)
+    c.pp.crop, c.pp.resize = 8, 8
+    c.batch, c.batch_eval = 32, 64
+    c.total_steps, c.warmup_steps = 12, 2
+    c.log_every, c.eval_every, c.checkpoint_every = 4, 0, 4
+    c.progress = False
+    c.input.device_prefetch = 2
+    c.input.num_workers = 0
+    for key, value in overrides.items():
+      set_path(c, key, value)
+  return c

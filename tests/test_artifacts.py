@@ -286,6 +286,7 @@ def test_export_and_resolve_read_a_workdir_through_read_params(tmp_path, monkeyp
     calls.append((workdir, step, which))
     return params, config, 7
   monkeypatch.setattr(run_state, "read_params", read_params)
+  monkeypatch.setattr(run_state, "read_config", lambda workdir: config)  # export checks it first
   weights = artifacts.resolve(workdir="some/workdir", step=7, which="ema")
   assert weights.step == 7 and weights.params is params and weights.config is config
   out = tmp_path / "m.npz"

@@ -276,4 +276,5 @@ def _from_workdir(workdir: str, step: Optional[int], which: str) -> Weights:
     raise ValueError(f"the checkpoint of step {step} in {workdir} does not match the model of "
                      "its config.json; was the workdir reused for another model?")
   return Weights(model, params, resolution, list(config.class_names or ()) or None, config,
-                 "workdir", workdir, step, which)
+                 "workdir", workdir, step, which,
+                 vocab=str(config.pp.vocab) if config.pp.vocab else None)  # an image-text run's

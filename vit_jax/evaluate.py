@@ -12,7 +12,7 @@ zero-shot (image-text models).
   python -m vit_jax.evaluate --workdir W --evals=half:classification:split=test[:50%],topk=2
   python -m vit_jax.evaluate --model LiT-B16B --checkpoint gs://vit_models/lit/LiT-B16B.npz \
       --zeroshot cifar100 [--zeroshot imagenette] [--split test] [--vocab FILE] \
-      [--zeroshot_classnames FILE] [--zeroshot_templates FILE]
+      [--zeroshot_classnames FILE] [--zeroshot_templates FILE] [--retrieval CAPTION_DATASET]
       (an image-text model, classified zero-shot: class names from TFDS or the folder's class
       folders, or one per line of FILE; prompt templates with '{}' one per line; the
       vocabulary published beside the weights unless --vocab)
@@ -95,6 +95,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--zeroshot_templates", default=None,
                  help="zero-shot: prompt templates with '{}', one per line (default: "
                       "'a photo of a {}.')")
+  p.add_argument("--retrieval", action="append", default=[],
+                 help="an image-text model: image <-> text recall@1/5/10 on this caption "
+                      "dataset (TFDS coco_captions, a captions.jsonl / .csv folder, .tar "
+                      "shards); repeatable")
   p.add_argument("--evals", action="append", default=[],
                  help=f"evaluate with this evaluator instead of the run's: {command_line.SYNTAX} "
                       "(vit_jax/evaluators/command_line.py); repeatable")

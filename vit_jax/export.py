@@ -6,6 +6,7 @@ r"""Export a run's trained params: the official vit_models .npz (default) or ano
   python -m vit_jax.export --workdir=W --format=stablehlo --output=DIR [--platforms=cpu,cuda,tpu]
   python -m vit_jax.export --workdir=W --format=savedmodel --output=DIR [--savedmodel_input=uint8]
     [--savedmodel_version=N]  # DIR/N/saved_model.pb: tensorflow_model_server --model_base_path=DIR
+  python -m vit_jax.export --workdir=W --format=big_vision --output=two_tower.npz  # image-text
 
 Reads <workdir>/config.json, restores only the checkpoint's params (or their EMA,
 --params=ema) into host memory (run_state.read_params, the workdir part of vit_jax.artifacts)
@@ -14,7 +15,10 @@ loadable by checkpoint.load and by any tool that reads Google's ViT files; besid
 sidecar `<output without .npz>.json` (export_formats/npz.py): the complete model fields,
 class count and names, input resolution and eval preprocessing, so `vit_jax.inference
 --checkpoint model.npz` rebuilds a modified architecture (e.g. the quickstart's) without
---model. The other formats write a directory
+--model; for an image-text (LiT / SigLIP) run it is the image tower alone. --format=big_vision
+(image-text runs): both towers and t / b in big_vision's two_towers layout (params/img/...,
+params/txt/...; export_formats/big_vision.py), printed with the big_vision config.model that
+loads it. The other formats write a directory
 (vit_jax/export_formats/: timm and transformers snapshots with a model card, a serialized
 jax.export StableHLO artifact, a TF SavedModel in TF Serving's DIR/<version>/ layout, where
 another --savedmodel_version goes beside the existing ones; docs/serving.md). Every output is
@@ -53,6 +57,8 @@ def main(argv) -> None:
   if written.format == "npz":
     print(f"Exported {f.workdir} to {written.path} (architecture: "
           f"{npz.sidecar_path(written.path)})")
+  elif written.format == "big_vision":
+    print(f"Exported {f.workdir} as a big_vision two-tower checkpoint to {written.path}")
   else:
     print(f"Exported {f.workdir} as {written.format} to {written.path}/: "
           f"{', '.join(written.files)}")
@@ -72,7 +78,8 @@ def run() -> None:
   flags.DEFINE_string("format", "npz", f"One of {', '.join(writers.FORMATS)}: the official "
                       "vit_models .npz + architecture .json; a timm or transformers "
                       "(ViTForImageClassification) folder with a model card; a jax.export "
-                      "StableHLO artifact; a TF SavedModel.")
+                      "StableHLO artifact; a TF SavedModel; big_vision: an image-text run's two "
+                      "towers as big_vision's two_towers .npz.")
   flags.DEFINE_string("params", "raw", "'raw': the trained params; 'ema': their exponential "
                       "moving average (runs with config.ema).")
   flags.DEFINE_string("push_to_hub", None, "org/name: upload the written folder to this Hugging "

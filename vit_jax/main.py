@@ -297,9 +297,13 @@ def summary_line(result: dict, workdir: str, seconds: float) -> str:
     parts.append(f"eval accuracy {ev['accuracy']:.2%} on {int(ev['examples'])} examples, "
                  f"eval loss {ev['loss']:.4f}")
   elif ev:  # Named evaluators (config.evals): their headline figures.
-    shown = {k: v for k, v in ev.items() if not k.endswith("/examples") and "/class_" not in k}
+    counts = ("examples", "classes")  # Counts, not fractions (the default evaluator's names).
+    shown = {k: v for k, v in ev.items()
+             if k.rsplit("/", 1)[-1] not in counts and "/class_" not in k}
     parts.append("eval " + ", ".join(f"{k} {v:.2%}" if "loss" not in k else f"{k} {v:.4f}"
                                      for k, v in shown.items()))
+    if "examples" in ev:
+      parts[-1] += f" on {int(ev['examples'])} examples"
   if result.get("already_finished"):
     parts.append("recorded when the run finished (nothing trained now)")
   else:

@@ -78,6 +78,33 @@ def test_chunked_sigmoid_loss_equals_the_full_batch_loss_and_gradients(shape):
     np.testing.assert_allclose(gc, g, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1,), (8,), (4, 2)])
+def test_in_batch_accuracy_counts_images_whose_own_text_wins_on_every_mesh(shape):
+  names = ("data", "fsdp")[:len(shape)]
+  devices = np.array(jax.devices()[:int(np.prod(shape))]).reshape(shape)
+  mesh = jax.sharding.Mesh(devices, names)  # As sharding.make_mesh builds the run's mesh.
+  zi, zt = _pairs(n=32, d=4, seed=3)  # d=4 and noise: some pairs lose to another text.
+  scores = zi.astype(np.float64) @ zt.astype(np.float64).T
+  expected = np.mean([all(scores[i, i] > scores[i, j] for j in range(32) if j != i)
+                      for i in range(32)])
+  assert 0 < expected < 1
+  batch = NamedSharding(mesh, P(names))
+  got = jax.jit(lambda a, b: contrastive.in_batch_accuracy(a, b, mesh))(
+      jax.device_put(zi, batch), jax.device_put(zt, batch))
+  assert float(got) == pytest.approx(expected)
+
+
+def test_losses_by_name_and_an_unknown_name():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  zi, zt = _pairs(n=16)
+  assert float(contrastive.get("sigmoid_contrastive", mesh)(zi, zt, 3.0, -1.0)) == \
+      pytest.approx(_np_sigmoid_loss(zi, zt, 3.0, -1.0), rel=1e-5)
+  assert float(contrastive.get("softmax_contrastive", mesh)(zi, zt, 3.0, -1.0)) == \
+      pytest.approx(_np_softmax_loss(zi, zt, 3.0), rel=1e-5)
+  with pytest.raises(ValueError, match="not an image-text loss"):
+    contrastive.get("softmax_xent", mesh)
+
+
 def test_a_batch_that_does_not_split_is_one_clear_error():
   mesh = jax.make_mesh((8,), ("data",))
   zi, zt = _pairs(n=12)

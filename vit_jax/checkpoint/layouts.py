@@ -12,7 +12,9 @@ Owns `canonicalize(flat, num_heads=...)`, the ONE entry point that turns a flat
     'file.npz:img');
   * our own tree (per-layer or scanned);
   * timm and transformers state dicts (see torch_layouts.py).
-`to_vit_models(flat)` renames our Linen block names back to the vit_models ones.
+`to_vit_models(flat)` renames our Linen block names back to the vit_models ones;
+`to_big_vision(flat)` writes a ViT in big_vision's vit.Model layout (the inverse of the
+big_vision branch above: canonicalize(to_big_vision(flat)) is flat again, see its doc).
 """
 from __future__ import annotations
 
@@ -143,6 +145,37 @@ def to_vit_models(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if m and m.group(1) != "Transformer/encoderblock":
       key = f"{m.group(1)}/{LINEN_TO_PRE_LINEN.get(m.group(2), m.group(2))}/{m.group(3)}"
     out[key] = value
+  return out
+
+
+# Top-level names of big_vision's vit.Model (scan=False): all that to_big_vision writes.
+BIG_VISION_VIT_ROOTS = ("embedding", "pos_embedding", "cls", "Transformer", "MAPHead_0",
+                        "pre_logits", "head")
+_OUR_POSEMB = "Transformer/posembed_input/pos_embedding"
+
+
+def to_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Our flat per-layer ViT keys -> big_vision's vit.Model keys (Linen names as ours).
+
+  The position embedding moves to the top level without its class-token slot: big_vision
+  adds it to the patch tokens before it prepends `cls`, so the slot's value is added to `cls`
+  (the same model; canonicalize then gives that sum as `cls` and a zero slot). One ValueError
+  for a tree big_vision's ViT has no names for (hybrid root, distillation token, scanned)."""
+  out = dict(flat)
+  posemb = out.pop(_OUR_POSEMB, None)
+  if posemb is not None:
+    posemb = np.asarray(posemb)
+    if "cls" in out:
+      out["cls"] = np.asarray(out["cls"]) + posemb[:, :1]
+      posemb = posemb[:, 1:]
+    out["pos_embedding"] = posemb
+  extra = sorted({k.split("/")[0] for k in out} - set(BIG_VISION_VIT_ROOTS))
+  scanned = any(k.startswith("Transformer/encoderblock/") for k in out)
+  if extra or scanned:
+    what = f"top-level keys {extra}" if extra else "a scanned Transformer/encoderblock"
+    raise ValueError(f"big_vision's ViT (vit.Model) has no place for {what}; it holds "
+                     f"{list(BIG_VISION_VIT_ROOTS)} with per-layer encoderblock_{{i}} (unstack "
+                     "scanned params with checkpoint.unstack_layers).")
   return out
 
 

@@ -56,6 +56,12 @@ def defaults() -> ml_collections.ConfigDict:
   # Modules (dotted names or .py files) imported first, e.g. ones that register pp ops (as
   # big_vision's pp_modules); data workers import them too.
   c.pp.modules = ()
+  # Image-text runs: the tokenizer ('bert' WordPiece | 'sentencepiece'; None: the model's),
+  # its vocabulary file (.txt / .model; required to train), tokens per text (None: the
+  # model's max_len).
+  c.pp.tokenizer = config_dict.placeholder(str)
+  c.pp.vocab = config_dict.placeholder(str)
+  c.pp.max_len = config_dict.placeholder(int)
   # Batch mixing (timm's Mixup in batch mode; rows 2m and 2m+1 mixed, see mixing.py):
   # CutMix Beta(a, a) (0 = off); probability that a batch is mixed at all; with mixup_alpha
   # and cutmix_alpha both > 0, probability that a batch uses CutMix instead of mixup.
@@ -79,6 +85,13 @@ def defaults() -> ml_collections.ConfigDict:
   # Repeated augmentation (DeiT's RASampler): copies of each image in the stream, each
   # augmented independently [copies]; 1 = off. An epoch stays N stream images (N/k distinct).
   c.input.repeated_aug = 1
+  # Image-text runs on a classification dataset: each image's captions are these templates
+  # with its class name ('a photo of the number {}.'); one is drawn per example. () = the
+  # dataset must hold captions (datasets/captions.py).
+  c.input.caption_templates = ()
+  # The class names those captions (and the default zero-shot evaluator) use, in label order;
+  # () = the dataset's own names.
+  c.input.caption_classnames = ()
 
   c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
   c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.
@@ -132,6 +145,8 @@ def defaults() -> ml_collections.ConfigDict:
       require_teacher=config_dict.placeholder(bool)))  # None = False (old workdirs resume).
   # Train loss (vit_jax/training/losses.py): 'softmax_xent' | 'sigmoid_xent' (big_vision's: sum over
   # classes of binary cross-entropies, mean over the batch; ~C× timm's --bce-loss scale).
+  # Image-text models (training/contrastive.py): 'sigmoid_contrastive' (SigLIP; texts passed
+  # around the batch axes, no all-gather) | 'softmax_contrastive' (CLIP / LiT).
   c.loss = "softmax_xent"
 
   c.mesh = DEFAULT_MESH            # (axis, size) pairs over 'data', 'fsdp', 'model'; -1 = rest.
@@ -191,6 +206,21 @@ def model_overrides() -> ml_collections.ConfigDict:
   m.transformer = ml_collections.ConfigDict(dict(
       dropout_rate=config_dict.placeholder(float),
       attention_dropout_rate=config_dict.placeholder(float)))
+  # Image-text (two-tower) models only (model_name 'LiT-...' / 'SigLIP-...', models/factory.py;
+  # the fields above then change the image tower): the image tower by registered name (any
+  # size, e.g. 'ViT-S_16'), the text tower ('text_transformer' | 'bert') and its fields, the
+  # (image, text) projection widths (None: no projection), SigLIP's temperature and bias at
+  # init (t starts at log(temperature_init)).
+  m.image_model = config_dict.placeholder(str)
+  m.text_model = config_dict.placeholder(str)
+  m.text = ml_collections.ConfigDict(dict(
+      width=config_dict.placeholder(int), num_layers=config_dict.placeholder(int),
+      mlp_dim=config_dict.placeholder(int), num_heads=config_dict.placeholder(int),
+      vocab_size=config_dict.placeholder(int), pool_type=config_dict.placeholder(str),
+      dropout_rate=config_dict.placeholder(float)))
+  m.out_dim = config_dict.placeholder(tuple)
+  m.temperature_init = config_dict.placeholder(float)
+  m.bias_init = config_dict.placeholder(float)
   return m
 
 

@@ -40,6 +40,10 @@ Batches (numpy, local to this process, b = global batch // process count):
           mixed as config.pp says (rows sum to 1)}
   eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
           exactly one pass, the same number of batches on every process.
+  image-text train (a caption dataset, or config.input.caption_templates over a labelled one;
+  datasets/captions.py): {'image', 'tokens': int32 (b, config.pp.max_len)}, one caption per
+  image drawn with the element's RNG (so the same for every P and after a resume), tokenized
+  with config.pp.tokenizer on config.pp.vocab.
 Config keys read: dataset, tfds_data_dir, tfds_manual_dir, train_split, eval_split, batch,
 batch_eval, seed, pp.* (see preprocess.py), input.repeated_aug (copies of each image in the
 stream, 1 = off), input.num_workers (worker processes, 0 = in this
@@ -51,6 +55,7 @@ num_workers × prefetch × batch bytes (e.g. `docker run --shm-size=16g`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -59,7 +64,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vit_jax.batching import local_batch_size
-from vit_jax.datasets import image_ops, mixing, preprocess
+from vit_jax.datasets import captions, image_ops, mixing, preprocess
 from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
@@ -160,6 +165,68 @@ class TrainBatch:
     labels = mixing.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
     images, labels = mixing.mix_batch(images, labels, self.opts, rng)
     return {"image": images, "label": labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionTrainElement:
+  """Element transform of image-text data: encoded image + captions -> uint8 crop + one
+  caption, drawn uniformly from the image's captions with the element's RNG."""
+  opts: preprocess.PreprocessOptions
+  captions_key: str
+
+  def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+    try:
+      image = preprocess.train_image(element["image"], self.opts, rng)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    texts = captions.element_captions(element, self.captions_key)
+    return {"image": image, "text": texts[int(rng.integers(len(texts)))]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+  """The tokenizer of an image-text run: config.pp.tokenizer on config.pp.vocab, max_len tokens."""
+  tokenizer: str
+  vocab: str
+  max_len: int
+
+  def tokenize(self, texts: Any) -> np.ndarray:
+    """(len(texts), max_len) int32 tokens (the tokenizer is built once per process)."""
+    return np.asarray(_tokenizer(self)([str(t) for t in texts]), np.int32)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(settings: TextSettings) -> Any:
+  from vit_jax.datasets import text  # pylint: disable=g-import-not-at-top
+  return text.get_tokenizer(settings.tokenizer)(vocab_path=settings.vocab,
+                                                max_len=settings.max_len)
+
+
+def text_settings(config) -> TextSettings:
+  """config.pp.tokenizer / vocab / max_len of an image-text run (factory.py fills the first and
+  the last from the model); one error naming the missing key."""
+  pp = config.pp
+  if not pp.vocab:
+    raise ValueError("an image-text run tokenizes its captions on the host: set "
+                     "--config.pp.vocab to the tokenizer's vocabulary (a BERT WordPiece .txt, "
+                     "one piece per line, or a sentencepiece .model; the file published beside "
+                     "a LiT / SigLIP checkpoint for tuning it).")
+  if not pp.tokenizer or not pp.max_len:
+    raise ValueError("an image-text run needs --config.pp.tokenizer ('bert' | 'sentencepiece') "
+                     "and --config.pp.max_len (tokens per text).")
+  return TextSettings(str(pp.tokenizer), str(pp.vocab), int(pp.max_len))
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionTrainBatch:
+  """Batch transform of image-text data: float32 images (preprocess.train_values) and the
+  tokens of each row's caption."""
+  opts: preprocess.PreprocessOptions
+  text: TextSettings
+
+  def __call__(self, batch: dict) -> dict:
+    return {"image": preprocess.train_values(batch["image"], self.opts),
+            "tokens": self.text.tokenize(batch["text"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,21 +379,68 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   source, info = open_source(config, config.train_split)
   if not len(source):
     raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
-  preprocess.check_label_classes(opts, info.num_classes)
+  source, captions_key = image_text_source(config, source, info)
+  if captions_key is None:
+    preprocess.check_label_classes(opts, info.num_classes)
+  else:
+    check_image_text_options(opts)
   seed = int(config.seed)
   # The global stream: element k = (shuffled example, augmented with an RNG of (seed, k)).
   stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
   if repeats > 1:  # Position t holds a copy of shuffled image ~t // k (RepeatedStream).
     stream = grain.MapDataset.range(sys.maxsize).map(
         RepeatedStream(stream, global_batch, repeats))
-  stream = stream.random_map(TrainElement(opts, *info.keys), seed=derive_seed(seed, 2))
+  element = (TrainElement(opts, *info.keys) if captions_key is None
+             else CaptionTrainElement(opts, captions_key))
+  stream = stream.random_map(element, seed=derive_seed(seed, 2))
   # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
   # i·P + p only (lazy random access: the other processes' rows are never read).
   ds = stream.batch(local_batch, drop_remainder=True)[process_index::process_count]
   # Index i of `ds` is the global batch index, so the batch RNG (mixup λ) is P-independent.
-  ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
+  if captions_key is None:
+    ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
+  else:
+    ds = ds.map(CaptionTrainBatch(opts, text_settings(config)))
   return TrainIterator(ds, config, seed=seed, global_batch=global_batch,
                        num_examples=len(source), repeated_aug=repeats)
+
+
+def image_text_source(config, source: Any, info: Any) -> tuple[Any, Optional[str]]:
+  """(source, captions key) of image-text training: a caption dataset as it is, a labelled one
+  with config.input.caption_templates as captions.LabelCaptions; (source, None) otherwise."""
+  templates = tuple(config.input.caption_templates or ())
+  if info.captions_key:
+    if templates:
+      raise ValueError(f"config.input.caption_templates turns class labels into captions, but "
+                       f"{config.dataset!r} already has captions; unset it.")
+    return source, info.captions_key
+  if not templates:
+    return source, None
+  if not info.class_names:
+    raise ValueError(f"config.input.caption_templates needs class names; {config.dataset!r} "
+                     "does not name its classes.")
+  names = tuple(config.input.caption_classnames or ()) or tuple(info.class_names)
+  if len(names) != len(info.class_names):
+    raise ValueError(f"config.input.caption_classnames has {len(names)} names but "
+                     f"{config.dataset!r} has {len(info.class_names)} classes; give one name "
+                     "per class, in label order.")
+  return captions.LabelCaptions(source, names, templates, info.keys[1]), "captions"
+
+
+def is_image_text_data(config) -> bool:
+  """True when the run's train data gives image-text batches ({'image', 'tokens'}): the dataset
+  has captions, or config.input.caption_templates makes them from its labels."""
+  if tuple(config.input.caption_templates or ()):
+    return True
+  return bool(open_source(config, config.train_split)[1].captions_key)
+
+
+def check_image_text_options(opts: preprocess.PreprocessOptions) -> None:
+  """Label-mixing options have no meaning for image-text pairs: one error naming them."""
+  if opts.pairs_rows or opts.label_smoothing or opts.random_erase_prob:
+    raise ValueError("image-text training pairs each image with its caption: mixup / CutMix, "
+                     "label smoothing and random erasing (config.pp.mixup_alpha, cutmix_alpha, "
+                     "label_smoothing, random_erase_prob) do not apply; set them to 0.")
 
 
 def repeated_aug_from_config(config, opts: preprocess.PreprocessOptions) -> int:
@@ -381,6 +495,21 @@ class EvalElement:
 
 
 @dataclasses.dataclass(frozen=True)
+class _NoLabel:
+  """A caption source's images with label 0: the eval pass of a retrieval evaluator."""
+  source: Any
+  image_key: str
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    element = self.source[index]
+    return {self.image_key: element[self.image_key], "label": 0,
+            "path": element.get("path", "")}
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalBatch:
   """Batch transform: model inputs (preprocess.eval_values), one-hot labels, mask, index."""
   num_classes: int
@@ -430,8 +559,11 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   largest_shard = math.ceil(len(source) / process_count)
   num_batches = math.ceil(largest_shard / local_batch)
   ds = grain.MapDataset.range(num_batches * local_batch)
-  ds = ds.map(EvalElement(source, lo, hi, opts, *info.keys, info.multilabel_key,
-                          info.num_classes))
-  ds = ds.batch(local_batch).map(EvalBatch(info.num_classes, opts))
+  keys = info.keys
+  if info.captions_key:  # Image-text data: images only, label 0 ('index' finds the captions).
+    source, keys = _NoLabel(source, info.keys[0]), (info.keys[0], "label")
+  num_classes = max(info.num_classes, 1)
+  ds = ds.map(EvalElement(source, lo, hi, opts, *keys, info.multilabel_key, num_classes))
+  ds = ds.batch(local_batch).map(EvalBatch(num_classes, opts))
   return EvalIterable(ds, config, num_batches)
 

@@ -16,6 +16,8 @@ are imported when a class is built, not when this module is imported.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -207,3 +209,25 @@ def get_pp(*, tokenizer_name: str, vocab_path: str, max_len: int, size: int,
     return features
 
   return pp
+
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = id 0: padding
+
+
+def wordpiece_vocab(texts: Sequence[str]) -> list[str]:
+  """A whole-word BERT vocabulary covering `texts`: the special tokens (id 0 = [PAD]), then the
+  distinct lower-cased words and punctuation marks, sorted (as BERT's basic tokenizer splits
+  them, so no text of `texts` meets [UNK]). For training a text tower from scratch offline."""
+  words = set()
+  for line in texts:
+    words.update(re.findall(r"\w+|[^\w\s]", str(line).lower()))
+  return list(BERT_SPECIAL_TOKENS) + sorted(words - set(BERT_SPECIAL_TOKENS))
+
+
+def write_wordpiece_vocab(texts: Sequence[str], path: str) -> str:
+  """Writes wordpiece_vocab(texts) to `path` (one piece per line); refuses an existing file."""
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} already exists; choose another vocabulary path.")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(wordpiece_vocab(texts)) + "\n")
+  return path

@@ -81,6 +81,28 @@ def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any
   return out
 
 
+def _run_vocab(run: Optional[ml_collections.ConfigDict]) -> Optional[str]:
+  """The vocabulary a training run tokenized with (its config.pp.vocab), if any."""
+  return str(run.pp.vocab) if run is not None and run.pp.vocab else None
+
+
+def retrieval_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any]]:
+  """--retrieval DATASET (repeatable: a caption dataset) -> {name: retrieval entry}:
+  'retrieval' for one dataset, 'retrieval_<dataset>' for several, with the vocabulary."""
+  datasets = list(getattr(args, "retrieval", None) or ())
+  if not datasets:
+    return {}
+  if not vocab:
+    raise ValueError("retrieval needs the text tower's vocabulary and none was found beside "
+                     "the weights (X.txt / X.model for X.npz): pass --vocab FILE.")
+  out = {}
+  for dataset in datasets:
+    name = "retrieval" if len(datasets) == 1 else "retrieval_" + "".join(
+        ch if ch.isalnum() else "_" for ch in os.path.basename(str(dataset).rstrip("/")))
+    out[name] = dict(type="retrieval", dataset=str(dataset), vocab=str(vocab))
+  return out
+
+
 def eval_settings(args: Any, resolution: int, dataset: str, split: str,
                   tfds_data_dir: Optional[str] = None,
                   run: Optional[ml_collections.ConfigDict] = None, *,
@@ -179,12 +201,19 @@ def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collectio
   if args.fewshot:
     entries["fewshot"] = dict(type="fewshot", datasets=fewshot_datasets(args.fewshot))
     run_names.discard("fewshot")
-  zeroshot = zeroshot_entries(args, vocab)
-  entries.update(zeroshot)
-  run_names -= set(zeroshot)
-  if image_text and not any(v.get("type") == "zeroshot" for v in entries.values()):
-    raise ValueError("an image-text (LiT) model has no classification head: evaluate it "
-                     "zero-shot with --zeroshot DATASET (a TFDS name or an image folder).")
+  flagged = {**zeroshot_entries(args, vocab), **retrieval_entries(args, vocab)}
+  if flagged:
+    entries.update(flagged)
+    run_names -= set(flagged)
+  elif image_text and run is not None and not own and not from_flags:
+    default = runner.default_spec(c)  # An image-text run's own default evaluator.
+    entries[default.type] = dict(type=default.type, **default.settings)
+    run_names.add(default.type)
+  if image_text and not any(v.get("type") in ("zeroshot", "retrieval")
+                            for v in entries.values()):
+    raise ValueError("an image-text (LiT / SigLIP) model has no classification head: evaluate "
+                     "it zero-shot with --zeroshot DATASET (a TFDS name or an image folder) or "
+                     "by retrieval with --retrieval DATASET (a caption dataset).")
   if args.no_classification or image_text:
     entries = {k: v for k, v in entries.items() if v.get("type") != "classification"}
     if not entries:
@@ -253,6 +282,7 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   known = augreg_defaults(args.checkpoint)
   image_text = lit.is_lit(weights.model)
   zeroshot = list(getattr(args, "zeroshot", None) or ())
+  zeroshot += list(getattr(args, "retrieval", None) or ())
   dataset = args.dataset or known.get("dataset") or (
       zeroshot[0] if image_text and zeroshot else None)
   split = args.split or known.get("split")
@@ -265,7 +295,7 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   split = split or "test"
   config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
                                      weights.config, image_text=image_text,
-                                     vocab=weights.vocab)
+                                     vocab=weights.vocab or _run_vocab(weights.config))
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),

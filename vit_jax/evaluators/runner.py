@@ -34,6 +34,8 @@ mask, pipeline.create_eval_iterator) and draws no random numbers (common.py).
 """
 from __future__ import annotations
 
+from vit_jax.datasets import sources
+
 # classification_evaluator and fewshot_evaluator register the built-in types when imported.
 from vit_jax.evaluators import (  # noqa: F401
   classification,
@@ -41,6 +43,7 @@ from vit_jax.evaluators import (  # noqa: F401
   common,
   fewshot_evaluator,
   registry,
+  retrieval_evaluator,
   zeroshot_evaluator,
 )
 from vit_jax.evaluators.common import (  # noqa: F401  (re-exported: this module's API)
@@ -53,15 +56,17 @@ from vit_jax.evaluators.fewshot_evaluator import (  # noqa: F401  (re-exported)
   FEWSHOT_DATASETS,
   default_fewshot_datasets,
 )
+from vit_jax.models import factory
 
-BUILTIN_TYPES = ("classification", "fewshot", "zeroshot")  # The types the modules above register.
+# The types the modules above register.
+BUILTIN_TYPES = ("classification", "fewshot", "zeroshot", "retrieval")
 
 
 def specs(config) -> list[Spec]:
   """The evaluators of a run config; one clear error for an unknown type or key."""
   entries = config.evals.to_dict() if hasattr(config.evals, "to_dict") else dict(config.evals)
   if not entries:
-    return [Spec("", "classification", int(config.eval_every or 0), {})]
+    return [default_spec(config)]
   out = []
   for name, entry in sorted(entries.items()):
     entry = dict(entry)
@@ -82,6 +87,23 @@ def specs(config) -> list[Spec]:
     out.append(Spec(name, kind, int(config.eval_every or 0) if every is None else int(every),
                     entry))
   return out
+
+
+def default_spec(config) -> Spec:
+  """The evaluator of a run without config.evals: classification over config.eval_split; for
+  an image-text model zero-shot classification (labelled eval data, prompted with
+  config.input.caption_templates when set) or image <-> text retrieval (caption data)."""
+  every = int(config.eval_every or 0)
+  if not factory.is_image_text_run(config):
+    return Spec("", "classification", every, {})
+  if sources.open_source(config, config.eval_split)[1].captions_key:
+    return Spec("", "retrieval", every, {})
+  settings = {}
+  if tuple(config.input.caption_templates or ()):
+    settings["templates"] = tuple(config.input.caption_templates)
+  if tuple(config.input.caption_classnames or ()):
+    settings["classnames"] = tuple(config.input.caption_classnames)
+  return Spec("", "zeroshot", every, settings)
 
 
 def ema_name(spec: Spec, key: str) -> str:

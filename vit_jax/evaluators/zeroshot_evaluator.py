@@ -47,7 +47,7 @@ def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]
     raise ValueError(f"{len(names)} class names for {data.dataset}, which has {num_classes} "
                      "classes; give one name per class, in label order.")
   topk = int(s.get("topk") or 5)
-  tokenizer = make_tokenizer(model, s)
+  tokenizer = make_tokenizer(model, s, ctx.config.pp)
   templates = tuple(s.get("templates") or zeroshot.DEFAULT_TEMPLATES)
   zclasses = zeroshot.class_embeddings(text_embedder(ctx, params, tokenizer), names, templates)
   step = ctx.cached(("zeroshot", topk), lambda: make_eval_step(ctx.setup, topk))
@@ -67,16 +67,25 @@ def dataset_classnames(config, info) -> list[str]:
   return [str(n).replace("_", " ") for n in info.class_names]
 
 
-def make_tokenizer(model: Any, settings: dict) -> Any:
-  """The tokenizer of the entry (vocab, tokenizer, max_len) or of the model's pp config."""
+def make_tokenizer(model: Any, settings: dict, run_pp: Any = None) -> Any:
+  """The tokenizer of the entry (vocab, tokenizer, max_len), else of the run's config.pp
+  (a training run's pp.vocab), else of the model's pp config."""
   model_pp = dict(getattr(model, "pp", None) or {})  # A LiT model's tokenizer settings.
-  vocab = settings.get("vocab")
+  run_pp = run_pp if run_pp is not None else {}
+  vocab = settings.get("vocab") or _pp_value(run_pp, "vocab")
   if not vocab:
     raise ValueError("a zero-shot evaluator needs the text tower's vocabulary: set the "
-                     "entry's vocab (the .txt / .model file published beside a LiT checkpoint).")
+                     "entry's vocab (the .txt / .model file published beside a LiT checkpoint), "
+                     "or --config.pp.vocab in a training run.")
   return text.model_tokenizer(
-      {"tokenizer_name": settings.get("tokenizer") or model_pp.get("tokenizer_name"),
-       "max_len": settings.get("max_len") or model_pp.get("max_len") or 16}, vocab)
+      {"tokenizer_name": (settings.get("tokenizer") or _pp_value(run_pp, "tokenizer")
+                          or model_pp.get("tokenizer_name")),
+       "max_len": (settings.get("max_len") or model_pp.get("max_len") or 16)}, vocab)
+
+
+def _pp_value(pp: Any, key: str) -> Any:
+  """pp[key] of a run's config.pp (a ConfigDict; absent or unset: None)."""
+  return pp[key] if key in pp else None
 
 
 def text_embedder(ctx: common.Context, params: Any, tokenizer: Callable

@@ -11,6 +11,8 @@
   model_card    README.md with the Hugging Face Hub's front matter, beside timm / transformers
   hub           --push_to_hub: the written folder to a Hub repo
   serving       --format=stablehlo (jax.export) and --format=savedmodel (jax2tf)
+  big_vision    --format=big_vision: an image-text run's two towers as big_vision's
+                two_towers .npz (the image tower's names: checkpoint/layouts.to_big_vision)
 
 Key names of the timm / transformers state dicts live in checkpoint/torch_layouts.py (read
 in one direction there and inverted by `from_ours`), not here. torch, timm, transformers

@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from vit_jax import checkpoint, exits
 from vit_jax.checkpoint import files
-from vit_jax.models import registry
+from vit_jax.models import factory
 
 ARCHITECTURE_FORMAT = "vit_jax.export/architecture-1"
 
@@ -32,7 +32,7 @@ def architecture(config, step: Optional[int] = None,
   return json.loads(json.dumps({
       "format": ARCHITECTURE_FORMAT,
       "model_name": config.model_name,
-      "model": registry.run_model_config(config).to_dict(),
+      "model": factory.run_model_config(config).to_dict(),
       "num_classes": int(config.num_classes),
       "class_names": list(config.class_names or ()),
       "resolution": int(config.pp.crop),
@@ -42,6 +42,18 @@ def architecture(config, step: Optional[int] = None,
       "step": step,
       "workdir": os.path.abspath(workdir) if workdir and "://" not in workdir else workdir,
   }, default=str))
+
+
+def image_tower_architecture(arch: dict[str, Any]) -> dict[str, Any]:
+  """The record of an image-text record's image tower alone, an image model (its head, if
+  any, is the projection to out_dim[0]; none: num_classes 0): --format=npz of an image-text
+  run, which the classification tools then load."""
+  fields = arch["model"]
+  out_dim = fields["out_dim"]
+  image_dim = out_dim if isinstance(out_dim, int) else out_dim[0]
+  image = {k: v for k, v in dict(fields["image"]).items() if k != "num_classes"}
+  return {**arch, "model_name": f"{arch['model_name']}:img", "model": image,
+          "num_classes": int(image_dim or 0), "class_names": []}
 
 
 def read_architecture(path: str) -> Optional[dict[str, Any]]:
@@ -60,7 +72,7 @@ def read_architecture(path: str) -> Optional[dict[str, Any]]:
 
 def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
   """The Flax module an architecture record describes."""
-  return registry.model_from_fields(arch["model"], int(arch["num_classes"]))
+  return factory.model_from_fields(arch["model"], int(arch["num_classes"]))
 
 
 def write(params: Any, arch: dict[str, Any], output: str) -> tuple[str, str]:

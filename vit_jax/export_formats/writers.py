@@ -2,9 +2,11 @@
 
 `export_files` checks the request (format, flag values, an existing output) before any
 checkpoint is read, refuses an architecture a format cannot hold, then writes: --format=npz
-the official .npz and its sidecar (npz.py), timm / transformers snapshots with a model card,
-a jax.export StableHLO artifact or a TF SavedModel (serving.py); --push_to_hub uploads the
-written folder (hub.py). `python -m vit_jax.export` is its command line.
+the official .npz and its sidecar (npz.py; for an image-text run its image tower alone),
+--format=big_vision both towers of an image-text run as big_vision's two-tower .npz
+(big_vision.py), timm / transformers snapshots with a model card, a jax.export StableHLO
+artifact or a TF SavedModel (serving.py); --push_to_hub uploads the written folder (hub.py).
+`python -m vit_jax.export` is its command line.
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from typing import Any, Optional, Sequence
 import jax
 
 from vit_jax import exits
-from vit_jax.export_formats import common, hub, npz, serving, timm, transformers
+from vit_jax.export_formats import big_vision, common, hub, npz, serving, timm, transformers
+from vit_jax.models import factory
 from vit_jax.run import run_state
 
-FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel")
+FORMATS = ("npz", "timm", "transformers", "stablehlo", "savedmodel", "big_vision")
+# The formats of image-text (two-tower) runs: both towers, or the image tower alone.
+IMAGE_TEXT_FORMATS = ("big_vision", "npz")
 
 
 def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[str],
@@ -35,11 +40,13 @@ def check_request(fmt: str, output: str, overwrite: bool, push_to_hub: Optional[
                               "--overwrite to replace it.")
   elif fmt == "savedmodel":
     serving.check_savedmodel_output(output, savedmodel_version, overwrite)
+  elif fmt == "big_vision":
+    big_vision.check_output(output, overwrite)
   elif os.path.lexists(output) and not overwrite:
     raise FileExistsError(f"{output!r} already exists; choose another --output or pass "
                           "--overwrite to replace it.")
   if push_to_hub:
-    if fmt == "npz":
+    if fmt in ("npz", "big_vision"):
       raise exits.UserError("--push_to_hub uploads an export folder: use it with --format=timm "
                             "or --format=transformers (or stablehlo / savedmodel).")
     hub.check_repo_id(push_to_hub)
@@ -61,7 +68,8 @@ def export_files(workdir: str, output: str, step: Optional[int] = None, overwrit
   """Writes `workdir`'s checkpoint (latest, or `step`) in format `fmt` to `output`; returns
   an export_formats.common.Written (what was written, how to load it, notes, hub URL).
 
-  npz: `output` is the .npz (and its sidecar); the other formats: `output` is a directory.
+  npz: `output` is the .npz (and its sidecar; an image-text run: its image tower);
+  big_vision (image-text runs): the two-tower .npz; the other formats: a directory.
   params: 'raw' or 'ema' (run_state.read_params). platforms: stablehlo / savedmodel lowering
   targets (default serving.DEFAULT_PLATFORMS). savedmodel_version: the TF Serving version
   directory, `output`/<version>/.
@@ -69,12 +77,25 @@ def export_files(workdir: str, output: str, step: Optional[int] = None, overwrit
   platforms = tuple(platforms or serving.DEFAULT_PLATFORMS)
   check_request(fmt, output, overwrite, push_to_hub, savedmodel_input, platforms,
                 savedmodel_version)
-  if fmt in ("timm", "transformers"):  # Refuse what the format cannot hold before restoring.
+  # Refuse what the format cannot hold before restoring.
+  model = _image_text_model(workdir, fmt)
+  if fmt in ("timm", "transformers"):
     config = run_state.read_config(workdir)
     library(fmt).check(common.Source({}, npz.architecture(config, None, workdir), config))
   weights, config, step = run_state.read_params(workdir, step, params)
+  if fmt == "big_vision":
+    if jax.process_index() != 0:
+      return common.Written(os.fspath(output), fmt)
+    big_vision.write_two_tower(weights, model, output, overwrite=overwrite)
+    return common.Written(
+        os.fspath(output), fmt, (os.path.basename(output),),
+        f"big_vision: config.model_name = '{big_vision.TWO_TOWERS}', config.model_init = "
+        f"'{output}', config.model = {big_vision.big_vision_config(model)} (or "
+        f"vit_jax.checkpoint.load_image_text('{output}'))")
   arch = npz.architecture(config, step, workdir)
   if fmt == "npz":
+    if model is not None:  # An image-text run: its image tower, as an image model.
+      weights, arch = weights["img"], npz.image_tower_architecture(arch)
     if jax.process_index() == 0:
       npz.write(weights, arch, output)
     return common.Written(os.fspath(output), "npz",
@@ -96,6 +117,27 @@ def export_files(workdir: str, output: str, step: Optional[int] = None, overwrit
     url = hub.push(written.path, push_to_hub)
     written = dataclasses.replace(written, notes=written.notes + (f"pushed to {url}",))
   return written
+
+
+def _image_text_model(workdir: str, fmt: str):
+  """The LitModel of an image-text run (None for an image run), when `fmt` can write it; one
+  error for --format=big_vision on an image run, another for an image-only format on an
+  image-text run."""
+  config = run_state.read_config(workdir)
+  if not factory.is_image_text_run(config):
+    if fmt == "big_vision":
+      raise exits.UserError(f"--format=big_vision writes image-text (two-tower) models; the run "
+                            f"in {workdir} trains the image model {config.model_name!r}: use "
+                            "--format=npz.")
+    return None
+  if fmt not in IMAGE_TEXT_FORMATS:
+    raise exits.UserError(f"--format={fmt} writes image models; the run in {workdir} trains the "
+                          f"image-text model {config.model_name!r}: use --format=big_vision (both "
+                          "towers) or --format=npz (its image tower alone).")
+  model = factory.model_from_run_config(config, int(config.num_classes or 0))
+  if fmt == "big_vision":
+    big_vision.check(model)
+  return model
 
 
 def export(workdir: str, output: str, step: Optional[int] = None, overwrite: bool = False,

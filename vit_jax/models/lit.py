@@ -27,7 +27,7 @@ import ml_collections
 
 from vit_jax.models.axes import logical
 from vit_jax.models.bert import bert_encoder
-from vit_jax.models.registry import get_model_config
+from vit_jax.models.registry import from_big_vision, get_model_config
 from vit_jax.models.transformer import Encoder, MAPHead
 from vit_jax.models.vit import VisionTransformer
 
@@ -165,8 +165,10 @@ class LitModel(nn.Module):
       out.update({f"txt/{k}": v for k, v in txt_out.items()})
       ztxt = _normalized(ztxt, "txt", out)
     if images is not None:
-      zimg = VisionTransformer(**{**dict(self.image), "num_classes": image_dim}, name="img")(
-          images, train=train)
+      # A zero projection would give zero embeddings, whose normalisation has no gradient
+      # (NaN): the image tower's head starts random, as big_vision's two towers do.
+      zimg = VisionTransformer(**{**dict(self.image), "num_classes": image_dim,
+                                  "head_zeroinit": False}, name="img")(images, train=train)
       zimg = _normalized(zimg, "img", out)
     log_t = math.log(self.temperature_init)
     t = self.param("t", logical(nn.initializers.constant(log_t), None), (1,), jnp.float32)
@@ -177,16 +179,18 @@ class LitModel(nn.Module):
     return zimg, ztxt, out
 
 
-def _lit(name: str, image: str, out_dim: tuple[Optional[int], Optional[int]], text_model: str,
-         text: dict[str, Any], tokenizer: str, size: int = 224,
-         max_len: int = 16) -> ml_collections.ConfigDict:
+def _lit(name: str, image: Any, out_dim: tuple[Optional[int], Optional[int]], text_model: str,
+         text: dict[str, Any], tokenizer: str, size: int = 224, max_len: int = 16,
+         **two_tower: float) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model_name = name
   c.out_dim = out_dim
-  c.image = get_model_config(image)
+  c.image = get_model_config(image) if isinstance(image, str) else image
   c.text_model = text_model
   c.text = text
   c.pp = dict(tokenizer_name=tokenizer, size=size, max_len=max_len)
+  for key, value in two_tower.items():  # temperature_init, bias_init (big_vision's SigLIP)
+    c[key] = value
   return c.lock()
 
 
@@ -213,13 +217,29 @@ LIT_CONFIGS["LiT-testing"] = _lit(
     dict(config=dict(hidden_size=16, intermediate_dim=32, num_hidden_layers=1,
                      num_attention_heads=2, vocab_size=64, max_length=16, num_segments=2)),
     "bert", size=32, max_len=8)
+# big_vision's SigLIP B/16 (Zhai et al. 2023; its SigLIP demo's model config for the English
+# WebLI B/16 checkpoints): a MAP-pooled B/16 image tower without projection, a B text
+# transformer (32k sentencepiece vocabulary, 64 tokens, last-token pooling) projected to 768,
+# temperature 10 and bias -10 at init.
+LIT_CONFIGS["SigLIP-B_16"] = _lit(
+    "SigLIP-B_16", from_big_vision("B/16", pool_type="map"), (None, 768), "text_transformer",
+    dict(width=768, num_layers=12, mlp_dim=3072, num_heads=12, vocab_size=32_000),
+    "sentencepiece", size=224, max_len=64, temperature_init=10.0, bias_init=-10.0)
+# Ours: a tiny SigLIP-style two-tower (the 'testing' ViT, a 1-layer text transformer of width
+# 16 over 64 word pieces, 8 tokens) for offline examples and tests.
+LIT_CONFIGS["SigLIP-testing"] = _lit(
+    "SigLIP-testing", "testing", (16, 16), "text_transformer",
+    dict(width=16, num_layers=1, mlp_dim=32, num_heads=2, vocab_size=64, pool_type="first"),
+    "bert", size=32, max_len=8, temperature_init=10.0, bias_init=-10.0)
+IMAGE_TEXT_NAMES = tuple(LIT_CONFIGS)
 
 
 def is_lit(model_config_or_name: Any) -> bool:
-  """True for a LiT name ('LiT-...'), a LitModel, or a config with LiT's fields (text_model +
-  image): the one test of "is this an image-text model"."""
+  """True for an image-text name (LIT_CONFIGS: 'LiT-...', 'SigLIP-...'), a LitModel, or a
+  config with LiT's fields (text_model + image): the one test of "is this an image-text
+  model"."""
   if isinstance(model_config_or_name, str):
-    return model_config_or_name.startswith("LiT-")
+    return model_config_or_name in LIT_CONFIGS or model_config_or_name.startswith("LiT-")
   if isinstance(model_config_or_name, nn.Module):
     return isinstance(model_config_or_name, LitModel)
   return "text_model" in model_config_or_name and "image" in model_config_or_name

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from vit_jax import sharding
-from vit_jax.models import platform, registry
+from vit_jax.models import factory, platform
 from vit_jax.planning import (
   compile_memo,
   compiled_stats,
@@ -88,11 +88,14 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   """
   devices = list(jax.devices() if devices is None else devices)
   device = devices[0]
-  num_classes = num_classes_of(config)
+  image_text = factory.is_image_text_run(config)
+  if image_text:  # The tokenizer settings of the model, as the trainer fills them in.
+    config = factory.with_text_settings(config)
+  num_classes = 0 if image_text else num_classes_of(config)
   # The schedule's length does not change the program: no training-length keys needed.
   steps = max(int(config.total_steps or 0), int(config.warmup_steps or 0) + 1, 1)
   mesh = sharding.mesh_for_config(config, devices)
-  fields = registry.run_model_config(config)
+  fields = factory.run_model_config(config)
   out: dict[str, Any] = {
       "model": config.model_name, "batch": int(config.batch), "crop": int(config.pp.crop),
       "accum_steps": int(config.accum_steps), "devices": len(devices),
@@ -133,7 +136,10 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   out["bytes_accessed_per_device"] = run.bytes_accessed or None
   out["loops"] = run.loops
   out["unknown_loops"] = sum(1 for loop in run.loops if loop["trip_count"] is None)
-  formula = flops.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
+  if image_text:
+    formula = flops.formula_flops_per_pair(fields, int(config.pp.crop))
+  else:
+    formula = flops.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
   out["formula_flops_per_device"] = (3 * formula * config.batch / len(devices)) or None
   out["collectives"] = {k: dict(v) for k, v in run.collectives.items()}
   out["collective_bytes"] = sum(c["bytes"] for c in out["collectives"].values())

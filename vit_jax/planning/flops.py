@@ -29,3 +29,20 @@ def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> floa
   embed = 2 * (resolution // ph) * (resolution // pw) * ph * pw * 3 * d
   heads = 2 if cfg.get("distilled") else 1  # DeiT's distillation head beside the class head.
   return float(embed + t["num_layers"] * per_layer + heads * 2 * d * num_classes)
+
+
+def formula_flops_per_pair(fields: Any, resolution: int) -> float:
+  """Forward FLOPs of one (image, text) pair of an image-text model (factory.run_model_config
+  fields): the image tower by formula_flops_per_image (its projection as the head), the text
+  transformer the same way over its max_len tokens (no patch embedding: a lookup), its
+  projection. 0 when a tower has no formula here (a BERT text tower, a hybrid image tower)."""
+  dims = fields["out_dim"]
+  image_dim, text_dim = (dims, dims) if isinstance(dims, int) else tuple(dims)
+  image = formula_flops_per_image(fields["image"], resolution, int(image_dim or 0))
+  if fields["text_model"] != "text_transformer" or not image:
+    return 0.0
+  t = dict(fields["text"])
+  d, mlp = int(t.get("width", 512)), int(t.get("mlp_dim", 2048))  # TextTransformer defaults
+  tokens = int(fields["pp"]["max_len"])
+  per_layer = 2 * tokens * (4 * d * d + 2 * d * mlp) + 2 * 2 * tokens * tokens * d
+  return float(image + int(t.get("num_layers", 12)) * per_layer + 2 * d * int(text_dim or 0))

@@ -34,7 +34,7 @@ import numpy as np
 from vit_jax import checkpoint, sharding
 from vit_jax.datasets import device_prefetch, pipeline
 from vit_jax.evaluators import runner
-from vit_jax.models import registry
+from vit_jax.models import factory, lit
 from vit_jax.planning import compiled_stats, datasheets
 from vit_jax.run import (
     compile_cache,
@@ -87,12 +87,14 @@ def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]
   location = config.pretrained_path or config.model_or_filename
   if not location:
     return None
+  if lit.is_lit(setup.model):
+    return _load_pretrained_image_text(config, setup, str(location), log)
   # Abstract params: load_pretrained needs only names and shapes (a new head starts at zero,
   # as in the published fine-tuning recipe).
   init_params = setup.abstract_state.params
   if config.dont_load:  # Those parameters keep a real initial value (the scratch init's).
     init_params = train_state.init_params(setup, config.seed)
-  model_config = registry.run_model_config(config)
+  model_config = factory.run_model_config(config)
   _, (params, report) = checkpoint.load_from(
       str(location), lambda uri: checkpoint.load_pretrained(
           pretrained_path=uri, init_params=init_params, model_config=model_config,
@@ -101,6 +103,37 @@ def load_pretrained_params(config, setup: StateSetup, log=None) -> Optional[Any]
   if log is not None:
     for line in report.lines():
       log(line)
+  return params
+
+
+def _load_pretrained_image_text(config, setup: StateSetup, location: str, log) -> Any:
+  """An image-text model's start: a two-tower file gives both towers (and t, b), an image
+  checkpoint the image tower only (LiT's locked image tower); what the file lacks keeps the
+  scratch init. The image tower is fitted like any image checkpoint (head, posemb grid)."""
+  init = jax.device_get(train_state.init_params(setup, config.seed))
+  image_fields = factory.run_model_config(config).image
+  _, (image, report) = checkpoint.load_from(
+      location, lambda uri: checkpoint.load_pretrained(
+          pretrained_path=uri, init_params=init["img"], model_config=image_fields,
+          replace_head=config.replace_head, dont_load=tuple(config.dont_load),
+          resize_patch_embedding=config.resize_patch_embedding, report=True))
+  params = dict(init, img=image)
+  try:
+    both = checkpoint.load_image_text(location)
+  except ValueError:  # An image checkpoint: the text tower, t and b start from scratch.
+    both = None
+  if both is not None:
+    fitted = jax.tree.map(np.shape, both["txt"]) == jax.tree.map(np.shape, init["txt"])
+    if not fitted:
+      raise ValueError(f"the text tower of {location} does not fit config.model_name="
+                       f"{config.model_name!r} (its arrays differ: another text width, depth, "
+                       "vocabulary or max_len); pick the model it was trained as.")
+    params.update(txt=both["txt"], **{k: both[k] for k in ("t", "b") if k in both and k in init})
+  if log is not None:
+    for line in report.lines():
+      log(f"image tower: {line}")
+    log("text tower: " + ("from the same file." if both is not None else
+                          "trained from scratch (the file is an image checkpoint)."))
   return params
 
 
@@ -206,6 +239,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
   """
   # The lock first: a second run on this workdir leaves before preparing data or compiling.
   lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout)
+  config = factory.with_text_settings(config)  # An image-text run's tokenizer and max_len.
   try:
     cache_line = compile_cache.setup(config, workdir)  # Before the run's first compile.
     mesh = sharding.mesh_for_config(config)
@@ -250,7 +284,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   if data_state:
     host_iter.set_state(data_state)
   feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
-                                            config.input.device_prefetch, keys=("image", "label"))
+                                            config.input.device_prefetch,
+                                            keys=train_step.batch_keys(setup.model))
   if setup.groups is not None:
     for line in param_groups.table(setup.groups, setup.abstract_state.params):
       writer.text(line)

@@ -6,6 +6,9 @@ splits were opened (input_pipeline.get_dataset_info: every split the run reads e
 raises one exits.UserError that says what to change:
   * a config that fine-tunes (require_pretrained, e.g. configs/finetune_llrd.py) names weights;
   * the head's class count (config.num_classes) equals the dataset's;
+  * an image-text model trains on image-text data (captions, or labels made captions by
+    config.input.caption_templates) with a contrastive loss, and its tokenizer reads the
+    vocabulary (the first caption is tokenized);
   * the first example of the train and of the eval split decodes with the run's
     preprocessing (it reads two examples, not the data);
   * image folders: an eval split missing some of the train split's classes is reported
@@ -19,8 +22,10 @@ from typing import Callable
 import numpy as np
 
 from vit_jax import exits
-from vit_jax.datasets import preprocess
+from vit_jax.datasets import captions, pipeline, preprocess
 from vit_jax.datasets.sources import open_source
+from vit_jax.models import factory, lit
+from vit_jax.training import contrastive
 
 
 def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
@@ -31,7 +36,9 @@ def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
         "pass --config.pretrained_path=FILE_OR_URI (or --config.model_or_filename=NAME), or "
         "--config.require_pretrained=False to train from scratch.")
   dataset = config.dataset
-  if config.num_classes is not None and int(config.num_classes) != info.num_classes:
+  image_text = _check_image_text(config)
+  if (not image_text and config.num_classes is not None
+      and int(config.num_classes) != info.num_classes):
     raise exits.UserError(
         f"config.num_classes={config.num_classes} but dataset {dataset!r} has "
         f"{info.num_classes} classes; pass --config.num_classes={info.num_classes} (or leave "
@@ -56,10 +63,46 @@ def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
     if image.shape != (opts.crop, opts.crop, 3):
       raise exits.UserError(f"preprocessing gave images of shape {image.shape} for split "
                             f"{split!r}, expected ({opts.crop}, {opts.crop}, 3); check config.pp.")
+    if source_info.captions_key:
+      continue
     label = int(element[label_key])
     if not 0 <= label < info.num_classes:
       raise exits.UserError(f"split {split!r} has label {label}, outside [0, {info.num_classes}).")
   _check_folder_classes(config, warn)
+
+
+def _check_image_text(config) -> bool:
+  """True for an image-text run whose model, data, loss and tokenizer agree (the first
+  caption is tokenized); one UserError otherwise; False for a classification run."""
+  model, data = factory.is_image_text_run(config), pipeline.is_image_text_data(config)
+  if not model and not data:
+    return False
+  if model and not data:
+    raise exits.UserError(
+        f"config.model_name={config.model_name!r} is an image-text model, but "
+        f"{config.dataset!r} has labels, not captions: give a caption dataset (TFDS "
+        "coco_captions, a folder with captions.jsonl / .csv, WebDataset .tar shards) or turn "
+        "the labels into captions with --config.input.caption_templates=\"('a photo of a "
+        "{}.',)\".")
+  if data and not model:
+    raise exits.UserError(
+        f"{config.dataset!r} gives image-text pairs, but config.model_name="
+        f"{config.model_name!r} is an image classifier; train an image-text model (one of "
+        f"{sorted(lit.LIT_CONFIGS)}, e.g. --config=configs/siglip.py).")
+  if config.loss not in contrastive.LOSSES:
+    raise exits.UserError(f"config.loss={config.loss!r}: an image-text model trains with one of "
+                          f"{contrastive.LOSSES}; pass --config.loss=sigmoid_contrastive.")
+  settings = pipeline.text_settings(config)
+  source, info = open_source(config, config.train_split)
+  source, key = pipeline.image_text_source(config, source, info)
+  try:
+    first = captions.element_captions(source[0], key)
+    settings.tokenize(first[:1])
+  except (OSError, ValueError) as e:
+    raise exits.UserError(f"cannot tokenize the captions of {config.dataset!r} with "
+                          f"config.pp.tokenizer={settings.tokenizer!r} on config.pp.vocab="
+                          f"{settings.vocab!r}: {e}") from e
+  return True
 
 
 def _check_folder_classes(config, warn) -> None:

@@ -33,14 +33,14 @@ import os
 from typing import Any, Callable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
 from vit_jax import exits
 from vit_jax.configs import base
-from vit_jax.models import registry
+from vit_jax.models import factory
+from vit_jax.training import train_state
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -206,12 +206,11 @@ def read_params(workdir: str, step: Optional[int] = None, which: str = "raw"
   if which == "ema" and not float(config.ema.decay):
     raise exits.UserError(f"the run in {workdir} kept no EMA of its params (config.ema.decay is "
                           "0); export the raw params (--params=raw).")
-  model = registry.model_from_run_config(config, int(config.num_classes))
+  model = factory.model_from_run_config(config, int(config.num_classes))
   crop = int(config.pp.crop)
-  images = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
   # No shardings: every leaf is read into host numpy (by each process of a multi-host job).
-  abstract = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)["params"]
+  abstract = jax.eval_shape(lambda: train_state.init_model_params(
+      model, jax.random.PRNGKey(0), (1, crop, crop, 3)))
   ckpt = Checkpointer(workdir)
   try:
     steps = ckpt.all_steps()

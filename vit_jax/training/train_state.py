@@ -19,7 +19,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from vit_jax import sharding
-from vit_jax.models import registry
+from vit_jax.models import factory
 from vit_jax.training import ema, optim, param_groups
 
 
@@ -74,7 +74,7 @@ class StateSetup:
     return self.state_shardings.params
 
 
-def _init_params(model: nn.Module, rng: jax.Array, input_shape) -> Any:
+def init_model_params(model: nn.Module, rng: jax.Array, input_shape) -> Any:
   """model.init on zeros; returns the 'params' collection. A model with `init_inputs` (an
   image-text model: images and tokens) says what its keyword inputs are."""
   key = jax.random.wrap_key_data(rng) if rng.dtype == jnp.uint32 else rng
@@ -90,7 +90,7 @@ def make_setup(model: nn.Module, tx: optax.GradientTransformation, schedule, mes
                groups: Optional[param_groups.Groups] = None) -> StateSetup:
   """Computes the abstract state and the shardings of every leaf (params by logical rules)."""
   rng0 = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  params, logical = sharding.param_layout(lambda r: _init_params(model, r, input_shape), rng0)
+  params, logical = sharding.param_layout(lambda r: init_model_params(model, r, input_shape), rng0)
   p_shard = sharding.param_shardings(params, logical, mesh, rules)
   opt_abstract = jax.eval_shape(tx.init, params)
   repl = sharding.replicated(mesh)
@@ -128,7 +128,7 @@ def opt_state_shardings(opt_abstract: Any, params: Any, param_shardings: Any, ot
 
 def setup_from_config(config, mesh: Mesh, num_classes: int, total_steps: int) -> StateSetup:
   """StateSetup for the model/optimizer/input size/EMA that `config` describes."""
-  model = registry.model_from_run_config(config, num_classes)
+  model = factory.model_from_run_config(config, num_classes)
   groups = param_groups.from_config(config)  # config.param_groups is parsed here, once.
   tx, schedule = optim.make_optimizer(config, total_steps, groups)
   crop = int(config.pp.crop)
@@ -140,7 +140,7 @@ def init_params(setup: StateSetup, seed: int) -> Any:
   """The params create_train_state(setup, seed) starts from (sharded on setup.mesh)."""
   def init(rng):
     init_rng, _ = jax.random.split(rng)
-    return _init_params(setup.model, init_rng, setup.input_shape)
+    return init_model_params(setup.model, init_rng, setup.input_shape)
   return jax.jit(init, out_shardings=setup.param_shardings)(jax.random.PRNGKey(seed))
 
 
@@ -148,7 +148,7 @@ def create_train_state(setup: StateSetup, seed: int) -> TrainState:
   """A freshly initialised state, created already sharded on setup.mesh."""
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
-    params = _init_params(setup.model, init_rng, setup.input_shape)
+    params = init_model_params(setup.model, init_rng, setup.input_shape)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=setup.tx.init(params), rng=train_rng,
                       ema_params=ema.init(params) if setup.ema else None)

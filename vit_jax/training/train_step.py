@@ -1,7 +1,8 @@
 """The jitted train and eval steps (explicit in/out shardings, buffer donation).
 
 Train step: softmax cross-entropy on the (already smoothed / mixed) one-hot labels (or
-config.loss; mixed with a teacher's distillation loss, distill.py), gradients accumulated
+config.loss; mixed with a teacher's distillation loss, distill.py; an image-text model's
+contrastive loss over the global batch of images and tokens, contrastive.py), gradients accumulated
 over `accum_steps` equal micro-batches with lax.scan (the mean equals the full-batch
 gradient), then the optax chain (global-norm clipping, SGD-momentum or AdamW, under the
 param groups of param_groups.py) and the EMA of the params (ema.py). Dropout keys are derived
@@ -19,8 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import sharding
 from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
-from vit_jax.models import axes
-from vit_jax.training import distill, ema, losses, param_groups
+from vit_jax.models import axes, lit
+from vit_jax.training import contrastive, distill, ema, losses, param_groups
 from vit_jax.training.train_state import StateSetup, TrainState
 
 # Per-example softmax cross-entropy on one-hot / soft labels: the eval loss (losses.py's home).
@@ -33,6 +34,41 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh) -> jax.Array:
   micro = x.shape[0] // accum_steps
   x = x.reshape((micro, accum_steps) + x.shape[1:]).swapaxes(0, 1)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+
+
+def make_contrastive_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str) -> Callable:
+  """f(params, batch, rng) -> (loss, aux, grads) of an image-text model on {'image', 'tokens'}:
+  the contrastive loss `loss` over the whole global batch (contrastive.get), aux = the
+  temperature 't', the bias 'b' (SigLIP) and the in-batch image->text top-1 'accuracy'."""
+  if accum_steps != 1:
+    raise ValueError(f"config.accum_steps={accum_steps}: a contrastive loss scores every image "
+                     "against every text of the batch, so micro-batches would change the loss "
+                     "(not only its memory); set --config.accum_steps=1 and lower "
+                     "--config.batch or raise the device count, or use remat "
+                     "(--config.model.remat=True).")
+  model = setup.model
+  constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
+  objective = contrastive.get(loss, setup.mesh)
+
+  def loss_fn(params, images, tokens, rng):
+    params = param_groups.stop_frozen(params, setup.frozen)
+    with axes.activation_sharding(constrainer):
+      zimg, ztxt, out = model.apply({"params": params}, images=images, tokens=tokens,
+                                    train=True, rngs={"dropout": rng})
+    b = out.get("b", jnp.zeros((1,), jnp.float32))
+    value = objective(zimg, ztxt, out["t"], b)
+    aux = {"accuracy": contrastive.in_batch_accuracy(zimg, ztxt, setup.mesh),
+           "t": jnp.reshape(out["t"], ()), "b": jnp.reshape(b, ())}
+    return value, aux
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def loss_and_grad(params, batch, rng, teacher_params=None):
+    del teacher_params
+    (value, aux), grads = grad_fn(params, batch["image"], batch["tokens"], rng)
+    return value, aux, grads
+
+  return loss_and_grad
 
 
 def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax_xent",
@@ -90,7 +126,13 @@ def make_train_step(setup: StateSetup, accum_steps: int = 1,
   """jit(train_step)(state, batch) -> (state, metrics); donates the state's buffers. With a
   teacher: jit(train_step)(state, batch, teacher_params), the teacher's params not donated.
   After the optimizer update frozen leaves keep their bits and the EMA (setup.ema) moves."""
-  loss_and_grad = make_loss_and_grad(setup, accum_steps, loss, teacher)
+  if lit.is_lit(setup.model):
+    if teacher is not None:
+      raise ValueError("config.distill trains an image classifier from a teacher's logits; an "
+                       "image-text model has no logits to distil. Unset config.distill.path.")
+    loss_and_grad = make_contrastive_loss_and_grad(setup, accum_steps, loss)
+  else:
+    loss_and_grad = make_loss_and_grad(setup, accum_steps, loss, teacher)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params=None):
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -131,12 +173,24 @@ def make_feature_step(setup: StateSetup) -> Callable:
   return jax.jit(feature_step)
 
 
-def abstract_batch(config, num_classes: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global train batch as ShapeDtypeStructs on the batch sharding (nothing allocated)."""
+def batch_keys(model: Any) -> tuple[str, ...]:
+  """The keys of a train batch for `model`: images with labels, or with tokens (image-text)."""
+  return ("image", "tokens") if lit.is_lit(model) else ("image", "label")
+
+
+def abstract_batch(config, num_classes: int, mesh, model: Any = None
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global train batch as ShapeDtypeStructs on the batch sharding (nothing allocated);
+  for an image-text `model` {'image', 'tokens' (batch, its pp max_len) int32}."""
   crop = int(config.pp.crop)
   bsh = sharding.batch_sharding(mesh)
-  shapes = {"image": (config.batch, crop, crop, 3), "label": (config.batch, num_classes)}
-  return {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh) for k, shape in shapes.items()}
+  image = jax.ShapeDtypeStruct((config.batch, crop, crop, 3), jnp.float32, sharding=bsh)
+  if model is not None and lit.is_lit(model):
+    length = int(model.pp["max_len"])
+    return {"image": image,
+            "tokens": jax.ShapeDtypeStruct((config.batch, length), jnp.int32, sharding=bsh)}
+  return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, num_classes), jnp.float32,
+                                                        sharding=bsh)}
 
 
 def lower_train_step(setup: StateSetup, config, num_classes: int,
@@ -151,7 +205,7 @@ def lower_train_step(setup: StateSetup, config, num_classes: int,
   if teacher is None:
     teacher = distill.from_config(config, setup.mesh, num_classes, setup.rules, setup.input_shape)
   step_fn = make_train_step(setup, int(config.accum_steps), str(config.loss), teacher)
-  args = (setup.abstract_state, abstract_batch(config, num_classes, setup.mesh))
+  args = (setup.abstract_state, abstract_batch(config, num_classes, setup.mesh, setup.model))
   if teacher is not None:
     args += (teacher.abstract_params,)
   return step_fn.lower(*args)

@@ -1,0 +1,147 @@
+"""Image-text training on the trainer: the README's digits example end to end (small), the
+contrastive step equal on 1 and 8 devices, retrieval against NumPy, LiT's locked image tower
+from an image checkpoint, and the one-line refusals."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_image_text_config
+from jax.sharding import Mesh
+from PIL import Image
+
+from vit_jax import artifacts, checkpoint, exits, sharding
+from vit_jax.datasets import preprocess, sources, text
+from vit_jax.evaluators import retrieval
+from vit_jax.export_formats import writers
+from vit_jax.models import lit
+from vit_jax.run import loop
+from vit_jax.training import train_state, train_step
+
+
+def test_digits_example_trains_and_evaluates_zero_shot(tmp_path, data_dir):
+  config = tiny_image_text_config(data_dir, total_steps=8, checkpoint_every=8)
+  result = loop.train_and_evaluate(config, str(tmp_path / "w"))
+  assert result["step"] == 8
+  ev = result["eval"]  # the default evaluator of an image-text run on labelled data
+  assert ev["examples"] == 297 and ev["classes"] == 10 and 0 <= ev["top1"] <= 1
+  train = result["train"]
+  assert {"loss", "accuracy", "t", "b"} <= set(train) and np.isfinite(train["loss"])
+  assert train["t"] == pytest.approx(10.0, rel=0.05)       # SigLIP's init, barely moved
+  # The workdir serves every command line: weights with the run's vocabulary, both exports.
+  weights = artifacts.resolve(workdir=str(tmp_path / "w"))
+  assert lit.is_lit(weights.model) and weights.vocab == config.pp.vocab
+  params = jax.device_get(result["state"].params)
+  out = str(tmp_path / "two_tower.npz")
+  writers.export_files(str(tmp_path / "w"), out, fmt="big_vision")
+  loaded = checkpoint.load_image_text(out)
+  for a, b in zip(jax.tree.leaves(params["txt"]), jax.tree.leaves(loaded["txt"])):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(loaded["b"], params["b"])
+
+
+def _mesh(n):
+  return Mesh(np.array(jax.devices()[:n]).reshape(n, 1, 1), sharding.MESH_AXES)
+
+
+def test_the_contrastive_step_is_the_same_on_one_and_eight_devices(data_dir):
+  config = tiny_image_text_config(data_dir, loss="sigmoid_contrastive")
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32),
+           "tokens": rng.integers(0, 24, (32, 8)).astype(np.int32)}
+  out = []
+  for n in (1, 8):
+    setup = train_state.setup_from_config(config, _mesh(n), 0, 12)
+    state = train_state.create_train_state(setup, 0)
+    step = train_step.compile_train_step(setup, config, 0)
+    placed = jax.device_put(batch, sharding.batch_sharding(setup.mesh))
+    state, metrics = step(state, placed)
+    out.append((jax.device_get(metrics), jax.device_get(state.params)))
+  (m1, p1), (m8, p8) = out
+  for key in ("loss", "accuracy", "grad_norm"):
+    assert float(m8[key]) == pytest.approx(float(m1[key]), rel=1e-4, abs=1e-6)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _caption_folder(root, n=6):
+  captions = {}
+  for split in ("train", "test"):
+    folder = root / split
+    folder.mkdir(parents=True)
+    rows = []
+    for k in range(n):
+      rng = np.random.default_rng(k)
+      Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+      caps = [f"image {k} view {v}" for v in range(1 + k % 3)]   # 1 to 3 captions each
+      rows.append(json.dumps({"image": f"{k}.png", "captions": caps}))
+      captions[split, k] = caps
+    (folder / "captions.jsonl").write_text("\n".join(rows))
+  words = [c for caps in captions.values() for c in caps] + [str(k) for k in range(n)]
+  vocab = text.write_wordpiece_vocab(words, str(root / "vocab.txt"))
+  sources.clear_cache()
+  return captions, vocab
+
+
+def test_retrieval_on_a_caption_folder_equals_numpy_recall(tmp_path, data_dir):
+  captions, vocab = _caption_folder(tmp_path / "data")
+  config = tiny_image_text_config(data_dir, dataset=str(tmp_path / "data"), batch=8,
+                                  batch_eval=8, total_steps=4, checkpoint_every=4, **{
+                                      "input.caption_templates": (),
+                                      "input.caption_classnames": (), "pp.vocab": vocab})
+  result = loop.train_and_evaluate(config, str(tmp_path / "w"))
+  ev = result["eval"]
+  assert ev["images"] == 6 and ev["captions"] == 12
+  # The oracle: the final params' embeddings of every test image and caption, NumPy recall.
+  params = jax.device_get(result["state"].params)
+  setup = train_state.setup_from_config(config, _mesh(1), 0, 4)
+  opts = preprocess.options_from_config(config.pp)
+  images = np.stack([preprocess.eval_values(preprocess.eval_image(
+      open(tmp_path / "data" / "test" / f"{k}.png", "rb").read(), opts)[None], opts)[0]
+      for k in range(6)])
+  texts = [c for k in range(6) for c in captions["test", k]]
+  owner = [k for k in range(6) for _ in captions["test", k]]
+  tokens = text.BertTokenizer(vocab_path=vocab, max_len=8)(texts)
+  zimg, ztxt, _ = setup.model.apply({"params": params}, images=images, tokens=tokens)
+  expected = retrieval.recall_at_k(np.asarray(zimg), np.asarray(ztxt), owner)
+  for key, value in expected.items():
+    assert ev[key] == pytest.approx(value), key
+
+
+def test_lit_tunes_the_text_tower_against_a_locked_image_checkpoint(tmp_path, data_dir):
+  config = tiny_image_text_config(data_dir, total_steps=4, checkpoint_every=4)
+  setup = train_state.setup_from_config(config, _mesh(1), 0, 4)
+  image = jax.device_get(train_state.init_params(setup, 7))["img"]
+  path = str(tmp_path / "image_tower.npz")
+  checkpoint.save(image, path)
+  tuned = tiny_image_text_config(data_dir, total_steps=4, checkpoint_every=4,
+                                 pretrained_path=path, param_groups=(("img/.*", "freeze"),))
+  result = loop.train_and_evaluate(tuned, str(tmp_path / "w"))
+  state = result["state"]
+  after = jax.device_get(state.params)
+  for a, b in zip(jax.tree.leaves(image), jax.tree.leaves(after["img"])):
+    np.testing.assert_array_equal(a, b)                    # locked: bit for bit the file's
+  fresh = jax.device_get(train_state.init_params(setup, tuned.seed))["txt"]
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh),
+                                                     jax.tree.leaves(after["txt"]))]
+  assert any(moved)
+  slots = jax.tree.leaves(state.opt_state)
+  n_img = sum(x.size for x in jax.tree.leaves(after["img"]))
+  n_all = sum(x.size for x in jax.tree.leaves(after))
+  assert sum(x.size for x in slots) < 2 * (n_all - n_img) + 100  # no Adam slots for img/
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"input.caption_templates": ()}, "has labels, not captions"),
+    ({"loss": "softmax_xent"}, "sigmoid_contrastive"),
+    ({"model_name": "ViT-Ti_16", "model.out_dim": None, "model.image_model": None,
+      "model.text.width": None, "model.text.num_layers": None, "model.text.mlp_dim": None,
+      "model.text.num_heads": None, "model.text.vocab_size": None}, "image classifier"),
+])
+def test_mismatched_model_data_or_loss_is_one_error_before_compiling(tmp_path, data_dir,
+                                                                      overrides, message):
+  config = tiny_image_text_config(data_dir, **overrides)
+  with pytest.raises(exits.UserError, match=message):
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
