@@ -93,7 +93,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help="zero-shot: class names, one per line in label order (default: the "
                       "dataset's)")
   p.add_argument("--zeroshot_templates", default=None,
-                 help="zero-shot: prompt templates with '{}', one per line (default: "
+                 help="zero-shot: prompt templates with '{}', one per line, or a shipped set: "
+                      "clip_paper (CLIP's 80 ImageNet prompts) or clip_best (default: "
                       "'a photo of a {}.')")
   p.add_argument("--retrieval", action="append", default=[],
                  help="an image-text model: image <-> text recall@1/5/10 on this caption "

@@ -47,3 +47,4 @@ def test_bad_caption_owners_are_clear_errors():
     retrieval.recall_at_k(np.eye(2), np.eye(2), [0, 5])
   with pytest.raises(ValueError, match="at least one caption"):
     retrieval.recall_at_k(np.eye(2), np.eye(2), [0, 0])
+

@@ -63,3 +63,16 @@ def test_top_k_matches_a_sort_and_softmax():
   assert idx.tolist() == [[1, 3, 0]]  # Ties keep the lower index first.
   e = np.exp(scores[0] - 2.0)
   np.testing.assert_allclose(probs[0], e[[1, 3, 0]] / e.sum())
+
+
+def test_shipped_prompt_sets_and_wordnet_class_names():
+  from vit_jax.evaluators import zeroshot, zeroshot_evaluator  # pylint: disable=g-import-not-at-top
+  clip = zeroshot.templates("clip_paper")
+  assert len(clip) == 81 and clip[-1] == "{}" and all("{}" in t for t in clip)
+  assert "itap of a {}." in zeroshot.templates("clip_best")
+  assert zeroshot.templates(None) == zeroshot.DEFAULT_TEMPLATES
+  assert zeroshot.templates(["x {}"]) == ("x {}",)
+  with pytest.raises(ValueError, match="clip_paper"):
+    zeroshot.templates("clip")
+  assert zeroshot_evaluator.wordnet_names(["n01440764", "n02119789", "n99999999"]) == [
+      "tench", "kit fox", "n99999999"]

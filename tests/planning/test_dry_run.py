@@ -198,3 +198,16 @@ def test_a_repeated_topology_dry_run_reads_its_memo(tmp_path, monkeypatch):
   with config.unlocked():  # another program: another entry
     config.batch = 32
   assert dry_run.analyse(config, devices)["compile_memo_hit"] is False
+
+
+@needs_libtpu
+def test_a_two_tower_sigmoid_step_compiles_for_a_tpu_slice_with_the_same_report(data_dir):
+  from helpers import tiny_image_text_config  # pylint: disable=g-import-not-at-top
+  config = tiny_image_text_config(data_dir, batch=16, **{"mesh": (("data", 2), ("fsdp", 2))})
+  r = dry_run.analyse(config, dry_run.target_devices("v5e:2x2"))
+  assert r["fits"] is True and r["devices"] == 4 and r["total_params"] > 0
+  # The chunked loss and in-batch accuracy pass the text embeddings around the 4 batch shards:
+  # 3 hops each, forward, and the loss's backward again -- never an all-gather of them.
+  assert r["collectives"]["collective-permute"]["count"] >= 6
+  assert 0.5 < r["flops_per_device"] / r["formula_flops_per_device"] < 2.0
+  assert "fits: yes" in dry_run.format_report(r)

@@ -20,7 +20,7 @@ import optax
 from vit_jax import sharding
 from vit_jax.checkpoint import augreg, sources
 from vit_jax.configs import base
-from vit_jax.evaluators import command_line, runner
+from vit_jax.evaluators import command_line, runner, zeroshot
 from vit_jax.models import lit
 from vit_jax.training import train_state
 
@@ -67,7 +67,9 @@ def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any
   extra: dict[str, Any] = {"vocab": str(vocab)}
   for key, flag in (("classnames", "zeroshot_classnames"), ("templates", "zeroshot_templates")):
     path = getattr(args, flag, None)
-    if path:
+    if path and key == "templates" and path in zeroshot.PROMPT_SETS:
+      extra[key] = path  # A shipped prompt set by name.
+    elif path:
       if not os.path.isfile(path):
         raise FileNotFoundError(f"--{flag} {path!r} does not exist; give a text file with one "
                                 f"{'class name' if key == 'classnames' else 'template'} per line.")

@@ -7,12 +7,32 @@ product of the two unit vectors, so the scores are logits of the model's own sof
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 # One neutral prompt; config.evals entries and --zeroshot_templates give others.
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+# Named prompt sets shipped in vit_jax/labels/ (big_vision's names): 'clip_paper' -- the 80
+# ImageNet templates of CLIP (Radford et al. 2021) that LiT also reports with, plus the bare
+# class name; 'clip_best' -- CLIP's best 7 of them plus the bare name.
+PROMPT_SETS = {"clip_paper": "prompts_clip_paper.txt", "clip_best": "prompts_clip_best.txt"}
+
+
+def templates(value: Any) -> tuple[str, ...]:
+  """Prompt templates from a config value: a PROMPT_SETS name, a sequence of templates, or
+  None / empty (DEFAULT_TEMPLATES)."""
+  if not value:
+    return DEFAULT_TEMPLATES
+  if isinstance(value, str):
+    if value not in PROMPT_SETS:
+      raise ValueError(f"prompt templates {value!r}: name one of {sorted(PROMPT_SETS)} or give "
+                       "the templates themselves (a list of strings with '{}').")
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "labels", PROMPT_SETS[value])
+    with open(path, encoding="utf-8") as f:
+      return tuple(line.rstrip("\n") for line in f if line.strip())
+  return tuple(str(t) for t in value)
 
 
 def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:

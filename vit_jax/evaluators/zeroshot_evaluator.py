@@ -4,7 +4,9 @@ trained on from its class names and prompt templates (zeroshot.py's maths).
 Entry keys (beside common.COMMON_KEYS):
   classnames  the class names, in label order (default: the dataset's own -- TFDS label names
               or the folder's class folders -- with '_' read as a space)
-  templates   prompt templates with '{}' for the name (default zeroshot.DEFAULT_TEMPLATES)
+  templates   prompt templates with '{}' for the name, or a shipped set by name ('clip_paper':
+              CLIP's 80 ImageNet prompts, 'clip_best'; zeroshot.PROMPT_SETS); default
+              zeroshot.DEFAULT_TEMPLATES
   vocab       the tokenizer's vocabulary file (a LiT checkpoint's .txt / .model beside it;
               `python -m vit_jax.evaluate` sets it from the weights' location)
   tokenizer, max_len  default: the model's pp.tokenizer_name and pp.max_len
@@ -14,6 +16,8 @@ classes.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -48,7 +52,7 @@ def run(ctx: common.Context, spec: common.Spec, params: Any) -> dict[str, float]
                      "classes; give one name per class, in label order.")
   topk = int(s.get("topk") or 5)
   tokenizer = make_tokenizer(model, s, ctx.config.pp)
-  templates = tuple(s.get("templates") or zeroshot.DEFAULT_TEMPLATES)
+  templates = zeroshot.templates(s.get("templates"))
   zclasses = zeroshot.class_embeddings(text_embedder(ctx, params, tokenizer), names, templates)
   step = ctx.cached(("zeroshot", topk), lambda: make_eval_step(ctx.setup, topk))
   totals = common.classification_pass(lambda p, b: step(p, b, zclasses), params, data,
@@ -64,7 +68,24 @@ def dataset_classnames(config, info) -> list[str]:
   if not info.class_names:
     raise ValueError(f"{config.dataset} does not name its classes; give them in label order "
                      "(the entry's classnames, or --zeroshot_classnames FILE).")
-  return [str(n).replace("_", " ") for n in info.class_names]
+  names = [str(n) for n in info.class_names]
+  if all(re.fullmatch(r"n\d{8}", n) for n in names):  # WordNet ids (TFDS imagenet2012)
+    names = wordnet_names(names)
+  return [n.replace("_", " ") for n in names]
+
+
+def wordnet_names(ids: Sequence[str]) -> list[str]:
+  """The first English name of each WordNet synset id ('n01440764' -> 'tench'), from the
+  ImageNet label files shipped in vit_jax/labels/; an unknown id stays as it is."""
+  table = {}
+  folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "labels")
+  for name in ("imagenet21k.txt", "imagenet1k.txt"):
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+      for line in f:
+        wnid, _, words = line.rstrip("\n").partition("\t")
+        if words:
+          table[wnid] = words.split(",")[0].strip()
+  return [table.get(i, i) for i in ids]
 
 
 def make_tokenizer(model: Any, settings: dict, run_pp: Any = None) -> Any:
