@@ -11,7 +11,7 @@ from helpers import tiny_image_text_config
 from jax.sharding import Mesh
 from PIL import Image
 
-from vit_jax import artifacts, checkpoint, exits, sharding
+from vit_jax import artifacts, checkpoint, evaluate, exits, sharding
 from vit_jax.datasets import preprocess, sources, text
 from vit_jax.evaluators import retrieval
 from vit_jax.export_formats import writers
@@ -107,6 +107,14 @@ def test_retrieval_on_a_caption_folder_equals_numpy_recall(tmp_path, data_dir):
   expected = retrieval.recall_at_k(np.asarray(zimg), np.asarray(ztxt), owner)
   for key, value in expected.items():
     assert ev[key] == pytest.approx(value), key
+  # The command line on the workdir: its own default evaluator, then --retrieval by flag.
+  out = tmp_path / "r.json"
+  assert evaluate.main(["--workdir", str(tmp_path / "w"), "--json", str(out)]) == 0
+  results = json.loads(out.read_text())["results"]
+  assert results["retrieval/img2txt_r@1"] == pytest.approx(expected["img2txt_r@1"])
+  assert evaluate.main(["--workdir", str(tmp_path / "w"), "--retrieval", str(tmp_path / "data"),
+                        "--split", "train", "--json", str(out)]) == 0
+  assert json.loads(out.read_text())["results"]["retrieval/captions"] == 12
 
 
 def test_lit_tunes_the_text_tower_against_a_locked_image_checkpoint(tmp_path, data_dir):
