@@ -20,6 +20,10 @@ configs/proj/image_text/siglip_lit_coco.py, unless said otherwise):
   * batch 512, 5000 steps, Adam (weight decay 0.01) lr 1e-3, cosine decay, warmup 3% of the
     steps (at least 100), gradient clipping 1.0;
   * train images: `resize(224)` (no crop), horizontal flip, RandAugment(2, 10).
+
+`--config.input.image_embeddings=True` embeds every train image once with the locked tower
+(the eval preprocessing: no flip or RandAugment) and trains the text tower against those rows,
+as the LiT paper notes a locked tower allows: no image decode or image forward per step.
 """
 from vit_jax.configs import base
 

@@ -39,6 +39,22 @@ def test_digits_example_trains_and_evaluates_zero_shot(tmp_path, data_dir):
   for a, b in zip(jax.tree.leaves(params["txt"]), jax.tree.leaves(loaded["txt"])):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(loaded["b"], params["b"])
+  # That file starts a new run whole (both towers, t and b): tuning a published two-tower.
+  again = tiny_image_text_config(data_dir, pretrained_path=out)
+  setup = train_state.setup_from_config(again, _mesh(1), 0, 12)
+  lines = []
+  start = loop.load_pretrained_params(again, setup, lines.append)
+  for a, b in zip(jax.tree.leaves(params["txt"]), jax.tree.leaves(start["txt"])):
+    np.testing.assert_array_equal(np.asarray(b), a)
+  np.testing.assert_array_equal(np.asarray(start["t"]), params["t"])
+  # big_vision adds the class token after the position embedding, so the export folds our
+  # class slot of pos_embedding into cls: other arrays, the same image embeddings.
+  images = np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+  tokens = np.ones((4, 8), np.int32)
+  z0 = setup.model.apply({"params": params}, images=images, tokens=tokens)
+  z1 = setup.model.apply({"params": jax.device_get(start)}, images=images, tokens=tokens)
+  np.testing.assert_allclose(z1[0], z0[0], atol=1e-5)
+  assert "text tower: from the same file." in lines
 
 
 def _mesh(n):
@@ -153,3 +169,30 @@ def test_mismatched_model_data_or_loss_is_one_error_before_compiling(tmp_path, d
   with pytest.raises(exits.UserError, match=message):
     loop.train_and_evaluate(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_precomputed_image_embeddings_train_the_text_tower_as_the_images_do(tmp_path, data_dir):
+  # crop = resize and no flip: the train preprocessing equals the eval one the rows are made
+  # with, so both runs see the same image embeddings at every step.
+  frozen = {"param_groups": (("img/.*", "freeze"),), "total_steps": 4, "checkpoint_every": 4}
+  plain = loop.train_and_evaluate(tiny_image_text_config(data_dir, **frozen),
+                                  str(tmp_path / "plain"))
+  config = tiny_image_text_config(data_dir, **frozen, **{"input.image_embeddings": True})
+  fast = loop.train_and_evaluate(config, str(tmp_path / "fast"))
+  files = os.listdir(tmp_path / "fast" / "image_embeddings")
+  rows = np.load(tmp_path / "fast" / "image_embeddings" / files[0])
+  assert rows.shape == (1500, 16)
+  np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+  a, b = (jax.device_get(r["state"].params) for r in (plain, fast))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  assert fast["train"]["loss"] == pytest.approx(plain["train"]["loss"], rel=1e-4)
+  # A resumed run reuses the file; an image tower that trains is refused.
+  again = loop.train_and_evaluate(tiny_image_text_config(
+      data_dir, **dict(frozen, total_steps=4), **{"input.image_embeddings": True}),
+      str(tmp_path / "fast"))
+  assert again.get("already_finished") and len(os.listdir(tmp_path / "fast" /
+                                                          "image_embeddings")) == 1
+  with pytest.raises(ValueError, match="locked image tower"):
+    loop.train_and_evaluate(tiny_image_text_config(data_dir, **{
+        "input.image_embeddings": True}), str(tmp_path / "unfrozen"))

@@ -92,6 +92,9 @@ def defaults() -> ml_collections.ConfigDict:
   # The class names those captions (and the default zero-shot evaluator) use, in label order;
   # () = the dataset's own names.
   c.input.caption_classnames = ()
+  # LiT with a locked image tower (every img/ parameter frozen): embed the train images once
+  # (eval preprocessing, run/image_embeddings.py) and train the text tower against those rows.
+  c.input.image_embeddings = False
 
   c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
   c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.

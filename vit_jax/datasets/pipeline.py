@@ -168,19 +168,52 @@ class TrainBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class Indexed:
+  """A source whose elements also carry their index ('_index'): the row of a precomputed
+  image embedding."""
+  source: Any
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    return {**self.source[index], "_index": np.int64(index)}
+
+
+@dataclasses.dataclass
+class EmbeddingRows:
+  """Rows of a (N, D) .npy of image embeddings, memory-mapped on first use in each process."""
+  path: str
+  _rows: Any = dataclasses.field(default=None, repr=False)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    if self._rows is None:
+      self._rows = np.load(self.path, mmap_mode="r")
+    return np.asarray(self._rows[index], np.float32)
+
+  def __getstate__(self) -> dict:
+    return {"path": self.path, "_rows": None}
+
+
+@dataclasses.dataclass(frozen=True)
 class CaptionTrainElement:
   """Element transform of image-text data: encoded image + captions -> uint8 crop + one
-  caption, drawn uniformly from the image's captions with the element's RNG."""
+  caption, drawn uniformly from the image's captions with the element's RNG; with
+  `embeddings` (LiT's precomputed image embeddings) the image's row instead of its pixels."""
   opts: preprocess.PreprocessOptions
   captions_key: str
+  embeddings: Optional[EmbeddingRows] = None
 
   def __call__(self, element: dict, rng: np.random.Generator) -> dict:
-    try:
-      image = preprocess.train_image(element["image"], self.opts, rng)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    if self.embeddings is not None:
+      out = {"zimg": self.embeddings[int(element["_index"])]}
+    else:
+      try:
+        out = {"image": preprocess.train_image(element["image"], self.opts, rng)}
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
     texts = captions.element_captions(element, self.captions_key)
-    return {"image": image, "text": texts[int(rng.integers(len(texts)))]}
+    return {**out, "text": texts[int(rng.integers(len(texts)))]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +258,9 @@ class CaptionTrainBatch:
   text: TextSettings
 
   def __call__(self, batch: dict) -> dict:
-    return {"image": preprocess.train_values(batch["image"], self.opts),
-            "tokens": self.text.tokenize(batch["text"])}
+    out = ({"zimg": batch["zimg"].astype(np.float32)} if "zimg" in batch
+           else {"image": preprocess.train_values(batch["image"], self.opts)})
+    return {**out, "tokens": self.text.tokenize(batch["text"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,8 +395,11 @@ class TrainIterator(Iterator[dict]):
 
 
 def create_train_iterator(config, *, process_index: Optional[int] = None,
-                          process_count: Optional[int] = None) -> TrainIterator:
-  """This process's rows of the global shuffled, augmented train batches (module docstring)."""
+                          process_count: Optional[int] = None,
+                          image_embeddings: Optional[str] = None) -> TrainIterator:
+  """This process's rows of the global shuffled, augmented train batches (module docstring);
+  image-text data with `image_embeddings` (a (N, D) .npy in source order,
+  run/image_embeddings.py) gives {'zimg', 'tokens'} batches."""
   import grain  # pylint: disable=g-import-not-at-top
   process_index, process_count = _processes(process_index, process_count)
   global_batch = int(config.batch)
@@ -380,6 +417,12 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   if not len(source):
     raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
   source, captions_key = image_text_source(config, source, info)
+  if image_embeddings and captions_key is None:
+    raise ValueError("precomputed image embeddings pair images with captions; this run's data "
+                     "has labels only.")
+  rows = None
+  if image_embeddings:
+    source, rows = Indexed(source), EmbeddingRows(str(image_embeddings))
   if captions_key is None:
     preprocess.check_label_classes(opts, info.num_classes)
   else:
@@ -391,7 +434,7 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
     stream = grain.MapDataset.range(sys.maxsize).map(
         RepeatedStream(stream, global_batch, repeats))
   element = (TrainElement(opts, *info.keys) if captions_key is None
-             else CaptionTrainElement(opts, captions_key))
+             else CaptionTrainElement(opts, captions_key, rows))
   stream = stream.random_map(element, seed=derive_seed(seed, 2))
   # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
   # i·P + p only (lazy random access: the other processes' rows are never read).

@@ -38,6 +38,7 @@ from vit_jax.models import factory, lit
 from vit_jax.planning import compiled_stats, datasheets
 from vit_jax.run import (
     compile_cache,
+    image_embeddings,
     metrics,
     preflight,
     run_state,
@@ -280,12 +281,16 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   evals = runner.Runner(setup, config)
   if step >= total:  # A finished run asked to run again: report, do not retrain.
     return _finished(config, workdir, step, state, evals, writer)
-  host_iter = pipeline.create_train_iterator(config)
+  embeddings = None
+  if config.input.image_embeddings:  # LiT: the locked image tower's rows, computed once.
+    termination.set_phase("embedding the train images (config.input.image_embeddings)")
+    embeddings = image_embeddings.ensure(config, workdir, setup, state.params, writer.text)
+  host_iter = pipeline.create_train_iterator(config, image_embeddings=embeddings)
   if data_state:
     host_iter.set_state(data_state)
   feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
                                             config.input.device_prefetch,
-                                            keys=train_step.batch_keys(setup.model))
+                                            keys=train_step.batch_keys(setup.model, config))
   if setup.groups is not None:
     for line in param_groups.table(setup.groups, setup.abstract_state.params):
       writer.text(line)

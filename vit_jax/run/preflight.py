@@ -75,6 +75,10 @@ def _check_image_text(config) -> bool:
   """True for an image-text run whose model, data, loss and tokenizer agree (the first
   caption is tokenized); one UserError otherwise; False for a classification run."""
   model, data = factory.is_image_text_run(config), pipeline.is_image_text_data(config)
+  if config.input.image_embeddings and not model:
+    raise exits.UserError("config.input.image_embeddings precomputes an image-text model's "
+                          "image embeddings (LiT); this run trains the image model "
+                          f"{config.model_name!r}: unset it.")
   if not model and not data:
     return False
   if model and not data:

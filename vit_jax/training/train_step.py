@@ -50,11 +50,14 @@ def make_contrastive_loss_and_grad(setup: StateSetup, accum_steps: int, loss: st
   constrainer = sharding.activation_constrainer(setup.mesh, setup.rules)
   objective = contrastive.get(loss, setup.mesh)
 
-  def loss_fn(params, images, tokens, rng):
+  def loss_fn(params, batch, rng):
     params = param_groups.stop_frozen(params, setup.frozen)
     with axes.activation_sharding(constrainer):
-      zimg, ztxt, out = model.apply({"params": params}, images=images, tokens=tokens,
-                                    train=True, rngs={"dropout": rng})
+      # Precomputed image embeddings (LiT, run/image_embeddings.py): the text tower only.
+      zimg, ztxt, out = model.apply({"params": params}, images=batch.get("image"),
+                                    tokens=batch["tokens"], train=True, rngs={"dropout": rng})
+    if zimg is None:
+      zimg = batch["zimg"]
     b = out.get("b", jnp.zeros((1,), jnp.float32))
     value = objective(zimg, ztxt, out["t"], b)
     aux = {"accuracy": contrastive.in_batch_accuracy(zimg, ztxt, setup.mesh),
@@ -65,7 +68,7 @@ def make_contrastive_loss_and_grad(setup: StateSetup, accum_steps: int, loss: st
 
   def loss_and_grad(params, batch, rng, teacher_params=None):
     del teacher_params
-    (value, aux), grads = grad_fn(params, batch["image"], batch["tokens"], rng)
+    (value, aux), grads = grad_fn(params, batch, rng)
     return value, aux, grads
 
   return loss_and_grad
@@ -173,22 +176,39 @@ def make_feature_step(setup: StateSetup) -> Callable:
   return jax.jit(feature_step)
 
 
-def batch_keys(model: Any) -> tuple[str, ...]:
-  """The keys of a train batch for `model`: images with labels, or with tokens (image-text)."""
-  return ("image", "tokens") if lit.is_lit(model) else ("image", "label")
+def batch_keys(model: Any, config: Any = None) -> tuple[str, ...]:
+  """The keys of a train batch for `model`: images with labels, or with tokens (image-text;
+  precomputed image embeddings 'zimg' instead of images with config.input.image_embeddings)."""
+  if not lit.is_lit(model):
+    return ("image", "label")
+  if config is not None and config.input.image_embeddings:
+    return ("zimg", "tokens")
+  return ("image", "tokens")
+
+
+def image_embedding_dim(model: Any, crop: int) -> int:
+  """The width of an image-text model's image embedding (its image projection, or its pooled
+  image features), from an abstract forward."""
+  zimg = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.PRNGKey(0), images=jnp.zeros((1, crop, crop, 3)))[0][0])
+  return int(zimg.shape[-1])
 
 
 def abstract_batch(config, num_classes: int, mesh, model: Any = None
                    ) -> dict[str, jax.ShapeDtypeStruct]:
   """The global train batch as ShapeDtypeStructs on the batch sharding (nothing allocated);
-  for an image-text `model` {'image', 'tokens' (batch, its pp max_len) int32}."""
+  for an image-text `model` {'image' (or 'zimg'), 'tokens' (batch, its pp max_len) int32}."""
   crop = int(config.pp.crop)
   bsh = sharding.batch_sharding(mesh)
   image = jax.ShapeDtypeStruct((config.batch, crop, crop, 3), jnp.float32, sharding=bsh)
   if model is not None and lit.is_lit(model):
     length = int(model.pp["max_len"])
-    return {"image": image,
-            "tokens": jax.ShapeDtypeStruct((config.batch, length), jnp.int32, sharding=bsh)}
+    tokens = jax.ShapeDtypeStruct((config.batch, length), jnp.int32, sharding=bsh)
+    if config.input.image_embeddings:
+      dim = image_embedding_dim(model, crop)
+      return {"zimg": jax.ShapeDtypeStruct((config.batch, dim), jnp.float32, sharding=bsh),
+              "tokens": tokens}
+    return {"image": image, "tokens": tokens}
   return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, num_classes), jnp.float32,
                                                         sharding=bsh)}
 
