@@ -6,7 +6,8 @@ B x to new_hw, <B x, new_kernel> = <x, kernel> (Beyer et al. 2023, "FlexiViT", S
 new_kernel = pinv(B^T) kernel. When new_hw is at least the old size in both axes B has
 full column rank and the equality is exact; when it is smaller the solution is the
 least-squares one. B is the image resize the input pipeline uses for "bilinear" (half-pixel
-centres, no antialiasing, edges clamped: tf.image.resize / big_vision), built here in NumPy.
+centres, no antialiasing, edges clamped: tf.image.resize / big_vision); the matrices are
+models/resize.py's, which a FlexiViT model also uses to resize its kernel on the fly.
 """
 from __future__ import annotations
 
@@ -14,24 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) matrix of 1-D bilinear resizing with half-pixel centres, edges clamped."""
-  coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-  floor = np.floor(coords)
-  frac = coords - floor
-  lo = np.clip(floor.astype(int), 0, n_in - 1)
-  hi = np.clip(floor.astype(int) + 1, 0, n_in - 1)
-  weights = np.zeros((n_out, n_in))
-  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
-  np.add.at(weights, (np.arange(n_out), hi), frac)
-  return weights
-
-
-def resize_matrix(old_hw: Sequence[int], new_hw: Sequence[int]) -> np.ndarray:
-  """(new_h*new_w, old_h*old_w) matrix B with vec(resize(x)) = B vec(x), row-major pixels."""
-  return np.kron(bilinear_matrix(int(old_hw[0]), int(new_hw[0])),
-                 bilinear_matrix(int(old_hw[1]), int(new_hw[1])))
+from vit_jax.models.resize import bilinear_matrix, pi_resize_matrix, resize_matrix  # noqa: F401
 
 
 def resize_patch_kernel(kernel: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
@@ -43,7 +27,6 @@ def resize_patch_kernel(kernel: np.ndarray, new_hw: Sequence[int]) -> np.ndarray
   old_hw, new_hw = tuple(kernel.shape[:2]), tuple(int(s) for s in new_hw)
   if old_hw == new_hw:
     return kernel
-  b = resize_matrix(old_hw, new_hw)                       # (new, old)
   flat = kernel.reshape(old_hw[0] * old_hw[1], -1).astype(np.float64)
-  resized = np.linalg.pinv(b.T) @ flat                    # (new, C*D)
+  resized = pi_resize_matrix(old_hw, new_hw) @ flat       # (new, C*D)
   return resized.reshape(new_hw + kernel.shape[2:]).astype(kernel.dtype)

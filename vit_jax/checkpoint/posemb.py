@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from vit_jax.models.resize import grid_axis_weights
+
 
 def square_grid(num_tokens: int, what: str = "position embedding") -> tuple[int, int]:
   """(g, g) for a perfect-square token count; a clear error otherwise."""
@@ -23,22 +25,10 @@ def square_grid(num_tokens: int, what: str = "position embedding") -> tuple[int,
   return side, side
 
 
-def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) linear-interpolation matrix with aligned corners (scipy zoom order=1)."""
-  coords = np.zeros(n_out) if n_out == 1 else np.arange(n_out) * ((n_in - 1) / (n_out - 1))
-  lo = np.clip(np.floor(coords).astype(int), 0, n_in - 1)
-  hi = np.minimum(lo + 1, n_in - 1)
-  frac = coords - lo
-  weights = np.zeros((n_out, n_in))
-  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
-  np.add.at(weights, (np.arange(n_out), hi), frac)
-  return weights
-
-
 def resize_grid(grid: np.ndarray, new_grid: Sequence[int]) -> np.ndarray:
   """(gh, gw, D) -> (new_gh, new_gw, D), bilinear with aligned corners, float64 maths."""
-  wh = _axis_weights(grid.shape[0], int(new_grid[0]))
-  ww = _axis_weights(grid.shape[1], int(new_grid[1]))
+  wh = grid_axis_weights(grid.shape[0], int(new_grid[0]))
+  ww = grid_axis_weights(grid.shape[1], int(new_grid[1]))
   out = np.einsum("ah,hwd->awd", wh, grid.astype(np.float64))
   return np.einsum("bw,awd->abd", ww, out)
 

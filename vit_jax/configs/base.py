@@ -180,6 +180,11 @@ def defaults() -> ml_collections.ConfigDict:
   # Resuming with a config that differs from the workdir's (other than RESUMABLE_CHANGES in
   # run_state.py) is refused unless this is set; the differences are logged.
   c.allow_config_change = False
+  # FlexiViT (training/flexi.py): patch sizes drawn per step (() = off; each must divide
+  # pp.crop), their weights (() = uniform), the learned position embedding's fixed grid
+  # (None = pp.crop // the base patch, config.model.patches.size).
+  c.flexi = ml_collections.ConfigDict(dict(patch_sizes=(), probs=(),
+                                           posemb_grid=config_dict.placeholder(tuple)))
   return c
 
 

@@ -20,7 +20,8 @@ from vit_jax.models import axes
 from vit_jax.training import train_step
 
 # The entry keys of every type (each type adds its own, registry.register(keys=...)).
-COMMON_KEYS = frozenset({"type", "every", "dataset", "split", "batch_size", "pp"})
+COMMON_KEYS = frozenset({"type", "every", "dataset", "split", "batch_size", "pp",
+                         "patch_size"})  # patch_size: a FlexiViT model at that patch size
 PP_KEYS = ("eval", "resize", "crop_pct")  # What an entry's pp may change (the crop is the model's).
 
 

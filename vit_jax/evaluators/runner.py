@@ -57,6 +57,7 @@ from vit_jax.evaluators.fewshot_evaluator import (  # noqa: F401  (re-exported)
   default_fewshot_datasets,
 )
 from vit_jax.models import factory
+from vit_jax.training import flexi
 
 # The types the modules above register.
 BUILTIN_TYPES = ("classification", "fewshot", "zeroshot", "retrieval")
@@ -124,6 +125,7 @@ class Runner:
   def __init__(self, setup, config):
     self.setup, self.config, self.specs = setup, config, specs(config)
     self.context = common.Context(setup, config)
+    self._contexts = {None: self.context}  # FlexiViT: one per evaluated patch size
 
   def run(self, params, step: int, total: int, ema_params=None) -> dict[str, float]:
     """Results of the evaluators due after `step`, by their names; with `ema_params` (the
@@ -138,7 +140,11 @@ class Runner:
   def run_one(self, spec: Spec, params) -> dict[str, float]:
     """Results of one evaluator (its registered type's run), named '<name>/<metric>'
     (historical names for the default)."""
-    values = registry.get(spec.type).run(self.context, spec, params)
+    patch = spec.settings.get("patch_size")
+    patch = int(patch) if patch else None
+    if patch not in self._contexts:  # its compiled steps are cached with it
+      self._contexts[patch] = common.Context(flexi.at_patch_size(self.setup, patch), self.config)
+    values = registry.get(spec.type).run(self._contexts[patch], spec, params)
     if not spec.name:
       return values
     return {f"{spec.name}/{k}": float(v) for k, v in values.items()}

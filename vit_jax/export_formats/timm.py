@@ -78,6 +78,9 @@ def _unrepresentable(source: common.Source) -> list[str]:
                      f"{common.patch_size(f)} (timm: mixer_{{s,b,l}}{{16,32}}_224)")
     return reasons
   reasons = []
+  if f.get("posemb_grid") is not None:
+    reasons.append("a FlexiViT position embedding of a fixed grid (posemb_grid), resized per "
+                   "patch size: timm's pos_embed has the export's grid")
   classifier = f.get("classifier", "token")
   if classifier not in _GLOBAL_POOL:
     reasons.append(f"classifier {classifier!r} (timm pools by class token, mean or MAP head)")

@@ -37,6 +37,9 @@ def _unrepresentable(source: common.Source) -> list[str]:
   reasons = []
   if f.get("resnet"):
     reasons.append("it is an R+ViT hybrid (ViTForImageClassification has no ResNet root)")
+  if f.get("posemb_grid") is not None:
+    reasons.append("a FlexiViT position embedding of a fixed grid (posemb_grid), resized per "
+                   "patch size (ViTForImageClassification interpolates only at call time)")
   classifier = f.get("classifier", "token")
   if classifier != "token":
     reasons.append(f"classifier {classifier!r} (ViTForImageClassification classifies the class "

@@ -37,7 +37,7 @@ def run_model_config(config) -> ml_collections.ConfigDict:
       raise ValueError(f"config.model.{given[0]} is a two-tower (image-text) field, but "
                        f"config.model_name={name!r} is an image model; use an image-text "
                        f"model_name (one of {sorted(lit.LIT_CONFIGS)}) or drop it.")
-    return registry.run_model_config(config)
+    return _with_flexi(config, registry.run_model_config(config))
   if name not in lit.LIT_CONFIGS:
     raise ValueError(f"config.model_name={name!r} is unknown; the image-text models are "
                      f"{sorted(lit.LIT_CONFIGS)}.")
@@ -59,6 +59,24 @@ def run_model_config(config) -> ml_collections.ConfigDict:
     pp["max_len"] = int(config.pp.max_len)
   fields["pp"] = pp
   return ml_collections.ConfigDict(fields)
+
+
+def _with_flexi(config, fields: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """An image model's fields with FlexiViT's fixed position-embedding grid when the run trains
+  at several patch sizes (config.flexi.patch_sizes; training/flexi.py): config.flexi.posemb_grid,
+  else the crop's grid at the base patch size."""
+  if not tuple(config.flexi.patch_sizes or ()):
+    return fields
+  if "patches" not in fields or fields.get("resnet") is not None:
+    raise ValueError(f"config.flexi trains a plain ViT at several patch sizes; "
+                     f"{config.model_name!r} is not one (a hybrid or a Mixer).")
+  grid = config.flexi.posemb_grid
+  if not grid:
+    base = tuple(fields["patches"]["size"])
+    grid = (int(config.pp.crop) // int(base[0]), int(config.pp.crop) // int(base[1]))
+  fields = ml_collections.ConfigDict(fields.to_dict())
+  fields.posemb_grid = tuple(int(g) for g in grid)
+  return fields
 
 
 def _text_fields(text: Any) -> dict:

@@ -39,6 +39,7 @@ from vit_jax.models import cpu_ops
 from vit_jax.models.attention import MultiHeadDotProductAttention
 from vit_jax.models.axes import constrain, logical
 from vit_jax.models.platform import current_platform, on_cpu
+from vit_jax.models.resize import grid_axis_weights
 
 LN_EPS = 1e-6
 
@@ -226,6 +227,9 @@ class AddPositionEmbs(nn.Module):
   input at init, or the fixed sin-cos embedding of `grid` (no parameter)."""
   dtype: Any = jnp.float32
   posemb: str = "learn"
+  # FlexiViT: the (rows, cols) grid of the learned parameter; an input of another grid gets it
+  # resized (aligned corners, the loader's interpolation; prefix rows kept). None: the input's.
+  param_grid: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, grid: Optional[tuple[int, int]] = None) -> jax.Array:
@@ -239,6 +243,8 @@ class AddPositionEmbs(nn.Module):
       pe = posemb_sincos2d(grid[0], grid[1], x.shape[2])
       pe = np.concatenate([np.zeros((1, prefix, x.shape[2]), np.float32), pe], axis=1)
       return x + jnp.asarray(pe, x.dtype)
+    if self.param_grid is not None:
+      return x + self._resized(x, grid).astype(x.dtype)
     if self.has_variable("params", "pos_embedding"):
       found = tuple(nn.meta.unbox(self.get_variable("params", "pos_embedding")).shape)
       if found != expected:
@@ -250,6 +256,24 @@ class AddPositionEmbs(nn.Module):
                     logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
                     expected, jnp.float32)
     return x + pe.astype(x.dtype)
+
+
+  def _resized(self, x: jax.Array, grid: Optional[tuple[int, int]]) -> jax.Array:
+    """The param_grid-shaped pos_embedding, its grid part resized to `grid`."""
+    if grid is None:
+      raise ValueError("a position embedding of a fixed param_grid needs the input's patch grid.")
+    gh, gw = (int(g) for g in self.param_grid)
+    prefix = x.shape[1] - grid[0] * grid[1]
+    pe = self.param("pos_embedding",
+                    logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
+                    (1, prefix + gh * gw, x.shape[2]), jnp.float32)
+    if tuple(grid) == (gh, gw):
+      return pe
+    wh = jnp.asarray(grid_axis_weights(gh, int(grid[0])), jnp.float32)
+    ww = jnp.asarray(grid_axis_weights(gw, int(grid[1])), jnp.float32)
+    part = jnp.reshape(pe[0, prefix:], (gh, gw, x.shape[2]))
+    part = jnp.einsum("bw,awd->abd", ww, jnp.einsum("ah,hwd->awd", wh, part))
+    return jnp.concatenate([pe[:, :prefix], jnp.reshape(part, (1, -1, x.shape[2]))], axis=1)
 
 
 class Encoder(nn.Module):
@@ -274,13 +298,15 @@ class Encoder(nn.Module):
   use_bias: bool = True
   posemb: str = "learn"
   add_position_embedding: bool = True
+  posemb_grid: Optional[tuple[int, int]] = None  # AddPositionEmbs.param_grid (FlexiViT)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
                grid: Optional[tuple[int, int]] = None) -> jax.Array:
     """grid: the (rows, cols) patch grid of x's patch tokens (needed by posemb='sincos2d')."""
     if self.add_position_embedding:
-      x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, name="posembed_input")(x, grid)
+      x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, param_grid=self.posemb_grid,
+                          name="posembed_input")(x, grid)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     rates = stochastic_depth_rates(self.stochastic_depth, self.num_layers)
     block_kwargs = dict(

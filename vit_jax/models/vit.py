@@ -60,6 +60,7 @@ from vit_jax.models.axes import logical
 from vit_jax.models.cpu_ops import matmul
 from vit_jax.models.fields import check_image_size, config_get, patch_size, sequence_length
 from vit_jax.models.platform import check_attention_impl, on_cpu, resolve_batch_chunks
+from vit_jax.models.resize import pi_resize_matrix
 from vit_jax.models.transformer import Encoder, MAPHead
 
 CLASSIFIERS = ("token", "gap", "map", "first", "token_unpooled", "unpooled", "gap_unpooled")
@@ -134,6 +135,11 @@ class VisionTransformer(nn.Module):
   use_bias: bool = True
   posemb: str = "learn"         # 'learn' | 'sincos2d' (fixed, big_vision / MoCo v3)
   distilled: bool = False       # DeiT's distillation token + head (module doc)
+  # FlexiViT (Beyer et al. 2023): the patch size of this call (None: patches.size, the
+  # kernel's), the kernel PI-resized to it on the fly; and the fixed (rows, cols) grid of the
+  # learned position embedding, resized to each input's grid (None: the input's grid).
+  flexi_patch: Optional[Any] = None
+  posemb_grid: Optional[Any] = None
 
   def _check_fields(self) -> None:
     if self.classifier not in CLASSIFIERS:
@@ -163,7 +169,9 @@ class VisionTransformer(nn.Module):
         stochastic_depth=float(self.stochastic_depth), remat=self.remat,
         remat_policy=self.remat_policy, scan_layers=self.scan_layers,
         parallel_block=self.parallel_block, qk_norm=self.qk_norm, use_bias=self.use_bias,
-        posemb=self.posemb, name="Transformer")
+        posemb=self.posemb,
+        posemb_grid=tuple(self.posemb_grid) if self.posemb_grid is not None else None,
+        name="Transformer")
 
   def _resnet_layers(self) -> tuple[int, ...]:
     return tuple(config_get(self.resnet, "num_layers", ()) or ())
@@ -173,7 +181,8 @@ class VisionTransformer(nn.Module):
 
   def _tokens_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(batch, tokens, width) of the encoder input for (B, H, W, C) patch-embedding input."""
-    tokens = sequence_length(self.patches, self.classifier, feature_shape[1], feature_shape[2],
+    patches = {"size": tuple(self.flexi_patch)} if self.flexi_patch else self.patches
+    tokens = sequence_length(patches, self.classifier, feature_shape[1], feature_shape[2],
                              self.distilled)
     return (feature_shape[0], tokens, self.hidden_size)
 
@@ -237,11 +246,16 @@ class VisionTransformer(nn.Module):
     distilled and train: the tuple (cls_logits, dist_logits)."""
     self._check_fields()
     dtype = jnp.dtype(self.dtype)
-    patch = patch_size(self.patches)
+    base = patch_size(self.patches)
+    patch = tuple(int(p) for p in self.flexi_patch) if self.flexi_patch else base
     check_image_size(inputs.shape, patch, self._root_stride(), self.model_name)
     # Every module is created once here and applied to each chunk (shared parameters).
     x = self._root(inputs.astype(dtype), dtype)  # hybrids: the ResNet root on the whole batch
-    kernel, bias = PatchEmbedParams(patch, x.shape[-1], self.hidden_size, name="embedding")()
+    kernel, bias = PatchEmbedParams(base, x.shape[-1], self.hidden_size, name="embedding")()
+    if patch != base:  # FlexiViT: the PI-resized kernel (checkpoint/patch_embed.py's numbers)
+      ph, pw, c, d = kernel.shape
+      pinv = jnp.asarray(pi_resize_matrix(base, patch), jnp.float32)
+      kernel = jnp.reshape(pinv @ jnp.reshape(kernel, (ph * pw, c * d)), patch + (c, d))
     cls = None
     if self.classifier in ("token", "token_unpooled"):
       cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),

@@ -16,6 +16,7 @@ import time
 from typing import Any, Optional, Sequence
 
 import jax
+import ml_collections
 
 from vit_jax import sharding
 from vit_jax.models import factory, platform
@@ -28,7 +29,7 @@ from vit_jax.planning import (
   step_time,
   topology,
 )
-from vit_jax.training import train_state, train_step
+from vit_jax.training import flexi, train_state, train_step
 
 
 def size(num_bytes: Optional[float]) -> str:
@@ -107,6 +108,12 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   out.update(_device_figures(device))
   with platform.compile_target(device.platform):
     setup = train_state.setup_from_config(config, mesh, num_classes, steps)
+    sizes = flexi.patch_sizes(config)
+    if sizes:  # FlexiViT: the step of the smallest patch size, the most tokens (the peak)
+      setup = flexi.at_patch_size(setup, min(sizes))
+      fields = ml_collections.ConfigDict(fields.to_dict())
+      fields.patches = {"size": (min(sizes), min(sizes))}
+      out["flexi_patch_size"] = min(sizes)
     shardings = setup.state_shardings
     out["params_bytes"] = sharding.bytes_per_device(setup.abstract_state.params, shardings.params)
     out["opt_state_bytes"] = sharding.bytes_per_device(setup.abstract_state.opt_state,
@@ -217,7 +224,10 @@ def does_not_fit_message(r: dict[str, Any]) -> str:
 def format_report(r: dict[str, Any]) -> str:
   """Human-readable lines for `analyse`'s result (a fitting or non-fitting program)."""
   lines = [f"Dry run: {r['model']}, global batch {r['batch']} (accum_steps {r['accum_steps']}), "
-           f"crop {r['crop']}, {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, "
+           f"crop {r['crop']}"
+           + (f" (FlexiViT: the step at patch size {r['flexi_patch_size']}, the smallest)"
+              if r.get("flexi_patch_size") else "")
+           + f", {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, "
            f"remat {r['remat']}, scan {r['scan_layers']}; "
            + (f"read from the dry-run memo in {r['compile_s']:.1f} s" if r.get("compile_memo_hit")
               else f"compiled in {r['compile_s']:.1f} s"),

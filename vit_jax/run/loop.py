@@ -46,7 +46,7 @@ from vit_jax.run import (
     watchdog,
     workdir_lock,
 )
-from vit_jax.training import distill, optim, param_groups, train_state, train_step
+from vit_jax.training import distill, flexi, optim, param_groups, train_state, train_step
 from vit_jax.training.train_state import StateSetup, TrainState
 
 
@@ -296,8 +296,16 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       writer.text(line)
   teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
   termination.set_phase("the train step's compilation")
+  sizes = flexi.patch_sizes(config)  # FlexiViT: a compiled step per patch size, on first use
+  first = flexi.patch_size_at(config, step) if sizes else None
   with compile_cache.watch("Train step", writer.text):
-    compiled = train_step.compile_train_step(setup, config, num_classes, teacher)
+    compiled = train_step.compile_train_step(flexi.at_patch_size(setup, first), config,
+                                             num_classes, teacher)
+  by_patch = {first: compiled}
+  if sizes:
+    writer.text(f"FlexiViT: patch sizes {sizes} drawn per step (probabilities "
+                f"{[round(float(p), 4) for p in flexi.probabilities(config)]}); each compiles "
+                "at its first step.")
   peak, reason = datasheets.peak_flops_per_device()
   step_flops = compiled_stats.compiled_flops(compiled)
   fixed = {}
@@ -316,7 +324,16 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       t0 = time.perf_counter()
       batch = next(feeder)
       meter.add_data_wait(time.perf_counter() - t0)
-      state, step_metrics = compiled(state, batch, *teacher_args)
+      patch = flexi.patch_size_at(config, step) if sizes else None
+      if patch not in by_patch:  # Compiling is not a hung step: the first step's bound.
+        with wd.phase(f"compiling the train step at patch size {patch}",
+                      config.watchdog.first_step_seconds), \
+            compile_cache.watch(f"Train step at patch size {patch}", writer.text):
+          by_patch[patch] = train_step.compile_train_step(
+              flexi.at_patch_size(setup, patch), config, num_classes, teacher)
+      state, step_metrics = by_patch[patch](state, batch, *teacher_args)
+      if patch is not None:
+        step_metrics = dict(step_metrics, patch_size=jnp.float32(patch))
       wd.step_dispatched(step_metrics)
       step += 1
       meter.step_done()
