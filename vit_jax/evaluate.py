@@ -60,6 +60,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--split", default=None, help="split, TFDS slicing allowed (default: the run's "
                                                "eval_split, the published one for AugReg files, "
                                                "else test)")
+  p.add_argument("--patch_size", type=int, default=None,
+                 help="a FlexiViT model (trained with config.flexi.patch_sizes): evaluate it at "
+                      "this patch size (default: the run's entries', else its base patch size)")
   p.add_argument("--eval_pp", default=None, choices=("resize", "resize_crop", "resize_small"),
                  help="eval preprocessing (default: the run's pp.eval, else resize)")
   p.add_argument("--resize", type=int, default=None,

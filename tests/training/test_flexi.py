@@ -67,6 +67,15 @@ def test_a_tiny_flexivit_run_trains_at_every_patch_size_and_evaluates_at_two(tmp
   compiled = [p for p in (2, 4, 8) if f"Train step at patch size {p}" in log]
   first = flexi.patch_size_at(config, 0)
   assert set(compiled) | {first} == {flexi.patch_size_at(config, s) for s in range(9)}
+  # The command line evaluates the workdir at any patch size, equal to the run's own figure.
+  from vit_jax import evaluate  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "r.json"
+  assert evaluate.main(["--workdir", str(tmp_path / "w"), "--patch_size", "8",
+                        "--json", str(out)]) == 0
+  import json  # pylint: disable=g-import-not-at-top
+  results = json.loads(out.read_text())["results"]
+  assert results["p8/loss"] == pytest.approx(ev["p8/loss"], rel=1e-5)
+  assert results["p2/loss"] == pytest.approx(ev["p8/loss"], rel=1e-5)  # p2's entry, at 8 now
 
 
 def test_the_dry_run_plans_the_smallest_patch_size(run_config):
@@ -76,3 +85,9 @@ def test_the_dry_run_plans_the_smallest_patch_size(run_config):
   plain = dry_run.analyse(run_config(mesh=(("data", 1),)), jax.devices()[:1])
   assert r["flexi_patch_size"] == 2 and "patch size 2" in dry_run.format_report(r)
   assert r["formula_flops_per_device"] > 3 * plain["formula_flops_per_device"]  # 16 vs 4 tokens
+
+
+def test_another_patch_size_on_a_plain_model_is_one_clear_error(trained_workdir, capsys):
+  from vit_jax import evaluate  # pylint: disable=g-import-not-at-top
+  assert evaluate.main(["--workdir", str(trained_workdir), "--patch_size", "2"]) != 0
+  assert "only a FlexiViT model" in capsys.readouterr().err

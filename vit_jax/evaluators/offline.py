@@ -171,8 +171,12 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
             was = entry.get(key)
             note(f"{name}.{key}", default if was is None else was, value)
           entry[key] = value
-    for entry in entries.values():
+    patch = getattr(args, "patch_size", None)
+    for name, entry in entries.items():
       entry["every"] = 0  # Each runs once.
+      if patch:  # A FlexiViT model at that patch size (training/flexi.py).
+        note(f"{name}.patch_size", entry.get("patch_size"), int(patch))
+        entry["patch_size"] = int(patch)
     c.evals = ml_collections.ConfigDict(entries)
   return c, overridden
 
