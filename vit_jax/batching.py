@@ -7,6 +7,8 @@ so the input pipeline's worker processes can import it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 
 def local_batch_size(global_batch: int, process_count: int, name: str = "batch") -> int:
   """global_batch // process_count; raises when it does not divide evenly."""
@@ -35,3 +37,53 @@ def check_batches(config, process_count: int, num_shards: int) -> None:
   if config.batch_eval % num_shards:
     raise ValueError(f"batch_eval={config.batch_eval} must be divisible by the {num_shards} "
                      "batch shards (mesh data x fsdp); set --config.batch_eval to a multiple.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage of a progressive-resolution schedule: steps [start, next start) at
+  `resolution` px with global batch `batch`; `offset` = train-stream elements consumed before
+  it (the stages read one stream, each from where the previous one stopped)."""
+  start: int
+  resolution: int
+  batch: int
+  offset: int
+
+
+def resolution_stages(config) -> tuple[Stage, ...]:
+  """config.resolution_schedule ((start step, resolution, batch), ...) as Stages; () when off.
+  One ValueError for a schedule that does not start at step 0, is not increasing, or has a
+  resolution or batch <= 0."""
+  schedule = tuple(tuple(int(v) for v in entry) for entry in (config.resolution_schedule or ()))
+  if not schedule:
+    return ()
+  starts = [s[0] for s in schedule]
+  if (any(len(s) != 3 for s in schedule) or starts[0] != 0 or starts != sorted(set(starts))
+      or any(r <= 0 or b <= 0 for _, r, b in schedule)):
+    raise ValueError(f"config.resolution_schedule={schedule}: give (start_step, resolution, "
+                     "batch) stages with increasing start steps, the first at 0, e.g. "
+                     "((0, 128, 1024), (30000, 192, 512), (60000, 224, 256)).")
+  stages, offset = [], 0
+  for i, (start, resolution, batch) in enumerate(schedule):
+    stages.append(Stage(start, resolution, batch, offset))
+    if i + 1 < len(schedule):
+      offset += (schedule[i + 1][0] - start) * batch
+  return tuple(stages)
+
+
+def stage_at(stages: tuple[Stage, ...], step: int) -> Stage:
+  """The stage that train step `step` (0-based) belongs to."""
+  return [s for s in stages if s.start <= step][-1]
+
+
+def stage_config(config, stage: Stage):
+  """A copy of `config` at one stage: pp.crop = its resolution (pp.resize scaled alike when
+  set), batch = its batch (the input pipeline and the compiled step of that stage read it;
+  the model and the optimizer are built from the run's own config)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    if c.pp.resize:
+      c.pp.resize = int(round(int(c.pp.resize) * stage.resolution / int(c.pp.crop)))
+    c.pp.crop = int(stage.resolution)
+    c.batch = int(stage.batch)
+  return c

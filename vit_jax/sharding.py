@@ -106,7 +106,10 @@ def mesh_for_config(config, devices: Optional[Sequence[jax.Device]] = None) -> M
   """
   devices = list(jax.devices() if devices is None else devices)
   mesh = make_mesh(config.mesh, devices)
-  batching.check_batches(config, len({d.process_index for d in devices}), batch_shards(mesh))
+  processes = len({d.process_index for d in devices})
+  batching.check_batches(config, processes, batch_shards(mesh))
+  for stage in batching.resolution_stages(config):  # each stage's batch splits the same way
+    batching.check_batches(batching.stage_config(config, stage), processes, batch_shards(mesh))
   return mesh
 
 

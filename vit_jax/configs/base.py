@@ -180,6 +180,12 @@ def defaults() -> ml_collections.ConfigDict:
   # Resuming with a config that differs from the workdir's (other than RESUMABLE_CHANGES in
   # run_state.py) is refused unless this is set; the differences are logged.
   c.allow_config_change = False
+  # Progressive resolution (timm's): ((start_step, resolution, batch), ...), first at step 0
+  # (() = off; vit_jax/batching.py). The position embedding keeps pp.crop's grid and is
+  # interpolated to each stage's; evaluation runs at pp.crop. scale_lr: the learning rate
+  # times stage batch / config.batch.
+  c.resolution_schedule = ()
+  c.resolution_schedule_scale_lr = False
   # FlexiViT (training/flexi.py): patch sizes drawn per step (() = off; each must divide
   # pp.crop), their weights (() = uniform), the learned position embedding's fixed grid
   # (None = pp.crop // the base patch, config.model.patches.size).

@@ -63,6 +63,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from vit_jax import batching
 from vit_jax.batching import local_batch_size
 from vit_jax.datasets import captions, image_ops, mixing, preprocess
 from vit_jax.datasets.sources import open_source
@@ -394,12 +395,70 @@ class TrainIterator(Iterator[dict]):
     self._it = None
 
 
+class StagedTrainIterator(Iterator[dict]):
+  """The train batches of a progressive-resolution schedule (config.resolution_schedule):
+  stage k's batches at its resolution and batch size, read from the one train stream from
+  where stage k - 1 stopped. get_state() / set_state() speak of global steps like
+  TrainIterator's (a state restores into the stage it falls in, in O(1))."""
+
+  def __init__(self, config, stages, make):
+    self._config, self._stages, self._make = config, stages, make
+    self._step, self._it, self._stage = 0, None, None
+
+  def _open(self) -> None:
+    stage = batching.stage_at(self._stages, self._step)
+    if self._it is not None:
+      self._it.close()
+    self._stage, self._it = stage, self._make(stage)
+    inner = self._it.get_state()
+    self._it.set_state(dict(inner, step=self._step - stage.start))
+
+  def __next__(self) -> dict:
+    if self._it is None or batching.stage_at(self._stages, self._step) != self._stage:
+      self._open()
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    if self._it is None:
+      self._open()
+    return dict(self._it.get_state(), step=self._step, stage_start=self._stage.start,
+                batch=int(self._config.batch))
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if int(state["seed"]) != int(self._config.seed):
+      raise ValueError(f"the data state was saved with seed {state['seed']} but config.seed is "
+                       f"{self._config.seed}; resume with the same --config.seed.")
+    self.close()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    if self._it is not None:
+      self._it.close()
+    self._it, self._stage = None, None
+
+
 def create_train_iterator(config, *, process_index: Optional[int] = None,
                           process_count: Optional[int] = None,
-                          image_embeddings: Optional[str] = None) -> TrainIterator:
+                          image_embeddings: Optional[str] = None) -> Iterator[dict]:
   """This process's rows of the global shuffled, augmented train batches (module docstring);
   image-text data with `image_embeddings` (a (N, D) .npy in source order,
-  run/image_embeddings.py) gives {'zimg', 'tokens'} batches."""
+  run/image_embeddings.py) gives {'zimg', 'tokens'} batches; a progressive-resolution
+  schedule (config.resolution_schedule) a StagedTrainIterator."""
+  stages = batching.resolution_stages(config)
+  if stages:
+    process_index, process_count = _processes(process_index, process_count)
+    return StagedTrainIterator(config, stages, lambda stage: _train_iterator(
+        batching.stage_config(config, stage), process_index, process_count, image_embeddings,
+        stream_offset=stage.offset))
+  return _train_iterator(config, process_index, process_count, image_embeddings)
+
+
+def _train_iterator(config, process_index: Optional[int], process_count: Optional[int],
+                    image_embeddings: Optional[str], stream_offset: int = 0) -> TrainIterator:
+  """create_train_iterator of one batch geometry; the stream starts at element
+  `stream_offset` (a later stage of a resolution schedule)."""
   import grain  # pylint: disable=g-import-not-at-top
   process_index, process_count = _processes(process_index, process_count)
   global_batch = int(config.batch)
@@ -436,6 +495,8 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
   element = (TrainElement(opts, *info.keys) if captions_key is None
              else CaptionTrainElement(opts, captions_key, rows))
   stream = stream.random_map(element, seed=derive_seed(seed, 2))
+  if stream_offset:  # After random_map: element t keeps the RNG of its global position.
+    stream = stream[int(stream_offset):]
   # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
   # i·P + p only (lazy random access: the other processes' rows are never read).
   ds = stream.batch(local_batch, drop_remainder=True)[process_index::process_count]

@@ -62,14 +62,16 @@ def run_model_config(config) -> ml_collections.ConfigDict:
 
 
 def _with_flexi(config, fields: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An image model's fields with FlexiViT's fixed position-embedding grid when the run trains
-  at several patch sizes (config.flexi.patch_sizes; training/flexi.py): config.flexi.posemb_grid,
-  else the crop's grid at the base patch size."""
-  if not tuple(config.flexi.patch_sizes or ()):
+  """An image model's fields with a fixed position-embedding grid when the run trains at
+  several patch sizes (config.flexi.patch_sizes; training/flexi.py) or resolutions
+  (config.resolution_schedule): config.flexi.posemb_grid, else pp.crop's grid at the base
+  patch size (interpolated to every other grid in the forward)."""
+  if not tuple(config.flexi.patch_sizes or ()) and not tuple(config.resolution_schedule or ()):
     return fields
   if "patches" not in fields or fields.get("resnet") is not None:
-    raise ValueError(f"config.flexi trains a plain ViT at several patch sizes; "
-                     f"{config.model_name!r} is not one (a hybrid or a Mixer).")
+    raise ValueError(f"config.flexi and config.resolution_schedule train a plain ViT at "
+                     f"several patch sizes or resolutions; {config.model_name!r} is not one (a "
+                     "hybrid or a Mixer).")
   grid = config.flexi.posemb_grid
   if not grid:
     base = tuple(fields["patches"]["size"])

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 
-from vit_jax import sharding
+from vit_jax import batching, sharding
 from vit_jax.models import factory, platform
 from vit_jax.planning import (
   compile_memo,
@@ -120,7 +120,13 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
                                                        shardings.opt_state)
     out["total_params"] = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
     start = time.perf_counter()
-    lowered = train_step.lower_train_step(setup, config, num_classes)
+    stages = batching.resolution_stages(config)
+    if stages:  # Progressive resolution: the stage of the most pixels per step (the peak)
+      peak = max(stages, key=lambda st: st.resolution ** 2 * st.batch)
+      out.update(batch=peak.batch, crop=peak.resolution,
+                 resolution_stage=(peak.start, peak.resolution, peak.batch))
+    step_config = batching.stage_config(config, peak) if stages else config
+    lowered = train_step.lower_train_step(setup, step_config, num_classes)
     memo = compile_memo.directory(config)
     name = compile_memo.key(lowered.as_text(), devices) if memo else ""
     figures = compile_memo.load(memo, name)
@@ -144,10 +150,10 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   out["loops"] = run.loops
   out["unknown_loops"] = sum(1 for loop in run.loops if loop["trip_count"] is None)
   if image_text:
-    formula = flops.formula_flops_per_pair(fields, int(config.pp.crop))
+    formula = flops.formula_flops_per_pair(fields, int(out["crop"]))
   else:
-    formula = flops.formula_flops_per_image(fields, int(config.pp.crop), num_classes)
-  out["formula_flops_per_device"] = (3 * formula * config.batch / len(devices)) or None
+    formula = flops.formula_flops_per_image(fields, int(out["crop"]), num_classes)
+  out["formula_flops_per_device"] = (3 * formula * out["batch"] / len(devices)) or None
   out["collectives"] = {k: dict(v) for k, v in run.collectives.items()}
   out["collective_bytes"] = sum(c["bytes"] for c in out["collectives"].values())
   moved = run.collective_moved_bytes
@@ -227,6 +233,8 @@ def format_report(r: dict[str, Any]) -> str:
            f"crop {r['crop']}"
            + (f" (FlexiViT: the step at patch size {r['flexi_patch_size']}, the smallest)"
               if r.get("flexi_patch_size") else "")
+           + (" (progressive resolution: the stage of the most pixels per step)"
+              if r.get("resolution_stage") else "")
            + f", {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, "
            f"remat {r['remat']}, scan {r['scan_layers']}; "
            + (f"read from the dry-run memo in {r['compile_s']:.1f} s" if r.get("compile_memo_hit")

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, sharding
+from vit_jax import batching, checkpoint, sharding
 from vit_jax.datasets import device_prefetch, pipeline
 from vit_jax.evaluators import runner
 from vit_jax.models import factory, lit
@@ -296,12 +296,27 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       writer.text(line)
   teacher, teacher_args = _teacher(config, setup, num_classes, writer.text)
   termination.set_phase("the train step's compilation")
-  sizes = flexi.patch_sizes(config)  # FlexiViT: a compiled step per patch size, on first use
-  first = flexi.patch_size_at(config, step) if sizes else None
+  # FlexiViT and progressive resolution: a compiled step per (patch size, stage), on first use.
+  sizes, stages = flexi.patch_sizes(config), batching.resolution_stages(config)
+
+  def shape_of(i: int) -> tuple[Optional[int], Optional[Any]]:
+    return (flexi.patch_size_at(config, i) if sizes else None,
+            batching.stage_at(stages, i) if stages else None)
+
+  def compile_for(key) -> Any:
+    patch, stage = key
+    at = batching.stage_config(config, stage) if stage is not None else config
+    return train_step.compile_train_step(flexi.at_patch_size(setup, patch), at, num_classes,
+                                         teacher)
+
+  first = shape_of(step)
   with compile_cache.watch("Train step", writer.text):
-    compiled = train_step.compile_train_step(flexi.at_patch_size(setup, first), config,
-                                             num_classes, teacher)
-  by_patch = {first: compiled}
+    compiled = compile_for(first)
+  by_shape = {first: compiled}
+  if stages:
+    writer.text(f"Progressive resolution: {len(stages)} stages (start step, px, batch) "
+                f"{[(s.start, s.resolution, s.batch) for s in stages]}; each compiles at its "
+                "first step.")
   if sizes:
     writer.text(f"FlexiViT: patch sizes {sizes} drawn per step (probabilities "
                 f"{[round(float(p), 4) for p in flexi.probabilities(config)]}); each compiles "
@@ -324,16 +339,19 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       t0 = time.perf_counter()
       batch = next(feeder)
       meter.add_data_wait(time.perf_counter() - t0)
-      patch = flexi.patch_size_at(config, step) if sizes else None
-      if patch not in by_patch:  # Compiling is not a hung step: the first step's bound.
-        with wd.phase(f"compiling the train step at patch size {patch}",
-                      config.watchdog.first_step_seconds), \
-            compile_cache.watch(f"Train step at patch size {patch}", writer.text):
-          by_patch[patch] = train_step.compile_train_step(
-              flexi.at_patch_size(setup, patch), config, num_classes, teacher)
-      state, step_metrics = by_patch[patch](state, batch, *teacher_args)
-      if patch is not None:
-        step_metrics = dict(step_metrics, patch_size=jnp.float32(patch))
+      key = shape_of(step)
+      if key not in by_shape:  # Compiling is not a hung step: the first step's bound.
+        what = (f"patch size {key[0]}" if key[1] is None else
+                f"{key[1].resolution} px, batch {key[1].batch}"
+                + (f", patch size {key[0]}" if key[0] else ""))
+        with wd.phase(f"compiling the train step at {what}", config.watchdog.first_step_seconds), \
+            compile_cache.watch(f"Train step at {what}", writer.text):
+          by_shape[key] = compile_for(key)
+      state, step_metrics = by_shape[key](state, batch, *teacher_args)
+      if key[0] is not None:
+        step_metrics = dict(step_metrics, patch_size=jnp.float32(key[0]))
+      if key[1] is not None:
+        step_metrics = dict(step_metrics, resolution=jnp.float32(key[1].resolution))
       wd.step_dispatched(step_metrics)
       step += 1
       meter.step_done()

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax import batching
 from vit_jax.training import param_groups
 
 Schedule = Callable[[Any], Any]
@@ -85,11 +86,25 @@ def _dtype(name):
   return None if name in (None, "", "none", "None") else jnp.dtype(name)
 
 
+def _stage_scaled(schedule: Schedule, stages, batch: int) -> Schedule:
+  """schedule(step) times the batch of step's resolution stage over `batch`."""
+  starts = jnp.asarray([s.start for s in stages])
+  factors = jnp.asarray([s.batch / batch for s in stages], jnp.float32)
+
+  def scaled(step):
+    index = jnp.sum(starts <= step) - 1
+    return schedule(step) * factors[index]
+  return scaled
+
+
 def make_optimizer(config, total_steps: int, groups: Optional[param_groups.Groups]
                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """Returns (clip → optimizer chain, lr schedule) for `config` under its parameter groups
   (`param_groups.from_config(config)`, parsed once by the caller; None = no groups)."""
   schedule = make_schedule(config, total_steps)
+  stages = batching.resolution_stages(config)
+  if stages and config.resolution_schedule_scale_lr:  # lr x stage batch / config.batch
+    schedule = _stage_scaled(schedule, stages, int(config.batch))
   name = config.optimizer
   if name not in OPTIMIZERS:
     raise ValueError(f"optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
