@@ -152,8 +152,12 @@ def resolve(*, model: Optional[str] = None, checkpoint_path: Optional[str] = Non
     raise ValueError(f"--num_classes {num_classes} but the model has {weights.num_classes} "
                      "classes.")
   if resolution and resolution != weights.resolution:
-    raise ValueError(f"this model was trained at {weights.resolution} px; drop --resolution (own "
-                     "models are not resized here).")
+    if getattr(weights.model, "posemb_grid", None) is None:
+      raise ValueError(f"this model was trained at {weights.resolution} px; drop --resolution "
+                       "(own models are not resized here; a FlexiViT or progressive-resolution "
+                       "run's model interpolates its position embedding and takes any).")
+    # Its position embedding has a fixed grid, interpolated in the forward: any resolution.
+    weights = dataclasses.replace(weights, resolution=int(resolution))
   return dataclasses.replace(weights, vocab=vocab) if vocab else weights
 
 

@@ -76,6 +76,11 @@ def test_a_tiny_flexivit_run_trains_at_every_patch_size_and_evaluates_at_two(tmp
   results = json.loads(out.read_text())["results"]
   assert results["p8/loss"] == pytest.approx(ev["p8/loss"], rel=1e-5)
   assert results["p2/loss"] == pytest.approx(ev["p8/loss"], rel=1e-5)  # p2's entry, at 8 now
+  # ... and at another resolution: its position embedding is interpolated, nothing squashed.
+  assert evaluate.main(["--workdir", str(tmp_path / "w"), "--resolution", "16",
+                        "--patch_size", "4", "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["resolution"] == 16 and report["results"]["p8/examples"] == 297
 
 
 def test_the_dry_run_plans_the_smallest_patch_size(run_config):

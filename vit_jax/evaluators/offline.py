@@ -137,6 +137,8 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
     c.dataset, c.eval_split = dataset, split
     c.tfds_data_dir = tfds_data_dir or args.tfds_data_dir or c.tfds_data_dir
     c.mesh, c.sharding_rules = base.DEFAULT_MESH, ()  # Data parallel on the local devices.
+    if c.pp.resize and int(c.pp.crop) != int(resolution):  # the run's resize / crop ratio kept
+      c.pp.resize = int(round(int(c.pp.resize) * int(resolution) / int(c.pp.crop)))
     c.pp.crop = resolution
     c.input.num_workers = 0
     if run is None:
