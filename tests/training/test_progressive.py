@@ -83,3 +83,20 @@ def test_the_dry_run_plans_the_stage_of_the_most_pixels(run_config):
   r = dry_run.analyse(config, jax.devices()[:1])
   assert (r["crop"], r["batch"], r["resolution_stage"]) == (16, 32, (4, 16, 32))
   assert "progressive resolution" in dry_run.format_report(r)
+
+
+def test_throughput_counts_each_steps_own_batch_and_flops():
+  import time  # pylint: disable=g-import-not-at-top
+
+  from vit_jax.run import metrics  # pylint: disable=g-import-not-at-top
+  meter = metrics.Throughput(64, 2, 1e9, 1e10)
+  meter.step_done(images=64, flops=1e9)     # a stage at batch 64 ...
+  meter.step_done(images=16, flops=4e9)     # ... then one at batch 16, 4x the FLOPs
+  meter.start = time.perf_counter() - 10.0  # 10 s of steps
+  out = meter.summary()
+  assert out["img_per_sec"] == pytest.approx(80 / 10, rel=1e-3)
+  assert out["img_per_sec_per_device"] == pytest.approx(4.0, rel=1e-3)
+  assert out["mfu"] == pytest.approx(5e9 / 10 / 1e10, rel=1e-3)
+  meter.step_done()                         # the defaults: the global batch, the given FLOPs
+  meter.start = time.perf_counter() - 1.0
+  assert meter.summary()["img_per_sec"] == pytest.approx(64, rel=1e-3)

@@ -323,6 +323,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
                 "at its first step.")
   peak, reason = datasheets.peak_flops_per_device()
   step_flops = compiled_stats.compiled_flops(compiled)
+  flops_of = {first: step_flops}  # per compiled shape: the meter's MFU of each step
   fixed = {}
   if teacher is not None:
     fixed = _teacher_share(config, setup, num_classes, teacher, step_flops, writer.text)
@@ -347,6 +348,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
         with wd.phase(f"compiling the train step at {what}", config.watchdog.first_step_seconds), \
             compile_cache.watch(f"Train step at {what}", writer.text):
           by_shape[key] = compile_for(key)
+          flops_of[key] = compiled_stats.compiled_flops(by_shape[key])
       state, step_metrics = by_shape[key](state, batch, *teacher_args)
       if key[0] is not None:
         step_metrics = dict(step_metrics, patch_size=jnp.float32(key[0]))
@@ -354,7 +356,7 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
         step_metrics = dict(step_metrics, resolution=jnp.float32(key[1].resolution))
       wd.step_dispatched(step_metrics)
       step += 1
-      meter.step_done()
+      meter.step_done(images=key[1].batch if key[1] is not None else None, flops=flops_of[key])
       pending.append((step, step_metrics))
       writer.advance()
       result = _after_step(loop, step, state, result)

@@ -30,13 +30,20 @@ class Throughput:
   def reset(self) -> None:
     self.start = time.perf_counter()
     self.steps = 0
+    self.images = 0
+    self.flops_done = 0.0
     self.data_wait = 0.0
 
   def add_data_wait(self, seconds: float) -> None:
     self.data_wait += seconds
 
-  def step_done(self) -> None:
+  def step_done(self, images: Optional[int] = None, flops: Optional[float] = None) -> None:
+    """One step of `images` (default: the global batch) costing `flops` per device (default:
+    the constructor's); they differ per step under a resolution schedule or FlexiViT."""
     self.steps += 1
+    self.images += self.global_batch if images is None else int(images)
+    step_flops = self.flops if flops is None else flops
+    self.flops_done += float(step_flops or 0.0)
 
   def summary(self) -> dict[str, float]:
     """img/s, img/s/device, data-wait share, MFU (when known; a distillation teacher's forward
@@ -45,12 +52,12 @@ class Throughput:
     out = {}
     if self.steps:
       step_time = elapsed / self.steps
-      out["img_per_sec"] = self.global_batch / step_time
+      out["img_per_sec"] = self.images / elapsed
       out["img_per_sec_per_device"] = out["img_per_sec"] / self.num_devices
       out["step_time_sec"] = step_time
       out["data_wait_share"] = self.data_wait / elapsed
-      if self.flops and self.peak:
-        out["mfu"] = self.flops / step_time / self.peak
+      if self.flops_done and self.peak:
+        out["mfu"] = self.flops_done / elapsed / self.peak
       out.update(self.fixed)
     self.reset()
     return out
