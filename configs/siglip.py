@@ -19,10 +19,11 @@ Hyper-parameters, and where each comes from:
   The dataset: a caption dataset (TFDS coco_captions, a folder with captions.jsonl / .csv,
   WebDataset .tar shards; vit_jax/datasets/captions.py).
 
-`configs/siglip.py:digits` -- the offline example of the README: a tiny two-tower (width-64
-towers, 16 px digits, 4x4 patches) trained from scratch on the embedded 'digits' dataset
-whose captions are generated from the labels ("a photo of the number three."), then
-evaluated zero-shot on the 297 held-out digits with the same prompts.
+`configs/siglip.py:digits` -- the offline example of the README: configs/quickstart.py's run
+as a tiny two-tower (its width-64 ViT as the image tower, a width-64 text tower) trained from
+scratch on the embedded 'digits' dataset, whose captions are generated from the labels ("a
+photo of the number three."), then evaluated zero-shot on the 297 held-out digits with the
+same prompts.
 
   python -m vit_jax.main --config=configs/siglip.py:digits --workdir=workdirs/siglip_digits
 
@@ -67,33 +68,16 @@ def get_config(arg: str = "B16"):
 
 
 def _digits() -> ml_collections.ConfigDict:
-  c = base.defaults()
-  c.model_name = "SigLIP-testing"
-  c.model.image_model = "ViT-Ti_16"
-  c.model.hidden_size = 64
-  c.model.patches = ml_collections.ConfigDict({"size": (4, 4)})
-  c.model.transformer.mlp_dim = 128
-  c.model.transformer.num_heads = 4
-  c.model.transformer.num_layers = 4
-  c.model.transformer.dropout_rate = 0.0
-  c.model.transformer.attention_dropout_rate = 0.0
+  """The quickstart run (its image tower, data and training settings) as a two-tower."""
+  quickstart = base.load_config_file(os.path.join(os.path.dirname(__file__), "quickstart.py"))
+  c = quickstart.get_config()
+  c.model.image_model, c.model_name = c.model_name, "SigLIP-testing"
+  c.num_classes = None  # the towers' widths are out_dim; no classification head
   c.model.text.width, c.model.text.num_layers = 64, 2
   c.model.text.mlp_dim, c.model.text.num_heads, c.model.text.vocab_size = 128, 4, 64
   c.model.out_dim = (64, 64)
   c.loss = "sigmoid_contrastive"
-  c.dataset = "digits"
-  c.train_split, c.eval_split = "train", "test"
   c.input.caption_templates = DIGIT_TEMPLATES
   c.input.caption_classnames = DIGIT_NAMES
   c.pp.tokenizer, c.pp.vocab, c.pp.max_len = "bert", os.path.normpath(DIGITS_VOCAB), 8
-  c.batch, c.batch_eval, c.accum_steps = 128, 128, 1
-  c.pp.crop, c.pp.resize, c.pp.flip = 16, 16, False
-  c.pp.train, c.pp.eval = "vit_finetune", "resize"
-  c.total_steps, c.warmup_steps = 600, 50
-  c.optimizer, c.base_lr, c.weight_decay, c.decay_type = "adamw", 3e-3, 0.05, "cosine"
-  c.optim_dtype, c.grad_norm_clip = "float32", 1.0
-  c.mesh = (("data", -1),)
-  c.log_every, c.eval_every, c.checkpoint_every = 50, 200, 200
-  c.input.num_workers = 1
-  c.lock()
   return c

@@ -49,14 +49,15 @@ def set_path(config: ml_collections.ConfigDict, key: str, value) -> None:
   node[leaf] = value
 
 
-def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  """The quickstart config shrunk to a 1-layer width-16 ViT on 8x8 digits, a few steps."""
-  c = load_config_file("quickstart")
+def _shrunk(c: ml_collections.ConfigDict, data_dir, overrides: dict,
+            transformer: dict) -> ml_collections.ConfigDict:
+  """A digits config `c` shrunk: a width-16 1-layer image tower (`transformer` fields) on 8x8
+  digits, a few steps, no workers; then `overrides` ('a.b.c' keys)."""
   with c.unlocked():
     c.tfds_data_dir = str(data_dir)
     c.model.hidden_size = 16
     c.model.patches.size = (4, 4)
-    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1, dropout_rate=0.1))
+    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1, **transformer))
     c.pp.crop, c.pp.resize = 8, 8
     c.batch, c.batch_eval = 32, 64
     c.total_steps, c.warmup_steps = 12, 2
@@ -67,6 +68,11 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
       set_path(c, key, value)
   return c
+
+
+def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  """The quickstart config shrunk to a 1-layer width-16 ViT on 8x8 digits, a few steps."""
+  return _shrunk(load_config_file("quickstart"), data_dir, overrides, {"dropout_rate": 0.1})
 
 
 def synthetic_batches(n, batch, crop, num_classes=10, seed=0):
@@ -127,18 +133,6 @@ def tiny_image_text_config(data_dir, **overrides) -> ml_collections.ConfigDict:
   """configs/siglip.py:digits shrunk: width-16 towers on 8x8 digits, a few steps."""
   c = load_config_file("siglip", "digits")
   with c.unlocked():
-    c.tfds_data_dir = str(data_dir)
-    c.model.hidden_size = 16
-    c.model.transformer.update(dict(mlp_dim=32, num_heads=2, num_layers=1))
     c.model.text.update(dict(width=16, num_layers=1, mlp_dim=32, num_heads=2))
     c.model.out_dim = (16, 16)
-    c.pp.crop, c.pp.resize = 8, 8
-    c.batch, c.batch_eval = 32, 64
-    c.total_steps, c.warmup_steps = 12, 2
-    c.log_every, c.eval_every, c.checkpoint_every = 4, 0, 4
-    c.progress = False
-    c.input.device_prefetch = 2
-    c.input.num_workers = 0
-    for key, value in overrides.items():
-      set_path(c, key, value)
-  return c
+  return _shrunk(c, data_dir, overrides, {})

@@ -232,8 +232,8 @@ class TextSettings:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(settings: TextSettings) -> Any:
   from vit_jax.datasets import text  # pylint: disable=g-import-not-at-top
-  return text.get_tokenizer(settings.tokenizer)(vocab_path=settings.vocab,
-                                                max_len=settings.max_len)
+  return text.model_tokenizer({"tokenizer_name": settings.tokenizer,
+                               "max_len": settings.max_len}, settings.vocab)
 
 
 def text_settings(config) -> TextSettings:

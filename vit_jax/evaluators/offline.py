@@ -61,9 +61,7 @@ def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any
   datasets = list(getattr(args, "zeroshot", None) or ())
   if not datasets:
     return {}
-  if not vocab:
-    raise ValueError("zero-shot evaluation needs the text tower's vocabulary and none was found "
-                     "beside the weights (X.txt / X.model for X.npz): pass --vocab FILE.")
+  _require_vocab(vocab, "zero-shot evaluation")
   extra: dict[str, Any] = {"vocab": str(vocab)}
   for key, flag in (("classnames", "zeroshot_classnames"), ("templates", "zeroshot_templates")):
     path = getattr(args, flag, None)
@@ -75,17 +73,7 @@ def zeroshot_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any
                                 f"{'class name' if key == 'classnames' else 'template'} per line.")
       with open(path, encoding="utf-8") as f:
         extra[key] = tuple(line.strip() for line in f if line.strip())
-  out = {}
-  for dataset in datasets:
-    name = "zeroshot" if len(datasets) == 1 else "zeroshot_" + "".join(
-        ch if ch.isalnum() else "_" for ch in os.path.basename(str(dataset).rstrip("/")))
-    out[name] = dict(type="zeroshot", dataset=str(dataset), **extra)
-  return out
-
-
-def _run_vocab(run: Optional[ml_collections.ConfigDict]) -> Optional[str]:
-  """The vocabulary a training run tokenized with (its config.pp.vocab), if any."""
-  return str(run.pp.vocab) if run is not None and run.pp.vocab else None
+  return _dataset_entries("zeroshot", datasets, extra)
 
 
 def retrieval_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, Any]]:
@@ -94,14 +82,24 @@ def retrieval_entries(args: Any, vocab: Optional[str]) -> dict[str, dict[str, An
   datasets = list(getattr(args, "retrieval", None) or ())
   if not datasets:
     return {}
+  _require_vocab(vocab, "retrieval")
+  return _dataset_entries("retrieval", datasets, {"vocab": str(vocab)})
+
+
+def _require_vocab(vocab: Optional[str], what: str) -> None:
   if not vocab:
-    raise ValueError("retrieval needs the text tower's vocabulary and none was found beside "
-                     "the weights (X.txt / X.model for X.npz): pass --vocab FILE.")
+    raise ValueError(f"{what} needs the text tower's vocabulary and none was found beside the "
+                     "weights (X.txt / X.model for X.npz): pass --vocab FILE.")
+
+
+def _dataset_entries(kind: str, datasets: Sequence[str], extra: dict[str, Any]
+                     ) -> dict[str, dict[str, Any]]:
+  """One `kind` entry per dataset: named `kind` for one dataset, `kind_<dataset>` for several."""
   out = {}
   for dataset in datasets:
-    name = "retrieval" if len(datasets) == 1 else "retrieval_" + "".join(
+    name = kind if len(datasets) == 1 else f"{kind}_" + "".join(
         ch if ch.isalnum() else "_" for ch in os.path.basename(str(dataset).rstrip("/")))
-    out[name] = dict(type="retrieval", dataset=str(dataset), vocab=str(vocab))
+    out[name] = dict(type=kind, dataset=str(dataset), **extra)
   return out
 
 
@@ -303,7 +301,7 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   split = split or "test"
   config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
                                      weights.config, image_text=image_text,
-                                     vocab=weights.vocab or _run_vocab(weights.config))
+                                     vocab=weights.vocab)
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from vit_jax import sharding
 from vit_jax.datasets import captions, sources
@@ -65,18 +64,8 @@ def make_image_step(setup) -> Callable:
 
 def image_embeddings(step: Callable, params: Any, config, count: int) -> np.ndarray:
   """(count, D) image embeddings of config.eval_split in example order, on any number of
-  processes (padding removed, the rows of every process gathered)."""
-  rows, order = [], []
-  for batch in common.batches(params, config, ("image", "mask", "index")):
-    z, mask, index = step(params, batch["image"]), batch["mask"], batch["index"]
-    if jax.process_count() > 1:
-      z, mask, index = (multihost_utils.process_allgather(x, tiled=True)
-                        for x in (z, mask, index))
-    z, mask, index = (np.asarray(jax.device_get(x)) for x in (z, mask, index))
-    keep = mask > 0
-    rows.append(z[keep])
-    order.append(index[keep])
-  index = np.concatenate(order)
-  if sorted(index.tolist()) != list(range(count)):
+  processes (common.extract_features: padding removed, every process's rows gathered)."""
+  rows, _ = common.extract_features(step, params, config)
+  if len(rows) != count:
     raise AssertionError("the eval pass did not cover every image exactly once")
-  return np.concatenate(rows)[np.argsort(index, kind="stable")]
+  return rows

@@ -113,14 +113,14 @@ def _load_pretrained_image_text(config, setup: StateSetup, location: str, log) -
   scratch init. The image tower is fitted like any image checkpoint (head, posemb grid)."""
   init = jax.device_get(train_state.init_params(setup, config.seed))
   image_fields = factory.run_model_config(config).image
-  _, (image, report) = checkpoint.load_from(
+  used, (image, report) = checkpoint.load_from(
       location, lambda uri: checkpoint.load_pretrained(
           pretrained_path=uri, init_params=init["img"], model_config=image_fields,
           replace_head=config.replace_head, dont_load=tuple(config.dont_load),
           resize_patch_embedding=config.resize_patch_embedding, report=True))
   params = dict(init, img=image)
   try:
-    both = checkpoint.load_image_text(location)
+    both = checkpoint.load_image_text(used)  # the copy the image tower came from
   except ValueError:  # An image checkpoint: the text tower, t and b start from scratch.
     both = None
   if both is not None:
