@@ -69,6 +69,8 @@ def trained_workdir(tmp_path_factory, data_dir):
 # tier keeps one end-to-end run (test_train_and_evaluate_learns_on_digits), the export round
 # trip and the NumPy reference forward.
 SLOW_TESTS = {
+    "tests/run/test_packed_train.py::test_a_packed_run_trains_evaluates_resumes_and_exports",
+    "tests/run/test_packed_train.py::test_the_packed_step_is_the_same_on_one_and_eight_devices",
     "tests/training/test_progressive.py::test_a_run_resumed_inside_the_second_stage_equals_the_unbroken_run",
     "tests/training/test_flexi.py::test_a_tiny_flexivit_run_trains_at_every_patch_size_and_evaluates_at_two",
     "tests/run/test_image_text_train.py::test_precomputed_image_embeddings_train_the_text_tower_as_the_images_do",

@@ -136,3 +136,40 @@ def tiny_image_text_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     c.model.text.update(dict(width=16, num_layers=1, mlp_dim=32, num_heads=2))
     c.model.out_dim = (16, 16)
   return _shrunk(c, data_dir, overrides, {})
+
+
+def mixed_aspect_folder(root, n_train: int = 96, n_test: int = 48, seed: int = 0) -> str:
+  """An image folder of 3 classes whose images have random sizes (8..40 px a side, any aspect
+  ratio): class 0 a bright left half, class 1 a bright top half, class 2 a bright centre."""
+  from vit_jax.datasets import sources  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for split, n in (("train", n_train), ("test", n_test)):
+    for i in range(n):
+      c = i % 3
+      h, w = int(rng.integers(8, 41)), int(rng.integers(8, 41))
+      im = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+      if c == 0:
+        im[:, : w // 2] += 150
+      elif c == 1:
+        im[: h // 2] += 150
+      else:
+        im[h // 4: 3 * h // 4, w // 4: 3 * w // 4] += 150
+      folder = os.path.join(root, split, f"c{c}")
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(im).save(os.path.join(folder, f"{i:03d}.png"))
+  sources.clear_cache()
+  return str(root)
+
+
+def tiny_packed_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  """tiny_config on a mixed_aspect_folder `data_dir`, packed: 3 images per 48-token sequence
+  (4 px patches), batch 8 sequences."""
+  c = tiny_config(data_dir)
+  with c.unlocked():
+    c.dataset, c.num_classes, c.tfds_data_dir = str(data_dir), 3, None
+    c.pp.crop, c.pp.resize = 16, 16
+    c.batch, c.batch_eval = 8, 16
+    c.naflex.seq_len, c.naflex.images_per_pack, c.naflex.min_share = 48, 3, 0.5
+    for key, value in overrides.items():
+      set_path(c, key, value)
+  return c

@@ -19,6 +19,7 @@ import checkpoint as bench_checkpoint  # pylint: disable=g-import-not-at-top,wro
 import cpu_formulations  # pylint: disable=g-import-not-at-top,wrong-import-position
 import input_pipeline as bench_input  # pylint: disable=g-import-not-at-top,wrong-import-position
 import matmul_side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import packing as bench_packing  # pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -75,6 +76,17 @@ def test_input_pipeline_bench(tmp_path):
                            "--json", str(out)]) == 0
   results = json.loads(out.read_text())["results"]
   assert len(results) == 3 and all(r["img_per_s_0_workers"] > 0 for r in results)
+
+
+def test_packing_bench(tmp_path):
+  out = tmp_path / "packing.json"
+  assert bench_packing.main(["--tokens", "16", "--images", "4", "--images_per_pack", "2",
+                             "--packs", "10", "--width", "32", "--depth", "1", "--repeats", "1",
+                             "--min_side", "16", "--max_side", "64", "--json", str(out)]) == 0
+  figures = json.loads(out.read_text())
+  assert set(figures["padding"]) == {"padded", "packed_k1", "packed_k2", "packed_k4",
+                                     "packed_k8"}
+  assert figures["throughput"]["packed"]["images"] == 4
 
 
 def test_run_suite_cases_and_case_runner(tmp_path):

@@ -9,6 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 
+# The model-input keys of a packed-sequence batch (NaViT / NaFlex; models/packed.py says what
+# each holds, datasets/packing.py builds them on the host).
+PACKED_KEYS = ("patches", "segment_ids", "coords", "image_grid")
+
+
+def images_per_step(config) -> int:
+  """Images one train step reads: config.batch, times config.naflex.images_per_pack when the
+  batch is of packed sequences."""
+  if int(config.naflex.seq_len or 0) > 0:
+    return int(config.batch) * int(config.naflex.images_per_pack)
+  return int(config.batch)
+
+
+def packed_batch_shapes(config, batch: int, patch: int) -> dict[str, tuple[int, ...]]:
+  """The shapes of a packed train batch of `batch` sequences (PACKED_KEYS) of config.naflex
+  at patch size `patch`."""
+  n = config.naflex
+  length, k, p = int(n.seq_len), int(n.images_per_pack), int(patch)
+  return {"patches": (batch, length, p * p * 3), "segment_ids": (batch, length),
+          "coords": (batch, length, 2), "image_grid": (batch, k, 2)}
+
 
 def local_batch_size(global_batch: int, process_count: int, name: str = "batch") -> int:
   """global_batch // process_count; raises when it does not divide evenly."""

@@ -63,6 +63,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--patch_size", type=int, default=None,
                  help="a FlexiViT model (trained with config.flexi.patch_sizes): evaluate it at "
                       "this patch size (default: the run's entries', else its base patch size)")
+  p.add_argument("--keep_aspect", action="store_true",
+                 help="keep each image's aspect ratio: one image per packed sequence at the "
+                      "token budget of --resolution, (resolution / patch)^2 (a model with a "
+                      "fixed-grid position embedding: FlexiViT, progressive resolution; a "
+                      "packed-sequence run, config.naflex, is always evaluated so)")
   p.add_argument("--eval_pp", default=None, choices=("resize", "resize_crop", "resize_small"),
                  help="eval preprocessing (default: the run's pp.eval, else resize)")
   p.add_argument("--resize", type=int, default=None,

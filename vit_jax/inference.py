@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 from vit_jax import artifacts, exits, predict
 from vit_jax.datasets import text
 from vit_jax.models import lit
+from vit_jax.models.fields import patch_size
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -51,6 +52,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--texts", default=None,
                  help="an image-text (LiT) model: rank these comma-separated texts for each "
                       "image, e.g. \"a cat,a dog\"")
+  p.add_argument("--keep_aspect", action="store_true",
+                 help="keep each image's aspect ratio instead of resizing it to R x R: one "
+                      "packed sequence per image of at most (R / patch)^2 patches (a model "
+                      "with a fixed-grid position embedding: config.naflex, FlexiViT, "
+                      "progressive resolution)")
   p.add_argument("images", nargs="+", help="image files (any format PIL reads) or folders")
   args = p.parse_args(argv)
   artifacts.check_flags(p, args)
@@ -77,6 +83,17 @@ def _tokenizer(weights: artifacts.Weights):
   return text.model_tokenizer(weights.model.pp, weights.vocab)
 
 
+def _keep_aspect_patch(weights: artifacts.Weights, keep_aspect: bool) -> Optional[int]:
+  """The patch size images are packed at with --keep_aspect (None without it)."""
+  if not keep_aspect:
+    return None
+  patches = getattr(weights.model, "patches", None)
+  if patches is None or lit.is_lit(weights.model):
+    raise ValueError("--keep_aspect packs images for a ViT classifier with patches; this "
+                     "model has none (a Mixer, a hybrid or an image-text model).")
+  return patch_size(patches)[0]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI entry point; returns the exit status."""
   args = parse_args(argv)
@@ -101,7 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = predict.expand_images(args.images)
     k = min(args.top_k, num_classes)
     rows = predict.predict_files(weights.model, weights.params, paths, weights.resolution,
-                                 labels, k, args.batch_size, apply)
+                                 labels, k, args.batch_size, apply,
+                                 _keep_aspect_patch(weights, args.keep_aspect))
     if args.output:
       predict.write_predictions(args.output, rows)
   except Exception as e:  # pylint: disable=broad-except  # One line (exits.py).

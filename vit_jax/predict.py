@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vit_jax.datasets import image_files
+from vit_jax.datasets import image_files, naflex
 from vit_jax.datasets.image_files import IMAGE_SUFFIXES  # noqa: F401  (the name predict had)
 from vit_jax.evaluators import zeroshot
 
@@ -105,6 +105,18 @@ def load_image(path: str, resolution: int) -> np.ndarray:
   return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
 
 
+def load_packed(path: str, resolution: int, patch: int) -> dict:
+  """One image file as a packed sequence of its own (datasets/naflex.py): its aspect ratio
+  kept, at most (resolution // patch)^2 patches; model inputs with a batch axis of 1."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as img:
+      pixels = np.asarray(img.convert("RGB"), np.uint8)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read image {path!r}: {e}") from None
+  return naflex.pack_arrays([pixels], max(int(resolution) // int(patch), 1) ** 2, int(patch))
+
+
 _APPLY_CACHE: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, jitted softmax apply)
 
 
@@ -115,8 +127,10 @@ def _softmax_apply(model):
   if hit is None or hit[0] is not model:
     if len(_APPLY_CACHE) >= 4:
       _APPLY_CACHE.pop(next(iter(_APPLY_CACHE)))
-    hit = (model, jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x,
-                                                                  train=False))))
+    def probs(p, x):
+      out = jax.nn.softmax(model.apply({"params": p}, x, train=False))
+      return out[:, 0] if isinstance(x, dict) else out  # packed: one image per sequence
+    hit = (model, jax.jit(probs))
     _APPLY_CACHE[id(model)] = hit
   return hit[1]
 
@@ -136,38 +150,46 @@ def zero_shot_apply(model, ztxt: np.ndarray):
   return jax.jit(probs)
 
 
-def predict(model, params, images: np.ndarray, batch_size: int = 16,
+def predict(model, params, images: Any, batch_size: int = 16,
             apply: Optional[Any] = None) -> np.ndarray:
-  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1]; `apply`
-  (params, images) -> probabilities replaces the model's classifier (zero_shot_apply).
+  """Softmax probabilities (N, classes) of `images` (N, H, W, 3) in [-1, 1], or of N packed
+  sequences of one image each (a dict, load_packed); `apply` (params, images) ->
+  probabilities replaces the model's classifier (zero_shot_apply).
 
   Runs batches of min(batch_size, N) images; the last one is padded (and the padding's
   outputs dropped), so one compiled shape serves every batch."""
   apply = apply or _softmax_apply(model)
-  n = len(images)
+  n = len(jax.tree.leaves(images)[0])
   size = max(1, min(batch_size, n))
   out = []
   for i in range(0, n, size):
-    batch = np.asarray(images[i:i + size])
-    pad = size - len(batch)
+    batch = jax.tree.map(lambda x, lo=i: np.asarray(x[lo:lo + size]), images)
+    pad = size - len(jax.tree.leaves(batch)[0])
     if pad:
-      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+      batch = jax.tree.map(
+          lambda x, n=pad: np.concatenate([x, np.zeros((n,) + x.shape[1:], x.dtype)]), batch)
     out.append(np.asarray(apply(params, batch))[:size - pad])
   return np.concatenate(out).astype(np.float64)
 
 
 def predict_files(model, params, paths: Sequence[str], resolution: int, labels: Sequence[str],
-                  k: int, batch_size: int = 16, apply: Optional[Any] = None) -> list[dict]:
+                  k: int, batch_size: int = 16, apply: Optional[Any] = None,
+                  keep_aspect_patch: Optional[int] = None) -> list[dict]:
   """top_k_rows of image files, read and classified `batch_size` at a time (a progress bar on
-  stderr when there is more than one batch); `apply` as in `predict`."""
+  stderr when there is more than one batch); `apply` as in `predict`. keep_aspect_patch:
+  each image packed alone at its own aspect ratio (load_packed) instead of squashed."""
   size = max(1, batch_size)
   chunks = range(0, len(paths), size)
   rows = []
   for start in tqdm(chunks, desc="images", unit="batch", disable=len(chunks) <= 1,
                     file=sys.stderr):
     chunk = paths[start:start + size]
-    probs = predict(model, params, np.stack([load_image(p, resolution) for p in chunk]), size,
-                    apply)
+    if keep_aspect_patch:
+      packs = [load_packed(p, resolution, keep_aspect_patch) for p in chunk]
+      inputs = {key: np.concatenate([x[key] for x in packs]) for key in packs[0]}
+    else:
+      inputs = np.stack([load_image(p, resolution) for p in chunk])
+    probs = predict(model, params, inputs, size, apply)
     rows.extend(top_k_rows(chunk, probs, labels, k))
   return rows
 

@@ -229,3 +229,20 @@ def test_an_evaluator_given_only_on_the_command_line_reports_its_metric(tmp_path
   assert bad.returncode == exits.BAD_INPUT
   line = bad.stderr.strip().splitlines()[-1]
   assert "'spilt' is not a key of type 'classification'" in line and "topk" in line
+
+
+def test_keep_aspect_evaluates_one_image_per_sequence_at_the_resolutions_budget(tmp_path):
+  run = _tiny(tmp_path)
+  config, overridden = offline.eval_settings(_args("--keep_aspect"), 32, "digits", "test",
+                                             run=run, model_patch=4)
+  assert (config.naflex.seq_len, config.naflex.eval_seq_len, config.naflex.patch_size) == (
+      64, 64, 4)
+  assert overridden["naflex.eval_seq_len"]["flag"] == 64
+  plain, _ = offline.eval_settings(_args(), 32, "digits", "test", run=run, model_patch=4)
+  assert not plain.naflex.seq_len          # without the flag a square model stays square
+  packed_run = _tiny(tmp_path, **{"naflex.seq_len": 48, "naflex.patch_size": 4})
+  same, overridden = offline.eval_settings(_args(), 8, "digits", "test", run=packed_run,
+                                           model_patch=4)
+  assert same.naflex.eval_seq_len == 0 and "naflex.eval_seq_len" not in overridden
+  other, _ = offline.eval_settings(_args(), 16, "digits", "test", run=packed_run, model_patch=4)
+  assert other.naflex.eval_seq_len == 16   # (16 px / 4)^2

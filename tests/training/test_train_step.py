@@ -222,9 +222,13 @@ def test_trainer_modules_do_not_import_tensorflow():
 
 def test_total_steps_from_epochs():
   from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict(dict(total_steps=0, total_epochs=2.5, batch=100))
+  c = ml_collections.ConfigDict(dict(total_steps=0, total_epochs=2.5, batch=100,
+                                     naflex=dict(seq_len=0, images_per_pack=4)))
   assert optim.total_steps(c, 1000) == 25
+  c.naflex.seq_len = 64  # packed: a step reads batch x images_per_pack images
+  assert optim.total_steps(c, 1000) == 6
   c.total_steps = 7
   assert optim.total_steps(c, 1000) == 7
   with pytest.raises(ValueError, match="total_epochs"):
-    optim.total_steps(ml_collections.ConfigDict(dict(total_steps=0, total_epochs=0, batch=1)), 10)
+    optim.total_steps(ml_collections.ConfigDict(dict(total_steps=0, total_epochs=0, batch=1,
+                                                     naflex=dict(seq_len=0))), 10)

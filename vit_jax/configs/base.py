@@ -191,6 +191,17 @@ def defaults() -> ml_collections.ConfigDict:
   # (None = pp.crop // the base patch, config.model.patches.size).
   c.flexi = ml_collections.ConfigDict(dict(patch_sizes=(), probs=(),
                                            posemb_grid=config_dict.placeholder(tuple)))
+  # Packed sequences, NaViT / NaFlex (datasets/naflex.py, models/packed.py): seq_len tokens
+  # per sequence (0 = off) holding images_per_pack (K) images of consecutive stream elements,
+  # each at its own aspect ratio; config.batch counts sequences (K x batch images a step).
+  # Each image's share of its sequence is drawn in [min_share, 1] (1 = equal shares);
+  # max_tokens caps one image (0 = no cap); token_drop drops that fraction of each train
+  # image's patches (NaViT / FLIP). Evaluation: one image per sequence of eval_seq_len tokens
+  # (0 = seq_len). patch_size: the model's (None = filled in from it). The learned position
+  # embedding keeps config.flexi.posemb_grid (None = pp.crop // patch), interpolated per token.
+  c.naflex = ml_collections.ConfigDict(dict(
+      seq_len=0, images_per_pack=1, min_share=1.0, max_tokens=0, token_drop=0.0,
+      eval_seq_len=0, patch_size=config_dict.placeholder(int)))
   return c
 
 

@@ -40,6 +40,8 @@ Batches (numpy, local to this process, b = global batch // process count):
           mixed as config.pp says (rows sum to 1)}
   eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
           exactly one pass, the same number of batches on every process.
+  packed sequences (config.naflex; datasets/naflex.py): 'image' is a dict of patches,
+  segment ids, coordinates and image grids, 'label' (b, K, C) for the K images of each pack.
   image-text train (a caption dataset, or config.input.caption_templates over a labelled one;
   datasets/captions.py): {'image', 'tokens': int32 (b, config.pp.max_len)}, one caption per
   image drawn with the element's RNG (so the same for every P and after a resume), tokenized
@@ -65,7 +67,7 @@ import numpy as np
 
 from vit_jax import batching
 from vit_jax.batching import local_batch_size
-from vit_jax.datasets import captions, image_ops, mixing, preprocess
+from vit_jax.datasets import captions, image_ops, mixing, naflex, preprocess
 from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
@@ -492,16 +494,29 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   if repeats > 1:  # Position t holds a copy of shuffled image ~t // k (RepeatedStream).
     stream = grain.MapDataset.range(sys.maxsize).map(
         RepeatedStream(stream, global_batch, repeats))
-  element = (TrainElement(opts, *info.keys) if captions_key is None
-             else CaptionTrainElement(opts, captions_key, rows))
+  packed = naflex.settings_from_config(config) if naflex.enabled(config) else None
+  if packed is not None:
+    if captions_key is not None:
+      raise ValueError("packed sequences (config.naflex) train image classifiers; this run's "
+                       "data has captions. Unset config.naflex.seq_len.")
+    element = naflex.PackElement(opts, packed, *info.keys)
+  elif captions_key is None:
+    element = TrainElement(opts, *info.keys)
+  else:
+    element = CaptionTrainElement(opts, captions_key, rows)
   stream = stream.random_map(element, seed=derive_seed(seed, 2))
   if stream_offset:  # After random_map: element t keeps the RNG of its global position.
     stream = stream[int(stream_offset):]
+  if packed is not None:  # Pack j = stream elements [jK, (j+1)K) (datasets/naflex.py).
+    stream = stream.batch(packed.images_per_pack, drop_remainder=True,
+                          batch_fn=tuple).map(naflex.PackImages(packed))
   # Chunks of b elements; global batch i = chunks [i·P, (i+1)·P); this process reads chunk
   # i·P + p only (lazy random access: the other processes' rows are never read).
   ds = stream.batch(local_batch, drop_remainder=True)[process_index::process_count]
   # Index i of `ds` is the global batch index, so the batch RNG (mixup λ) is P-independent.
-  if captions_key is None:
+  if packed is not None:
+    ds = ds.map(naflex.PackedTrainBatch(info.num_classes, opts.label_smoothing))
+  elif captions_key is None:
     ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
   else:
     ds = ds.map(CaptionTrainBatch(opts, text_settings(config)))
@@ -667,6 +682,15 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   if info.captions_key:  # Image-text data: images only, label 0 ('index' finds the captions).
     source, keys = _NoLabel(source, info.keys[0]), (info.keys[0], "label")
   num_classes = max(info.num_classes, 1)
+  if naflex.enabled(config):  # One image per sequence, its aspect ratio kept.
+    if info.multilabel_key or info.captions_key:
+      raise ValueError(f"packed-sequence evaluation (config.naflex) reads single-label "
+                       f"images; {config.dataset!r} ({split or config.eval_split}) has label "
+                       "sets or captions.")
+    ds = ds.map(naflex.PackEvalElement(source, lo, hi, naflex.settings_from_config(config, False),
+                                       *keys))
+    return EvalIterable(ds.batch(local_batch).map(naflex.PackedEvalBatch(num_classes)),
+                        config, num_batches)
   ds = ds.map(EvalElement(source, lo, hi, opts, *keys, info.multilabel_key, num_classes))
   ds = ds.batch(local_batch).map(EvalBatch(num_classes, opts))
   return EvalIterable(ds, config, num_batches)

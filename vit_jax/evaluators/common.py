@@ -95,7 +95,8 @@ def logits_fn(setup) -> Callable:
 
   def logits(params, images):
     with axes.activation_sharding(constrainer):
-      return model.apply({"params": params}, images, train=False)
+      out = model.apply({"params": params}, images, train=False)
+    return train_step.one_image_per_sequence(images, out)
   return logits
 
 

@@ -22,6 +22,7 @@ from vit_jax.checkpoint import augreg, sources
 from vit_jax.configs import base
 from vit_jax.evaluators import command_line, runner, zeroshot
 from vit_jax.models import lit
+from vit_jax.models.fields import patch_size
 from vit_jax.training import train_state
 
 DIFFERENCE_POINTS = 0.5
@@ -106,7 +107,8 @@ def _dataset_entries(kind: str, datasets: Sequence[str], extra: dict[str, Any]
 def eval_settings(args: Any, resolution: int, dataset: str, split: str,
                   tfds_data_dir: Optional[str] = None,
                   run: Optional[ml_collections.ConfigDict] = None, *,
-                  image_text: bool = False, vocab: Optional[str] = None
+                  image_text: bool = False, vocab: Optional[str] = None,
+                  model_patch: Optional[int] = None
                   ) -> tuple[ml_collections.ConfigDict, dict[str, dict[str, Any]]]:
   """(config, overridden): the run's config (`run`, a workdir's; else the defaults) with the
   data, the resolution and what the flags set; overridden = {setting: {'run', 'flag'}} for
@@ -120,6 +122,11 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
   --zeroshot one per dataset (zeroshot_entries; `vocab`: the weights' vocabulary),
   --no_classification drops the classification ones, and so does `image_text` (a LiT model
   has no classification head: it is evaluated zero-shot).
+
+  Aspect ratio kept (packed sequences, datasets/naflex.py): a packed-sequence run
+  (config.naflex), or any model with a fixed-grid position embedding given --keep_aspect, is
+  evaluated one image per sequence at the token budget of the resolution, (resolution //
+  patch)^2 (`model_patch`: the model's patch size), its run's eval_seq_len at its own crop.
   """
   c = (run if run is not None else base.defaults()).copy_and_resolve_references()
   overridden: dict[str, dict[str, Any]] = {}
@@ -137,7 +144,9 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
     c.mesh, c.sharding_rules = base.DEFAULT_MESH, ()  # Data parallel on the local devices.
     if c.pp.resize and int(c.pp.crop) != int(resolution):  # the run's resize / crop ratio kept
       c.pp.resize = int(round(int(c.pp.resize) * int(resolution) / int(c.pp.crop)))
+    run_crop = int(c.pp.crop)
     c.pp.crop = resolution
+    _packed_eval(c, args, resolution, run_crop, model_patch, note)
     c.input.num_workers = 0
     if run is None:
       c.batch_eval = 64
@@ -179,6 +188,27 @@ def eval_settings(args: Any, resolution: int, dataset: str, split: str,
         entry["patch_size"] = int(patch)
     c.evals = ml_collections.ConfigDict(entries)
   return c, overridden
+
+
+def _packed_eval(c: ml_collections.ConfigDict, args: Any, resolution: int, run_crop: int,
+                 model_patch: Optional[int], note: Any) -> None:
+  """config.naflex of an evaluation that keeps each image's aspect ratio (eval_settings)."""
+  keep_aspect = bool(getattr(args, "keep_aspect", False))
+  packed_run = int(c.naflex.seq_len or 0) > 0
+  if not keep_aspect and not packed_run:
+    return
+  patch = int(getattr(args, "patch_size", None) or c.naflex.patch_size or model_patch or 0)
+  if patch <= 0:
+    raise ValueError("--keep_aspect needs the model's patch size; these weights have none (a "
+                     "Mixer or a hybrid cannot take packed sequences).")
+  budget = (int(resolution) // patch) ** 2
+  was = int(c.naflex.eval_seq_len or c.naflex.seq_len or 0)  # 0: the run is not packed
+  if not packed_run:
+    c.naflex.seq_len = budget
+  if keep_aspect or int(resolution) != run_crop or patch != int(c.naflex.patch_size or patch):
+    note("naflex.eval_seq_len", was, budget)
+    c.naflex.eval_seq_len = budget
+  c.naflex.patch_size = patch
 
 
 def _entries(args: Any, c: ml_collections.ConfigDict, run: Optional[ml_collections.ConfigDict],
@@ -299,9 +329,11 @@ def evaluate(weights: Any, args: Any) -> dict[str, Any]:
   if not dataset:
     raise ValueError("pass --dataset (a TFDS name or an image folder) to evaluate on.")
   split = split or "test"
+  patches = getattr(weights.model, "patches", None)
   config, overridden = eval_settings(args, weights.resolution, dataset, split, tfds_data_dir,
                                      weights.config, image_text=image_text,
-                                     vocab=weights.vocab)
+                                     vocab=weights.vocab,
+                                     model_patch=patch_size(patches)[0] if patches else None)
   mesh = sharding.make_mesh(base.DEFAULT_MESH)
   size = weights.resolution
   setup = train_state.make_setup(weights.model, optax.identity(), None, mesh, (1, size, size, 3),

@@ -31,6 +31,13 @@ How it computes (the parameters stay the official separate ones):
 Attention dropout needs the attention weights, so when it is active (train and rate > 0)
 the 'einsum' formulation is used whatever implementation was asked for.
 
+Masks: every implementation takes an optional boolean `mask` (batch, 1, q_tokens, kv_tokens),
+True where a query may attend (packed sequences: the block-diagonal mask of their segment ids,
+models/packed.py). Masked logits get a large finite negative value, so a row with no allowed
+key gives uniform weights instead of NaN; 'einsum_vjp' carries the mask as an additive bias
+through its hand-written backward pass, 'xla' passes it to `jax.nn.dot_product_attention`, and
+'cudnn' passes it there as that additive bias (what the fused kernel takes).
+
 Inspection: applied with the 'intermediates' collection mutable, the module computes the
 float32 probabilities explicitly (`attention_weights`), sows them as
 `attention_weights` (batch, heads, q_tokens, kv_tokens) and multiplies exactly those with
@@ -48,18 +55,33 @@ import numpy as np
 from vit_jax.models.axes import logical
 from vit_jax.models.platform import on_cpu, resolve_attention_impl
 
+MASKED_LOGIT = -1e30  # float32 logit of a masked (query, key) pair: exp() of it is exactly 0
 
-def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
-  """float32 softmax(q k^T / sqrt(d)): (batch, heads, q_tokens, kv_tokens) probabilities."""
+
+def mask_bias(mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+  """Additive logit bias of a boolean mask: 0 where allowed, a large negative value where not
+  (MASKED_LOGIT in float32; 70% of the dtype's range in a narrower one, so it stays finite)."""
+  neg = MASKED_LOGIT if jnp.dtype(dtype) == jnp.float32 else -0.7 * float(jnp.finfo(dtype).max)
+  return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(neg, dtype))
+
+
+def attention_weights(q: jax.Array, k: jax.Array,
+                      mask: Optional[jax.Array] = None) -> jax.Array:
+  """float32 softmax(q k^T / sqrt(d)): (batch, heads, q_tokens, kv_tokens) probabilities;
+  0 where `mask` (broadcast to that shape) is False."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  logits = logits.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(MASKED_LOGIT, jnp.float32))
+  return jax.nn.softmax(logits, axis=-1)
 
 
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, dropout_rate: float = 0.0,
-                     dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+                     dropout_rng: Optional[jax.Array] = None,
+                     mask: Optional[jax.Array] = None) -> jax.Array:
   """softmax(q k^T / sqrt(d)) v on (batch, tokens, heads, head_dim) arrays, softmax in float32."""
-  weights = attention_weights(q, k).astype(v.dtype)
+  weights = attention_weights(q, k, mask).astype(v.dtype)
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, weights.dtype),
@@ -67,14 +89,17 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, dropout_rate: 
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
-def _headmajor_forward(q: jax.Array, k: jax.Array, v: jax.Array):
-  """Output and residuals of softmax(q k^T / sqrt(d)) v on (B, H, T, d) arrays.
+def _headmajor_forward(q: jax.Array, k: jax.Array, v: jax.Array,
+                       bias: Optional[jax.Array] = None):
+  """Output and residuals of softmax(q k^T / sqrt(d) + bias) v on (B, H, T, d) arrays.
 
   The softmax is normalised AFTER the PV matmul (flash-attention style: exp(logits - max)
   @ v, then divided by the row sums), which on XLA:CPU makes the forward ~1.7x faster than
   normalising the (T x T) weights first."""
   qs = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   logits = jnp.einsum("bhqd,bhkd->bhqk", qs, k).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias
   e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
   inv_sum = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
   out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v) * inv_sum.astype(v.dtype)
@@ -96,7 +121,7 @@ def _headmajor_fwd(q, k, v):
   return _headmajor_forward(q, k, v)
 
 
-def _headmajor_bwd(res, dout):
+def _headmajor_grads(res, dout):
   qs, k, v, e, inv_sum = res
   scale = jnp.asarray(qs.shape[-1] ** -0.5, qs.dtype)
   dout = dout.astype(v.dtype)
@@ -109,20 +134,55 @@ def _headmajor_bwd(res, dout):
   return dq.astype(qs.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
+def _headmajor_bwd(res, dout):
+  return _headmajor_grads(res, dout)
+
+
 headmajor_attention.defvjp(_headmajor_fwd, _headmajor_bwd)
+
+
+@jax.custom_vjp
+def headmajor_attention_biased(q: jax.Array, k: jax.Array, v: jax.Array,
+                               bias: jax.Array) -> jax.Array:
+  """`headmajor_attention` with an additive float32 logit bias broadcast to (B, H, Tq, Tk) (a
+  mask's `mask_bias`); the bias gets no gradient (it is a constant of the batch)."""
+  return _headmajor_forward(q, k, v, bias)[0]
+
+
+def _headmajor_biased_fwd(q, k, v, bias):
+  out, res = _headmajor_forward(q, k, v, bias)
+  return out, (res, bias)
+
+
+def _headmajor_biased_bwd(res, dout):
+  res, bias = res
+  return _headmajor_grads(res, dout) + (jnp.zeros_like(bias),)
+
+
+headmajor_attention_biased.defvjp(_headmajor_biased_fwd, _headmajor_biased_bwd)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           implementation: Optional[str] = None, dropout_rate: float = 0.0,
-                          dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-  """Attention over (batch, tokens, heads, head_dim) arrays with the chosen implementation."""
+                          dropout_rng: Optional[jax.Array] = None,
+                          mask: Optional[jax.Array] = None) -> jax.Array:
+  """Attention over (batch, tokens, heads, head_dim) arrays with the chosen implementation;
+  `mask` (batch, 1, q_tokens, kv_tokens) bool, True where a query may attend (module doc)."""
   implementation = resolve_attention_impl(implementation)
   if implementation == "einsum" or (dropout_rng is not None and dropout_rate > 0.0):
-    return einsum_attention(q, k, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    return einsum_attention(q, k, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                            mask=mask)
   if implementation == "einsum_vjp":
     q, k, v = (jnp.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
-    return jnp.transpose(headmajor_attention(q, k, v), (0, 2, 1, 3))
-  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    if mask is None:
+      out = headmajor_attention(q, k, v)
+    else:
+      out = headmajor_attention_biased(q, k, v, mask_bias(mask))
+    return jnp.transpose(out, (0, 2, 1, 3))
+  if mask is not None and implementation == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, bias=mask_bias(mask, q.dtype),
+                                        implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
 class DenseGeneralParams(nn.Module):
@@ -180,7 +240,9 @@ class MultiHeadDotProductAttention(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array) -> jax.Array:
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+               mask: Optional[jax.Array] = None) -> jax.Array:
+    """mask: optional bool (batch, 1, q_tokens, kv_tokens), True where a query may attend."""
     width = inputs_q.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"hidden size {width} is not divisible by num_heads={self.num_heads}; "
@@ -230,13 +292,13 @@ class MultiHeadDotProductAttention(nn.Module):
       q, k = norm(q, "query_norm"), norm(k, "key_norm")
     use_dropout = not self.deterministic and self.dropout_rate > 0.0
     if self.is_mutable_collection("intermediates") and not use_dropout:
-      weights = attention_weights(q, k)
+      weights = attention_weights(q, k, mask)
       self.sow("intermediates", "attention_weights", weights)
       y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     else:
       y = dot_product_attention(
           q, k, v, implementation=self.attention_impl, dropout_rate=self.dropout_rate,
-          dropout_rng=self.make_rng("dropout") if use_dropout else None)
+          dropout_rng=self.make_rng("dropout") if use_dropout else None, mask=mask)
     out = jnp.einsum("nhk,hkd->nd", jnp.reshape(y, (batch * q_len, heads, head_dim)),
                      wo.astype(dtype))
     return jnp.reshape(out + bo.astype(dtype), (batch, q_len, width))

@@ -63,15 +63,17 @@ def run_model_config(config) -> ml_collections.ConfigDict:
 
 def _with_flexi(config, fields: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """An image model's fields with a fixed position-embedding grid when the run trains at
-  several patch sizes (config.flexi.patch_sizes; training/flexi.py) or resolutions
-  (config.resolution_schedule): config.flexi.posemb_grid, else pp.crop's grid at the base
-  patch size (interpolated to every other grid in the forward)."""
-  if not tuple(config.flexi.patch_sizes or ()) and not tuple(config.resolution_schedule or ()):
+  several patch sizes (config.flexi.patch_sizes; training/flexi.py), resolutions
+  (config.resolution_schedule) or on packed sequences of images at their own grids
+  (config.naflex): config.flexi.posemb_grid, else pp.crop's grid at the base patch size
+  (interpolated to every other grid in the forward)."""
+  if (not tuple(config.flexi.patch_sizes or ()) and not tuple(config.resolution_schedule or ())
+      and not int(config.naflex.seq_len or 0)):
     return fields
-  if "patches" not in fields or fields.get("resnet") is not None:
-    raise ValueError(f"config.flexi and config.resolution_schedule train a plain ViT at "
-                     f"several patch sizes or resolutions; {config.model_name!r} is not one (a "
-                     "hybrid or a Mixer).")
+  if "patches" not in fields or registry.is_mixer(fields) or fields.get("resnet") is not None:
+    raise ValueError(f"config.flexi, config.resolution_schedule and config.naflex train a "
+                     f"plain ViT at several patch sizes or resolutions; {config.model_name!r} "
+                     "is not one (a hybrid or a Mixer).")
   grid = config.flexi.posemb_grid
   if not grid:
     base = tuple(fields["patches"]["size"])
@@ -110,6 +112,24 @@ def model_from_run_config(config, num_classes: int):
 def is_image_text_run(config) -> bool:
   """True when the run config trains an image-text (two-tower) model."""
   return lit.is_lit(str(config.model_name))
+
+
+def with_pipeline_settings(config):
+  """A copy of a run config with what its input pipeline needs from the model filled in
+  where unset (the pipeline cannot build the model): an image-text run's tokenizer settings
+  (with_text_settings), a packed-sequence run's config.naflex.patch_size."""
+  config = with_text_settings(config)
+  if not int(config.naflex.seq_len or 0) or config.naflex.patch_size:
+    return config
+  fields = run_model_config(config)
+  size = tuple(fields["patches"]["size"]) if "patches" in fields else ()
+  if len(size) != 2 or size[0] != size[1]:
+    raise ValueError(f"packed sequences (config.naflex) need a ViT with square patches; "
+                     f"{config.model_name!r} has patches {size or 'none'}.")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.naflex.patch_size = int(size[0])
+  return config
 
 
 def with_text_settings(config):

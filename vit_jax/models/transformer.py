@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import cpu_ops
+from vit_jax.models import cpu_ops, packed
 from vit_jax.models.attention import MultiHeadDotProductAttention
 from vit_jax.models.axes import constrain, logical
 from vit_jax.models.platform import current_platform, on_cpu
@@ -170,7 +170,9 @@ class Encoder1DBlock(nn.Module):
     return x + branch
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, drop_rate: Any = 0.0):
+  def __call__(self, inputs: jax.Array, drop_rate: Any = 0.0,
+               mask: Optional[jax.Array] = None):
+    """mask: optional bool (batch, 1, tokens, tokens) attention mask (packed sequences)."""
     # LayerNorms, residuals and the MLP run on the (batch * tokens, D) token matrix (a free
     # reshape): XLA:CPU emits markedly faster fusions and matmuls for 2-D operands than for
     # (batch, 197, D) ones (docs/performance.md); on other backends it makes no difference.
@@ -183,7 +185,7 @@ class Encoder1DBlock(nn.Module):
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         deterministic=self.deterministic, attention_impl=self.attention_impl,
         qk_norm=self.qk_norm, use_bias=self.use_bias,
-        name="MultiHeadDotProductAttention_0")(y, y)
+        name="MultiHeadDotProductAttention_0")(y, y, mask)
     y = nn.Dropout(rate=self.dropout_rate)(jnp.reshape(y, x2d.shape),
                                            deterministic=self.deterministic)
     mlp = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
@@ -232,9 +234,14 @@ class AddPositionEmbs(nn.Module):
   param_grid: Optional[tuple[int, int]] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, grid: Optional[tuple[int, int]] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, grid: Optional[tuple[int, int]] = None,
+               positions: Optional[packed.TokenPositions] = None) -> jax.Array:
+    """grid: the input's patch grid; positions: each token's place in its own image (packed
+    sequences, models/packed.py) instead of one grid for the whole input."""
     if self.posemb not in POSEMB_TYPES:
       raise ValueError(f"posemb={self.posemb!r} is not supported; use one of {POSEMB_TYPES}.")
+    if positions is not None:
+      return x + self._per_token(x, positions).astype(x.dtype)
     expected = (1, x.shape[1], x.shape[2])
     if self.posemb == "sincos2d":
       if grid is None:
@@ -257,6 +264,22 @@ class AddPositionEmbs(nn.Module):
                     expected, jnp.float32)
     return x + pe.astype(x.dtype)
 
+
+  def _per_token(self, x: jax.Array, positions: packed.TokenPositions) -> jax.Array:
+    """(B, T, D) position embeddings of packed tokens: sin-cos of each token's (row, col), or
+    the param_grid embedding interpolated at it for its image's grid (the numbers `_resized`
+    gives that image alone); prefix tokens get the parameter's prefix rows (zeros: sin-cos)."""
+    if self.posemb == "sincos2d":
+      return packed.sincos_at(positions, x.shape[2])
+    if self.param_grid is None:
+      raise ValueError("a packed sequence of images of several grids needs a position "
+                       "embedding of a fixed grid (posemb_grid, config.naflex / config.flexi) "
+                       "or posemb='sincos2d'.")
+    gh, gw = (int(g) for g in self.param_grid)
+    pe = self.param("pos_embedding",
+                    logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
+                    (1, positions.num_prefix + gh * gw, x.shape[2]), jnp.float32)
+    return packed.interpolate_at(pe[0], (gh, gw), positions)
 
   def _resized(self, x: jax.Array, grid: Optional[tuple[int, int]]) -> jax.Array:
     """The param_grid-shaped pos_embedding, its grid part resized to `grid`."""
@@ -302,11 +325,15 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
-               grid: Optional[tuple[int, int]] = None) -> jax.Array:
-    """grid: the (rows, cols) patch grid of x's patch tokens (needed by posemb='sincos2d')."""
+               grid: Optional[tuple[int, int]] = None,
+               mask: Optional[jax.Array] = None,
+               positions: Optional[packed.TokenPositions] = None) -> jax.Array:
+    """grid: the (rows, cols) patch grid of x's patch tokens (needed by posemb='sincos2d');
+    packed sequences: `mask` (B, 1, T, T) their block-diagonal attention mask and `positions`
+    each token's place in its image (models/packed.py)."""
     if self.add_position_embedding:
       x = AddPositionEmbs(dtype=self.dtype, posemb=self.posemb, param_grid=self.posemb_grid,
-                          name="posembed_input")(x, grid)
+                          name="posembed_input")(x, grid, positions)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     rates = stochastic_depth_rates(self.stochastic_depth, self.num_layers)
     block_kwargs = dict(
@@ -319,14 +346,17 @@ class Encoder(nn.Module):
     policy = checkpoint_policy(self.remat, self.remat_policy)
     if self.remat:
       block = nn.remat(block, prevent_cse=not self.scan_layers, policy=policy)
+    extra = () if mask is None else (mask,)  # no mask: the program of an unpacked input
     if self.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=0,
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0,) + (nn.broadcast,) * len(extra),
                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(scanned=True, name="encoderblock", **block_kwargs)(x, jnp.asarray(rates))
+      x, _ = stack(scanned=True, name="encoderblock", **block_kwargs)(
+          x, jnp.asarray(rates), *extra)
     else:
       for i in range(self.num_layers):
-        x = block(name=f"encoderblock_{i}", **block_kwargs)(x, float(rates[i]))
+        x = block(name=f"encoderblock_{i}", **block_kwargs)(x, float(rates[i]), *extra)
     return layer_norm(self.dtype, "encoder_norm", train, self.use_bias)(x)
 
 
@@ -339,15 +369,19 @@ class MAPHead(nn.Module):
   approximate_gelu: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """(B, T, D) -> (B, D); with a bool `mask` (B, 1, Q, T) the probe is asked Q times, query q
+    attending to the tokens mask[:, 0, q] allows (one image of a packed sequence each):
+    (B, Q, D)."""
     n, _, d = x.shape
+    queries = 1 if mask is None else mask.shape[-2]
     probe = self.param("probe", logical(nn.initializers.xavier_uniform(), None, None, "embed"),
                        (1, 1, d), jnp.float32)
-    probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
+    probe = jnp.tile(probe.astype(x.dtype), (n, queries, 1))
     x = MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
                                      attention_impl=self.attention_impl,
-                                     name="MultiHeadDotProductAttention_0")(probe, x)
+                                     name="MultiHeadDotProductAttention_0")(probe, x, mask)
     y = layer_norm(self.dtype, "LayerNorm_0")(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim or 4 * d, dtype=self.dtype,
                      approximate_gelu=self.approximate_gelu, name="MlpBlock_0")(y)
-    return x[:, 0]
+    return x[:, 0] if mask is None else x

@@ -55,7 +55,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import resnet as resnet_lib
+from vit_jax.models import packed as packed_lib, resnet as resnet_lib
 from vit_jax.models.axes import logical
 from vit_jax.models.cpu_ops import matmul
 from vit_jax.models.fields import check_image_size, config_get, patch_size, sequence_length
@@ -64,6 +64,7 @@ from vit_jax.models.resize import pi_resize_matrix
 from vit_jax.models.transformer import Encoder, MAPHead
 
 CLASSIFIERS = ("token", "gap", "map", "first", "token_unpooled", "unpooled", "gap_unpooled")
+PACKED_CLASSIFIERS = ("token", "gap", "map", "first")  # the poolings of a packed input
 _TRANSFORMER_KEYS = ("num_layers", "mlp_dim", "num_heads", "dropout_rate", "attention_dropout_rate")
 
 
@@ -240,18 +241,35 @@ class VisionTransformer(nn.Module):
     x = x.astype(jnp.float32)
     return head(x) if head is not None else x
 
+  def _check_packed_fields(self) -> None:
+    if self.resnet is not None or self.distilled or self.classifier not in PACKED_CLASSIFIERS:
+      raise ValueError(
+          f"packed sequences (NaFlex, config.naflex) run a plain ViT pooled per image "
+          f"(classifier one of {PACKED_CLASSIFIERS}); this model has classifier="
+          f"{self.classifier!r}" + (", a ResNet root" if self.resnet is not None else "")
+          + (", a distillation token" if self.distilled else "") + ".")
+
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool) -> Any:
+  def __call__(self, inputs: Any, *, train: bool) -> Any:
     """(B,H,W,3) images in [-1,1] -> float32 logits (B,C) (or features, see module doc);
-    distilled and train: the tuple (cls_logits, dist_logits)."""
+    distilled and train: the tuple (cls_logits, dist_logits). A packed-sequence dict
+    (models/packed.py) -> (B, K, C): the logits of each of its K image slots."""
     self._check_fields()
     dtype = jnp.dtype(self.dtype)
     base = patch_size(self.patches)
     patch = tuple(int(p) for p in self.flexi_patch) if self.flexi_patch else base
-    check_image_size(inputs.shape, patch, self._root_stride(), self.model_name)
-    # Every module is created once here and applied to each chunk (shared parameters).
-    x = self._root(inputs.astype(dtype), dtype)  # hybrids: the ResNet root on the whole batch
-    kernel, bias = PatchEmbedParams(base, x.shape[-1], self.hidden_size, name="embedding")()
+    is_packed = packed_lib.is_packed(inputs)
+    if is_packed:
+      self._check_packed_fields()
+      x = inputs["patches"]
+      in_channels = x.shape[-1] // (patch[0] * patch[1])
+      packed_lib.check_packed(inputs, patch[0] * patch[1] * in_channels)
+    else:
+      check_image_size(inputs.shape, patch, self._root_stride(), self.model_name)
+      # Every module is created once here and applied to each chunk (shared parameters).
+      x = self._root(inputs.astype(dtype), dtype)  # hybrids: the ResNet root on the batch
+      in_channels = x.shape[-1]
+    kernel, bias = PatchEmbedParams(base, in_channels, self.hidden_size, name="embedding")()
     if patch != base:  # FlexiViT: the PI-resized kernel (checkpoint/patch_embed.py's numbers)
       ph, pw, c, d = kernel.shape
       pinv = jnp.asarray(pi_resize_matrix(base, patch), jnp.float32)
@@ -268,6 +286,9 @@ class VisionTransformer(nn.Module):
     encoder = self._encoder(dtype)
     map_head = self._pool_module(dtype)
     pre_logits, head, head_dist = self._head_modules(dtype)
+    if is_packed:
+      return self._packed_forward(inputs, kernel, bias, cls, encoder, map_head,
+                                  (pre_logits, head), train, dtype)
 
     grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
 
@@ -291,3 +312,41 @@ class VisionTransformer(nn.Module):
       return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0),
                           *[forward(c) for c in jnp.split(x, chunks)])
     return forward(x)
+
+  def _packed_forward(self, inputs: Any, kernel: jax.Array, bias: jax.Array,
+                      cls: Optional[jax.Array], encoder: nn.Module,
+                      map_head: Optional[nn.Module], heads: tuple, train: bool,
+                      dtype: Any) -> jax.Array:
+    """(B, K, C) logits of a packed sequence's K image slots (module doc of models/packed.py):
+    block-diagonal attention, each token's position embedding at its place in its own image,
+    one class token per image ('token'), pooling per image."""
+    segments = inputs["segment_ids"].astype(jnp.int32)
+    coords = inputs["coords"].astype(jnp.int32)
+    num_images = inputs["image_grid"].shape[1]
+    ph, pw, c, d = kernel.shape
+    tokens = matmul(jnp.reshape(inputs["patches"].astype(dtype), (-1, ph * pw * c)),
+                    jnp.reshape(kernel.astype(dtype), (ph * pw * c, d))) + bias.astype(dtype)
+    tokens = jnp.reshape(tokens, segments.shape + (d,))
+    grids = packed_lib.token_grids(segments, inputs["image_grid"].astype(jnp.int32))
+    prefix = jnp.zeros(segments.shape, bool)
+    if cls is not None:  # one class token per image slot, before the patches
+      b = segments.shape[0]
+      slots = jnp.broadcast_to(jnp.arange(1, num_images + 1, dtype=jnp.int32), (b, num_images))
+      tokens = jnp.concatenate([jnp.tile(cls.astype(dtype), (b, num_images, 1)), tokens], 1)
+      segments = jnp.concatenate([slots, segments], axis=1)
+      coords = jnp.concatenate([jnp.zeros((b, num_images, 2), jnp.int32), coords], axis=1)
+      grids = jnp.concatenate([jnp.ones((b, num_images, 2), jnp.int32), grids], axis=1)
+      prefix = jnp.concatenate([jnp.ones((b, num_images), bool), prefix], axis=1)
+    positions = packed_lib.TokenPositions(coords, grids, prefix, int(cls is not None))
+    y = encoder(tokens, train=train, mask=packed_lib.attention_mask(segments, segments),
+                positions=positions)
+    member = packed_lib.membership(segments, num_images) * (~prefix)[..., None]
+    if self.classifier == "token":
+      pooled = y[:, :num_images]
+    elif self.classifier == "gap":
+      pooled = packed_lib.mean_pool(y, member)
+    elif self.classifier == "first":
+      pooled = packed_lib.first_pool(y, member)
+    else:  # 'map': one probe query per image slot, each attending to its image's tokens
+      pooled = map_head(y, jnp.transpose(member > 0, (0, 2, 1))[:, None])
+    return self._apply_head(pooled, *heads)

@@ -90,8 +90,8 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   devices = list(jax.devices() if devices is None else devices)
   device = devices[0]
   image_text = factory.is_image_text_run(config)
-  if image_text:  # The tokenizer settings of the model, as the trainer fills them in.
-    config = factory.with_text_settings(config)
+  # An image-text run's tokenizer settings, a packed run's patch size, as the trainer fills them.
+  config = factory.with_pipeline_settings(config)
   num_classes = 0 if image_text else num_classes_of(config)
   # The schedule's length does not change the program: no training-length keys needed.
   steps = max(int(config.total_steps or 0), int(config.warmup_steps or 0) + 1, 1)
@@ -151,6 +151,10 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   out["unknown_loops"] = sum(1 for loop in run.loops if loop["trip_count"] is None)
   if image_text:
     formula = flops.formula_flops_per_pair(fields, int(out["crop"]))
+  elif int(config.naflex.seq_len or 0):  # packed sequences: the batch counts sequences
+    formula = flops.formula_flops_per_sequence(fields, int(config.naflex.seq_len),
+                                               int(config.naflex.images_per_pack), num_classes)
+    out["packed"] = (int(config.naflex.seq_len), int(config.naflex.images_per_pack))
   else:
     formula = flops.formula_flops_per_image(fields, int(out["crop"]), num_classes)
   out["formula_flops_per_device"] = (3 * formula * out["batch"] / len(devices)) or None

@@ -31,6 +31,21 @@ def formula_flops_per_image(cfg: Any, resolution: int, num_classes: int) -> floa
   return float(embed + t["num_layers"] * per_layer + heads * 2 * d * num_classes)
 
 
+def formula_flops_per_sequence(cfg: Any, seq_len: int, images: int, num_classes: int) -> float:
+  """Forward FLOPs of one packed sequence (config.naflex) of `seq_len` patch tokens holding
+  `images` images, by formula_flops_per_image's terms: a class token per image with
+  classifier 'token', the (tokens x tokens) attention matmuls counted dense (as they execute:
+  the block-diagonal mask removes no work), one head per image."""
+  if "transformer" not in cfg or cfg.get("resnet") is not None:
+    return 0.0
+  ph, pw = tuple(cfg["patches"]["size"])
+  d, t = cfg["hidden_size"], cfg["transformer"]
+  tokens = seq_len + (images if cfg.get("classifier", "token") == "token" else 0)
+  per_layer = 2 * tokens * (4 * d * d + 2 * d * t["mlp_dim"]) + 2 * 2 * tokens * tokens * d
+  embed = 2 * seq_len * ph * pw * 3 * d
+  return float(embed + t["num_layers"] * per_layer + images * 2 * d * num_classes)
+
+
 def formula_flops_per_pair(fields: Any, resolution: int) -> float:
   """Forward FLOPs of one (image, text) pair of an image-text model (factory.run_model_config
   fields): the image tower by formula_flops_per_image (its projection as the head), the text

@@ -240,7 +240,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
   """
   # The lock first: a second run on this workdir leaves before preparing data or compiling.
   lock = workdir_lock.acquire_for_run(workdir, config.workdir_lock_timeout)
-  config = factory.with_text_settings(config)  # An image-text run's tokenizer and max_len.
+  # An image-text run's tokenizer and max_len, a packed-sequence run's patch size.
+  config = factory.with_pipeline_settings(config)
   try:
     cache_line = compile_cache.setup(config, workdir)  # Before the run's first compile.
     mesh = sharding.mesh_for_config(config)
@@ -327,7 +328,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   fixed = {}
   if teacher is not None:
     fixed = _teacher_share(config, setup, num_classes, teacher, step_flops, writer.text)
-  meter = metrics.Throughput(config.batch, jax.device_count(), step_flops, peak, fixed)
+  meter = metrics.Throughput(batching.images_per_step(config), jax.device_count(), step_flops,
+                             peak, fixed)
   preempt = Preemption()
   wd = watchdog.StepWatchdog(factor=config.watchdog.factor,
                              min_seconds=config.watchdog.min_seconds,

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from vit_jax import exits
-from vit_jax.datasets import captions, pipeline, preprocess
+from vit_jax.datasets import captions, naflex, pipeline, preprocess
 from vit_jax.datasets.sources import open_source
 from vit_jax.models import factory, lit
 from vit_jax.training import contrastive
@@ -43,6 +43,11 @@ def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
         f"config.num_classes={config.num_classes} but dataset {dataset!r} has "
         f"{info.num_classes} classes; pass --config.num_classes={info.num_classes} (or leave "
         "it unset to take the dataset's count).")
+  if naflex.enabled(config):  # packed sequences: the settings and augmentations they take
+    try:
+      naflex.settings_from_config(config)
+    except ValueError as e:
+      raise exits.UserError(str(e)) from None
   opts = preprocess.options_from_config(config.pp)
   rng = np.random.default_rng(0)
   for split, decode in ((config.train_split, lambda x: preprocess.train_image(x, opts, rng)),

@@ -237,4 +237,5 @@ def total_steps(config, num_train_examples: int) -> int:
     return int(config.total_steps)
   if not config.total_epochs:
     raise ValueError("set --config.total_steps (steps) or --config.total_epochs (epochs).")
-  return max(int(config.total_epochs * num_train_examples // config.batch), 1)
+  return max(int(config.total_epochs * num_train_examples // batching.images_per_step(config)),
+             1)

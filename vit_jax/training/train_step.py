@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vit_jax import sharding
+from vit_jax import batching, sharding
 from vit_jax.batching import check_accum_steps  # noqa: F401  (re-export: the notebook calls it here)
-from vit_jax.models import axes, lit
+from vit_jax.models import axes, lit, packed
+from vit_jax.models.fields import patch_size
 from vit_jax.training import contrastive, distill, ema, losses, param_groups
 from vit_jax.training.train_state import StateSetup, TrainState
 
@@ -106,7 +107,7 @@ def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax
     if accum_steps == 1:
       (loss, aux), grads = grad_fn(params, batch["image"], batch["label"], rng, teacher_params)
       return loss, aux, grads
-    images = _split_micro(batch["image"], accum_steps, setup.mesh)
+    images = jax.tree.map(lambda x: _split_micro(x, accum_steps, setup.mesh), batch["image"])
     labels = _split_micro(batch["label"], accum_steps, setup.mesh)
 
     def body(carry, xs):
@@ -170,10 +171,22 @@ def make_feature_step(setup: StateSetup) -> Callable:
   def feature_step(params: Any, images: jax.Array):
     with axes.activation_sharding(constrainer):
       heads = ("head", "head_dist")  # head_dist: DeiT's distillation head.
-      return model.apply({"params": {k: v for k, v in params.items() if k not in heads}},
-                         images, train=False)
+      out = model.apply({"params": {k: v for k, v in params.items() if k not in heads}},
+                        images, train=False)
+    return one_image_per_sequence(images, out)
 
   return jax.jit(feature_step)
+
+
+def one_image_per_sequence(images: Any, out: jax.Array) -> jax.Array:
+  """A model's (B, 1, ...) output of packed sequences of one image each (packed evaluation,
+  datasets/naflex.py) as (B, ...), the rows of an unpacked batch; other outputs as they are."""
+  if not packed.is_packed(images):
+    return out
+  if out.shape[1] != 1:
+    raise ValueError(f"evaluation reads one image per packed sequence; these hold "
+                     f"{out.shape[1]} image slots.")
+  return out[:, 0]
 
 
 def batch_keys(model: Any, config: Any = None) -> tuple[str, ...]:
@@ -200,6 +213,14 @@ def abstract_batch(config, num_classes: int, mesh, model: Any = None
   for an image-text `model` {'image' (or 'zimg'), 'tokens' (batch, its pp max_len) int32}."""
   crop = int(config.pp.crop)
   bsh = sharding.batch_sharding(mesh)
+  if int(config.naflex.seq_len or 0):  # packed sequences (datasets/naflex.py)
+    patch = config.naflex.patch_size or (patch_size(model.patches)[0] if model else 0)
+    shapes = batching.packed_batch_shapes(config, int(config.batch), int(patch))
+    image = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "patches" else jnp.int32,
+                                     sharding=bsh) for k, v in shapes.items()}
+    k = int(config.naflex.images_per_pack)
+    return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, k, num_classes),
+                                                          jnp.float32, sharding=bsh)}
   image = jax.ShapeDtypeStruct((config.batch, crop, crop, 3), jnp.float32, sharding=bsh)
   if model is not None and lit.is_lit(model):
     length = int(model.pp["max_len"])
