@@ -129,3 +129,29 @@ def test_packed_input_errors():
   del bad["coords"]
   with pytest.raises(ValueError, match="missing"):
     model.init(jax.random.PRNGKey(0), bad, train=False)
+
+
+@pytest.mark.parametrize("options", [dict(scan_layers=True, remat=True),
+                                     dict(qk_norm=True, parallel_block=True),
+                                     dict(flexi_patch=(2, 2))])
+def test_pack_equals_separate_with_model_options(options):
+  """Scanned / rematerialised blocks carry the mask; ViT-22B options; a FlexiViT model at
+  another patch size (patches cut at that size)."""
+  patch = options.get("flexi_patch", (PATCH, PATCH))[0]
+  model = _model("map", **options)
+  images = _images(7)
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(4), x, train=False))(
+      jnp.asarray(images[0][None]))
+  grids = [(im.shape[0] // patch, im.shape[1] // patch) for im in images]
+  one = packing.pack([packing.patchify(im, patch) for im in images],
+                     [packing.grid_coords(*g) for g in grids], grids, 192, 3)
+  batch = {k: jnp.asarray(v[None]) for k, v in one.items()}
+
+  @jax.jit
+  def forwards(params, batch, *alone):
+    return (model.apply(params, batch, train=False),
+            [model.apply(params, x, train=False) for x in alone])
+
+  out, separate = forwards(params, batch, *(jnp.asarray(im[None]) for im in images))
+  for i, alone in enumerate(separate):
+    np.testing.assert_allclose(out[0, i], alone[0], atol=2e-5, rtol=1e-5)

@@ -20,7 +20,7 @@ from helpers import (  # pylint: disable=g-bad-import-order
 
 from vit_jax import checkpoint, models, sharding
 from vit_jax.run import loop
-from vit_jax.training import distill, param_groups, train_state, train_step
+from vit_jax.training import distill, flexi, param_groups, train_state, train_step
 
 
 def _log_softmax(z):
@@ -359,3 +359,20 @@ def test_formula_flops_count_the_distillation_token_and_head():
   per_token = 2 * (4 * d * d + 2 * d * mlp)  # Projections and MLP of one more token.
   attention = 4 * d * (18 ** 2 - 17 ** 2)    # QK^T and AV over 18 instead of 17 tokens.
   assert deit - plain == layers * (per_token + attention) + 2 * d * classes
+
+
+def test_a_flexivit_student_distils_from_a_fixed_patch_teacher(tmp_path, data_dir, capfd):
+  """big_vision's FlexiViT distillation: the student at a patch size drawn per step, the
+  teacher (its own fixed patch size) on the same images; a step compiled per patch size."""
+  config = _teacher_config("unused", data_dir, mode="soft", weight=1.0)
+  path, _ = _teacher_file(tmp_path, config)
+  with config.unlocked():
+    config.distill.path = str(path)
+    config.flexi.patch_sizes = (2, 4)
+    config.total_steps, config.log_every, config.checkpoint_every = 6, 1, 0
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(result["train"]["distill_loss"])
+  assert result["train"]["patch_size"] in (2.0, 4.0)
+  log = "".join(capfd.readouterr())
+  drawn = {flexi.patch_size_at(config, s) for s in range(6)}
+  assert drawn == {2, 4} and "Train step at patch size" in log

@@ -175,12 +175,6 @@ class PackedTrainBatch:
             "label": mixing.one_hot(batch["label"], self.num_classes, self.label_smoothing)}
 
 
-def keep_aspect_eval(data: Any) -> tuple[Any, tuple[int, int, int, int]]:
-  """(data, its whole-image box) of an eval image."""
-  width, height = image_ops.open_image(data).size
-  return data, (0, 0, width, height)
-
-
 @dataclasses.dataclass(frozen=True)
 class PackEvalElement:
   """Index i of the padded shard → one image packed alone at eval_seq_len tokens (aspect
@@ -201,8 +195,8 @@ class PackEvalElement:
       return {**empty, "label": np.int32(0), "mask": np.float32(0.0), "index": np.int32(-1)}
     element = self.source[self.lo + i]
     try:
-      data, box = keep_aspect_eval(element[self.image_key])
-      out = pack_images([(data, box, False, None)], length, self.settings)
+      image = image_ops.open_image(element[self.image_key])
+      out = pack_images([(image, (0, 0) + image.size, False, None)], length, self.settings)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
     return {**out, "label": np.int32(element[self.label_key]), "mask": np.float32(1.0),
