@@ -95,6 +95,10 @@ def defaults() -> ml_collections.ConfigDict:
   # LiT with a locked image tower (every img/ parameter frozen): embed the train images once
   # (eval preprocessing, run/image_embeddings.py) and train the text tower against those rows.
   c.input.image_embeddings = False
+  # A mixture of train sources instead of config.dataset's train_split (datasets/mixture.py):
+  # ((dataset, split, weight[, label_offset]), ...), interleaved by weight; () = off. The run is
+  # evaluated on config.dataset, whose classes the sources share (or map to with the offset).
+  c.input.data = ()
 
   c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
   c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.

@@ -67,7 +67,7 @@ import numpy as np
 
 from vit_jax import batching
 from vit_jax.batching import local_batch_size
-from vit_jax.datasets import captions, image_ops, mixing, naflex, preprocess
+from vit_jax.datasets import captions, image_ops, mixing, mixture, naflex, preprocess
 from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
@@ -85,11 +85,53 @@ class DatasetInfo:
 
 
 def get_dataset_info(config) -> DatasetInfo:
-  """Class count, class names and split sizes of the run's dataset; prepares 'digits' if needed."""
+  """Class count, class names and split sizes of the run's dataset; prepares 'digits' if needed.
+  With a mixture (config.input.data) the train examples are those of all its sources, the
+  classes config.dataset's (where the run is evaluated)."""
+  mix = mixture.sources(config)
+  if mix:
+    evaluation, info = open_source(config, config.eval_split)
+    train = sum(len(open_source(config, m.split, m.dataset)[0]) for m in mix)
+    return DatasetInfo(num_classes=info.num_classes, num_train_examples=train,
+                       num_eval_examples=len(evaluation), class_names=info.class_names)
   train, info = open_source(config, config.train_split)
   evaluation, _ = open_source(config, config.eval_split)
   return DatasetInfo(num_classes=info.num_classes, num_train_examples=len(train),
                      num_eval_examples=len(evaluation), class_names=info.class_names)
+
+
+def open_mixture(config, seed: int) -> tuple[Any, Any, int, "mixture.Schedule", list[int]]:
+  """(the mixed, shuffled, repeated stream, the run's SourceInfo, the examples of all
+  sources, the schedule, each source's size) of config.input.data (datasets/mixture.py)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  mix = mixture.sources(config)
+  _, run_info = open_source(config, config.eval_split)
+  num_classes = int(config.num_classes or run_info.num_classes)
+  opened = [open_source(config, m.split, m.dataset) for m in mix]
+  for m, (source, _) in zip(mix, opened):
+    if not len(source):
+      raise ValueError(f"config.input.data: split {m.split!r} of {m.dataset!r} is empty.")
+  mixture.check_labels(mix, [info for _, info in opened], num_classes, run_info.class_names)
+  streams = tuple(
+      grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1, i)).repeat(None).map(
+          mixture.Normalised(*info.keys, m.label_offset))
+      for i, (m, (source, info)) in enumerate(zip(mix, opened)))
+  schedule = mixture.Schedule.from_weights([m.weight for m in mix])
+  stream = grain.MapDataset.range(sys.maxsize).map(mixture.Mixed(streams, schedule))
+  info = dataclasses.replace(run_info, num_classes=num_classes, keys=("image", "label"))
+  sizes = [len(source) for source, _ in opened]
+  return stream, info, sum(sizes), schedule, sizes
+
+
+def mixture_summary(config, step: int) -> list[str]:
+  """Log lines of a mixture run at global step `step`: each source's share and the elements it
+  has given ([] without config.input.data)."""
+  mix = mixture.sources(config)
+  if not mix:
+    return []
+  sizes = [len(open_source(config, m.split, m.dataset)[0]) for m in mix]
+  schedule = mixture.Schedule.from_weights([m.weight for m in mix])
+  return mixture.summary(mix, schedule, sizes, int(step) * batching.images_per_step(config))
 
 
 def dataset_info_prepared_once(config) -> DatasetInfo:
@@ -474,23 +516,33 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
         f"{global_batch} / {process_count} = {local_batch} must be even; set --config.batch to "
         f"e.g. {(local_batch + 1) * process_count}.")
   repeats = repeated_aug_from_config(config, opts)
-  source, info = open_source(config, config.train_split)
-  if not len(source):
-    raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
-  source, captions_key = image_text_source(config, source, info)
+  seed = int(config.seed)
+  mixed = mixture.sources(config)
+  if mixed:  # config.input.data: the sources, each shuffled and repeated, interleaved
+    stream, info, num_examples, _, _ = open_mixture(config, seed)
+    source, captions_key = None, None
+  else:
+    source, info = open_source(config, config.train_split)
+    if not len(source):
+      raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
+    source, captions_key = image_text_source(config, source, info)
+    num_examples = len(source)
   if image_embeddings and captions_key is None:
     raise ValueError("precomputed image embeddings pair images with captions; this run's data "
                      "has labels only.")
   rows = None
+  if image_embeddings and mixed:
+    raise ValueError("precomputed image embeddings are of config.dataset's train split; unset "
+                     "config.input.data.")
   if image_embeddings:
     source, rows = Indexed(source), EmbeddingRows(str(image_embeddings))
   if captions_key is None:
     preprocess.check_label_classes(opts, info.num_classes)
   else:
     check_image_text_options(opts)
-  seed = int(config.seed)
   # The global stream: element k = (shuffled example, augmented with an RNG of (seed, k)).
-  stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
+  if not mixed:
+    stream = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat(None)
   if repeats > 1:  # Position t holds a copy of shuffled image ~t // k (RepeatedStream).
     stream = grain.MapDataset.range(sys.maxsize).map(
         RepeatedStream(stream, global_batch, repeats))
@@ -521,7 +573,7 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   else:
     ds = ds.map(CaptionTrainBatch(opts, text_settings(config)))
   return TrainIterator(ds, config, seed=seed, global_batch=global_batch,
-                       num_examples=len(source), repeated_aug=repeats)
+                       num_examples=num_examples, repeated_aug=repeats)
 
 
 def image_text_source(config, source: Any, info: Any) -> tuple[Any, Optional[str]]:

@@ -51,9 +51,10 @@ class SlicedSource:
     return self.source[self.start + index]
 
 
-def open_source(config, split: str) -> tuple[Any, SourceInfo]:
-  """(random-access source of `split`, SourceInfo); cached per dataset/split in this process."""
-  dataset = str(config.dataset)
+def open_source(config, split: str, dataset: Optional[str] = None) -> tuple[Any, SourceInfo]:
+  """(random-access source of `split` of `dataset` (default config.dataset), SourceInfo);
+  cached per dataset/split in this process."""
+  dataset = str(config.dataset if dataset is None else dataset)
   data_dir = config.tfds_data_dir
   manual_dir = config.tfds_manual_dir
   key = (dataset, data_dir, manual_dir, split)

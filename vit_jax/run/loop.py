@@ -289,6 +289,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   host_iter = pipeline.create_train_iterator(config, image_embeddings=embeddings)
   if data_state:
     host_iter.set_state(data_state)
+  for line in pipeline.mixture_summary(config, step):  # config.input.data: what each source gave
+    writer.text(line)
   feeder = device_prefetch.DevicePrefetcher(host_iter, sharding.batch_sharding(setup.mesh),
                                             config.input.device_prefetch,
                                             keys=train_step.batch_keys(setup.model, config))
@@ -370,6 +372,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
         save_checkpoint(ckpt, step, state, feeder, pending)
     with _saving(wd, config):  # The async writes of the last save finish here.
       ckpt.wait()
+    for line in pipeline.mixture_summary(config, step):
+      writer.text(line)
   finally:
     wd.close()
     preempt.close()

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from vit_jax import exits
-from vit_jax.datasets import captions, naflex, pipeline, preprocess
+from vit_jax.datasets import captions, mixture, naflex, pipeline, preprocess
 from vit_jax.datasets.sources import open_source
 from vit_jax.models import factory, lit
 from vit_jax.training import contrastive
@@ -50,12 +50,21 @@ def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
       raise exits.UserError(str(e)) from None
   opts = preprocess.options_from_config(config.pp)
   rng = np.random.default_rng(0)
-  for split, decode in ((config.train_split, lambda x: preprocess.train_image(x, opts, rng)),
-                        (config.eval_split, lambda x: preprocess.eval_image(x, opts))):
-    source, source_info = open_source(config, split)
+  train = lambda x: preprocess.train_image(x, opts, rng)  # noqa: E731
+  reads = [(m.dataset, m.split, train) for m in mixture.sources(config)]
+  if reads:  # a mixture: its label spaces, then each source's first example
+    try:
+      pipeline.open_mixture(config, 0)
+    except ValueError as e:
+      raise exits.UserError(str(e)) from None
+  else:
+    reads = [(dataset, config.train_split, train)]
+  reads.append((dataset, config.eval_split, lambda x: preprocess.eval_image(x, opts)))
+  for dataset, split, decode in reads:
+    source, source_info = open_source(config, split, dataset)
     if not len(source):
       raise exits.UserError(f"split {split!r} of dataset {dataset!r} is empty; check "
-                            "config.train_split / config.eval_split.")
+                            "config.train_split / config.eval_split / config.input.data.")
     element = source[0]
     image_key, label_key = source_info.keys
     try:
