@@ -308,6 +308,8 @@ def summary_line(result: dict, workdir: str, seconds: float) -> str:
     parts.append("recorded when the run finished (nothing trained now)")
   else:
     parts.append(f"{seconds:.0f} s in this process")
+  if "skipped_examples" in result:  # config.input.skip_bad_examples
+    parts.append(f"{result['skipped_examples']} undecodable train examples skipped")
   parts.append(f"checkpoints and TensorBoard logs in {workdir}")
   if result.get("note"):
     parts.append(result["note"].rstrip("."))

@@ -99,6 +99,10 @@ def defaults() -> ml_collections.ConfigDict:
   # ((dataset, split, weight[, label_offset]), ...), interleaved by weight; () = off. The run is
   # evaluated on config.dataset, whose classes the sources share (or map to with the offset).
   c.input.data = ()
+  # An undecodable image: False = the run stops naming it and the fix; True = it is skipped
+  # (a train image replaced by its source's next, an eval image left out), logged and counted
+  # in the run's summary (datasets/bad_examples.py).
+  c.input.skip_bad_examples = False
 
   c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
   c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.

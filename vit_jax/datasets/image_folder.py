@@ -79,7 +79,9 @@ def check_readable(paths: list[str], threads: int = 16) -> None:
   if bad:
     shown = "\n  ".join(bad[:10])
     raise ValueError(f"{len(bad)} unreadable image file(s) in the image folder (first ones:\n  "
-                     f"{shown}\n); delete or re-encode them (e.g. as JPEG or PNG) and run again.")
+                     f"{shown}\n); delete or re-encode them (e.g. as JPEG or PNG) and run again, "
+                     "or set --config.input.skip_bad_examples=True to skip them (each is "
+                     "counted and logged).")
 
 
 @dataclasses.dataclass

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vit_jax.datasets import bad_examples
+
 SHARE_RESOLUTION = 1000  # the weights as integer shares of at most this many per cycle
 
 
@@ -120,9 +122,21 @@ class Normalised:
   label_offset: int
 
   def __call__(self, element: dict) -> dict:
-    return {"image": element[self.image_key],
-            "label": np.int64(int(element[self.label_key]) + self.label_offset),
-            "path": element.get("path", "")}
+    out = {"image": element[self.image_key],
+           "label": np.int64(int(element[self.label_key]) + self.label_offset),
+           "path": element.get("path", "")}
+    if bad_examples.FALLBACK in element:  # the next examples, in this layout too
+      out[bad_examples.FALLBACK] = _NormalisedFallback(element[bad_examples.FALLBACK], self)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _NormalisedFallback:
+  fallback: Any
+  normalise: Normalised
+
+  def __call__(self, step: int) -> dict:
+    return self.normalise(self.fallback(step))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from vit_jax.datasets import image_ops, mixing, packing, preprocess
+from vit_jax.datasets import bad_examples, image_ops, mixing, packing, preprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,20 +97,27 @@ class PackElement:
   settings: PackSettings
   image_key: str = "image"
   label_key: str = "label"
+  skip_bad: bool = False  # decode the whole image now, skipping undecodable ones
+
+  def _open(self, element: dict) -> Any:
+    image = image_ops.open_image(element[self.image_key])  # lazily: the header only
+    if self.skip_bad:  # decoded here, where an undecodable image can still be replaced
+      image.load()
+      return image
+    return element[self.image_key]
 
   def __call__(self, element: dict, rng: np.random.Generator) -> dict:
-    try:
-      width, height = image_ops.open_image(element[self.image_key]).size  # the header only
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    data, element, skipped = bad_examples.decode_or_skip(element, self._open, self.skip_bad)
+    width, height = image_ops.open_image(data).size
     box = (image_ops.sample_inception_box(width, height, rng)
            if self.opts.train == "inception_crop" else (0, 0, width, height))
     flip = bool(self.opts.flip and rng.random() < 0.5)
     share = (float(rng.uniform(self.settings.min_share, 1.0))
              if self.settings.min_share < 1 else 1.0)
-    return {"image": element[self.image_key], "label": np.int32(element[self.label_key]),
-            "box": np.asarray(box, np.int64), "flip": flip, "share": share,
-            "seed": int(rng.integers(0, 2**63 - 1)), "path": element.get("path", "")}
+    out = {"image": data, "label": np.int32(element[self.label_key]),
+           "box": np.asarray(box, np.int64), "flip": flip, "share": share,
+           "seed": int(rng.integers(0, 2**63 - 1)), "path": element.get("path", "")}
+    return bad_examples.record(out, skipped) if self.skip_bad else out
 
 
 def _grid_image(data: Any, box: tuple[int, int, int, int], rows: int, cols: int,
@@ -155,6 +162,10 @@ class PackImages:
       paths = [str(x.get("path", "")) for x in elements]
       raise ValueError(f"cannot pack images {paths}: {e}") from e
     out["label"] = np.asarray([e["label"] for e in elements], np.int32)
+    if bad_examples.SKIPPED in elements[0]:
+      out[bad_examples.SKIPPED] = np.int32(sum(e[bad_examples.SKIPPED] for e in elements))
+      out[bad_examples.SKIPPED_IDS] = "\n".join(e[bad_examples.SKIPPED_IDS] for e in elements
+                                                 if e[bad_examples.SKIPPED_IDS])
     return out
 
 
@@ -171,8 +182,12 @@ class PackedTrainBatch:
   label_smoothing: float = 0.0
 
   def __call__(self, batch: dict) -> dict:
-    return {"image": _model_inputs(batch),
-            "label": mixing.one_hot(batch["label"], self.num_classes, self.label_smoothing)}
+    out = {"image": _model_inputs(batch),
+           "label": mixing.one_hot(batch["label"], self.num_classes, self.label_smoothing)}
+    if bad_examples.SKIPPED in batch:
+      out[bad_examples.SKIPPED] = batch[bad_examples.SKIPPED]
+      out[bad_examples.SKIPPED_IDS] = batch[bad_examples.SKIPPED_IDS]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

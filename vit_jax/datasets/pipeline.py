@@ -67,7 +67,15 @@ import numpy as np
 
 from vit_jax import batching
 from vit_jax.batching import local_batch_size
-from vit_jax.datasets import captions, image_ops, mixing, mixture, naflex, preprocess
+from vit_jax.datasets import (
+  bad_examples,
+  captions,
+  image_ops,
+  mixing,
+  mixture,
+  naflex,
+  preprocess,
+)
 from vit_jax.datasets.sources import open_source
 
 __all__ = ["DatasetInfo", "get_dataset_info", "dataset_info_prepared_once",
@@ -112,9 +120,11 @@ def open_mixture(config, seed: int) -> tuple[Any, Any, int, "mixture.Schedule", 
     if not len(source):
       raise ValueError(f"config.input.data: split {m.split!r} of {m.dataset!r} is empty.")
   mixture.check_labels(mix, [info for _, info in opened], num_classes, run_info.class_names)
+  skip = bool(config.input.skip_bad_examples)
   streams = tuple(
-      grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1, i)).repeat(None).map(
-          mixture.Normalised(*info.keys, m.label_offset))
+      grain.MapDataset.source(bad_examples.WithFallback(source) if skip else source).shuffle(
+          seed=derive_seed(seed, 1, i)).repeat(None).map(
+              mixture.Normalised(*info.keys, m.label_offset))
       for i, (m, (source, info)) in enumerate(zip(mix, opened)))
   schedule = mixture.Schedule.from_weights([m.weight for m in mix])
   stream = grain.MapDataset.range(sys.maxsize).map(mixture.Mixed(streams, schedule))
@@ -172,17 +182,20 @@ def derive_seed(*parts: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrainElement:
-  """Element transform: {'image': encoded, 'label'} → uint8 crop + int label."""
+  """Element transform: {'image': encoded, 'label'} → uint8 crop + int label (an undecodable
+  image: bad_examples.decode_or_skip)."""
   opts: preprocess.PreprocessOptions
   image_key: str = "image"
   label_key: str = "label"
+  skip_bad: bool = False
 
   def __call__(self, element: dict, rng: np.random.Generator) -> dict:
-    try:
-      image = preprocess.train_image(element[self.image_key], self.opts, rng)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+    image, element, skipped = bad_examples.decode_or_skip(
+        element, lambda e: preprocess.train_image(e[self.image_key], self.opts, rng),
+        self.skip_bad)
     out = {"image": image, "label": np.int32(element[self.label_key])}
+    if self.skip_bad:
+      bad_examples.record(out, skipped)
     if self.opts.random_erase_prob > 0:  # Drawn here (position-keyed), applied on floats later.
       out["erase"] = mixing.sample_erase_boxes(image.shape[0], image.shape[1], self.opts, rng)
       out["erase_seed"] = np.int64(rng.integers(0, 2**63 - 1))
@@ -209,7 +222,16 @@ class TrainBatch:
                          for im, boxes, seed in zip(images, batch["erase"], batch["erase_seed"])])
     labels = mixing.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
     images, labels = mixing.mix_batch(images, labels, self.opts, rng)
-    return {"image": images, "label": labels}
+    return skip_counts(batch, {"image": images, "label": labels})
+
+
+def skip_counts(batch: dict, out: dict) -> dict:
+  """`out` with the batch's skipped-example counts and ids, when its elements recorded them
+  (bad_examples.py; the train iterator takes them out)."""
+  if bad_examples.SKIPPED in batch:
+    out[bad_examples.SKIPPED] = np.asarray(batch[bad_examples.SKIPPED], np.int32)
+    out[bad_examples.SKIPPED_IDS] = np.asarray(batch[bad_examples.SKIPPED_IDS])
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,17 +270,19 @@ class CaptionTrainElement:
   opts: preprocess.PreprocessOptions
   captions_key: str
   embeddings: Optional[EmbeddingRows] = None
+  skip_bad: bool = False
 
   def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+    skipped: list[str] = []
     if self.embeddings is not None:
       out = {"zimg": self.embeddings[int(element["_index"])]}
     else:
-      try:
-        out = {"image": preprocess.train_image(element["image"], self.opts, rng)}
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+      image, element, skipped = bad_examples.decode_or_skip(
+          element, lambda e: preprocess.train_image(e["image"], self.opts, rng), self.skip_bad)
+      out = {"image": image}
     texts = captions.element_captions(element, self.captions_key)
-    return {**out, "text": texts[int(rng.integers(len(texts)))]}
+    out = {**out, "text": texts[int(rng.integers(len(texts)))]}
+    return bad_examples.record(out, skipped) if self.skip_bad else out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +329,7 @@ class CaptionTrainBatch:
   def __call__(self, batch: dict) -> dict:
     out = ({"zimg": batch["zimg"].astype(np.float32)} if "zimg" in batch
            else {"image": preprocess.train_values(batch["image"], self.opts)})
-    return {**out, "tokens": self.text.tokenize(batch["text"])}
+    return skip_counts(batch, {**out, "tokens": self.text.tokenize(batch["text"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,12 +430,21 @@ class TrainIterator(Iterator[dict]):
     self._meta = {"seed": int(seed), "batch": int(global_batch), "num_examples": int(num_examples),
                   "repeated_aug": int(repeated_aug)}
     self._step, self._it = 0, None
+    self.skipped_examples = 0  # undecodable examples skipped by this process since it started
 
   def __next__(self) -> dict:
     if self._it is None:
       self._it = _iterate(self._batches[self._step:], self._config, self._grain)
     batch = next(self._it)
     self._step += 1
+    if bad_examples.SKIPPED in batch:  # config.input.skip_bad_examples: count, log, drop
+      batch = dict(batch)
+      self.skipped_examples += int(np.sum(batch.pop(bad_examples.SKIPPED)))
+      for ids in np.asarray(batch.pop(bad_examples.SKIPPED_IDS)).reshape(-1):
+        for name in str(ids).split("\n"):
+          if name:
+            logging.warning("Skipped undecodable example %s (config.input.skip_bad_examples).",
+                            name)
     return batch
 
   def get_state(self) -> dict[str, int]:
@@ -448,10 +481,12 @@ class StagedTrainIterator(Iterator[dict]):
   def __init__(self, config, stages, make):
     self._config, self._stages, self._make = config, stages, make
     self._step, self._it, self._stage = 0, None, None
+    self._skipped = 0
 
   def _open(self) -> None:
     stage = batching.stage_at(self._stages, self._step)
     if self._it is not None:
+      self._skipped += self._it.skipped_examples
       self._it.close()
     self._stage, self._it = stage, self._make(stage)
     inner = self._it.get_state()
@@ -463,6 +498,11 @@ class StagedTrainIterator(Iterator[dict]):
     batch = next(self._it)
     self._step += 1
     return batch
+
+  @property
+  def skipped_examples(self) -> int:
+    """Undecodable examples skipped by this process's stage iterators."""
+    return self._skipped + (self._it.skipped_examples if self._it is not None else 0)
 
   def get_state(self) -> dict[str, Any]:
     if self._it is None:
@@ -479,6 +519,7 @@ class StagedTrainIterator(Iterator[dict]):
 
   def close(self) -> None:
     if self._it is not None:
+      self._skipped += self._it.skipped_examples
       self._it.close()
     self._it, self._stage = None, None
 
@@ -517,6 +558,7 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
         f"e.g. {(local_batch + 1) * process_count}.")
   repeats = repeated_aug_from_config(config, opts)
   seed = int(config.seed)
+  skip_bad = bool(config.input.skip_bad_examples)
   mixed = mixture.sources(config)
   if mixed:  # config.input.data: the sources, each shuffled and repeated, interleaved
     stream, info, num_examples, _, _ = open_mixture(config, seed)
@@ -527,6 +569,8 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
       raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
     source, captions_key = image_text_source(config, source, info)
     num_examples = len(source)
+    if config.input.skip_bad_examples:  # an undecodable image: replaced by its source's next
+      source = bad_examples.WithFallback(source)
   if image_embeddings and captions_key is None:
     raise ValueError("precomputed image embeddings pair images with captions; this run's data "
                      "has labels only.")
@@ -551,11 +595,11 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
     if captions_key is not None:
       raise ValueError("packed sequences (config.naflex) train image classifiers; this run's "
                        "data has captions. Unset config.naflex.seq_len.")
-    element = naflex.PackElement(opts, packed, *info.keys)
+    element = naflex.PackElement(opts, packed, *info.keys, skip_bad=skip_bad)
   elif captions_key is None:
-    element = TrainElement(opts, *info.keys)
+    element = TrainElement(opts, *info.keys, skip_bad=skip_bad)
   else:
-    element = CaptionTrainElement(opts, captions_key, rows)
+    element = CaptionTrainElement(opts, captions_key, rows, skip_bad=skip_bad)
   stream = stream.random_map(element, seed=derive_seed(seed, 2))
   if stream_offset:  # After random_map: element t keeps the RNG of its global position.
     stream = stream[int(stream_offset):]
@@ -643,20 +687,35 @@ class EvalElement:
   label_key: str = "label"
   multilabel_key: Optional[str] = None  # label sets -> 'real': multi-hot (num_classes,) uint8
   num_classes: int = 0
+  skip_bad: bool = False  # an undecodable image: left out (mask 0) and logged
 
   def __call__(self, i: int) -> dict:
-    crop = self.opts.crop
-    extra = {}
     if self.lo + i >= self.hi:
-      if self.multilabel_key:
-        extra["real"] = np.zeros(self.num_classes, np.uint8)
-      return {"image": np.zeros((crop, crop, 3), np.uint8), "label": np.int32(0),
-              "mask": np.float32(0.0), "index": np.int32(-1), **extra}
+      return self._padding()
+    if not self.skip_bad:
+      return self._example(i)
+    try:
+      return self._example(i)
+    except ValueError as e:
+      logging.warning("Left undecodable eval example %d out (config.input.skip_bad_examples): "
+                      "%s", self.lo + i, e)
+      return self._padding()
+
+  def _padding(self) -> dict:
+    """A zero image with mask 0 (shard padding, or a skipped example)."""
+    crop, extra = self.opts.crop, {}
+    if self.multilabel_key:
+      extra["real"] = np.zeros(self.num_classes, np.uint8)
+    return {"image": np.zeros((crop, crop, 3), np.uint8), "label": np.int32(0),
+            "mask": np.float32(0.0), "index": np.int32(-1), **extra}
+
+  def _example(self, i: int) -> dict:
+    extra = {}
     element = self.source[self.lo + i]
     try:
       image = preprocess.eval_image(element[self.image_key], self.opts)
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot decode image {element.get('path', '')!r}: {e}") from e
+      raise bad_examples.hint(element, e) from e
     if self.multilabel_key:
       real = np.zeros(self.num_classes, np.uint8)
       real[np.asarray(element[self.multilabel_key], np.int64).reshape(-1)] = 1
@@ -743,7 +802,8 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
                                        *keys))
     return EvalIterable(ds.batch(local_batch).map(naflex.PackedEvalBatch(num_classes)),
                         config, num_batches)
-  ds = ds.map(EvalElement(source, lo, hi, opts, *keys, info.multilabel_key, num_classes))
+  ds = ds.map(EvalElement(source, lo, hi, opts, *keys, info.multilabel_key, num_classes,
+                          bool(config.input.skip_bad_examples)))
   ds = ds.batch(local_batch).map(EvalBatch(num_classes, opts))
   return EvalIterable(ds, config, num_batches)
 

@@ -53,14 +53,17 @@ class SlicedSource:
 
 def open_source(config, split: str, dataset: Optional[str] = None) -> tuple[Any, SourceInfo]:
   """(random-access source of `split` of `dataset` (default config.dataset), SourceInfo);
-  cached per dataset/split in this process."""
+  cached per dataset/split in this process. A folder's image headers are checked when it is
+  opened, unless config.input.skip_bad_examples (then undecodable images are skipped when
+  read, datasets/bad_examples.py)."""
   dataset = str(config.dataset if dataset is None else dataset)
   data_dir = config.tfds_data_dir
   manual_dir = config.tfds_manual_dir
-  key = (dataset, data_dir, manual_dir, split)
+  check = not config.input.skip_bad_examples
+  key = (dataset, data_dir, manual_dir, split) + (() if check else ("unchecked",))
   if key not in _CACHE:
     if os.path.isdir(dataset):
-      _CACHE[key] = _folder_source(dataset, split)
+      _CACHE[key] = _folder_source(dataset, split, check)
     elif dataset.startswith(("/", "./", "../", "~")) or os.sep + os.sep in dataset:
       raise ValueError(f"config.dataset={dataset!r} looks like a folder but does not exist on "
                        "this machine; pass an image folder laid out as <folder>/train/<class>/"
@@ -75,26 +78,26 @@ def clear_cache() -> None:
   _CACHE.clear()
 
 
-def _open_folder(root: str, name: str) -> tuple[Any, SourceInfo]:
+def _open_folder(root: str, name: str, check: bool = True) -> tuple[Any, SourceInfo]:
   """Split `name` of a folder: captions file → caption folder, *.tar → WebDataset shards,
   else class sub-folders (image folder)."""
   from vit_jax.datasets import captions, image_folder  # pylint: disable=g-import-not-at-top
   folder = os.path.join(root, name)
   if any(os.path.isfile(os.path.join(folder, f)) for f in captions.CAPTION_FILES):
-    return captions.CaptionFolderSource(root, name), caption_info("captions")
+    return captions.CaptionFolderSource(root, name, check), caption_info("captions")
   shards = (".tar",) + captions.COMPRESSED_TARS  # Compressed ones: refused with advice.
   if os.path.isdir(folder) and any(f.endswith(shards) and os.path.isfile(os.path.join(folder, f))
                                    for f in os.listdir(folder)):
     return captions.WebDatasetSource(root, name), caption_info("captions")
-  source = image_folder.ImageFolderSource(root, name)
+  source = image_folder.ImageFolderSource(root, name, check)
   return source, SourceInfo(len(source.class_names), tuple(source.class_names))
 
 
-def _folder_source(root: str, split: str) -> tuple[Any, SourceInfo]:
+def _folder_source(root: str, split: str, check: bool = True) -> tuple[Any, SourceInfo]:
   name = split.split("[", 1)[0]
-  whole = (root, None, None, name)  # The unsliced split, listed and checked once.
+  whole = (root, None, None, name) + (() if check else ("unchecked",))  # listed, checked once
   if whole not in _CACHE:
-    _CACHE[whole] = _open_folder(root, name)
+    _CACHE[whole] = _open_folder(root, name, check)
   source, info = _CACHE[whole]
   if "[" not in split:
     return source, info

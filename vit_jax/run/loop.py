@@ -374,6 +374,10 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
       ckpt.wait()
     for line in pipeline.mixture_summary(config, step):
       writer.text(line)
+    if config.input.skip_bad_examples:  # bad_examples.py: each was logged when skipped
+      result["skipped_examples"] = int(getattr(host_iter, "skipped_examples", 0))
+      writer.text(f"Skipped {result['skipped_examples']} undecodable train examples in this "
+                  "process (config.input.skip_bad_examples; each is named above).")
   finally:
     wd.close()
     preempt.close()

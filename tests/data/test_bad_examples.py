@@ -1,0 +1,80 @@
+"""Undecodable images (config.input.skip_bad_examples): by default one error naming the file
+and the fix; skipped, a train image is replaced by its source's next one (deterministically),
+counted and logged, an eval image is left out of the metrics."""
+import logging
+
+import numpy as np
+import pytest
+from helpers import id_image_folder, tiny_config
+
+from vit_jax.datasets import bad_examples, pipeline, sources
+from vit_jax.run import loop
+
+
+@pytest.fixture
+def folder(tmp_path):
+  root = id_image_folder(tmp_path / "data", range(0, 24), range(24, 30))
+  bad = tmp_path / "data" / "train" / "class1" / "007.png"
+  bad.write_bytes(bad.read_bytes()[:20])              # a truncated file
+  (tmp_path / "data" / "test" / "class1" / "025.png").write_bytes(b"not an image at all")
+  sources.clear_cache()
+  return root
+
+
+def _config(tmp_path, folder, **overrides):
+  config = tiny_config(tmp_path / "tfds", **overrides)
+  with config.unlocked():
+    config.dataset, config.tfds_data_dir, config.num_classes = folder, None, None
+    config.batch, config.batch_eval, config.pp.flip = 24, 8, False
+    config.input.num_workers = 0
+  return config
+
+
+def test_an_undecodable_train_image_stops_the_run_with_its_path_and_the_fix(tmp_path, folder):
+  with pytest.raises(ValueError, match=r"(?s)007\.png.*skip_bad_examples=True"):
+    next(pipeline.create_train_iterator(_config(tmp_path, folder)))
+
+
+def test_skipped_train_images_are_replaced_counted_and_logged(tmp_path, folder, caplog):
+  config = _config(tmp_path, folder, **{"input.skip_bad_examples": True})
+  it = pipeline.create_train_iterator(config)
+  with caplog.at_level(logging.WARNING):
+    batch = next(it)
+  ids = np.round((batch["image"][:, 0, 0, 0] + 1) * 127.5).astype(int).tolist()
+  assert 7 not in ids and len(ids) == 24
+  assert sorted(set(range(24)) - set(ids)) == [7]      # one image twice instead: its successor
+  assert it.skipped_examples == 1
+  assert set(batch) == {"image", "label"}                # the counts stay on the host
+  assert any("007.png" in r.getMessage() for r in caplog.records)
+  again = next(pipeline.create_train_iterator(config))  # deterministic
+  np.testing.assert_array_equal(again["image"], batch["image"])
+
+
+def test_a_skipped_eval_image_is_left_out(tmp_path, folder):
+  config = _config(tmp_path, folder, **{"input.skip_bad_examples": True})
+  masks = np.concatenate([b["mask"] for b in pipeline.create_eval_iterator(config)])
+  assert masks.sum() == 5 and len(masks) == 8
+  with pytest.raises(ValueError, match=r"025\.png"):
+    list(pipeline.create_eval_iterator(_config(tmp_path, folder)))
+
+
+def test_too_many_in_a_row_is_an_error():
+  class Broken:
+    def __len__(self):
+      return 100
+
+    def __getitem__(self, i):
+      return {"image": b"x", "path": f"{i}.jpg"}
+
+  element = bad_examples.WithFallback(Broken())[3]
+  with pytest.raises(ValueError, match="16 undecodable examples in a row from '3.jpg'"):
+    bad_examples.decode_or_skip(element, lambda e: 1 / 0, skip=True)
+
+
+def test_a_run_reports_what_it_skipped(tmp_path, folder, capfd):
+  config = _config(tmp_path, folder, total_steps=2, checkpoint_every=0,
+                   **{"input.skip_bad_examples": True})
+  result = loop.train_and_evaluate(config, str(tmp_path / "w"))
+  assert result["skipped_examples"] >= 1
+  assert result["eval"]["examples"] == 5
+  assert "undecodable train examples in this process" in "".join(capfd.readouterr())
