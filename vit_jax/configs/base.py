@@ -103,6 +103,10 @@ def defaults() -> ml_collections.ConfigDict:
   # (a train image replaced by its source's next, an eval image left out), logged and counted
   # in the run's summary (datasets/bad_examples.py).
   c.input.skip_bad_examples = False
+  # Hugging Face datasets (config.dataset=hf:PATH, datasets/hf_datasets.py): the image and
+  # label columns (None = the first Image / ClassLabel feature, else 'image' / 'label').
+  c.input.image_column = config_dict.placeholder(str)
+  c.input.label_column = config_dict.placeholder(str)
 
   c.total_steps = 10_000           # [steps]; 0 = use total_epochs.
   c.total_epochs = 0.0             # [epochs]; used when total_steps is 0.

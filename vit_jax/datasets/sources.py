@@ -7,8 +7,8 @@ image left encoded (decoded by preprocess.py in the workers). A TFDS dataset tha
 prepared is prepared here when possible ('digits' always: it needs no network); otherwise
 one error says how to prepare it (`tfds build`, `--config.tfds_manual_dir` for manual
 downloads such as imagenet2012). Split strings take TFDS slicing (`train[:98%]`), for
-folders too. Caption datasets (captions.py, TFDS coco_captions) have num_classes 0 and
-SourceInfo.captions_key.
+folders too. `hf:PATH` is a Hugging Face dataset saved on disk (hf_datasets.py). Caption
+datasets (captions.py, TFDS coco_captions) have num_classes 0 and SourceInfo.captions_key.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import dataclasses
 import os
 import types
 from typing import Any, Optional
+
+from vit_jax.datasets import hf_datasets
 
 _CACHE: dict[tuple, tuple[Any, "SourceInfo"]] = {}
 
@@ -61,8 +63,13 @@ def open_source(config, split: str, dataset: Optional[str] = None) -> tuple[Any,
   manual_dir = config.tfds_manual_dir
   check = not config.input.skip_bad_examples
   key = (dataset, data_dir, manual_dir, split) + (() if check else ("unchecked",))
+  if dataset.startswith("hf:"):
+    key += (config.input.image_column, config.input.label_column)
   if key not in _CACHE:
-    if os.path.isdir(dataset):
+    if dataset.startswith("hf:"):
+      _CACHE[key] = _hf_source(dataset[len("hf:"):], split, config.input.image_column,
+                               config.input.label_column)
+    elif os.path.isdir(dataset):
       _CACHE[key] = _folder_source(dataset, split, check)
     elif dataset.startswith(("/", "./", "../", "~")) or os.sep + os.sep in dataset:
       raise ValueError(f"config.dataset={dataset!r} looks like a folder but does not exist on "
@@ -99,16 +106,34 @@ def _folder_source(root: str, split: str, check: bool = True) -> tuple[Any, Sour
   if whole not in _CACHE:
     _CACHE[whole] = _open_folder(root, name, check)
   source, info = _CACHE[whole]
+  return _sliced(source, split), info
+
+
+def _hf_source(root: str, split: str, image_column: Optional[str],
+               label_column: Optional[str]) -> tuple[Any, SourceInfo]:
+  """A Hugging Face dataset saved on disk (datasets/hf_datasets.py), sliced as TFDS slices."""
+  if not os.path.isdir(root):
+    raise ValueError(f"config.dataset=hf:{root}: no such folder. hf: reads a Hugging Face "
+                     "dataset saved on this machine; download one once with `hf download "
+                     f"{root} --repo-type dataset --local-dir DIR` (Parquet) or datasets' "
+                     "save_to_disk(DIR), then pass --config.dataset=hf:DIR.")
+  source = hf_datasets.HFSource(root, split.split("[", 1)[0], image_column, label_column)
+  info = SourceInfo(hf_datasets.num_classes(source), source.class_names)
+  return _sliced(source, split), info
+
+
+def _sliced(source: Any, split: str) -> Any:
+  """`source` (a whole split) cut as `split`'s TFDS slice says ('train[:98%]'), if it has one."""
   if "[" not in split:
-    return source, info
+    return source
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  sizes = {name: types.SimpleNamespace(num_examples=len(source))}
+  sizes = {split.split("[", 1)[0]: types.SimpleNamespace(num_examples=len(source))}
   parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
   if len(parts) != 1:
     raise ValueError(f"split {split!r}: folders take one slice of one split, "
                      "e.g. 'train[:98%]'.")
   start, stop, _ = slice(parts[0].from_, parts[0].to).indices(len(source))
-  return SlicedSource(source, start, stop), info
+  return SlicedSource(source, start, stop)
 
 
 def _tfds_captions_key(features, label_key: str) -> Optional[str]:
