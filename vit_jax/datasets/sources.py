@@ -7,8 +7,10 @@ image left encoded (decoded by preprocess.py in the workers). A TFDS dataset tha
 prepared is prepared here when possible ('digits' always: it needs no network); otherwise
 one error says how to prepare it (`tfds build`, `--config.tfds_manual_dir` for manual
 downloads such as imagenet2012). Split strings take TFDS slicing (`train[:98%]`), for
-folders too. `hf:PATH` is a Hugging Face dataset saved on disk (hf_datasets.py). Caption
-datasets (captions.py, TFDS coco_captions) have num_classes 0 and SourceInfo.captions_key.
+folders too. A folder written by `python -m vit_jax.datasets.convert` (its dataset.json)
+is read as its ArrayRecord shards (array_records.py). `hf:PATH` is a Hugging Face dataset
+saved on disk (hf_datasets.py). Caption datasets (captions.py, TFDS coco_captions) have
+num_classes 0 and SourceInfo.captions_key.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import os
 import types
 from typing import Any, Optional
 
-from vit_jax.datasets import hf_datasets
+from vit_jax.datasets import array_records, hf_datasets
 
 _CACHE: dict[tuple, tuple[Any, "SourceInfo"]] = {}
 
@@ -69,6 +71,8 @@ def open_source(config, split: str, dataset: Optional[str] = None) -> tuple[Any,
     if dataset.startswith("hf:"):
       _CACHE[key] = _hf_source(dataset[len("hf:"):], split, config.input.image_column,
                                config.input.label_column)
+    elif os.path.isdir(dataset) and array_records.is_array_record_dir(dataset):
+      _CACHE[key] = _array_record_source(dataset, split)
     elif os.path.isdir(dataset):
       _CACHE[key] = _folder_source(dataset, split, check)
     elif dataset.startswith(("/", "./", "../", "~")) or os.sep + os.sep in dataset:
@@ -119,6 +123,16 @@ def _hf_source(root: str, split: str, image_column: Optional[str],
                      "save_to_disk(DIR), then pass --config.dataset=hf:DIR.")
   source = hf_datasets.HFSource(root, split.split("[", 1)[0], image_column, label_column)
   info = SourceInfo(hf_datasets.num_classes(source), source.class_names)
+  return _sliced(source, split), info
+
+
+def _array_record_source(root: str, split: str) -> tuple[Any, SourceInfo]:
+  """A dataset converted by `python -m vit_jax.datasets.convert` (array_records.py)."""
+  index = array_records.read_index(root)
+  source = array_records.ArrayRecordSource(root, split.split("[", 1)[0])
+  if index.get("captions"):
+    return _sliced(source, split), caption_info("captions")
+  info = SourceInfo(int(index["num_classes"]), tuple(index.get("class_names") or ()))
   return _sliced(source, split), info
 
 
