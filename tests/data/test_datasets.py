@@ -12,7 +12,9 @@ from vit_jax.datasets import image_folder, sources
 
 def _config(dataset, data_dir=None, **kw):
   c = ml_collections.ConfigDict(dict(dataset=dataset, tfds_data_dir=data_dir,
-                                     tfds_manual_dir=None))
+                                     tfds_manual_dir=None,
+                                     input=dict(skip_bad_examples=False, image_column=None,
+                                                label_column=None)))
   c.update(kw)
   return c
 

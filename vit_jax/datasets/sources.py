@@ -200,18 +200,20 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
                  manual_dir: Optional[str]) -> tuple[Any, SourceInfo]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  from vit_jax.datasets import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from vit_jax.datasets import digits, imagenet21k  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   created = _new_dirs(data_dir, name)  # Before tfds.builder, which may create data_dir.
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(unknown_dataset_message(name, tfds.list_builders())) from None
+  if not builder.is_prepared():
+    _prepare(builder, name, data_dir, manual_dir, created)
+    # The prepared info: a builder may learn its classes from the files (imagenet21k).
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   info = _tfds_info(builder)
   decoders = {info.keys[0]: tfds.decode.SkipDecoding()}
   read = lambda: tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                   decoders=decoders)
-  if not builder.is_prepared():
-    _prepare(builder, name, data_dir, manual_dir, created)
   try:
     return read(), info
   except (NotImplementedError, AssertionError, KeyError) as e:  # Prepared, not array_record.
