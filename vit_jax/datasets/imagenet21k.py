@@ -54,34 +54,32 @@ def _whole_tar(manual_dir: str, config: str) -> str:
                           "from image-net.org into --config.tfds_manual_dir.")
 
 
-def list_whole_tar(path: str) -> dict[str, list[str]]:
-  """{wnid: [image file names]} of a tar of per-synset tars."""
-  classes: dict[str, list[str]] = {}
+def _synset_tars(path: str) -> Iterator[tuple[str, tarfile.TarFile]]:
+  """(wnid, its open tar) for each <wnid>.tar in a tar of per-synset tars, in file order."""
   with tarfile.open(path, "r:*") as outer:
     for member in outer:
-      if not member.isfile() or not member.name.endswith(".tar"):
-        continue
-      wnid = os.path.basename(member.name)[:-len(".tar")]
-      with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-        classes[wnid] = [m.name for m in inner.getmembers() if m.isfile() and _is_image(m.name)]
-  return classes
+      if member.isfile() and member.name.endswith(".tar"):
+        wnid = os.path.basename(member.name)[:-len(".tar")]
+        with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+          yield wnid, inner
+
+
+def _images(inner: tarfile.TarFile) -> list[tarfile.TarInfo]:
+  return [m for m in inner.getmembers() if m.isfile() and _is_image(m.name)]
+
+
+def list_whole_tar(path: str) -> dict[str, list[str]]:
+  """{wnid: [image file names]} of a tar of per-synset tars."""
+  return {wnid: [m.name for m in _images(inner)] for wnid, inner in _synset_tars(path)}
 
 
 def _whole_examples(path: str, labels: dict[str, int], held_out: dict[str, set[str]],
                     validation: bool) -> Iterator[tuple[str, dict]]:
-  with tarfile.open(path, "r:*") as outer:
-    for member in outer:
-      if not member.isfile() or not member.name.endswith(".tar"):
-        continue
-      wnid = os.path.basename(member.name)[:-len(".tar")]
-      with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-        for m in inner.getmembers():
-          if not (m.isfile() and _is_image(m.name)):
-            continue
-          if (m.name in held_out[wnid]) != validation:
-            continue
-          yield f"{wnid}/{m.name}", {"image": inner.extractfile(m).read(),
-                                     "label": labels[wnid], "file_name": m.name}
+  for wnid, inner in _synset_tars(path):
+    for m in _images(inner):
+      if (m.name in held_out[wnid]) == validation:
+        yield f"{wnid}/{m.name}", {"image": inner.extractfile(m).read(),
+                                   "label": labels[wnid], "file_name": m.name}
 
 
 class Imagenet21k(tfds.core.GeneratorBasedBuilder):
