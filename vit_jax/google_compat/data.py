@@ -11,12 +11,12 @@ evaluation counts every example).
 from __future__ import annotations
 
 import os
-import types
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from vit_jax import batching
+from vit_jax.configs import base
 from vit_jax.datasets import pipeline
 from vit_jax.datasets.sources import open_source
 from vit_jax.google_compat import schema
@@ -25,8 +25,10 @@ MODES = ("train", "test")
 
 
 def _source_config(dataset: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):
-  return types.SimpleNamespace(dataset=str(dataset), tfds_data_dir=data_dir,
-                               tfds_manual_dir=manual_dir)
+  """A run config (its defaults) naming the dataset, as sources.open_source reads one."""
+  c = base.defaults()
+  c.dataset, c.tfds_data_dir, c.tfds_manual_dir = str(dataset), data_dir, manual_dir
+  return c
 
 
 def _info(source, info, examples_glob: Optional[str]) -> dict[str, Any]:
