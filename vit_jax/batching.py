@@ -14,10 +14,15 @@ import dataclasses
 PACKED_KEYS = ("patches", "segment_ids", "coords", "image_grid")
 
 
+def packed_run(config) -> bool:
+  """Whether the run trains on packed sequences (config.naflex.seq_len > 0)."""
+  return int(config.naflex.seq_len or 0) > 0
+
+
 def images_per_step(config) -> int:
   """Images one train step reads: config.batch, times config.naflex.images_per_pack when the
   batch is of packed sequences."""
-  if int(config.naflex.seq_len or 0) > 0:
+  if packed_run(config):
     return int(config.batch) * int(config.naflex.images_per_pack)
   return int(config.batch)
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from vit_jax.datasets import image_files, naflex
 from vit_jax.datasets.image_files import IMAGE_SUFFIXES  # noqa: F401  (the name predict had)
 from vit_jax.evaluators import zeroshot
+from vit_jax.training import train_step
 
 LABEL_FILES = {1000: "imagenet1k.txt", 21843: "imagenet21k.txt"}
 
@@ -127,9 +128,9 @@ def _softmax_apply(model):
   if hit is None or hit[0] is not model:
     if len(_APPLY_CACHE) >= 4:
       _APPLY_CACHE.pop(next(iter(_APPLY_CACHE)))
-    def probs(p, x):
-      out = jax.nn.softmax(model.apply({"params": p}, x, train=False))
-      return out[:, 0] if isinstance(x, dict) else out  # packed: one image per sequence
+    def probs(p, x):  # packed inputs: one image per sequence (train_step.one_image_per_sequence)
+      return jax.nn.softmax(train_step.one_image_per_sequence(
+          x, model.apply({"params": p}, x, train=False)))
     hit = (model, jax.jit(probs))
     _APPLY_CACHE[id(model)] = hit
   return hit[1]

@@ -14,6 +14,8 @@ import dataclasses
 import logging
 from typing import Any, Callable
 
+import numpy as np
+
 MAX_TRIES = 16  # undecodable examples in a row before the run stops anyway
 SKIPPED = "skipped"          # element / batch key: how many examples were skipped
 SKIPPED_IDS = "skipped_ids"  # element / batch key: their ids, newline-separated
@@ -80,6 +82,15 @@ def decode_or_skip(element: dict, decode: Callable[[dict], Any], skip: bool
       element = element[FALLBACK](1)
   raise ValueError(f"{MAX_TRIES} undecodable examples in a row from {skipped[0]!r} on "
                    "(config.input.skip_bad_examples): the data looks broken; check it.")
+
+
+def carry(batch: dict, out: dict) -> dict:
+  """`out` (a batch transform's result) with `batch`'s skip counts and ids, when its elements
+  recorded them (the train iterator takes them out)."""
+  if SKIPPED in batch:
+    out[SKIPPED] = np.asarray(batch[SKIPPED], np.int32)
+    out[SKIPPED_IDS] = np.asarray(batch[SKIPPED_IDS])
+  return out
 
 
 def record(out: dict, skipped: list[str]) -> dict:

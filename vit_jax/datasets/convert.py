@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from vit_jax.datasets import array_records, sources
+from vit_jax.datasets import array_records, captions as captions_lib, sources
 
 DONE = ".done.json"  # beside each finished shard: its example count
 
@@ -66,15 +66,13 @@ def _write_shard(src: str, split: str, dst: str, name: str, start: int, stop: in
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   source, info = _open(src, split)
   final, tmp = os.path.join(dst, name), os.path.join(dst, f".{name}.tmp")
+  image_key, label_key = info.keys
   writer = array_record_module.ArrayRecordWriter(tmp, array_records.WRITER_OPTIONS)
   try:
     for i in range(start, stop):
       element = source[i]
-      image_key, label_key = info.keys
-      captions = None
-      if info.captions_key:
-        from vit_jax.datasets import captions as captions_lib  # pylint: disable=g-import-not-at-top
-        captions = captions_lib.element_captions(element, info.captions_key)
+      captions = (captions_lib.element_captions(element, info.captions_key)
+                  if info.captions_key else None)
       writer.write(array_records.encode(element, image_key, label_key, captions))
   finally:
     writer.close()

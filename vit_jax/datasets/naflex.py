@@ -43,11 +43,6 @@ class PackSettings:
     return self.eval_seq_len or self.seq_len
 
 
-def enabled(config) -> bool:
-  """Whether the run trains on packed sequences (config.naflex.seq_len > 0)."""
-  return int(config.naflex.seq_len or 0) > 0
-
-
 def settings_from_config(config, train: bool = True) -> PackSettings:
   """config.naflex as PackSettings; one ValueError naming the key for each bad value or (for
   training) an augmentation packed sequences do not take."""
@@ -182,12 +177,9 @@ class PackedTrainBatch:
   label_smoothing: float = 0.0
 
   def __call__(self, batch: dict) -> dict:
-    out = {"image": _model_inputs(batch),
-           "label": mixing.one_hot(batch["label"], self.num_classes, self.label_smoothing)}
-    if bad_examples.SKIPPED in batch:
-      out[bad_examples.SKIPPED] = batch[bad_examples.SKIPPED]
-      out[bad_examples.SKIPPED_IDS] = batch[bad_examples.SKIPPED_IDS]
-    return out
+    return bad_examples.carry(batch, {
+        "image": _model_inputs(batch),
+        "label": mixing.one_hot(batch["label"], self.num_classes, self.label_smoothing)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,9 +108,9 @@ def get_dataset_info(config) -> DatasetInfo:
                      num_eval_examples=len(evaluation), class_names=info.class_names)
 
 
-def open_mixture(config, seed: int) -> tuple[Any, Any, int, "mixture.Schedule", list[int]]:
+def open_mixture(config, seed: int) -> tuple[Any, Any, int]:
   """(the mixed, shuffled, repeated stream, the run's SourceInfo, the examples of all
-  sources, the schedule, each source's size) of config.input.data (datasets/mixture.py)."""
+  sources) of config.input.data (datasets/mixture.py)."""
   import grain  # pylint: disable=g-import-not-at-top
   mix = mixture.sources(config)
   _, run_info = open_source(config, config.eval_split)
@@ -129,8 +129,7 @@ def open_mixture(config, seed: int) -> tuple[Any, Any, int, "mixture.Schedule", 
   schedule = mixture.Schedule.from_weights([m.weight for m in mix])
   stream = grain.MapDataset.range(sys.maxsize).map(mixture.Mixed(streams, schedule))
   info = dataclasses.replace(run_info, num_classes=num_classes, keys=("image", "label"))
-  sizes = [len(source) for source, _ in opened]
-  return stream, info, sum(sizes), schedule, sizes
+  return stream, info, sum(len(source) for source, _ in opened)
 
 
 def mixture_summary(config, step: int) -> list[str]:
@@ -222,16 +221,7 @@ class TrainBatch:
                          for im, boxes, seed in zip(images, batch["erase"], batch["erase_seed"])])
     labels = mixing.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
     images, labels = mixing.mix_batch(images, labels, self.opts, rng)
-    return skip_counts(batch, {"image": images, "label": labels})
-
-
-def skip_counts(batch: dict, out: dict) -> dict:
-  """`out` with the batch's skipped-example counts and ids, when its elements recorded them
-  (bad_examples.py; the train iterator takes them out)."""
-  if bad_examples.SKIPPED in batch:
-    out[bad_examples.SKIPPED] = np.asarray(batch[bad_examples.SKIPPED], np.int32)
-    out[bad_examples.SKIPPED_IDS] = np.asarray(batch[bad_examples.SKIPPED_IDS])
-  return out
+    return bad_examples.carry(batch, {"image": images, "label": labels})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +319,7 @@ class CaptionTrainBatch:
   def __call__(self, batch: dict) -> dict:
     out = ({"zimg": batch["zimg"].astype(np.float32)} if "zimg" in batch
            else {"image": preprocess.train_values(batch["image"], self.opts)})
-    return skip_counts(batch, {**out, "tokens": self.text.tokenize(batch["text"])})
+    return bad_examples.carry(batch, {**out, "tokens": self.text.tokenize(batch["text"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,7 +551,7 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   skip_bad = bool(config.input.skip_bad_examples)
   mixed = mixture.sources(config)
   if mixed:  # config.input.data: the sources, each shuffled and repeated, interleaved
-    stream, info, num_examples, _, _ = open_mixture(config, seed)
+    stream, info, num_examples = open_mixture(config, seed)
     source, captions_key = None, None
   else:
     source, info = open_source(config, config.train_split)
@@ -569,15 +559,12 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
       raise ValueError(f"split {config.train_split!r} of {config.dataset!r} is empty.")
     source, captions_key = image_text_source(config, source, info)
     num_examples = len(source)
-    if config.input.skip_bad_examples:  # an undecodable image: replaced by its source's next
+    if skip_bad:  # an undecodable image: replaced by its source's next
       source = bad_examples.WithFallback(source)
   if image_embeddings and captions_key is None:
     raise ValueError("precomputed image embeddings pair images with captions; this run's data "
                      "has labels only.")
   rows = None
-  if image_embeddings and mixed:
-    raise ValueError("precomputed image embeddings are of config.dataset's train split; unset "
-                     "config.input.data.")
   if image_embeddings:
     source, rows = Indexed(source), EmbeddingRows(str(image_embeddings))
   if captions_key is None:
@@ -590,7 +577,7 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   if repeats > 1:  # Position t holds a copy of shuffled image ~t // k (RepeatedStream).
     stream = grain.MapDataset.range(sys.maxsize).map(
         RepeatedStream(stream, global_batch, repeats))
-  packed = naflex.settings_from_config(config) if naflex.enabled(config) else None
+  packed = naflex.settings_from_config(config) if batching.packed_run(config) else None
   if packed is not None:
     if captions_key is not None:
       raise ValueError("packed sequences (config.naflex) train image classifiers; this run's "
@@ -793,7 +780,7 @@ def create_eval_iterator(config, *, split: Optional[str] = None,
   if info.captions_key:  # Image-text data: images only, label 0 ('index' finds the captions).
     source, keys = _NoLabel(source, info.keys[0]), (info.keys[0], "label")
   num_classes = max(info.num_classes, 1)
-  if naflex.enabled(config):  # One image per sequence, its aspect ratio kept.
+  if batching.packed_run(config):  # One image per sequence, its aspect ratio kept.
     if info.multilabel_key or info.captions_key:
       raise ValueError(f"packed-sequence evaluation (config.naflex) reads single-label "
                        f"images; {config.dataset!r} ({split or config.eval_split}) has label "

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 import optax
 
-from vit_jax import sharding
+from vit_jax import batching, sharding
 from vit_jax.checkpoint import augreg, sources
 from vit_jax.configs import base
 from vit_jax.evaluators import command_line, runner, zeroshot
@@ -194,7 +194,7 @@ def _packed_eval(c: ml_collections.ConfigDict, args: Any, resolution: int, run_c
                  model_patch: Optional[int], note: Any) -> None:
   """config.naflex of an evaluation that keeps each image's aspect ratio (eval_settings)."""
   keep_aspect = bool(getattr(args, "keep_aspect", False))
-  packed_run = int(c.naflex.seq_len or 0) > 0
+  packed_run = batching.packed_run(c)
   if not keep_aspect and not packed_run:
     return
   patch = int(getattr(args, "patch_size", None) or c.naflex.patch_size or model_patch or 0)

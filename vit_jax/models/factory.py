@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 import ml_collections
 
+from vit_jax import batching
 from vit_jax.models import lit, registry
 
 # config.model keys that only an image-text model has.
@@ -68,7 +69,7 @@ def _with_flexi(config, fields: ml_collections.ConfigDict) -> ml_collections.Con
   (config.naflex): config.flexi.posemb_grid, else pp.crop's grid at the base patch size
   (interpolated to every other grid in the forward)."""
   if (not tuple(config.flexi.patch_sizes or ()) and not tuple(config.resolution_schedule or ())
-      and not int(config.naflex.seq_len or 0)):
+      and not batching.packed_run(config)):
     return fields
   if "patches" not in fields or registry.is_mixer(fields) or fields.get("resnet") is not None:
     raise ValueError(f"config.flexi, config.resolution_schedule and config.naflex train a "
@@ -119,7 +120,7 @@ def with_pipeline_settings(config):
   where unset (the pipeline cannot build the model): an image-text run's tokenizer settings
   (with_text_settings), a packed-sequence run's config.naflex.patch_size."""
   config = with_text_settings(config)
-  if not int(config.naflex.seq_len or 0) or config.naflex.patch_size:
+  if not batching.packed_run(config) or config.naflex.patch_size:
     return config
   fields = run_model_config(config)
   size = tuple(fields["patches"]["size"]) if "patches" in fields else ()

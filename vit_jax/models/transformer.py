@@ -276,10 +276,15 @@ class AddPositionEmbs(nn.Module):
                        "embedding of a fixed grid (posemb_grid, config.naflex / config.flexi) "
                        "or posemb='sincos2d'.")
     gh, gw = (int(g) for g in self.param_grid)
-    pe = self.param("pos_embedding",
-                    logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
-                    (1, positions.num_prefix + gh * gw, x.shape[2]), jnp.float32)
+    pe = self._grid_param(positions.num_prefix, x.shape[2])
     return packed.interpolate_at(pe[0], (gh, gw), positions)
+
+  def _grid_param(self, prefix: int, width: int) -> jax.Array:
+    """The (1, prefix + gh*gw, width) learned embedding of param_grid."""
+    gh, gw = (int(g) for g in self.param_grid)
+    return self.param("pos_embedding",
+                      logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
+                      (1, prefix + gh * gw, width), jnp.float32)
 
   def _resized(self, x: jax.Array, grid: Optional[tuple[int, int]]) -> jax.Array:
     """The param_grid-shaped pos_embedding, its grid part resized to `grid`."""
@@ -287,9 +292,7 @@ class AddPositionEmbs(nn.Module):
       raise ValueError("a position embedding of a fixed param_grid needs the input's patch grid.")
     gh, gw = (int(g) for g in self.param_grid)
     prefix = x.shape[1] - grid[0] * grid[1]
-    pe = self.param("pos_embedding",
-                    logical(nn.initializers.normal(stddev=0.02), None, "posemb", "embed"),
-                    (1, prefix + gh * gw, x.shape[2]), jnp.float32)
+    pe = self._grid_param(prefix, x.shape[2])
     if tuple(grid) == (gh, gw):
       return pe
     wh = jnp.asarray(grid_axis_weights(gh, int(grid[0])), jnp.float32)

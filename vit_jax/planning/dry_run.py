@@ -151,7 +151,7 @@ def analyse(config, devices: Optional[Sequence[Any]] = None) -> dict[str, Any]:
   out["unknown_loops"] = sum(1 for loop in run.loops if loop["trip_count"] is None)
   if image_text:
     formula = flops.formula_flops_per_pair(fields, int(out["crop"]))
-  elif int(config.naflex.seq_len or 0):  # packed sequences: the batch counts sequences
+  elif batching.packed_run(config):  # packed sequences: the batch counts sequences
     formula = flops.formula_flops_per_sequence(fields, int(config.naflex.seq_len),
                                                int(config.naflex.images_per_pack), num_classes)
     out["packed"] = (int(config.naflex.seq_len), int(config.naflex.images_per_pack))

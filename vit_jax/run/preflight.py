@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from vit_jax import exits
+from vit_jax import batching, exits
 from vit_jax.datasets import captions, mixture, naflex, pipeline, preprocess
 from vit_jax.datasets.sources import open_source
 from vit_jax.models import factory, lit
@@ -43,7 +43,7 @@ def check(config, info, warn: Callable[[str], None] = logging.warning) -> None:
         f"config.num_classes={config.num_classes} but dataset {dataset!r} has "
         f"{info.num_classes} classes; pass --config.num_classes={info.num_classes} (or leave "
         "it unset to take the dataset's count).")
-  if naflex.enabled(config):  # packed sequences: the settings and augmentations they take
+  if batching.packed_run(config):  # packed sequences: the settings and augmentations they take
     try:
       naflex.settings_from_config(config)
     except ValueError as e:

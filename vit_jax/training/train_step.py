@@ -213,7 +213,7 @@ def abstract_batch(config, num_classes: int, mesh, model: Any = None
   for an image-text `model` {'image' (or 'zimg'), 'tokens' (batch, its pp max_len) int32}."""
   crop = int(config.pp.crop)
   bsh = sharding.batch_sharding(mesh)
-  if int(config.naflex.seq_len or 0):  # packed sequences (datasets/naflex.py)
+  if batching.packed_run(config):  # packed sequences (datasets/naflex.py)
     patch = config.naflex.patch_size or (patch_size(model.patches)[0] if model else 0)
     shapes = batching.packed_batch_shapes(config, int(config.batch), int(patch))
     image = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "patches" else jnp.int32,
