@@ -238,6 +238,8 @@ def _inception(name: str, size: Any, area_min: float, area_max: float, ratio_min
     return crop
   h, w = _size_arg(size, "size")
   out = h if h == w else (lambda *_: (w, h))
+  if resample == Image.BILINEAR:  # big_vision's: bilinear, not antialiased (image_ops doc)
+    return lambda image, rng: image_ops.crop_resize(_image(image, name), box, out, rng)
   return lambda image, rng: image_ops.resize_box(_image(image, name), box, out, rng, resample)
 
 

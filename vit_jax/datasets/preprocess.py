@@ -10,7 +10,8 @@ worker computes the same result whatever the worker count), built from image_ops
   random crop always covers (7/8)² ≈ 77% of the image, as big_vision's transfer configs
   (256 -> 224, 448 -> 384); a fixed +32 took a quarter of a 32 px image.
 * train `inception_crop`: random crop covering 5%-100% of the area with aspect ratio in
-  [3/4, 4/3] (log-uniform; 10 tries, then the whole image), resized to `crop`, random flip.
+  [3/4, 4/3] (log-uniform; 10 tries, then the whole image), resized to `crop` (bilinear,
+  not antialiased, after a DCT-scaled JPEG decode: image_ops.crop_resize), random flip.
 * eval `resize`: resize to `crop` (Google's vit_jax fine-tune evaluation); eval
   `resize_crop`: resize to `resize`×`resize` (same default), central `crop` crop; eval
   `resize_small`: shorter side to `resize`, aspect ratio kept (big_vision's
@@ -179,12 +180,14 @@ def train_image(data: Any, opts: PreprocessOptions, rng: np.random.Generator) ->
   if opts.train == "inception_crop":
     img = image_ops.inception_crop(data, opts.crop, rng)
   else:
-    img = image_ops.random_crop(image_ops.resize_full(data, opts.resize), opts.crop, rng)
+    img = np.asarray(image_ops.random_crop(image_ops.resize_full(data, opts.resize),
+                                           opts.crop, rng))
   if opts.flip and rng.random() < 0.5:
-    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    img = image_ops.flip_left_right(img)
   if opts.randaugment_layers:
-    img = randaugment.randaugment(img, opts.randaugment_layers, opts.randaugment_magnitude, rng)
-  return np.asarray(img, dtype=np.uint8)
+    img = randaugment.randaugment(Image.fromarray(np.ascontiguousarray(img)),
+                                  opts.randaugment_layers, opts.randaugment_magnitude, rng)
+  return np.ascontiguousarray(img, dtype=np.uint8)
 
 
 def eval_image(data: Any, opts: PreprocessOptions) -> np.ndarray:
