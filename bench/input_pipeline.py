@@ -64,15 +64,22 @@ def measure(config, steps: int) -> tuple[float, float]:
   warm-up batches per worker (start-up excluded; the CPU figure is meaningful with 0 workers)."""
   from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
   it = pipeline.create_train_iterator(config, process_index=0, process_count=1)
-  for _ in range(2 + 2 * int(config.input.num_workers)):  # Until every worker is running.
+  figures = timed(it, 2 + 2 * int(config.input.num_workers), steps, config.batch)
+  it.close()
+  return figures
+
+
+def timed(it, warmup: int, steps: int, batch: int) -> tuple[float, float]:
+  """(images/s wall, images per CPU-second of this process) of `steps` batches of `it` after
+  `warmup` (until every worker is running); each batch must hold 224 px images."""
+  for _ in range(warmup):
     next(it)
   t0, c0 = time.perf_counter(), time.process_time()
   for _ in range(steps):
-    batch = next(it)
+    out = next(it)
   elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-  assert batch["image"].shape[1:] == (224, 224, 3)
-  it.close()
-  return steps * config.batch / elapsed, steps * config.batch / cpu
+  assert out["image"].shape[1:] == (224, 224, 3)
+  return steps * batch / elapsed, steps * batch / cpu
 
 
 def tfdata_reference(root: str, batch: int, steps: int) -> tuple[float, float]:
@@ -95,14 +102,7 @@ def tfdata_reference(root: str, batch: int, steps: int) -> tuple[float, float]:
 
   ds = tf.data.Dataset.from_tensor_slices(files).repeat().shuffle(len(files), seed=0)
   it = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2).as_numpy_iterator()
-  for _ in range(4):
-    next(it)
-  t0, c0 = time.perf_counter(), time.process_time()
-  for _ in range(steps):
-    out = next(it)
-  elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-  assert out["image"].shape[1:] == (224, 224, 3)
-  return steps * batch / elapsed, steps * batch / cpu
+  return timed(it, 4, steps, batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,9 @@ def test_input_pipeline_bench(tmp_path):
                            "--json", str(out)]) == 0
   results = json.loads(out.read_text())["results"]
   assert len(results) == 3 and all(r["img_per_s_0_workers"] > 0 for r in results)
+  # The JPEG row carries the big_vision-style tf.data pipeline run on the same files.
+  assert results[0]["tfdata_img_per_s"] > 0 and results[0]["ratio_vs_tfdata"] > 0
+  assert "tfdata_img_per_s" not in results[2]
 
 
 def test_packing_bench(tmp_path):
