@@ -126,3 +126,14 @@ def test_the_inception_box_is_drawn_from_the_header_before_decoding():
   assert boxes == [(300, 200)]
   if image_ops._dct_reduction(64 / min(w, h)) == 1:  # pylint: disable=protected-access
     np.testing.assert_array_equal(a, want)
+
+
+def test_an_opencv_without_rgb_decoding_gives_the_same_pixels():
+  """OpenCV < 4.10 (a notebook's preinstalled cv2) has no IMREAD_COLOR_RGB: BGR, swapped."""
+  data = _encode(_photo(96, 64, seed=4), quality=90)
+  for reduction in (1, 2, 4):
+    rgb = image_ops.decode_jpeg(data, reduction)
+    np.testing.assert_array_equal(image_ops.decode_jpeg(data, reduction, rgb_flag=None), rgb)
+    assert rgb.shape == (64 // reduction, 96 // reduction, 3)
+  img = Image.open(io.BytesIO(data))
+  np.testing.assert_array_equal(image_ops.decode_jpeg(data), np.asarray(img))

@@ -63,11 +63,24 @@ def sample_inception_box(width: int, height: int, rng: np.random.Generator,
   return 0, 0, width, height
 
 
-# cv2.imdecode flags: RGB order, EXIF orientation ignored (as Pillow and tf.io decode), and
-# the libjpeg DCT scale 1/r.
-_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+# cv2.imdecode flags: the libjpeg DCT scale 1/r, RGB order (OpenCV >= 4.10; an older cv2, e.g.
+# a notebook's preinstalled one, decodes BGR and the channels are swapped), EXIF orientation
+# ignored (as Pillow and tf.io decode).
 _REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def decode_jpeg(encoded: bytes, reduction: int = 1, rgb_flag: Optional[int] = _COLOR_RGB
+                ) -> np.ndarray:
+  """A JPEG decoded by libjpeg-turbo at DCT scale 1/`reduction` → uint8 (h, w, 3) RGB; one
+  ValueError if it does not decode."""
+  color = cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag
+  arr = cv2.imdecode(np.frombuffer(encoded, np.uint8),
+                     _REDUCED[reduction] | color | cv2.IMREAD_IGNORE_ORIENTATION)
+  if arr is None:
+    raise ValueError(f"not a decodable JPEG ({len(encoded)} bytes; truncated or corrupt)")
+  return arr if rgb_flag is not None else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
 _SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
@@ -139,9 +152,7 @@ def crop_resize(data: Any, box_fn: BoxFn, out_size: Union[int, Callable[[int, in
   out_w, out_h = _out_shape(out_size, w, h)
   if arr is None:
     reduction = _dct_reduction(min(out_w, out_h) / max(min(w, h), 1))
-    arr = cv2.imdecode(np.frombuffer(encoded, np.uint8), _REDUCED[reduction] | _RGB)
-    if arr is None:
-      raise ValueError(f"not a decodable JPEG ({len(encoded)} bytes; truncated or corrupt)")
+    arr = decode_jpeg(encoded, reduction)
   sx, sy = arr.shape[1] / width, arr.shape[0] / height
   x0 = min(int(round(left * sx)), arr.shape[1] - 1)
   y0 = min(int(round(top * sy)), arr.shape[0] - 1)
