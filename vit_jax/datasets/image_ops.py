@@ -81,6 +81,8 @@ def decode_jpeg(encoded: bytes, reduction: int = 1, rgb_flag: Optional[int] = _C
   if arr is None:
     raise ValueError(f"not a decodable JPEG ({len(encoded)} bytes; truncated or corrupt)")
   return arr if rgb_flag is not None else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
 _SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
@@ -216,16 +218,11 @@ def whole_image(width: int, height: int, rng: Any = None) -> tuple[int, int, int
   return 0, 0, width, height
 
 
-def random_crop(img: Union[Image.Image, np.ndarray], size: Any, rng: np.random.Generator
-                ) -> Union[Image.Image, np.ndarray]:
-  """Uniformly placed size×size or (h, w) crop (left drawn before top) of a PIL image or an
-  (H, W, C) array (returned as the same kind)."""
+def random_crop(img: Image.Image, size: Any, rng: np.random.Generator) -> Image.Image:
+  """Uniformly placed size×size or (h, w) crop (left drawn before top)."""
   h, w = sides(size)
-  width, height = (img.shape[1], img.shape[0]) if isinstance(img, np.ndarray) else img.size
-  left = int(rng.integers(0, width - w + 1))
-  top = int(rng.integers(0, height - h + 1))
-  if isinstance(img, np.ndarray):
-    return img[top:top + h, left:left + w]
+  left = int(rng.integers(0, img.size[0] - w + 1))
+  top = int(rng.integers(0, img.size[1] - h + 1))
   return img.crop((left, top, left + w, top + h))
 
 
