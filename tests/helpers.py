@@ -122,7 +122,7 @@ def id_image_folder(root, train_ids, test_ids) -> str:
 def latest_step(workdir):
   """The newest committed checkpoint step of a run's workdir, or None."""
   from vit_jax.run import run_state  # pylint: disable=g-import-not-at-top
-  ckpt = run_state.Checkpointer(str(workdir))
+  ckpt = run_state.Checkpointer(str(workdir), read_only=True)
   try:
     return ckpt.latest_step()
   finally:

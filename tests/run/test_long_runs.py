@@ -438,11 +438,15 @@ def test_disk_full_in_orbaxs_async_save_thread_names_the_last_committed(tmp_path
   original = async_checkpointer._background_wait_for_commit_futures  # pylint: disable=protected-access
   failed_in = []
 
-  def no_space(directory, *args, **kwargs):
+  def no_space(directory, commit_futures, *args, **kwargs):
     if epath_name(directory) == "8":
       failed_in.append(threading.current_thread().name)
+      # On a full disk the writes end (failing) before the error reaches this thread; waiting
+      # for them keeps late writes out of the folder the rerun's tmp cleanup is deleting.
+      for pending in commit_futures:
+        pending.result()
       raise OSError(errno.ENOSPC, "No space left on device")
-    return original(directory, *args, **kwargs)
+    return original(directory, commit_futures, *args, **kwargs)
   monkeypatch.setattr(async_checkpointer, "_background_wait_for_commit_futures", no_space)
   with pytest.raises(OSError) as info:
     loop.train_and_evaluate(run_config(total_steps=12, checkpoint_every=4), str(workdir))

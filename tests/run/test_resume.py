@@ -190,3 +190,28 @@ def test_checkpointer_takes_a_relative_workdir(tmp_path, monkeypatch):
   assert data == {"batch_index": 3}
   jax.tree.map(np.testing.assert_array_equal, restored, state)
   assert run_state.absolute_dir("gs://bucket/run") == run_state.epath.Path("gs://bucket/run")
+
+
+def test_a_reader_leaves_the_unfinished_save_of_a_running_training_alone(tmp_path):
+  """Export / evaluate read a workdir while its training may be writing step N: the reader's
+  manager must not delete `N.orbax-checkpoint-tmp*`; the training's next start does."""
+  state = {"w": jnp.arange(6.0).reshape(2, 3)}
+  ckpt = run_state.Checkpointer(str(tmp_path / "run"))
+  assert ckpt.save(4, state, {"batch_index": 1})
+  ckpt.close()
+  unfinished = tmp_path / "run" / "checkpoints" / "8.orbax-checkpoint-tmp-1234"
+  (unfinished / "state").mkdir(parents=True)
+  (unfinished / "state" / "part").write_bytes(b"being written")
+  reader = run_state.Checkpointer(str(tmp_path / "run"), read_only=True)
+  assert reader.latest_step() == 4 and reader.all_steps() == [4]
+  reader.close()
+  assert (unfinished / "state" / "part").exists()
+  assert not (tmp_path / "absent").exists()
+  absent = run_state.Checkpointer(str(tmp_path / "absent"), read_only=True)
+  assert absent.latest_step() is None
+  absent.close()
+  assert not (tmp_path / "absent").exists()  # a reader creates nothing
+  writer = run_state.Checkpointer(str(tmp_path / "run"))
+  writer.close()  # waits for its start-up clean-up
+  assert not unfinished.exists()
+  assert run_state.Checkpointer(str(tmp_path / "run"), read_only=True).all_steps() == [4]

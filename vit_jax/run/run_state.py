@@ -65,13 +65,23 @@ def absolute_dir(path: str) -> epath.Path:
 
 
 class Checkpointer:
-  """Thin wrapper around ocp.CheckpointManager for TrainState + data position."""
+  """Thin wrapper around ocp.CheckpointManager for TrainState + data position.
+
+  read_only=True is for readers of a workdir (export, evaluate, inspection) that may run while
+  its training writes: they create nothing and leave the run's unfinished (temporary) step
+  folders alone, which the training's own manager would clean up on its next start.
+  """
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
-               keep_period: Optional[int] = None, async_save: bool = True):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_period or None, create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+               keep_period: Optional[int] = None, async_save: bool = True,
+               read_only: bool = False):
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                             cleanup_tmp_directories=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, keep_period=keep_period or None, create=True,
+          enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.directory = absolute_dir(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data"))
@@ -191,8 +201,13 @@ class Checkpointer:
       self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves and for the start-up clean-up of unfinished step folders (Orbax's
+    close does not), so a later manager on the same workdir in this process never races it."""
     with self._disk_full_said("a checkpoint"):
       self._manager.wait_until_finished()
+      await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+      if await_cleanup is not None:
+        await_cleanup()
       self._manager.close()
 
 
@@ -211,7 +226,7 @@ def read_params(workdir: str, step: Optional[int] = None, which: str = "raw"
   # No shardings: every leaf is read into host numpy (by each process of a multi-host job).
   abstract = jax.eval_shape(lambda: train_state.init_model_params(
       model, jax.random.PRNGKey(0), (1, crop, crop, 3)))
-  ckpt = Checkpointer(workdir)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
     steps = ckpt.all_steps()
     if not steps:
