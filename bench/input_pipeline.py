@@ -1,11 +1,14 @@
 r"""Input-pipeline throughput: images/s per CPU core for the train preprocessing at 224.
 
-Two workloads, both through the real pipeline (vit_jax.datasets.pipeline over an image folder:
-file read → decode → crop/resize → flip → float32 [-1, 1] → batch):
+Three workloads, all through the trainer's pipeline (vit_jax.datasets.pipeline over an image
+folder: file read → decode → crop/resize → flip → batch, as the trainer reads it: uint8 where
+the train step makes the float32 [-1, 1] values on the accelerator, float32 with mixup):
   * imagenet: synthetic ~500x375 JPEGs (quality 90, smooth noise so they compress like
     photos, ~110 KB), `inception_crop` to 224.
   * imagenet + AugReg: the same plus RandAugment(2, 15) and mixup(0.5).
   * cifar:    32x32 PNGs, `vit_finetune` (resize 256, random crop 224).
+The folder lists each of its --images images under --names file names (hard links): a split
+as long as a real one for the shuffle, as small as a test folder for the page cache.
 It reports images/s with 0 workers (all work in this process: the per-core figure), with
 `--workers` threads in one process (the JPEG decoder and the resize release the GIL) and with
 `--workers` processes, plus what a 12-core host would feed. For the ImageNet-style JPEGs it
@@ -29,8 +32,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def write_folder(root: str, n: int, size: tuple[int, int], fmt: str) -> None:
-  """n smooth random images per split, 10 classes."""
+def write_folder(root: str, n: int, size: tuple[int, int], fmt: str, names: int = 1) -> None:
+  """n smooth random images, 10 classes, each listed under `names` file names (hard links: the
+  same bytes, so the page cache holds n images whatever the folder's length)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for i in range(n):
@@ -41,7 +45,10 @@ def write_folder(root: str, n: int, size: tuple[int, int], fmt: str) -> None:
     noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-20, 21, img.size[::-1] + (3,)),
                     0, 255).astype(np.uint8)
     ext = "jpg" if fmt == "JPEG" else "png"
-    Image.fromarray(noisy).save(os.path.join(folder, f"{i}.{ext}"), fmt, quality=90)
+    path = os.path.join(folder, f"{i}.{ext}")
+    Image.fromarray(noisy).save(path, fmt, quality=90)
+    for j in range(1, names):
+      os.link(path, os.path.join(folder, f"{i}_{j}.{ext}"))
 
 
 def config_for(root: str, train: str, batch: int, workers: int, threads: int, augreg: bool):
@@ -63,7 +70,8 @@ def measure(config, steps: int) -> tuple[float, float]:
   """(images/s wall, images per CPU-second of this process) over `steps` batches after 2 + 2
   warm-up batches per worker (start-up excluded; the CPU figure is meaningful with 0 workers)."""
   from vit_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
-  it = pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(config, process_index=0, process_count=1,
+                                      uint8_images=True)
   figures = timed(it, 2 + 2 * int(config.input.num_workers), steps, config.batch)
   it.close()
   return figures
@@ -108,6 +116,9 @@ def tfdata_reference(root: str, batch: int, steps: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--images", type=int, default=512)
+  p.add_argument("--names", type=int, default=16,
+                 help="file names per image (hard links): the split's length; grain's index "
+                      "shuffle costs ~40 us per element on 512 entries, ~8 us on ImageNet's 1.28M")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
   args = p.parse_args(argv)
   results = []
   cores = os.cpu_count() or 1
-  print(f"host: {cores} CPU cores; batch {args.batch}; {args.steps} timed batches")
+  print(f"host: {cores} CPU cores; batch {args.batch}; {args.steps} timed batches; "
+        f"{args.images} images x {args.names} names a split")
   with tempfile.TemporaryDirectory() as tmp:
     for name, size, fmt, train, augreg in (
         ("imagenet", (500, 375), "JPEG", "inception_crop", False),
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cifar", (32, 32), "PNG", "vit_finetune", False)):
       root = os.path.join(tmp, name)
       if not os.path.isdir(root):
-        write_folder(root, args.images, size, fmt)
+        write_folder(root, args.images, size, fmt, args.names)
       files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
       kb = np.mean([os.path.getsize(f) for f in files]) / 1024
       one, per_cpu = measure(config_for(root, train, args.batch, 0, 1, augreg), args.steps)

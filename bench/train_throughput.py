@@ -46,14 +46,18 @@ def main(_):
   mesh = sharding.mesh_for_config(config)
   num_classes = int(config.num_classes or 10)
   setup = train_state.setup_from_config(config, mesh, num_classes, int(config.total_steps or 1000))
-  shapes = {k: v.shape for k, v in train_step.abstract_batch(config, num_classes, mesh).items()}
+  abstract = train_step.abstract_batch(config, num_classes, mesh)
+  shapes = {k: v.shape for k, v in abstract.items()}
   t0 = time.perf_counter()
   compiled = train_step.compile_train_step(setup, config, num_classes)
   compile_s = time.perf_counter() - t0
   state = train_state.create_train_state(setup, 0)
   rng = np.random.RandomState(0)
   labels = rng.randint(0, num_classes, config.batch)
-  batch = {"image": rng.uniform(-1, 1, shapes["image"]).astype(np.float32),
+  images = (rng.randint(0, 256, shapes["image"]).astype(np.uint8)  # the trainer's uint8 batches
+            if abstract["image"].dtype == np.uint8 else
+            rng.uniform(-1, 1, shapes["image"]).astype(np.float32))
+  batch = {"image": images,
            "label": np.eye(num_classes, dtype=np.float32)[labels]}
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   for _ in range(2):

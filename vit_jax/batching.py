@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+# The named train recipes (datasets/preprocess.py): their crops are uint8 and their model
+# inputs float32 [-1, 1] (float_values).
+NAMED_TRAIN_RECIPES = ("vit_finetune", "inception_crop")
+
 # The model-input keys of a packed-sequence batch (NaViT / NaFlex; models/packed.py says what
 # each holds, datasets/packing.py builds them on the host).
 PACKED_KEYS = ("patches", "segment_ids", "coords", "image_grid")
@@ -17,6 +21,25 @@ PACKED_KEYS = ("patches", "segment_ids", "coords", "image_grid")
 def packed_run(config) -> bool:
   """Whether the run trains on packed sequences (config.naflex.seq_len > 0)."""
   return int(config.naflex.seq_len or 0) > 0
+
+
+def uint8_train_images(pp) -> bool:
+  """Whether the trainer's train batches carry the uint8 crops, which the train step turns into
+  float32 [-1, 1] (float_values) on the accelerator: a named recipe with no host work on floats
+  (mixup / CutMix, random erasing). `pp` is config.pp or the pipeline's PreprocessOptions. The
+  host then skips a float pass and sends a quarter of the bytes."""
+  return (str(pp.train) in NAMED_TRAIN_RECIPES and not float(pp.mixup_alpha or 0)
+          and not float(pp.cutmix_alpha or 0) and not float(pp.random_erase_prob or 0))
+
+
+def float_values(images):
+  """uint8 [0, 255] → float32 [-1, 1], x / 127.5 - 1 in float32 (NumPy or JAX arrays alike);
+  other dtypes are returned unchanged. The named recipes' model inputs, on the host
+  (image_ops.to_float) or in the train step."""
+  if str(images.dtype) != "uint8":
+    return images
+  # Python scalars are weakly typed in JAX and NumPy >= 2: the arithmetic stays float32.
+  return images.astype("float32") * (1 / 127.5) - 1.0
 
 
 def images_per_step(config) -> int:

@@ -371,3 +371,39 @@ def test_release_shared_memory_leaves_nothing_for_the_resource_tracker(tmp_path)
                         text=True, timeout=300)
   assert proc.returncode == 0 and "released" in proc.stdout, proc.stderr[-2000:]
   assert "leaked shared_memory" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("recipe", ["inception_crop", "vit_finetune"])
+def test_the_trainers_uint8_batches_are_the_float_batches_before_their_last_pass(jpeg_folder,
+                                                                                 recipe):
+  """create_train_iterator(uint8_images=True): the same crops, uint8 (read back exactly from
+  the default iterator's floats); x / 127.5 - 1 in float64 matches those to float32 rounding."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from vit_jax import batching  # pylint: disable=g-import-not-at-top
+  c = _config(jpeg_folder, **{"pp.crop": 16, "pp.resize": 24, "batch": 4, "pp.flip": True,
+                              "pp.train": recipe, "pp.label_smoothing": 0.2})
+  floats = _take(pipeline.create_train_iterator(c, process_index=0, process_count=1), 3)
+  raw = _take(pipeline.create_train_iterator(c, process_index=0, process_count=1,
+                                             uint8_images=True), 3)
+  for f, u in zip(floats, raw):
+    assert u["image"].dtype == np.uint8 and f["image"].dtype == np.float32
+    np.testing.assert_array_equal(np.round((f["image"] + 1.0) * 127.5), u["image"])
+    np.testing.assert_allclose(u["image"] / 127.5 - 1.0, f["image"], rtol=0, atol=2e-7)
+    # What the train step computes from them is the host's float32 batch (XLA may fuse the
+    # multiply-add: within one float32 step of 1.0).
+    np.testing.assert_allclose(jax.jit(batching.float_values)(u["image"]), f["image"], rtol=0,
+                               atol=1.2e-7)
+    np.testing.assert_array_equal(u["label"], f["label"])
+
+
+@pytest.mark.parametrize("pp", [
+    {"pp.mixup_alpha": 0.5}, {"pp.cutmix_alpha": 1.0}, {"pp.random_erase_prob": 0.5},
+    {"pp.train": "decode|resize(24)|random_crop(16)|value_range(-1, 1)"}])
+def test_batches_that_need_floats_on_the_host_stay_float_for_the_trainer(jpeg_folder, pp):
+  from vit_jax import batching  # pylint: disable=g-import-not-at-top
+  c = _config(jpeg_folder, **{"pp.crop": 16, "pp.resize": 24, "batch": 4, **pp})
+  assert not batching.uint8_train_images(c.pp)
+  batch = next(pipeline.create_train_iterator(c, process_index=0, process_count=1,
+                                              uint8_images=True))
+  assert batch["image"].dtype == np.float32

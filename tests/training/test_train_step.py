@@ -87,6 +87,42 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g4, g1)
 
 
+def test_a_uint8_batch_trains_as_its_float_values_with_accumulation(tmp_path):
+  """The trainer's uint8 batches (pipeline uint8_images=True): the step's loss and gradients
+  equal those of the float32 [-1, 1] batch made on the host by NumPy (x / 127.5 - 1), also per
+  micro-batch of an accumulated step."""
+  config = tiny_config(tmp_path)
+  with config.unlocked():
+    config.model.transformer.dropout_rate = 0.0
+  mesh = sharding.make_mesh((("data", -1),))
+  setup = setup_for(config, mesh)
+  state = train_state.create_train_state(setup, 0)
+  rng = np.random.RandomState(1)
+  raw = {"image": rng.randint(0, 256, (32, 8, 8, 3)).astype(np.uint8),
+         "label": np.eye(10, dtype=np.float32)[rng.randint(0, 10, 32)]}
+  floats = dict(raw, image=(raw["image"] / 127.5 - 1.0).astype(np.float32))
+  bsh = sharding.batch_sharding(mesh)
+  for accum in (1, 4):
+    fn = jax.jit(train_step.make_loss_and_grad(setup, accum))
+    got = fn(state.params, {k: jax.device_put(v, bsh) for k, v in raw.items()}, state.rng)
+    want = fn(state.params, {k: jax.device_put(v, bsh) for k, v in floats.items()}, state.rng)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 got[2], want[2])
+
+
+def test_the_abstract_batch_is_uint8_where_the_trainer_sends_uint8(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,reimported
+  mesh = sharding.make_mesh((("data", -1),))
+  config = tiny_config(tmp_path)
+  assert config.pp.train in ("inception_crop", "vit_finetune") and not config.pp.mixup_alpha
+  assert train_step.abstract_batch(config, 10, mesh)["image"].dtype == jnp.uint8
+  with config.unlocked():
+    config.pp.mixup_alpha = 0.2
+  batch = train_step.abstract_batch(config, 10, mesh)
+  assert batch["image"].dtype == jnp.float32 and batch["label"].dtype == jnp.float32
+
+
 def test_cross_entropy_and_eval_step_against_numpy(tmp_path):
   logits = np.random.RandomState(0).normal(size=(6, 5)).astype(np.float32)
   labels = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4, 0]] * 0.9 + 0.02

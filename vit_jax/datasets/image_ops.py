@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vit_jax import batching
+
 # One thread per resize: the pipeline parallelises over its workers, not inside an image.
 cv2.setNumThreads(1)
 
@@ -253,4 +255,4 @@ def to_float(images: np.ndarray) -> np.ndarray:
   if isinstance(images, np.ndarray) and images.ndim:  # in place: one float buffer per batch
     out = np.multiply(images, np.float32(1 / 127.5), dtype=np.float32)
     return np.subtract(out, np.float32(1.0), out=out)
-  return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)  # scalars, jax
+  return batching.float_values(images)  # scalars, JAX arrays

@@ -36,8 +36,10 @@ padded to the same number of batches on every process; every example is seen exa
 Batches (numpy, local to this process, b = global batch // process count):
   train: {'image': float32 (b, crop, crop, 3) in [-1, 1] (a pp string's value_range instead,
           preprocess.py; erased 'pixel' / 'rand' boxes hold
-          unclipped N(0, 1) noise), 'label': float32 (b, C) one-hot, label-smoothed and
-          mixed as config.pp says (rows sum to 1)}
+          unclipped N(0, 1) noise; uint8 [0, 255] for the trainer where
+          batching.uint8_train_images holds: create_train_iterator(uint8_images=True)),
+          'label': float32 (b, C) one-hot, label-smoothed and mixed as config.pp says (rows
+          sum to 1)}
   eval:  {'image', 'label' (one-hot, no smoothing), 'mask': float32 (b,) 1 real / 0 padding};
           exactly one pass, the same number of batches on every process.
   packed sequences (config.naflex; datasets/naflex.py): 'image' is a dict of patches,
@@ -204,7 +206,8 @@ class TrainElement:
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
   """Batch transform: float32 [-1, 1] images, random erasing, smoothed one-hot labels, then
-  mixup / CutMix.
+  mixup / CutMix. uint8=True (the trainer's batches when batching.uint8_train_images allows)
+  keeps the uint8 crops: the train step makes the floats on the accelerator.
 
   Applied to a local batch with the RNG of its *global* batch index, so λ, the CutMix box and
   the mixup/CutMix choice are the same on every process; pairs are rows 2m and 2m+1 (see
@@ -213,8 +216,12 @@ class TrainBatch:
   """
   opts: preprocess.PreprocessOptions
   num_classes: int
+  uint8: bool = False
 
   def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+    if self.uint8:
+      labels = mixing.one_hot(batch["label"], self.num_classes, self.opts.label_smoothing)
+      return bad_examples.carry(batch, {"image": batch["image"], "label": labels})
     images = preprocess.train_values(batch["image"], self.opts)
     if "erase" in batch:
       images = np.stack([mixing.random_erase(im, boxes, seed, self.opts.random_erase_mode)
@@ -516,22 +523,30 @@ class StagedTrainIterator(Iterator[dict]):
 
 def create_train_iterator(config, *, process_index: Optional[int] = None,
                           process_count: Optional[int] = None,
-                          image_embeddings: Optional[str] = None) -> Iterator[dict]:
+                          image_embeddings: Optional[str] = None,
+                          uint8_images: bool = False) -> Iterator[dict]:
   """This process's rows of the global shuffled, augmented train batches (module docstring);
   image-text data with `image_embeddings` (a (N, D) .npy in source order,
   run/image_embeddings.py) gives {'zimg', 'tokens'} batches; a progressive-resolution
-  schedule (config.resolution_schedule) a StagedTrainIterator."""
+  schedule (config.resolution_schedule) a StagedTrainIterator.
+
+  uint8_images=True (the trainer): where batching.uint8_train_images(config.pp) holds, image
+  batches stay uint8 [0, 255] and the train step makes the float32 [-1, 1] values (the same
+  numbers) on the accelerator; otherwise, and by default, images are float32.
+  """
   stages = batching.resolution_stages(config)
   if stages:
     process_index, process_count = _processes(process_index, process_count)
     return StagedTrainIterator(config, stages, lambda stage: _train_iterator(
         batching.stage_config(config, stage), process_index, process_count, image_embeddings,
-        stream_offset=stage.offset))
-  return _train_iterator(config, process_index, process_count, image_embeddings)
+        stream_offset=stage.offset, uint8_images=uint8_images))
+  return _train_iterator(config, process_index, process_count, image_embeddings,
+                         uint8_images=uint8_images)
 
 
 def _train_iterator(config, process_index: Optional[int], process_count: Optional[int],
-                    image_embeddings: Optional[str], stream_offset: int = 0) -> TrainIterator:
+                    image_embeddings: Optional[str], stream_offset: int = 0,
+                    uint8_images: bool = False) -> TrainIterator:
   """create_train_iterator of one batch geometry; the stream starts at element
   `stream_offset` (a later stage of a resolution schedule)."""
   import grain  # pylint: disable=g-import-not-at-top
@@ -600,7 +615,9 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   if packed is not None:
     ds = ds.map(naflex.PackedTrainBatch(info.num_classes, opts.label_smoothing))
   elif captions_key is None:
-    ds = ds.random_map(TrainBatch(opts, info.num_classes), seed=derive_seed(seed, 3))
+    ds = ds.random_map(TrainBatch(opts, info.num_classes,
+                                  uint8=uint8_images and batching.uint8_train_images(opts)),
+                       seed=derive_seed(seed, 3))
   else:
     ds = ds.map(CaptionTrainBatch(opts, text_settings(config)))
   return TrainIterator(ds, config, seed=seed, global_batch=global_batch,

@@ -42,6 +42,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from vit_jax import batching
 from vit_jax.datasets import (
   image_ops,
   mixing,
@@ -52,7 +53,7 @@ from vit_jax.datasets import (
   randaugment,
 )
 
-TRAIN_MODES = ("vit_finetune", "inception_crop")
+TRAIN_MODES = batching.NAMED_TRAIN_RECIPES
 RESIZE_RATIO = 8 / 7  # resize / crop when config.pp.resize is unset (0.875 crop ratio).
 EVAL_MODES = ("resize", "resize_crop", "resize_small")
 EVAL_SEED = 0  # Seed of the RNG an eval pp string's ops get (the same for every image).

@@ -286,7 +286,8 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
   if config.input.image_embeddings:  # LiT: the locked image tower's rows, computed once.
     termination.set_phase("embedding the train images (config.input.image_embeddings)")
     embeddings = image_embeddings.ensure(config, workdir, setup, state.params, writer.text)
-  host_iter = pipeline.create_train_iterator(config, image_embeddings=embeddings)
+  host_iter = pipeline.create_train_iterator(config, image_embeddings=embeddings,
+                                             uint8_images=True)
   if data_state:
     host_iter.set_state(data_state)
   for line in pipeline.mixture_summary(config, step):  # config.input.data: what each source gave
@@ -405,6 +406,7 @@ def _teacher_share(config, setup, num_classes, teacher, step_flops, log) -> dict
   """The teacher forward's share of the compiled step's FLOPs (logged once and with every
   train summary as teacher_flops_share)."""
   images = train_step.abstract_batch(config, num_classes, setup.mesh)["image"]
+  images = jax.ShapeDtypeStruct(images.shape, jnp.float32, sharding=images.sharding)
   flops = compiled_stats.compiled_flops(distill.compile_forward(teacher, images))
   if not flops or not step_flops:
     return {}

@@ -87,6 +87,7 @@ def make_loss_and_grad(setup: StateSetup, accum_steps: int, loss: str = "softmax
 
   def loss_fn(params, images, labels, rng, teacher_params=None):
     params = param_groups.stop_frozen(params, setup.frozen)
+    images = jax.tree.map(batching.float_values, images)  # the trainer's uint8 batches
     with axes.activation_sharding(constrainer):
       outputs = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
     logits = distill.prediction(outputs)  # A distilled ViT's two heads: their mean.
@@ -209,8 +210,9 @@ def image_embedding_dim(model: Any, crop: int) -> int:
 
 def abstract_batch(config, num_classes: int, mesh, model: Any = None
                    ) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global train batch as ShapeDtypeStructs on the batch sharding (nothing allocated);
-  for an image-text `model` {'image' (or 'zimg'), 'tokens' (batch, its pp max_len) int32}."""
+  """The global train batch the trainer feeds, as ShapeDtypeStructs on the batch sharding
+  (nothing allocated): uint8 images where batching.uint8_train_images(config.pp) holds; for an
+  image-text `model` {'image' (or 'zimg'), 'tokens' (batch, its pp max_len) int32}."""
   crop = int(config.pp.crop)
   bsh = sharding.batch_sharding(mesh)
   if batching.packed_run(config):  # packed sequences (datasets/naflex.py)
@@ -222,16 +224,18 @@ def abstract_batch(config, num_classes: int, mesh, model: Any = None
     return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, k, num_classes),
                                                           jnp.float32, sharding=bsh)}
   image = jax.ShapeDtypeStruct((config.batch, crop, crop, 3), jnp.float32, sharding=bsh)
-  if model is not None and lit.is_lit(model):
-    length = int(model.pp["max_len"])
-    tokens = jax.ShapeDtypeStruct((config.batch, length), jnp.int32, sharding=bsh)
-    if config.input.image_embeddings:
-      dim = image_embedding_dim(model, crop)
-      return {"zimg": jax.ShapeDtypeStruct((config.batch, dim), jnp.float32, sharding=bsh),
-              "tokens": tokens}
-    return {"image": image, "tokens": tokens}
-  return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, num_classes), jnp.float32,
-                                                        sharding=bsh)}
+  if model is None or not lit.is_lit(model):  # uint8 where the trainer's pipeline sends it
+    if batching.uint8_train_images(config.pp):
+      image = image.update(dtype=jnp.uint8)
+    return {"image": image, "label": jax.ShapeDtypeStruct((config.batch, num_classes),
+                                                          jnp.float32, sharding=bsh)}
+  length = int(model.pp["max_len"])
+  tokens = jax.ShapeDtypeStruct((config.batch, length), jnp.int32, sharding=bsh)
+  if config.input.image_embeddings:
+    dim = image_embedding_dim(model, crop)
+    return {"zimg": jax.ShapeDtypeStruct((config.batch, dim), jnp.float32, sharding=bsh),
+            "tokens": tokens}
+  return {"image": image, "tokens": tokens}
 
 
 def lower_train_step(setup: StateSetup, config, num_classes: int,
