@@ -44,6 +44,16 @@ def test_skipped_train_images_are_replaced_counted_and_logged(tmp_path, folder, 
   assert 7 not in ids and len(ids) == 24
   assert sorted(set(range(24)) - set(ids)) == [7]      # one image twice instead: its successor
   assert it.skipped_examples == 1
+  state = it.get_state()
+  assert state["skipped_examples"] == 1  # the data state carries it (process 0 restores it)
+  resumed = pipeline.create_train_iterator(config)
+  resumed.set_state(state)
+  assert resumed.skipped_examples == 1
+  other = pipeline.create_train_iterator(config, process_index=1, process_count=2)
+  other.set_state(state)
+  assert other.skipped_examples == 0
+  # Runs that stop on bad input keep the data state they had.
+  assert bad_examples.with_count({"step": 3}, _config(tmp_path, folder), 0) == {"step": 3}
   assert set(batch) == {"image", "label"}                # the counts stay on the host
   assert any("007.png" in r.getMessage() for r in caplog.records)
   again = next(pipeline.create_train_iterator(config))  # deterministic
@@ -71,10 +81,17 @@ def test_too_many_in_a_row_is_an_error():
     bad_examples.decode_or_skip(element, lambda e: 1 / 0, skip=True)
 
 
-def test_a_run_reports_what_it_skipped(tmp_path, folder, capfd):
-  config = _config(tmp_path, folder, total_steps=2, checkpoint_every=0,
+def test_a_run_reports_what_it_skipped_also_across_a_resume(tmp_path, folder, capfd):
+  """A batch is the whole 24-image split, so each step skips the one truncated image: the count
+  is the steps trained on (not the batches prefetched beyond them), and a run resumed at step 2
+  reports the 4 of the whole run."""
+  config = _config(tmp_path, folder, total_steps=4, checkpoint_every=2,
                    **{"input.skip_bad_examples": True})
   result = loop.train_and_evaluate(config, str(tmp_path / "w"))
-  assert result["skipped_examples"] >= 1
+  assert result["skipped_examples"] == 4
   assert result["eval"]["examples"] == 5
-  assert "undecodable train examples in this process" in "".join(capfd.readouterr())
+  assert "Skipped 4 undecodable train examples" in "".join(capfd.readouterr())
+  first = _config(tmp_path, folder, total_steps=2, checkpoint_every=2,
+                  **{"input.skip_bad_examples": True})
+  assert loop.train_and_evaluate(first, str(tmp_path / "r"))["skipped_examples"] == 2
+  assert loop.train_and_evaluate(config, str(tmp_path / "r"))["skipped_examples"] == 4

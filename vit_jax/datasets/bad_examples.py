@@ -5,8 +5,10 @@ Skipping keeps the batch shape and the pipeline's determinism: a train element w
 does not decode is replaced by the next example of its source (then the one after, up to
 MAX_TRIES), the same one on every run and process count, and the element records the ids it
 skipped; the train iterator logs them and counts them for the run's summary
-(pipeline.TrainIterator.skipped_examples). An undecodable eval example is left out of the
-metrics (mask 0) and logged.
+(pipeline.TrainIterator.skipped_examples). The count travels in the data state (STATE_KEY), so
+a resumed run's summary counts from the start of the run: the trainer saves it summed over the
+processes and process 0 restores it. An undecodable eval example is left out of the metrics
+(mask 0) and logged.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ MAX_TRIES = 16  # undecodable examples in a row before the run stops anyway
 SKIPPED = "skipped"          # element / batch key: how many examples were skipped
 SKIPPED_IDS = "skipped_ids"  # element / batch key: their ids, newline-separated
 FALLBACK = "_fallback"       # element key: Fallback to the next examples of the source
+STATE_KEY = "skipped_examples"  # data-state key: examples skipped in the batches read so far
 
 
 def example_id(element: Any, where: str = "") -> str:
@@ -98,3 +101,14 @@ def record(out: dict, skipped: list[str]) -> dict:
   out[SKIPPED] = len(skipped)
   out[SKIPPED_IDS] = "\n".join(skipped)
   return out
+
+
+def with_count(state: dict, config: Any, count: int) -> dict:
+  """A train iterator's data state with its skipped-example count, when the run skips them."""
+  return {**state, STATE_KEY: int(count)} if config.input.skip_bad_examples else state
+
+
+def restored_count(state: dict, process_index: int) -> int:
+  """This process's starting count from a restored data state: the run's total on process 0
+  (the trainer saved the sum over processes), 0 on the others, so the sum stays the total."""
+  return int(state.get(STATE_KEY, 0)) if process_index == 0 else 0

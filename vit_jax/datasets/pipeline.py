@@ -421,13 +421,15 @@ class TrainIterator(Iterator[dict]):
   """
 
   def __init__(self, batches, config, *, seed: int, global_batch: int, num_examples: int,
-               repeated_aug: int = 1):
+               repeated_aug: int = 1, process_index: int = 0):
     import grain  # pylint: disable=g-import-not-at-top
     self._grain, self._batches, self._config = grain, batches, config
     self._meta = {"seed": int(seed), "batch": int(global_batch), "num_examples": int(num_examples),
                   "repeated_aug": int(repeated_aug)}
-    self._step, self._it = 0, None
-    self.skipped_examples = 0  # undecodable examples skipped by this process since it started
+    self._step, self._it, self._process_index = 0, None, int(process_index)
+    # Undecodable examples skipped in the batches read so far (config.input.skip_bad_examples):
+    # this process's, plus on process 0 the run's total before the restored state.
+    self.skipped_examples = 0
 
   def __next__(self) -> dict:
     if self._it is None:
@@ -447,7 +449,8 @@ class TrainIterator(Iterator[dict]):
   def get_state(self) -> dict[str, int]:
     distinct = self._step * self._meta["batch"] // self._meta["repeated_aug"]
     epoch, position = divmod(distinct, self._meta["num_examples"])
-    return {"step": self._step, "epoch": epoch, "position": position, **self._meta}
+    state = {"step": self._step, "epoch": epoch, "position": position, **self._meta}
+    return bad_examples.with_count(state, self._config, self.skipped_examples)
 
   def set_state(self, state: dict[str, Any]) -> None:
     if int(state["seed"]) != self._meta["seed"]:
@@ -461,6 +464,7 @@ class TrainIterator(Iterator[dict]):
                       "examples differs from the original run from here on.", changed)
     self.close()
     self._step = int(state["step"])
+    self.skipped_examples = bad_examples.restored_count(state, self._process_index)
 
   def close(self) -> None:
     """Stops worker processes (also done on garbage collection)."""
@@ -475,8 +479,9 @@ class StagedTrainIterator(Iterator[dict]):
   where stage k - 1 stopped. get_state() / set_state() speak of global steps like
   TrainIterator's (a state restores into the stage it falls in, in O(1))."""
 
-  def __init__(self, config, stages, make):
+  def __init__(self, config, stages, make, process_index: int = 0):
     self._config, self._stages, self._make = config, stages, make
+    self._process_index = int(process_index)
     self._step, self._it, self._stage = 0, None, None
     self._skipped = 0
 
@@ -504,8 +509,9 @@ class StagedTrainIterator(Iterator[dict]):
   def get_state(self) -> dict[str, Any]:
     if self._it is None:
       self._open()
-    return dict(self._it.get_state(), step=self._step, stage_start=self._stage.start,
-                batch=int(self._config.batch))
+    state = dict(self._it.get_state(), step=self._step, stage_start=self._stage.start,
+                 batch=int(self._config.batch))
+    return bad_examples.with_count(state, self._config, self.skipped_examples)
 
   def set_state(self, state: dict[str, Any]) -> None:
     if int(state["seed"]) != int(self._config.seed):
@@ -513,6 +519,7 @@ class StagedTrainIterator(Iterator[dict]):
                        f"{self._config.seed}; resume with the same --config.seed.")
     self.close()
     self._step = int(state["step"])
+    self._skipped = bad_examples.restored_count(state, self._process_index)
 
   def close(self) -> None:
     if self._it is not None:
@@ -539,7 +546,7 @@ def create_train_iterator(config, *, process_index: Optional[int] = None,
     process_index, process_count = _processes(process_index, process_count)
     return StagedTrainIterator(config, stages, lambda stage: _train_iterator(
         batching.stage_config(config, stage), process_index, process_count, image_embeddings,
-        stream_offset=stage.offset, uint8_images=uint8_images))
+        stream_offset=stage.offset, uint8_images=uint8_images), process_index)
   return _train_iterator(config, process_index, process_count, image_embeddings,
                          uint8_images=uint8_images)
 
@@ -621,7 +628,8 @@ def _train_iterator(config, process_index: Optional[int], process_count: Optiona
   else:
     ds = ds.map(CaptionTrainBatch(opts, text_settings(config)))
   return TrainIterator(ds, config, seed=seed, global_batch=global_batch,
-                       num_examples=num_examples, repeated_aug=repeats)
+                       num_examples=num_examples, repeated_aug=repeats,
+                       process_index=process_index)
 
 
 def image_text_source(config, source: Any, info: Any) -> tuple[Any, Optional[str]]:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import batching, checkpoint, sharding
-from vit_jax.datasets import device_prefetch, pipeline
+from vit_jax.datasets import bad_examples, device_prefetch, pipeline
 from vit_jax.evaluators import runner
 from vit_jax.models import factory, lit
 from vit_jax.planning import compiled_stats, datasheets
@@ -189,7 +189,26 @@ def save_checkpoint(ckpt, step: int, state: TrainState,
     raise FloatingPointError(
         f"parameters became non-finite at step {step}; training stopped and the last good "
         "checkpoint is kept. Lower --config.base_lr or set --config.grad_norm_clip.")
-  ckpt.save(step, state, feeder.position)
+  ckpt.save(step, state, with_run_skip_count(feeder.position))
+
+
+def run_skip_count(position: Optional[dict]) -> int:
+  """Undecodable train examples skipped in the batches trained on so far, summed over the
+  processes (each process's data position counts its own; process 0's also what the restored
+  state had). Every process calls it at the same step: it is a collective."""
+  count = int((position or {}).get(bad_examples.STATE_KEY, 0))
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
+
+
+def with_run_skip_count(position: Optional[dict]) -> Optional[dict]:
+  """The data position a checkpoint records: with the run's skip count (run_skip_count) where
+  the run skips undecodable examples (process 0's position is what Orbax writes)."""
+  if not position or bad_examples.STATE_KEY not in position:
+    return position
+  return {**position, bad_examples.STATE_KEY: run_skip_count(position)}
 
 
 def _close_checkpointer(ckpt: run_state.Checkpointer, config, failed: bool) -> None:
@@ -376,9 +395,11 @@ def _run(config, workdir, setup, ckpt, writer, total, num_classes) -> dict[str, 
     for line in pipeline.mixture_summary(config, step):
       writer.text(line)
     if config.input.skip_bad_examples:  # bad_examples.py: each was logged when skipped
-      result["skipped_examples"] = int(getattr(host_iter, "skipped_examples", 0))
-      writer.text(f"Skipped {result['skipped_examples']} undecodable train examples in this "
-                  "process (config.input.skip_bad_examples; each is named above).")
+      result["skipped_examples"] = run_skip_count(feeder.position)
+      writer.text(f"Skipped {result['skipped_examples']} undecodable train examples in the "
+                  "batches this run trained on, all processes, since it started "
+                  "(config.input.skip_bad_examples; each is named in the log of the process "
+                  "that read it).")
   finally:
     wd.close()
     preempt.close()
