@@ -70,7 +70,7 @@ def trained_workdir(tmp_path_factory, data_dir):
 # trip and the NumPy reference forward.
 SLOW_TESTS = {
     "tests/data/test_hf_datasets.py::test_a_run_trains_on_a_saved_dataset",
-    "tests/data/test_bad_examples.py::test_a_run_reports_what_it_skipped",
+    "tests/data/test_bad_examples.py::test_a_run_reports_what_it_skipped_also_across_a_resume",
     "tests/data/test_mixture.py::test_a_mixture_run_logs_its_sources_and_resumes_exactly",
     "tests/training/test_distill.py::test_a_flexivit_student_distils_from_a_fixed_patch_teacher",
     "tests/run/test_packed_train.py::test_a_packed_run_trains_evaluates_resumes_and_exports",
