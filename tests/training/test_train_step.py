@@ -66,13 +66,18 @@ def test_params_and_opt_state_really_sharded(tmp_path):
       state.params, state.opt_state[1][0].trace)
 
 
-def test_grad_accumulation_equals_full_batch(tmp_path):
+def _without_dropout(tmp_path):
+  """(mesh over every device, setup, initial state) of the tiny config without dropout."""
   config = tiny_config(tmp_path)
   with config.unlocked():
     config.model.transformer.dropout_rate = 0.0
   mesh = sharding.make_mesh((("data", -1),))
   setup = setup_for(config, mesh)
-  state = train_state.create_train_state(setup, 0)
+  return mesh, setup, train_state.create_train_state(setup, 0)
+
+
+def test_grad_accumulation_equals_full_batch(tmp_path):
+  mesh, setup, state = _without_dropout(tmp_path)
   batch = next(synthetic_batches(1, 32, 8))
   bsh = sharding.batch_sharding(mesh)
   batch = {k: jax.device_put(v, bsh) for k, v in batch.items()}
@@ -91,12 +96,7 @@ def test_a_uint8_batch_trains_as_its_float_values_with_accumulation(tmp_path):
   """The trainer's uint8 batches (pipeline uint8_images=True): the step's loss and gradients
   equal those of the float32 [-1, 1] batch made on the host by NumPy (x / 127.5 - 1), also per
   micro-batch of an accumulated step."""
-  config = tiny_config(tmp_path)
-  with config.unlocked():
-    config.model.transformer.dropout_rate = 0.0
-  mesh = sharding.make_mesh((("data", -1),))
-  setup = setup_for(config, mesh)
-  state = train_state.create_train_state(setup, 0)
+  mesh, setup, state = _without_dropout(tmp_path)
   rng = np.random.RandomState(1)
   raw = {"image": rng.randint(0, 256, (32, 8, 8, 3)).astype(np.uint8),
          "label": np.eye(10, dtype=np.float32)[rng.randint(0, 10, 32)]}
