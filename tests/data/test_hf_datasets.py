@@ -1,16 +1,22 @@
 """Hugging Face datasets on disk (config.dataset=hf:PATH): save_to_disk's Arrow layout and the
 Hub's Parquet layout, written here with pyarrow exactly as the `datasets` library lays them
 out, read as random-access sources with their class names; trained on, sliced, split over
-processes."""
+processes. A dataset named on the Hub (hf:org/name[@revision]) is downloaded from a loopback
+Hub serving the same Parquet files."""
+import hashlib
+import http.server
 import io
 import json
 import os
+import re
+import threading
+import urllib.parse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import tiny_config
+from helpers import refused_url, tiny_config
 from PIL import Image
 
 from vit_jax.datasets import pipeline, sources
@@ -117,8 +123,8 @@ def test_columns_by_name_and_clear_errors(tmp_path):
                         "train")
   with pytest.raises(ValueError, match="not 'validation'"):
     sources.open_source(_config(tmp_path, f"hf:{root}"), "validation")
-  with pytest.raises(ValueError, match="hf download"):
-    sources.open_source(_config(tmp_path, "hf:someone/some_dataset"), "train")
+  with pytest.raises(ValueError, match="no such folder here.*hf download"):
+    sources.open_source(_config(tmp_path, f"hf:{tmp_path}/missing"), "train")
 
 
 def test_a_run_trains_on_a_saved_dataset(tmp_path):
@@ -129,3 +135,122 @@ def test_a_run_trains_on_a_saved_dataset(tmp_path):
     config.input.num_workers = 1    # rows read in a worker process (the source is pickled)
   result = loop.train_and_evaluate(config, str(tmp_path / "w"))
   assert result["step"] == 4 and result["eval"]["examples"] == 6
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+  """What huggingface_hub's snapshot_download asks of the Hub for a dataset repo: its info at a
+  revision, its file tree, and each file's resolve URL (HEAD: commit and ETag; GET: bytes)."""
+
+  def log_message(self, *args):  # pylint: disable=arguments-differ
+    pass
+
+  def _send(self, status, body=b"", headers=None, head=False):
+    self.send_response(status)
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    if not head:
+      self.wfile.write(body)
+
+  def _json(self, value, head):
+    return self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"}, head)
+
+  def _route(self, head):
+    path = urllib.parse.unquote(self.path.split("?")[0])
+    self.server.requests.append(path)
+    match = re.fullmatch(r"/(api/)?datasets/([^/]+/[^/]+)/(revision|tree|resolve)/([^/]+)/?(.*)",
+                         path)
+    files = self.server.repos.get(match[2]) if match else None
+    if files is None:
+      return self._send(404, headers={"X-Error-Code": "RepoNotFound",
+                                      "X-Error-Message": "Repository not found"}, head=head)
+    if match[4] not in ("main", COMMIT):
+      return self._send(404, headers={"X-Error-Code": "RevisionNotFound",
+                                      "X-Error-Message": "Invalid rev id"}, head=head)
+    if match[3] == "revision":
+      return self._json({"id": match[2], "sha": COMMIT,
+                         "siblings": [{"rfilename": f} for f in files]}, head)
+    if match[3] == "tree":
+      return self._json([{"type": "file", "path": f, "size": len(b),
+                          "oid": hashlib.sha1(b).hexdigest()} for f, b in files.items()], head)
+    if match[5] not in files:
+      return self._send(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT},
+                        head=head)
+    body = files[match[5]]
+    return self._send(200, body, {"X-Repo-Commit": COMMIT,
+                                  "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}, head)
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    self._route(head=False)
+
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self._route(head=True)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+  """A loopback Hub holding the dataset repo org/digits (parquet_repo's files), its endpoint and
+  an empty Hugging Face cache in the environment."""
+  root = parquet_repo(tmp_path / "repo", SPLITS)
+  files = {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+           for d, _, fs in os.walk(root) for f in fs}
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+  httpd.daemon_threads, httpd.requests, httpd.repos = True, [], {"org/digits": files}
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  sources.clear_cache()
+  yield httpd
+  httpd.shutdown()
+  httpd.server_close()
+  thread.join(timeout=5)
+
+
+def test_a_hub_dataset_by_name_downloads_each_split_once(tmp_path, hub, monkeypatch):
+  """The train and eval pipelines read the Hub's copy (training on hf: data: the saved-dataset
+  run above), each split fetched when first opened, then read offline from the cache."""
+  config = _config(tmp_path, "hf:org/digits")
+  source, info = sources.open_source(config, "train")
+  assert len(source) == 24 and info.class_names == tuple(NAMES)
+  fetched = [p for p in hub.requests if "/resolve/" in p]
+  assert fetched and all("/data/train-" in p for p in fetched)  # only the split asked for
+  batch = next(pipeline.create_train_iterator(config))
+  assert batch["image"].shape == (12, 8, 8, 3)
+  assert sum(b["mask"].sum() for b in pipeline.create_eval_iterator(config)) == 6  # test split
+  assert any("/data/test-" in p for p in hub.requests)
+  # Offline, from the Hugging Face cache (also at a pinned revision).
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  hub.requests.clear()
+  sources.clear_cache()
+  for name in ("hf:org/digits", f"hf:org/digits@{COMMIT}"):
+    source, _ = sources.open_source(_config(tmp_path, name), "test")
+    assert len(source) == 6
+  assert not hub.requests
+
+
+@pytest.mark.parametrize("name,split,message", [
+    ("hf:org/unknown", "train", "the Hub has no dataset repo 'org/unknown'"),
+    ("hf:org/digits@v9", "train", "has no revision 'v9'"),
+    ("hf:org/digits", "validation", "no Parquet files of the split 'validation'"),
+])
+def test_a_hub_name_that_does_not_resolve_says_why(tmp_path, hub, name, split, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sources.open_source(_config(tmp_path, name), split)
+
+
+def test_an_unreachable_or_offline_hub_without_a_cached_copy_says_what_to_do(tmp_path,
+                                                                             monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+  monkeypatch.setenv("HF_ENDPOINT", refused_url())
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  with pytest.raises(ValueError, match="the Hub could not be reached.*hf download"):
+    sources.open_source(_config(tmp_path, "hf:org/digits"), "train")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set"):
+    sources.open_source(_config(tmp_path, "hf:org/digits"), "train")

@@ -4,11 +4,11 @@ r"""Convert a dataset to ArrayRecord shards: `python -m vit_jax.datasets.convert
       [--shard_size 4096] [--workers 8]
 
 SRC: an image folder (<SRC>/<split>/<class>/<image>), a WebDataset folder (<SRC>/<split>/*.tar
-of <key>.jpg + <key>.txt), a caption folder, or a Hugging Face dataset on disk (hf:DIR) — any
-config.dataset that is a folder (datasets/sources.py). DST gets the layout of
-datasets/array_records.py; train on it with --config.dataset=DST, so a pod reads a few large
-sequential shards instead of millions of small files. The encoded images are copied as they
-are (nothing is re-encoded).
+of <key>.jpg + <key>.txt), a caption folder, or a Hugging Face dataset (hf:DIR, or
+hf:ORG/NAME downloaded from the Hub) — any config.dataset that is a folder
+(datasets/sources.py). DST gets the layout of datasets/array_records.py; train on it with
+--config.dataset=DST, so a pod reads a few large sequential shards instead of millions of
+small files. The encoded images are copied as they are (nothing is re-encoded).
 
 Shards are written in parallel (`--workers` processes), each to a temporary name renamed
 when complete, with a progress bar; an interrupted conversion restarts where it stopped (the
@@ -167,7 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from vit_jax import exits  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog="python -m vit_jax.datasets.convert",
                               description="Convert a dataset to ArrayRecord shards.")
-  p.add_argument("src", help="image folder, WebDataset / caption folder, or hf:DIR")
+  p.add_argument("src", help="image folder, WebDataset / caption folder, hf:DIR or hf:ORG/NAME "
+                 "(a Hub dataset, downloaded)")
   p.add_argument("dst", help="the new folder of ArrayRecord shards")
   p.add_argument("--splits", default=None,
                  help="comma-separated splits (default: those of train,validation,test there)")

@@ -1,7 +1,9 @@
-"""Hugging Face `datasets` data on disk as a random-access source: `config.dataset=hf:PATH`.
+"""Hugging Face `datasets` data as a random-access source: `config.dataset=hf:PATH_OR_NAME`.
 
 PATH is a local folder in one of the layouts the `datasets` library writes, read with pyarrow
-(no `datasets` import):
+(no `datasets` import); a NAME (`org/name[@revision]`, no such folder here) is a dataset repo
+on the Hub whose Parquet files of the split are downloaded once into the Hugging Face cache
+(local_root; $HF_HUB_CACHE, $HF_ENDPOINT and $HF_HUB_OFFLINE are honoured). Layouts:
   * `save_to_disk` of a DatasetDict: PATH/dataset_dict.json and PATH/<split>/ holding
     state.json (its Arrow files), dataset_info.json (its features) and data-*.arrow;
     of one Dataset: PATH/state.json (read as the split 'train');
@@ -23,6 +25,7 @@ import collections
 import glob
 import json
 import os
+import re
 from typing import Any, Optional
 
 import numpy as np
@@ -33,6 +36,64 @@ PREFIX = "hf:"
 def is_hf(dataset: str) -> bool:
   """Whether config.dataset names Hugging Face data (hf:PATH)."""
   return str(dataset).startswith(PREFIX)
+
+
+# A Hub dataset repo id with an optional revision: org/name[@revision] (or a legacy bare name).
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
+
+
+def split_patterns(split: str) -> list[str]:
+  """The Parquet file names of `split` in a Hub dataset repo (those _split_files reads)."""
+  return [f"{split}-*.parquet", f"*/{split}-*.parquet", f"{split}/*.parquet",
+          f"*/{split}/*.parquet", f"{split}.parquet", f"*/{split}.parquet"]
+
+
+def local_root(name: str, split: str) -> str:
+  """The local folder of hf:NAME for `split`: NAME when it is a folder here, else the snapshot
+  of the Hub dataset repo NAME[@revision] holding the split's Parquet files (downloaded once,
+  then read from the Hugging Face cache, also offline)."""
+  if os.path.isdir(name):
+    return name
+  local_hint = (f"hf:{name}: no such folder here. hf: reads a Hugging Face dataset saved on "
+                "this machine (save_to_disk's folder, or the Hub's Parquet files fetched with "
+                f"`hf download ORG/NAME --repo-type dataset --local-dir DIR`)")
+  if not HUB_NAME.fullmatch(name) or name.startswith((".", "~")):
+    raise ValueError(local_hint + ", or a Hub dataset named org/name[@revision].")
+  repo_id, _, revision = name.partition("@")
+  offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import errors as hf_errors  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(local_hint + "; reading a Hub dataset by name needs huggingface_hub: "
+                     "pip install huggingface_hub.") from None
+  try:
+    path = huggingface_hub.snapshot_download(
+        repo_id, repo_type="dataset", revision=revision or None,
+        allow_patterns=split_patterns(split), local_files_only=offline,
+        endpoint=os.environ.get("HF_ENDPOINT"), cache_dir=os.environ.get("HF_HUB_CACHE"))
+  except hf_errors.RepositoryNotFoundError:
+    raise ValueError(f"{local_hint}, and the Hub has no dataset repo {repo_id!r} (or it is "
+                     "private: run `hf auth login`).") from None
+  except hf_errors.GatedRepoError:
+    raise ValueError(f"the Hub dataset {repo_id!r} is gated: accept its terms on the Hub and run "
+                     "`hf auth login`, then rerun.") from None
+  except hf_errors.RevisionNotFoundError:
+    raise ValueError(f"the Hub dataset {repo_id!r} has no revision {revision!r}.") from None
+  except hf_errors.LocalEntryNotFoundError:
+    why = ("HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached")
+    raise ValueError(f"hf:{name}: {why} and the dataset is not in the local Hugging Face "
+                     "cache; connect once (or unset HF_HUB_OFFLINE), or download it elsewhere "
+                     "with `hf download` and pass --config.dataset=hf:DIR.") from None
+  except (hf_errors.HfHubHTTPError, OSError) as e:
+    raise ValueError(f"hf:{name}: downloading the split {split!r} from the Hub failed ({e}); "
+                     "rerun (finished files are kept), or pass a local copy as hf:DIR.") from None
+  if not any(glob.glob(os.path.join(path, pattern)) for pattern in split_patterns(split)):
+    raise ValueError(f"the Hub dataset {repo_id!r} has no Parquet files of the split {split!r} "
+                     f"(named {split}-*.parquet or {split}/*.parquet); name a split it has "
+                     "with --config.train_split / eval_split (datasets built by a loading "
+                     "script, without Parquet files, are not read).")
+  return path
 
 
 def _split_files(root: str, split: str) -> tuple[str, list[str], Optional[dict]]:

@@ -115,13 +115,11 @@ def _folder_source(root: str, split: str, check: bool = True) -> tuple[Any, Sour
 
 def _hf_source(root: str, split: str, image_column: Optional[str],
                label_column: Optional[str]) -> tuple[Any, SourceInfo]:
-  """A Hugging Face dataset saved on disk (datasets/hf_datasets.py), sliced as TFDS slices."""
-  if not os.path.isdir(root):
-    raise ValueError(f"config.dataset=hf:{root}: no such folder. hf: reads a Hugging Face "
-                     "dataset saved on this machine; download one once with `hf download "
-                     f"{root} --repo-type dataset --local-dir DIR` (Parquet) or datasets' "
-                     "save_to_disk(DIR), then pass --config.dataset=hf:DIR.")
-  source = hf_datasets.HFSource(root, split.split("[", 1)[0], image_column, label_column)
+  """A Hugging Face dataset saved on disk or named on the Hub (datasets/hf_datasets.py), sliced
+  as TFDS slices."""
+  name = split.split("[", 1)[0]
+  source = hf_datasets.HFSource(hf_datasets.local_root(root, name), name, image_column,
+                                label_column)
   info = SourceInfo(hf_datasets.num_classes(source), source.class_names)
   return _sliced(source, split), info
 
