@@ -32,14 +32,17 @@ def uint8_train_images(pp) -> bool:
           and not float(pp.cutmix_alpha or 0) and not float(pp.random_erase_prob or 0))
 
 
-def float_values(images):
-  """uint8 [0, 255] → float32 [-1, 1], x / 127.5 - 1 in float32 (NumPy or JAX arrays alike);
-  other dtypes are returned unchanged. The named recipes' model inputs, on the host
-  (image_ops.to_float) or in the train step."""
-  if str(images.dtype) != "uint8":
-    return images
+def scaled_values(images):
+  """[0, 255] → float32 [-1, 1]: x / 127.5 - 1 in float32 (NumPy or JAX arrays alike), the
+  named recipes' model inputs, on the host (image_ops.to_float) or in the train step."""
   # Python scalars are weakly typed in JAX and NumPy >= 2: the arithmetic stays float32.
   return images.astype("float32") * (1 / 127.5) - 1.0
+
+
+def float_values(images):
+  """The train step's model inputs: uint8 images (the trainer's batches, uint8_train_images)
+  scaled by scaled_values; any other dtype is already the model's input and is returned."""
+  return scaled_values(images) if str(images.dtype) == "uint8" else images
 
 
 def images_per_step(config) -> int:

@@ -255,4 +255,4 @@ def to_float(images: np.ndarray) -> np.ndarray:
   if isinstance(images, np.ndarray) and images.ndim:  # in place: one float buffer per batch
     out = np.multiply(images, np.float32(1 / 127.5), dtype=np.float32)
     return np.subtract(out, np.float32(1.0), out=out)
-  return batching.float_values(images)  # scalars, JAX arrays
+  return batching.scaled_values(images)  # scalars, JAX arrays
