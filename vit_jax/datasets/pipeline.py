@@ -417,7 +417,8 @@ class TrainIterator(Iterator[dict]):
   local part of global batch number state['step'] of the same run; it uses only 'step' (and
   checks the rest), so the state saved by process 0 restores every process, and a state saved
   by a run with another process count restores this one exactly (the order does not depend on
-  the process count).
+  the process count). A run that skips undecodable examples also has 'skipped_examples' in
+  the state (bad_examples.with_count / restored_count).
   """
 
   def __init__(self, batches, config, *, seed: int, global_batch: int, num_examples: int,
