@@ -95,3 +95,23 @@ def test_a_run_reports_what_it_skipped_also_across_a_resume(tmp_path, folder, ca
                   **{"input.skip_bad_examples": True})
   assert loop.train_and_evaluate(first, str(tmp_path / "r"))["skipped_examples"] == 2
   assert loop.train_and_evaluate(config, str(tmp_path / "r"))["skipped_examples"] == 4
+
+
+def test_a_progressive_schedule_carries_the_count_across_its_stages_and_a_resume(tmp_path,
+                                                                                 folder):
+  """Stage 1 reads the 24-image split once a step, stage 2 half of it: 2 + 1 skips in 4 steps,
+  in the state at the stage change's far side and in an iterator restored from it."""
+  config = _config(tmp_path, folder, **{"input.skip_bad_examples": True})
+  with config.unlocked():
+    config.resolution_schedule = ((0, 8, 24), (2, 16, 12))
+  it = pipeline.create_train_iterator(config)
+  for _ in range(4):
+    next(it)
+  state = it.get_state()
+  assert state["skipped_examples"] == it.skipped_examples == 3
+  resumed = pipeline.create_train_iterator(config)
+  resumed.set_state(state)
+  assert resumed.skipped_examples == 3
+  for _ in range(2):
+    next(it), next(resumed)
+  assert resumed.skipped_examples == it.skipped_examples == 4
