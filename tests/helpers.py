@@ -4,10 +4,13 @@ Fixtures live in conftest.py; these are plain functions and constants: the repos
 tiny run config every trainer test starts from (and its command-line form), synthetic batches,
 a state setup, a refused loopback URL, and whether this jaxlib has gloo CPU collectives.
 """
+import contextlib
+import http.server
 import importlib.util
 import os
 import pathlib
 import socket
+import threading
 
 import jax
 import ml_collections
@@ -95,6 +98,41 @@ def refused_url() -> str:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
   return f"http://127.0.0.1:{port}/copy_one.npz"
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+  """Base of the tests' loopback HTTP servers: quiet, and one way to answer (`_send`)."""
+
+  def log_message(self, *args):  # pylint: disable=arguments-differ  (keeps pytest output clean)
+    pass
+
+  def _send(self, status, body=b"", headers=None, head=False):
+    self.send_response(status)
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    if not head:
+      self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def serving(handler, **attributes):
+  """A threaded HTTP server of `handler` on 127.0.0.1 (its `url` set, `attributes` on it, for
+  the handler to read as self.server.X), stopped on exit."""
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  httpd.daemon_threads = True
+  for name, value in attributes.items():
+    setattr(httpd, name, value)
+  httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield httpd
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
 
 
 def gloo_available() -> bool:

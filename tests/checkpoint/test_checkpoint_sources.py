@@ -5,16 +5,15 @@ endpoint (via $VIT_JAX_GCS_ENDPOINT) and the Hugging Face Hub resolve endpoint (
 $HF_ENDPOINT, driving the real huggingface_hub download path).
 """
 import hashlib
-import http.server
 import io
 import json
 import os
 import socket
-import threading
 import types
 
 import numpy as np
 import pytest
+from helpers import LoopbackHandler, serving
 
 from vit_jax.checkpoint import sources as cs
 
@@ -31,22 +30,10 @@ PAYLOAD = _npz_bytes()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
   """Routes: /files/*, /truncated/*, /gcs/<bucket>/<object>,
   /hf/<org>/<name>/resolve/<rev>/<file>."""
   protocol_version = "HTTP/1.1"
-
-  def log_message(self, *args):  # Keep pytest output clean.
-    pass
-
-  def _send(self, status, body=b"", headers=None, head=False):
-    self.send_response(status)
-    for k, v in (headers or {}).items():
-      self.send_header(k, v)
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    if not head:
-      self.wfile.write(body)
 
   def _route(self, head):
     self.server.requests.append((self.command, self.path, dict(self.headers)))
@@ -92,16 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-  httpd.daemon_threads = True
-  httpd.requests, httpd.hf_files = [], {}
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-  yield httpd
-  httpd.shutdown()
-  httpd.server_close()
-  thread.join(timeout=5)
+  with serving(_Handler, requests=[], hf_files={}) as httpd:
+    yield httpd
 
 
 @pytest.fixture

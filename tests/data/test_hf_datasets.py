@@ -4,19 +4,17 @@ out, read as random-access sources with their class names; trained on, sliced, s
 processes. A dataset named on the Hub (hf:org/name[@revision]) is downloaded from a loopback
 Hub serving the same Parquet files."""
 import hashlib
-import http.server
 import io
 import json
 import os
 import re
-import threading
 import urllib.parse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import refused_url, tiny_config
+from helpers import LoopbackHandler, refused_url, serving, tiny_config
 from PIL import Image
 
 from vit_jax.datasets import pipeline, sources
@@ -140,21 +138,9 @@ def test_a_run_trains_on_a_saved_dataset(tmp_path):
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class _Hub(http.server.BaseHTTPRequestHandler):
+class _Hub(LoopbackHandler):
   """What huggingface_hub's snapshot_download asks of the Hub for a dataset repo: its info at a
   revision, its file tree, and each file's resolve URL (HEAD: commit and ETag; GET: bytes)."""
-
-  def log_message(self, *args):  # pylint: disable=arguments-differ
-    pass
-
-  def _send(self, status, body=b"", headers=None, head=False):
-    self.send_response(status)
-    for k, v in (headers or {}).items():
-      self.send_header(k, v)
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    if not head:
-      self.wfile.write(body)
 
   def _json(self, value, head):
     return self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"}, head)
@@ -165,6 +151,10 @@ class _Hub(http.server.BaseHTTPRequestHandler):
     match = re.fullmatch(r"/(api/)?datasets/([^/]+/[^/]+)/(revision|tree|resolve)/([^/]+)/?(.*)",
                          path)
     files = self.server.repos.get(match[2]) if match else None
+    if match and match[2] == "org/gated":
+      return self._send(401, headers={"X-Error-Code": "GatedRepo",
+                                      "X-Error-Message": "Access to this dataset is restricted"},
+                        head=head)
     if files is None:
       return self._send(404, headers={"X-Error-Code": "RepoNotFound",
                                       "X-Error-Message": "Repository not found"}, head=head)
@@ -198,18 +188,12 @@ def hub(tmp_path, monkeypatch):
   root = parquet_repo(tmp_path / "repo", SPLITS)
   files = {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
            for d, _, fs in os.walk(root) for f in fs}
-  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-  httpd.daemon_threads, httpd.requests, httpd.repos = True, [], {"org/digits": files}
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
-  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  sources.clear_cache()
-  yield httpd
-  httpd.shutdown()
-  httpd.server_close()
-  thread.join(timeout=5)
+  with serving(_Hub, requests=[], repos={"org/digits": files}) as httpd:
+    monkeypatch.setenv("HF_ENDPOINT", httpd.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    sources.clear_cache()
+    yield httpd
 
 
 def test_a_hub_dataset_by_name_downloads_each_split_once(tmp_path, hub, monkeypatch):
@@ -236,6 +220,7 @@ def test_a_hub_dataset_by_name_downloads_each_split_once(tmp_path, hub, monkeypa
 
 @pytest.mark.parametrize("name,split,message", [
     ("hf:org/unknown", "train", "the Hub has no dataset repo 'org/unknown'"),
+    ("hf:org/gated", "train", "'org/gated' is gated: accept its terms"),
     ("hf:org/digits@v9", "train", "has no revision 'v9'"),
     ("hf:org/digits", "validation", "no Parquet files of the split 'validation'"),
 ])

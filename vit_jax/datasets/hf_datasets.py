@@ -72,22 +72,21 @@ def local_root(name: str, split: str) -> str:
         repo_id, repo_type="dataset", revision=revision or None,
         allow_patterns=split_patterns(split), local_files_only=offline,
         endpoint=os.environ.get("HF_ENDPOINT"), cache_dir=os.environ.get("HF_HUB_CACHE"))
-  except hf_errors.RepositoryNotFoundError:
-    raise ValueError(f"{local_hint}, and the Hub has no dataset repo {repo_id!r} (or it is "
-                     "private: run `hf auth login`).") from None
-  except hf_errors.GatedRepoError:
-    raise ValueError(f"the Hub dataset {repo_id!r} is gated: accept its terms on the Hub and run "
-                     "`hf auth login`, then rerun.") from None
-  except hf_errors.RevisionNotFoundError:
-    raise ValueError(f"the Hub dataset {repo_id!r} has no revision {revision!r}.") from None
-  except hf_errors.LocalEntryNotFoundError:
-    why = ("HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached")
-    raise ValueError(f"hf:{name}: {why} and the dataset is not in the local Hugging Face "
-                     "cache; connect once (or unset HF_HUB_OFFLINE), or download it elsewhere "
-                     "with `hf download` and pass --config.dataset=hf:DIR.") from None
-  except (hf_errors.HfHubHTTPError, OSError) as e:
-    raise ValueError(f"hf:{name}: downloading the split {split!r} from the Hub failed ({e}); "
-                     "rerun (finished files are kept), or pass a local copy as hf:DIR.") from None
+  except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, OSError) as e:
+    where = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+    problems = (  # the first class that matches says what to do (errors subclass each other)
+        (hf_errors.GatedRepoError, f"the Hub dataset {repo_id!r} is gated: accept its terms on "
+         "the Hub and run `hf auth login`, then rerun."),
+        (hf_errors.RepositoryNotFoundError, f"{local_hint}, and the Hub has no dataset repo "
+         f"{repo_id!r} (or it is private: run `hf auth login`)."),
+        (hf_errors.RevisionNotFoundError, f"the Hub dataset {repo_id!r} has no revision "
+         f"{revision!r}."),
+        (hf_errors.LocalEntryNotFoundError, f"hf:{name}: {where} and the dataset is not in the "
+         "local Hugging Face cache; connect once (or unset HF_HUB_OFFLINE), or download it "
+         "elsewhere with `hf download` and pass --config.dataset=hf:DIR."),
+        (Exception, f"hf:{name}: downloading the split {split!r} from the Hub failed ({e}); "
+         "rerun (finished files are kept), or pass a local copy as hf:DIR."))
+    raise ValueError(next(text for kind, text in problems if isinstance(e, kind))) from None
   if not any(glob.glob(os.path.join(path, pattern)) for pattern in split_patterns(split)):
     raise ValueError(f"the Hub dataset {repo_id!r} has no Parquet files of the split {split!r} "
                      f"(named {split}-*.parquet or {split}/*.parquet); name a split it has "
