@@ -306,6 +306,15 @@ def parse_hf_uri(uri: str) -> tuple[str, Optional[str], Optional[str]]:
   return f"{parts[0]}/{name}", revision or None, filename
 
 
+def hub_settings(cache_dir: Optional[str] = None) -> dict:
+  """huggingface_hub download arguments from $HF_HUB_OFFLINE / $HF_ENDPOINT / $HF_HUB_CACHE
+  read now (huggingface_hub reads them once, at import): local_files_only, endpoint and
+  cache_dir (`cache_dir` first when given). Weights (hf://) and datasets (hf:NAME) use it."""
+  offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+  return dict(local_files_only=offline, endpoint=os.environ.get("HF_ENDPOINT"),
+              cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE"))
+
+
 def _hf_download(uri: str, filename: str, *, cache_dir: Optional[str], progress: bool) -> str:
   """hf_hub_download honouring HF_HUB_OFFLINE / HF_ENDPOINT / HF_HUB_CACHE read now."""
   try:
@@ -315,9 +324,8 @@ def _hf_download(uri: str, filename: str, *, cache_dir: Optional[str], progress:
     raise FetchError(f"{uri} needs the huggingface_hub package: "
                      "pip install huggingface_hub") from None
   repo_id, revision, _ = parse_hf_uri(uri)
-  offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-  kwargs = dict(revision=revision, cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE"),
-                local_files_only=offline, endpoint=os.environ.get("HF_ENDPOINT"))
+  kwargs = dict(revision=revision, **hub_settings(cache_dir))
+  offline = kwargs["local_files_only"]
   if not progress:
     kwargs["tqdm_class"] = _SilentTqdm
   try:

@@ -60,18 +60,19 @@ def local_root(name: str, split: str) -> str:
   if not HUB_NAME.fullmatch(name) or name.startswith((".", "~")):
     raise ValueError(local_hint + ", or a Hub dataset named org/name[@revision].")
   repo_id, _, revision = name.partition("@")
-  offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
     from huggingface_hub import errors as hf_errors  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ValueError(local_hint + "; reading a Hub dataset by name needs huggingface_hub: "
                      "pip install huggingface_hub.") from None
+  from vit_jax.checkpoint import sources as checkpoint_sources  # pylint: disable=g-import-not-at-top
+  settings = checkpoint_sources.hub_settings()
+  offline = settings["local_files_only"]
   try:
     path = huggingface_hub.snapshot_download(
         repo_id, repo_type="dataset", revision=revision or None,
-        allow_patterns=split_patterns(split), local_files_only=offline,
-        endpoint=os.environ.get("HF_ENDPOINT"), cache_dir=os.environ.get("HF_HUB_CACHE"))
+        allow_patterns=split_patterns(split), **settings)
   except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, OSError) as e:
     where = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
     problems = (  # the first class that matches says what to do (errors subclass each other)

@@ -105,7 +105,7 @@ class PackElement:
     data, element, skipped = bad_examples.decode_or_skip(element, self._open, self.skip_bad)
     width, height = image_ops.open_image(data).size
     box = (image_ops.sample_inception_box(width, height, rng)
-           if self.opts.train == "inception_crop" else (0, 0, width, height))
+           if self.opts.train == "inception_crop" else image_ops.whole_image(width, height))
     flip = bool(self.opts.flip and rng.random() < 0.5)
     share = (float(rng.uniform(self.settings.min_share, 1.0))
              if self.settings.min_share < 1 else 1.0)

@@ -427,7 +427,7 @@ def _teacher_share(config, setup, num_classes, teacher, step_flops, log) -> dict
   """The teacher forward's share of the compiled step's FLOPs (logged once and with every
   train summary as teacher_flops_share)."""
   images = train_step.abstract_batch(config, num_classes, setup.mesh)["image"]
-  images = jax.ShapeDtypeStruct(images.shape, jnp.float32, sharding=images.sharding)
+  images = images.update(dtype=jnp.float32)  # the teacher sees the step's float values
   flops = compiled_stats.compiled_flops(distill.compile_forward(teacher, images))
   if not flops or not step_flops:
     return {}
